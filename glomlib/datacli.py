@@ -1,0 +1,194 @@
+"""``glomlib data ...``: check a manifest, build one from a folder, fetch a public dataset.
+
+    glomlib data check MANIFEST [--positive-label M1] [--skip-bad [--skipped-out CSV]] [--out CLEAN.csv]
+    glomlib data from-folder ROOT --out manifest.csv [--slide-regex REGEX] [--center-regex REGEX]
+    glomlib data fetch glomeruli-pas [--mirror DIR | --no-mirror] [--out DIR]
+
+Exit status: 0 = fine (warnings allowed), 1 = problems found, 2 = usage error. No torch import here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from .manifest import (DEFAULT_POSITIVE, IMAGE_EXTENSIONS, ManifestError, format_problems, validate_manifest,
+                       write_manifest, write_skipped)
+
+DEFAULT_SLIDE_REGEX = r"^(?P<slide>.+)-[^-]+$"
+
+
+def _err(*a) -> None:
+    print(*a, file=sys.stderr)
+
+
+def check(args) -> int:
+    path = Path(args.manifest)
+    try:
+        df, problems = validate_manifest(path, positive_label=args.positive_label,
+                                         negative_label=args.negative_label,
+                                         require_labels=not args.unlabeled, full=not args.quick)
+    except ManifestError as e:
+        _err(f"error: {e}")
+        return 1
+    errors = [p for p in problems if p.severity == "error"]
+    if problems:
+        _err(format_problems(problems, path))
+    fatal = [p for p in errors if not p.skippable or not p.row]
+    if errors and not args.skip_bad:
+        rows = len({p.row for p in errors if p.row})
+        _err(f"\n{len(errors)} error(s)" + (f" in {rows} row(s)" if rows else "") + "; fix them, or re-run with "
+             f"--skip-bad to drop bad rows (they are written with their reasons to a CSV file).")
+        return 1
+    if fatal:
+        _err(f"\n{len(fatal)} problem(s) above concern the whole manifest or several rows and cannot be skipped.")
+        return 1
+    good = df
+    if args.skip_bad:
+        out_dir = Path(args.out).resolve().parent if args.out else path.resolve().parent
+        stem = Path(args.out).stem if args.out else path.stem
+        skipped_out = Path(args.skipped_out) if args.skipped_out else out_dir / f"{stem}.skipped.csv"
+        write_skipped(errors, df, skipped_out)
+        bad = {p.row for p in errors}
+        good = df[~df["row"].isin(bad)].reset_index(drop=True)
+        _err(f"skipped {len(bad)} bad row(s) of {len(df)}; rows and reasons written to {skipped_out}")
+        if len(good) == 0:
+            _err("nothing left after skipping bad rows")
+            return 1
+    if args.out:
+        try:
+            out = write_manifest(good, args.out)
+        except FileExistsError as e:
+            _err(f"error: {e}")
+            return 1
+        _err(f"wrote {len(good)} rows to {out}")
+    from .manifest import data_fingerprint
+
+    labels = good["label"].value_counts().to_dict()
+    _err(f"OK: {len(good)} images, labels {labels}, {good['slide'].nunique()} slides, "
+         f"{good['patient'].nunique()} patients, centres {sorted(set(good['center']) - {''}) or '-'}, "
+         f"fingerprint {data_fingerprint(good)}")
+    return 0
+
+
+def manifest_from_folder(root: str | os.PathLike, out: str | os.PathLike, *, slide_regex: str = DEFAULT_SLIDE_REGEX,
+                         center_regex: str | None = None,
+                         extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> Path:
+    """Write a manifest for ``<root>/<label>/*.<ext>``: label = folder name, slide = the ``slide`` group
+    (or group 1) of ``slide_regex`` matched on the file name without extension, center = group 1 (or
+    ``center``) of ``center_regex`` searched in the slide ID. Refuses to overwrite a different manifest.
+    Raises ValueError listing every file whose name does not match."""
+    import pandas as pd
+
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder; expected <root>/<label>/*.png")
+    rx = re.compile(slide_regex)
+    crx = re.compile(center_regex) if center_regex else None
+    rows, bad = [], []
+    label_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    for d in label_dirs:
+        for f in sorted(d.iterdir()):
+            if not f.is_file() or f.suffix.lower() not in exts:
+                continue
+            m = rx.match(f.stem)
+            if not m:
+                bad.append(str(f))
+                continue
+            slide = m.group("slide") if "slide" in rx.groupindex else m.group(1 if rx.groups else 0)
+            row = {"path": str(f), "label": d.name, "slide": slide}
+            if crx is not None:
+                cm = crx.search(slide)
+                row["center"] = ("" if not cm else cm.group("center") if "center" in crx.groupindex
+                                 else cm.group(1 if crx.groups else 0))
+            rows.append(row)
+    if bad:
+        raise ValueError(f"{len(bad)} file name(s) do not match the slide pattern {slide_regex!r} "
+                         f"(default: '<slide>-<index>'):\n" + "\n".join("  " + b for b in bad)
+                         + "\nRename them or pass --slide-regex with a (?P<slide>...) group.")
+    if not rows:
+        raise ValueError(f"no images ({', '.join(exts)}) found in label folders under {root}; "
+                         f"expected <root>/<label>/*.png")
+    return write_manifest(pd.DataFrame(rows), out)
+
+
+def from_folder(args) -> int:
+    out = Path(args.out)  # identical content is fine (idempotent); anything else is refused
+    try:
+        exts = tuple(e.strip() for e in args.extensions.split(",") if e.strip())
+        m = manifest_from_folder(args.root, out, slide_regex=args.slide_regex, center_regex=args.center_regex,
+                                 extensions=exts)
+    except (FileExistsError, FileNotFoundError, ValueError, re.error) as e:
+        _err(f"error: {e}")
+        return 1
+    import pandas as pd
+
+    df = pd.read_csv(m, dtype=str, keep_default_na=False)
+    labels = df["label"].value_counts().to_dict()
+    _err(f"wrote {m}: {len(df)} images, labels {labels}, {df['slide'].nunique()} slides")
+    pos = args.positive_label or (DEFAULT_POSITIVE if DEFAULT_POSITIVE in labels else sorted(labels)[0])
+    if len(labels) > 2:
+        _err(f"note: {len(labels)} label folders; binary tasks use a positive and one negative label")
+    df2, problems = validate_manifest(m, positive_label=pos, full=False)
+    if problems:
+        _err(format_problems(problems, m))
+    return 1 if any(p.severity == "error" for p in problems) else 0
+
+
+def fetch(args) -> int:
+    from .datasets import DatasetError, fetch_glomeruli_pas
+
+    mirror = False if args.no_mirror else args.mirror
+    try:
+        fetch_glomeruli_pas(out=args.out, mirror=mirror, url=args.url, sums=args.sums, progress=True)
+    except (DatasetError, FileExistsError, OSError) as e:
+        _err(f"error: {e}")
+        return 1
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("data", help="check a manifest, build one from a folder, fetch a public dataset",
+                              description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    c = sub.add_parser("check", help="validate a manifest; report every problem with its row and file")
+    c.add_argument("manifest", help="manifest CSV (columns path,label,slide[,patient,center,split,mask])")
+    c.add_argument("--positive-label", default=DEFAULT_POSITIVE, help="positive class name (default M1)")
+    c.add_argument("--negative-label", default=None,
+                   help="negative class name (default M0 for M1, else the manifest's other label)")
+    c.add_argument("--unlabeled", action="store_true", help="labels may be empty (SSL data)")
+    c.add_argument("--quick", action="store_true", help="check file headers/trailers only, do not decode pixels")
+    c.add_argument("--skip-bad", action="store_true",
+                   help="drop bad rows instead of failing; write them with reasons to --skipped-out")
+    c.add_argument("--skipped-out", default=None,
+                   help="CSV for skipped rows (default: <out or manifest stem>.skipped.csv beside it)")
+    c.add_argument("--out", default=None, help="write the checked (cleaned with --skip-bad) manifest here")
+    c.set_defaults(func=check)
+
+    f = sub.add_parser("from-folder", help="build a manifest from <root>/<label>/*.png")
+    f.add_argument("root", help="folder with one sub-folder per label")
+    f.add_argument("--out", required=True, help="manifest CSV to write (never overwritten)")
+    f.add_argument("--slide-regex", default=DEFAULT_SLIDE_REGEX,
+                   help="regex on the file name without extension; group 'slide' (or 1) is the slide ID "
+                        f"(default {DEFAULT_SLIDE_REGEX!r}: '<slide>-<index>')")
+    f.add_argument("--center-regex", default=None,
+                   help="optional regex searched in the slide ID; group 'center' (or 1) is the centre, "
+                        "e.g. '^([^_]+)_'")
+    f.add_argument("--extensions", default=",".join(IMAGE_EXTENSIONS), help="image file extensions")
+    f.add_argument("--positive-label", default=None, help="positive class for the check after writing")
+    f.set_defaults(func=from_folder)
+
+    g = sub.add_parser("fetch", help="fetch a public dataset (mirror or download), verify it, write a manifest")
+    g.add_argument("dataset", choices=["glomeruli-pas"])
+    g.add_argument("--mirror", default=None,
+                   help="local copy (else $GLOMLIB_MIRROR, else ../shared/data/glomeruli-pas, else download)")
+    g.add_argument("--no-mirror", action="store_true", help="ignore mirrors and download")
+    g.add_argument("--out", default="data/glomeruli-pas", help="output folder for manifest.csv (default %(default)s)")
+    g.add_argument("--url", default=None, help="archive URL (default: GitHub archive of the pinned commit)")
+    g.add_argument("--sums", default=None, help="sha256sum-format list (default: the project's upstream list)")
+    g.set_defaults(func=fetch)

@@ -1,0 +1,290 @@
+"""Public datasets. ``glomeruli-pas``: PAS-stained human glomerulus patches, GS (globally sclerotic) vs nonGS.
+
+:func:`fetch_glomeruli_pas` finds the images in a local mirror (``mirror=``, ``$GLOMLIB_MIRROR``, or
+``../shared/data/glomeruli-pas`` beside the project root) or else downloads the GitHub archive of the
+pinned upstream commit (with a progress bar) and extracts ``Patches/Raw``; verifies every file against the
+project's own copy of the upstream sha256 list (``glomlib/resources/glomeruli_pas.sha256``); and writes
+``manifest.csv`` (path, label, slide, center, mask; paths relative to the manifest's folder, images stay
+where they are), ``LICENSE``, ``CITATION.txt``, ``missing_files.txt`` (files listed upstream but absent from
+a partial mirror) and ``fetch.json`` into ``out``. A checksum mismatch is an error naming the file; absent
+files are reported, not fatal. Re-running is idempotent; an existing manifest with different content is
+never overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from .manifest import hash_files, write_manifest
+
+NAME = "glomeruli-pas"
+REPO = "patologiivest/GlobalGlomerulosclerosisClustering"
+COMMIT = "6db7d776ead18a4b15758634708be56db06b4d1a"
+ARCHIVE_URL = f"https://github.com/{REPO}/archive/{COMMIT}.zip"
+SUBDIR = "Patches/Raw"
+POSITIVE_LABEL = "GS"
+NEGATIVE_LABEL = "nonGS"
+SUMS_RESOURCE = Path(__file__).resolve().parent / "resources" / "glomeruli_pas.sha256"
+LICENSE_NAME = "CC BY-NC-SA 4.0 (Creative Commons Attribution-NonCommercial-ShareAlike 4.0 International)"
+LICENSE_URL = "https://creativecommons.org/licenses/by-nc-sa/4.0/legalcode"
+CITATION = f"""glomeruli-pas: PAS-stained human glomerulus patches, GS (globally sclerotic) vs nonGS.
+Source: https://github.com/{REPO} (commit {COMMIT}), folder {SUBDIR}/.
+License: {LICENSE_NAME} -- non-commercial use, attribution, share-alike. {LICENSE_URL}
+
+Please cite:
+  Weishaupt H. et al. (2025). Unsupervised learning for labeling global glomerulosclerosis.
+  Computers in Biology and Medicine 196:110719. doi:10.1016/j.compbiomed.2025.110719  (patch crops, masks)
+  Bueno G. et al. (2020). Data for glomeruli characterization in histopathological images.
+  Data in Brief 29:105314. doi:10.17632/k7nvtgn2x6.3  (underlying slides, CC BY 4.0)
+"""
+
+
+class DatasetError(RuntimeError):
+    """Fetching or verifying a dataset failed; the message names the file and says what to do."""
+
+
+def default_mirror() -> Path:
+    from .paths import project_root
+
+    return project_root().parent / "shared" / "data" / NAME
+
+
+def find_mirror(mirror: str | os.PathLike | None = None) -> Path | None:
+    """The mirror to use: ``mirror``, else ``$GLOMLIB_MIRROR``, else ``../shared/data/glomeruli-pas`` if present.
+
+    An explicitly given mirror (argument or environment) that does not hold ``Patches/Raw`` is an error.
+    ``mirror=False``: use no mirror (download).
+    """
+    if mirror is False:
+        return None
+    for src, cand in (("--mirror", mirror), ("$GLOMLIB_MIRROR", os.environ.get("GLOMLIB_MIRROR") or None)):
+        if cand is not None:
+            p = Path(cand).expanduser().resolve()
+            if not (p / SUBDIR).is_dir():
+                raise DatasetError(f"mirror {p} (from {src}) has no {SUBDIR}/ folder; point it at a copy of "
+                                   f"the {NAME} data (the folder holding {SUBDIR}/Images/GS)")
+            return p
+    p = default_mirror()
+    return p if (p / SUBDIR).is_dir() else None
+
+
+def read_sums(sums: str | os.PathLike | None = None) -> dict[str, str]:
+    """``relative path -> sha256`` from a sha256sum-format file (default: the project's upstream list)."""
+    path = Path(sums) if sums is not None else SUMS_RESOURCE
+    out = {}
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or len(parts[0]) != 64:
+            raise DatasetError(f"{path}, line {n}: not in sha256sum format: {line!r}")
+        out[parts[1].lstrip("*").strip()] = parts[0].lower()
+    return out
+
+
+def download(url: str, dest: Path, progress: bool = True) -> Path:
+    """Stream ``url`` to ``dest`` (temp file + rename) with a tqdm progress bar."""
+    from tqdm.auto import tqdm
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, os.fdopen(fd, "wb") as f:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}",
+                      disable=not progress) as bar:
+                for chunk in iter(lambda: r.read(1 << 20), b""):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        os.replace(tmp, dest)
+    except Exception as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise DatasetError(f"could not download {url}: {e}. Without internet, point --mirror (or "
+                               f"$GLOMLIB_MIRROR) at a local copy of the {NAME} data.") from e
+        raise
+    return dest
+
+
+def extract_archive(archive: Path, dest: Path) -> Path:
+    """Extract ``<top>/Patches/Raw/**`` and ``<top>/LICENSE*`` of a GitHub archive into ``dest``; return
+    the folder holding ``Patches/Raw``. Extraction goes to a temp folder renamed into place when complete."""
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as e:
+        raise DatasetError(f"{archive} is not a valid zip archive ({e}); delete it and fetch again") from e
+    with zf:
+        names = zf.namelist()
+        tops = {n.split("/", 1)[0] for n in names if "/" in n}
+        top = ""
+        if not any(n.startswith(SUBDIR + "/") for n in names):
+            if len(tops) != 1:
+                raise DatasetError(f"{archive}: expected one top-level folder holding {SUBDIR}/, found {sorted(tops)[:5]}")
+            top = tops.pop() + "/"
+        wanted = [n for n in names if not n.endswith("/") and
+                  (n.startswith(top + SUBDIR + "/") or n[len(top):].upper().startswith("LICENSE"))
+                  and n.startswith(top)]
+        if not any(n.startswith(top + SUBDIR + "/") for n in wanted):
+            raise DatasetError(f"{archive} has no {SUBDIR}/ folder; is it the {REPO} archive?")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            for n in wanted:
+                rel = n[len(top):]
+                target = (tmp / rel).resolve()
+                if not str(target).startswith(str(tmp.resolve()) + os.sep):
+                    raise DatasetError(f"{archive}: unsafe member path {n!r}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(n) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return dest
+
+
+def verify(root: Path, sums: dict[str, str]) -> tuple[list[str], list[str], list[str]]:
+    """Check files under ``root`` against ``sums``. Returns (verified, missing, unlisted) relative paths.
+    Raises :class:`DatasetError` naming every file whose content differs from the list."""
+    present = [rel for rel in sorted(sums) if (root / rel).is_file()]
+    missing = [rel for rel in sorted(sums) if rel not in set(present)]
+    got = hash_files([str(root / rel) for rel in present])
+    bad = [rel for rel, h in zip(present, got) if h != sums[rel]]
+    if bad:
+        lines = "\n".join(f"  {root / rel}: sha256 {h[:16]}... expected {sums[rel][:16]}..."
+                          for rel, h in zip(present, got) if rel in set(bad))
+        raise DatasetError(f"{len(bad)} file(s) of {root} do not match the upstream sha256 list (corrupted or "
+                           f"modified; re-download or restore them):\n{lines}")
+    listed = set(sums)
+    unlisted = sorted(str(p.relative_to(root)) for p in (root / SUBDIR).rglob("*")
+                      if p.is_file() and str(p.relative_to(root)) not in listed)
+    return present, missing, unlisted
+
+
+def _slide_center(name: str) -> tuple[str, str]:
+    stem = Path(name).stem
+    slide = stem.rsplit("-", 1)[0] if "-" in stem else stem
+    return slide, slide.split("_")[0]
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if path.exists() and path.read_text() == text:
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def fetch_glomeruli_pas(out: str | os.PathLike = "data/glomeruli-pas",
+                        mirror: str | os.PathLike | None | bool = None,
+                        *, url: str | None = None, sums: str | os.PathLike | None = None,
+                        progress: bool = True, verbose: bool = True) -> Path:
+    """Build (or reuse) the glomeruli-pas manifest in ``out`` and return the path to ``out/manifest.csv``.
+
+    ``out`` relative -> relative to the project root. ``mirror=False`` forces the download. ``url`` (default: the pinned GitHub archive) and
+    ``sums`` (default: the project's upstream sha256 list) are injectable for tests and other mirrors.
+    Labels are ``GS`` (positive) / ``nonGS``; slide = file name before the last ``-``; center = first
+    ``_`` token of the slide.
+    """
+    import pandas as pd
+
+    from .paths import project_root
+
+    say = (lambda *a: print(*a, file=sys.stderr)) if verbose else (lambda *a: None)
+    outp = Path(out).expanduser()
+    if not outp.is_absolute():
+        outp = project_root() / outp
+    outp = outp.resolve()
+    sums_map = read_sums(sums)
+    root = find_mirror(mirror)
+    if root is not None:
+        source = f"mirror {root}"
+        say(f"{NAME}: using local mirror {root}")
+    else:
+        url = url or ARCHIVE_URL
+        root = outp / "source"
+        marker = root / ".complete"
+        if marker.exists() and marker.read_text().strip() == url:
+            say(f"{NAME}: reusing the extracted download in {root}")
+        else:
+            archive = outp / "download" / (Path(url.split("?")[0]).name or "archive.zip")
+            if not archive.exists():
+                say(f"{NAME}: no local mirror; downloading {url}")
+                download(url, archive, progress=progress)
+            say(f"{NAME}: extracting {SUBDIR} from {archive}")
+            extract_archive(archive, root)
+            marker.write_text(url + "\n")
+        source = f"download {url}"
+    present, missing, unlisted = verify(root, sums_map)
+    images = [r for r in present if r.startswith(f"{SUBDIR}/Images/")]
+    if not images:
+        raise DatasetError(f"no verified images under {root / SUBDIR}/Images; is this the {NAME} data?")
+    present_set = set(present)
+    rows = []
+    for rel in images:
+        parts = rel.split("/")
+        label, fname = parts[-2], parts[-1]
+        slide, center = _slide_center(fname)
+        mrel = f"{SUBDIR}/Masks/{fname}"
+        rows.append({"path": str(root / rel), "label": label, "slide": slide, "center": center,
+                     "mask": str(root / mrel) if mrel in present_set else ""})
+    df = pd.DataFrame(rows).sort_values("path", kind="stable").reset_index(drop=True)
+    outp.mkdir(parents=True, exist_ok=True)
+    manifest = outp / "manifest.csv"
+    write_manifest(df, manifest)  # refuses to overwrite different content; same content = reuse
+    # license, citation, report
+    lic = root / "LICENSE"
+    license_text = (f"{NAME} data license: {LICENSE_NAME}\n{LICENSE_URL}\n\n"
+                    + (lic.read_text(errors="replace") if lic.is_file() else ""))
+    _write_if_changed(outp / "LICENSE", license_text)
+    _write_if_changed(outp / "CITATION.txt", CITATION)
+    missing_images = [r for r in missing if "/Images/" in r]
+    _write_if_changed(outp / "missing_files.txt", "".join(r + "\n" for r in missing))
+    report = {"dataset": NAME, "source": source, "commit": COMMIT, "manifest": str(manifest),
+              "images": len(df), "masks": int((df["mask"] != "").sum()), "slides": int(df["slide"].nunique()),
+              "centers": sorted(df["center"].unique()), "labels": df["label"].value_counts().to_dict(),
+              "verified_files": len(present), "missing_files": len(missing),
+              "missing_images": len(missing_images), "unlisted_files_ignored": unlisted,
+              "sums_sha256": hashlib.sha256(Path(sums or SUMS_RESOURCE).read_bytes()).hexdigest()}
+    _write_if_changed(outp / "fetch.json", json.dumps(report, indent=2) + "\n")
+    say(f"{NAME}: {len(df)} verified images ({', '.join(f'{k} {v}' for k, v in report['labels'].items())}), "
+        f"{report['slides']} slides, {len(report['centers'])} centres {report['centers']}")
+    if missing:
+        say(f"{NAME}: {len(missing)} file(s) listed upstream are absent ({len(missing_images)} images; a partial "
+            f"mirror); list in {outp / 'missing_files.txt'}")
+    if unlisted:
+        say(f"{NAME}: {len(unlisted)} file(s) not in the upstream list were ignored (e.g. {unlisted[0]})")
+    say(f"{NAME}: manifest {manifest}")
+    say("\n" + CITATION)
+    return manifest
+
+
+def ensure_default_manifest(path: str | os.PathLike = "data/glomeruli-pas/manifest.csv") -> Path:
+    """Return ``path``; when it is missing and names ``<folder>/manifest.csv``, build it with
+    :func:`fetch_glomeruli_pas` (mirror first). Relative paths are relative to the project root."""
+    from .paths import project_root
+
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        p = project_root() / p
+    if p.exists():
+        return p
+    if p.name != "manifest.csv":
+        raise FileNotFoundError(f"manifest {p} does not exist; create it (see data/README.md) or run "
+                                f"'glomlib data fetch {NAME}'")
+    return fetch_glomeruli_pas(out=p.parent)

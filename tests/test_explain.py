@@ -1,0 +1,251 @@
+"""Tests for glomlib.explain: predictions -> outcomes, Grad-CAM and its share inside the mask, embeddings,
+neighbours, the error browser's static/interactive switch, on constructed cases and real patches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from glomlib import explain
+
+META = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "image_size": 32, "backbone": "tiny"}
+
+
+def _pred_csv(path: Path, rows: list[dict]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path / "predictions.csv", index=False)
+    return path
+
+
+def _rows(n=8, seeds=(0,), fraction=1.0, flip=()):
+    rows = []
+    for s in seeds:
+        for i in range(n):
+            y = i % 2
+            prob = 0.9 if y else 0.1
+            if i in flip:
+                prob = 1 - prob
+            rows.append(dict(path=f"/x/{i}.png", slide=f"s{i // 4}", center="A" if i < 4 else "B",
+                             label="M1" if y else "M0", y=y, prob=prob, pred=int(prob >= 0.5), fold=i % 2, seed=s,
+                             init="glom", label_fraction=fraction))
+    return rows
+
+
+def test_load_predictions_outcomes_and_seed_mean(tmp_path):
+    rows = _rows(seeds=(0, 1), flip=(0, 1)) + _rows(fraction=0.1, flip=(2, 3, 4))
+    rows[8]["prob"] = 0.7  # seed 1 of image 0 (a false positive): mean over seeds = (0.9 + 0.7) / 2
+    run = _pred_csv(tmp_path / "run", rows)
+    p = explain.load_predictions(run, label_fraction=1.0)
+    assert len(p) == 8 and (p["n_seeds"] == 2).all()
+    assert p.loc[p.path == "/x/0.png", "prob"].item() == pytest.approx(0.8)
+    assert p.set_index("path").loc[["/x/0.png", "/x/1.png"], "outcome"].tolist() == ["FP", "FN"]
+    assert p["error"].sum() == 2
+    assert ((p["confidence"] >= 0.5) & (p["confidence"] <= 1)).all()
+    small = explain.load_predictions(run, label_fraction=0.12)  # nearest available fraction (0.1)
+    assert small["error"].sum() == 3
+    rates = explain.error_rates(p, "center")
+    assert rates.loc["A", "errors"] == 2 and rates.loc["B", "error_rate"] == 0
+    assert explain.ranked_errors(p, "FP")["path"].tolist() == ["/x/0.png"]
+
+
+def test_resolve_run_latest_and_errors(tmp_path):
+    import os
+    import time
+
+    with pytest.raises(FileNotFoundError, match="notebook 03"):
+        explain.resolve_run("latest", tmp_path / "runs")
+    old = _pred_csv(tmp_path / "runs" / "a" / "finetune" / "glom", _rows())
+    (old / "model.safetensors").write_bytes(b"x")
+    new = _pred_csv(tmp_path / "runs" / "b", _rows())
+    (new / "model.safetensors").write_bytes(b"x")
+    later = time.time() + 5
+    os.utime(new / "predictions.csv", (later, later))
+    _pred_csv(tmp_path / "runs" / "c", _rows())  # no model: not a fine-tune run
+    assert explain.resolve_run("latest", tmp_path / "runs") == new
+    assert explain.resolve_run(str(old), tmp_path / "runs") == old
+    with pytest.raises(FileNotFoundError, match="predictions.csv"):
+        explain.resolve_run(str(tmp_path / "nothing"))
+
+
+def _channel_model(channel: int):
+    """Tiny CNN whose logit is the mean of one colour channel: it 'looks' wherever that colour is."""
+    import torch
+    from torch import nn
+
+    conv = nn.Conv2d(3, 3, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+    head = nn.Linear(3, 1)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.weight[0, channel] = 1.0
+        head.bias.fill_(-0.1)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = conv, head
+
+        def forward(self, x):
+            return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3))).squeeze(1)
+
+    return M().eval()
+
+
+def _constructed_case(n=2):
+    img = np.zeros((n, 32, 32, 3), np.uint8)
+    img[:, 8:24, 8:24, 0] = 255  # red glomerulus in the centre (inside the mask)
+    img[:, :6, :, 1] = 255  # green band along the top edge (outside the mask)
+    mask = np.zeros((32, 32), bool)
+    mask[6:26, 6:26] = True
+    return img, mask
+
+
+def test_gradcam_share_inside_mask_higher_for_model_looking_at_mask():
+    img, mask = _constructed_case()
+    looks_inside, looks_outside = _channel_model(0), _channel_model(1)
+    cam_in = explain.gradcam(looks_inside, META, img, [1, 1], layer=looks_inside.conv)
+    cam_out = explain.gradcam(looks_outside, META, img, [1, 1], layer=looks_outside.conv)
+    assert cam_in.shape == (2, 32, 32) and cam_in.min() >= 0 and cam_in.max() <= 1 + 1e-6
+    s_in, s_out = explain.mask_share(cam_in[0], mask), explain.mask_share(cam_out[0], mask)
+    assert 0 <= s_out <= 1 and 0 <= s_in <= 1
+    assert s_in > 0.9 and s_out < 0.1
+    assert np.isnan(explain.mask_share(cam_in[0], None))
+    assert np.isnan(explain.mask_share(np.zeros((32, 32)), mask))
+
+
+def test_mask_share_bounds_random():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        cam = rng.random((16, 16)) * rng.integers(0, 2, (16, 16))
+        m = rng.random((16, 16)) > 0.5
+        s = explain.mask_share(cam, m)
+        assert np.isnan(s) or 0 <= s <= 1
+    assert explain.mask_share(np.ones((8, 8)), np.ones((16, 16))) == pytest.approx(1.0)  # resized mask
+
+
+def test_target_layer_per_backbone():
+    from glomlib.finetune import build_classifier
+
+    r = build_classifier("resnet18")
+    assert explain.target_layer(r, "resnet18") is r.backbone.layer4
+    e = build_classifier("efficientnet_lite0")
+    assert explain.target_layer(e, "efficientnet_lite0") is e.backbone.blocks[-1]
+    tiny = _channel_model(0)
+    assert explain.target_layer(tiny, "other") is tiny.conv
+    assert explain.head_layer(r) is r.head
+
+
+def test_embeddings_neighbours_and_tsne():
+    model = _channel_model(0)
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    emb = explain.embeddings(model, META, imgs, batch_size=7)
+    assert emb.shape == (20, 3)
+    nn_idx = explain.nearest_neighbours(emb, [0, 5], k=3)
+    assert nn_idx.shape == (2, 3) and 0 not in nn_idx[0] and 5 not in nn_idx[1]
+    dup = np.vstack([emb, emb[:1] * 2])  # a scaled copy of image 0 is its nearest (cosine) neighbour
+    assert explain.nearest_neighbours(dup, [0], k=1)[0, 0] == 20
+    xy, method = explain.embed_2d(emb, "tsne", 0)
+    assert xy.shape == (20, 2) and method == "t-SNE"
+
+
+def test_interactive_switch_and_browser(monkeypatch, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    monkeypatch.delenv("GLOMLIB_INTERACTIVE", raising=False)
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    assert explain.live_frontend(False) is False
+    assert explain.live_frontend(True) is False  # plain Python / papermill: no widget
+    monkeypatch.setenv("GLOMLIB_INTERACTIVE", "1")
+    assert explain.live_frontend(True) is True
+    assert explain.live_frontend(False) is False
+    monkeypatch.setenv("GLOMLIB_INTERACTIVE", "0")
+    assert explain.show_error_browser(_fake_pred(tmp_path), tmp_path / "o", True) == "static"
+    assert (tmp_path / "o" / "figures" / "error_gallery.png").exists()
+
+
+def _fake_pred(tmp_path: Path) -> pd.DataFrame:
+    from PIL import Image
+
+    rows = _rows(flip=(0, 1, 2))
+    for r in rows:
+        p = tmp_path / "img" / Path(r["path"]).name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((24, 24, 3), 40 * (int(p.stem) + 1) % 255, np.uint8)).save(p)
+        r["path"] = str(p)
+    run = _pred_csv(tmp_path / "run", rows)
+    return explain.attach_masks(explain.load_predictions(run), None)
+
+
+def test_filter_and_widget_builds(tmp_path):
+    import ipywidgets
+
+    pred = _fake_pred(tmp_path)
+    assert len(explain.filter_errors(pred)) == 3
+    assert set(explain.filter_errors(pred, "FP")["outcome"]) == {"FP"}
+    assert len(explain.filter_errors(pred, "all", "B")) == 4
+    assert len(explain.filter_errors(pred, "errors", confidence=(0.95, 1.0))) == 0
+    box = explain.error_browser(pred, page_size=2, size=24)
+    assert isinstance(box, ipywidgets.VBox)
+    controls, nav, _ = box.children
+    nav.children[1].click()  # next page
+    assert nav.children[2].value.startswith("3 images · page 2/2")
+    controls.children[0].value = "FN"  # filter resets to page 1
+    assert nav.children[2].value.startswith("1 images · page 1/1")
+
+
+@pytest.mark.realdata
+def test_real_patches_gradcam_with_masks(shared_data, tmp_path):
+    """A (scratch, tiny-resolution) ResNet-18 run folder in the contract format on real patches with real masks."""
+    import matplotlib
+    import torch
+
+    from glomlib.finetune import build_classifier
+    from glomlib.predict import save_model
+
+    matplotlib.use("Agg")
+    torch.manual_seed(0)
+    raw = shared_data / "Patches" / "Raw"
+    paths = sorted((raw / "Images" / "GS").glob("*.png"))[:8] + sorted((raw / "Images" / "nonGS").glob("*.png"))[:8]
+    rows = []
+    for i, p in enumerate(paths):
+        y = int(p.parent.name == "GS")
+        prob = [0.2, 0.8][y] if i % 4 else [0.9, 0.1][y]  # every 4th image an error
+        rows.append(dict(path=str(p), slide=p.stem.rsplit("-", 1)[0], center=p.stem.split("_")[0],
+                         label=p.parent.name, y=y, prob=prob, pred=int(prob >= 0.5), fold=0, seed=0,
+                         init="scratch", label_fraction=1.0))
+    run = _pred_csv(tmp_path / "run", rows)
+    model = build_classifier("resnet18").eval()
+    save_model(model, dict(backbone="resnet18", image_size=64, mean=[0.485, 0.456, 0.406],
+                           std=[0.229, 0.224, 0.225], positive_label="GS", negative_label="nonGS", init="scratch"),
+               run / "model.safetensors")
+    manifest = pd.DataFrame({"path": [str(p) for p in paths], "mask": [str(raw / "Masks" / p.name) for p in paths]})
+    pred = explain.attach_masks(explain.load_predictions(run), manifest)
+    assert pred["error"].sum() == 4
+    model, meta = explain.load_run_model(run)
+    cam_rows, imgs, cams, masks = explain.gradcam_errors(model, meta, pred, n_per_kind=2)
+    assert len(cam_rows) == 4 and cams.shape == (4, 64, 64)
+    shares = cam_rows["mask_share"].to_numpy()
+    assert np.all((shares >= 0) & (shares <= 1))
+    emb = explain.embeddings(model, meta, explain.load_display_images(pred["path"].tolist(), 64))
+    assert emb.shape == (16, 512)
+    out = tmp_path / "out"
+    from glomlib import plots
+
+    figs = {"g": explain.gradcam_figure(cam_rows, imgs, cams, masks, positive="GS"),
+            "fp": explain.error_gallery(pred, "FP", 4), "c": explain.confidence_figure(pred),
+            "r": explain.error_rate_figure(pred),
+            "n": explain.neighbour_gallery(pred, emb, explain.error_indices(pred, 2), 3),
+            "e": explain.embedding_figure(np.random.default_rng(0).random((16, 2)), pred)}
+    for name, fig in figs.items():
+        assert plots.save_figure(fig, out, name).stat().st_size > 5000
+        matplotlib.pyplot.close(fig)
+    paths_out = explain.write_outputs(out, pred, cam_rows,
+                                      explain.neighbour_table(pred, emb, explain.error_indices(pred, 4), 3))
+    errs = pd.read_csv(paths_out["errors"])
+    assert len(errs) == 4 and errs["mask_share"].between(0, 1).all()

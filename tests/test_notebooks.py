@@ -1,0 +1,116 @@
+"""Committed notebooks are clean and parameterised: no outputs or execution counts, a first code cell tagged
+``parameters`` holding simple commented assignments that the step's config class knows, the project root
+made the working directory right after it, and the parameters the pipeline passes."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from glomlib.pipeline import PIPELINE_PARAMS
+
+NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
+pytestmark = pytest.mark.skipif(not NOTEBOOKS, reason="no notebooks committed yet")
+
+
+def _ids(paths):
+    return [p.name for p in paths]
+
+
+def _read(path: Path):
+    nb = nbformat.read(str(path), as_version=4)
+    nbformat.validate(nb)
+    return nb
+
+
+def _code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _parameters_cell(nb):
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, f"expected exactly one cell tagged 'parameters', found {len(cells)}"
+    return cells[0]
+
+
+def _params(cell) -> dict[str, object]:
+    tree = ast.parse(cell.source)
+    out = {}
+    for node in tree.body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name), \
+            f"parameters cell line {node.lineno}: only simple 'name = value' assignments are allowed"
+        value = ast.literal_eval(node.value)
+        assert isinstance(value, (str, int, float, bool, list)), \
+            f"parameter {node.targets[0].id}: use str/int/float/bool/list, not {type(value).__name__}"
+        out[node.targets[0].id] = value
+    return out
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_committed_without_outputs(path):
+    nb = _read(path)
+    for i, cell in enumerate(_code_cells(nb)):
+        assert not cell.get("outputs"), f"{path.name}: code cell {i} has outputs; clear them before committing"
+        assert cell.get("execution_count") is None, f"{path.name}: code cell {i} has an execution count"
+    assert "papermill" not in nb.metadata, f"{path.name}: looks like an executed (papermill) notebook"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_first_code_cell_is_parameters_with_comments(path):
+    nb = _read(path)
+    cell = _parameters_cell(nb)
+    assert _code_cells(nb)[0] is cell, f"{path.name}: the cell tagged 'parameters' must be the first code cell"
+    params = _params(cell)
+    assert {"data", "out"} <= set(params), f"{path.name}: every notebook has parameters data and out"
+    for line in cell.source.splitlines():
+        if re.match(r"^\s*[A-Za-z_]\w*\s*=", line):
+            assert "#" in line, f"{path.name}: parameter line without a comment: {line!r}"
+    nxt = _code_cells(nb)[1] if len(_code_cells(nb)) > 1 else None
+    assert nxt is not None and "chdir_project_root" in nxt.source, \
+        f"{path.name}: the first code cell after 'parameters' must call glomlib.paths.chdir_project_root()"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_pipeline_parameters_declared(path):
+    stem = path.stem
+    if stem not in PIPELINE_PARAMS:
+        pytest.skip(f"{path.name} is not a pipeline step")
+    params = _params(_parameters_cell(_read(path)))
+    missing = [p for p in PIPELINE_PARAMS[stem] if p not in params]
+    assert not missing, f"{path.name}: the pipeline passes {missing}; declare them in the parameters cell"
+
+
+def _config_class(nb):
+    """The StepConfig subclass the notebook builds (``SomeConfig.from_namespace(...)``), if any."""
+    source = "\n".join(c.source for c in _code_cells(nb))
+    m = re.search(r"\b(\w+Config)\.from_(?:namespace|params)\(", source)
+    if not m:
+        return None
+    name = m.group(1)
+    modules = set(re.findall(r"\bglomlib\.(\w+)", source)) | set(re.findall(r"from glomlib\.(\w+) import", source))
+    modules |= {m2 for m2 in re.findall(r"from glomlib import ([\w, ]+)", source) for m2 in m2.replace(" ", "").split(",")}
+    for modname in sorted(modules):
+        try:
+            mod = importlib.import_module(f"glomlib.{modname}")
+        except ImportError:
+            continue
+        if hasattr(mod, name):
+            return getattr(mod, name)
+    raise AssertionError(f"notebook uses {name} but it is not found in glomlib modules {sorted(modules)}")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_parameters_known_to_config_class(path):
+    nb = _read(path)
+    cls = _config_class(nb)
+    if cls is None:
+        pytest.skip(f"{path.name} builds no StepConfig")
+    params = _params(_parameters_cell(nb))
+    unknown = sorted(set(params) - set(cls.field_names()))
+    assert not unknown, f"{path.name}: parameters {unknown} are not fields of {cls.__name__}"
