@@ -571,7 +571,8 @@ def montage_by(df: pd.DataFrame, by: str, n: int = 8, seed: int = 0, size: int =
                 r = rows.iloc[k]
                 images.append(load_rgb(r["path"], size))
                 other = r["label"] if by == "center" else (r["center"] or "")
-                captions.append(f"{g}\n{r['slide']} {other}".strip())
+                head = f"[{g}]  " if k == 0 else ""
+                captions.append(f"{head}{other}\n{r['slide']}".strip())
             else:
                 images.append(np.full((size, size, 3), 255, np.uint8))
                 captions.append("")
@@ -621,8 +622,8 @@ def duplicate_gallery(pairs: pd.DataFrame, max_pairs: int = 8, size: int = 140):
     for _, r in p.iterrows():
         for s in ("a", "b"):
             images.append(load_rgb(r[f"path_{s}"], size))
-            extra = f" fold {r[f'fold_{s}']}" if f"fold_{s}" in r else ""
-            captions.append(f"{r['kind']} d={r['distance']}\n{Path(r[f'path_{s}']).stem} {r.get(f'label_{s}', '')}{extra}")
+            extra = f" · fold {r[f'fold_{s}']}" if f"fold_{s}" in r else ""
+            captions.append(f"{r['kind']} d={r['distance']}\n{Path(r[f'path_{s}']).stem}\n{r.get(f'label_{s}', '')}{extra}")
     return plots.montage(images, captions, ncols=min(8, max(2, len(images))),
                          title="Duplicate pairs (neighbouring tiles belong together)", caption_size=8)
 

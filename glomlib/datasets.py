@@ -162,17 +162,23 @@ def verify(root: Path, sums: dict[str, str]) -> tuple[list[str], list[str], list
     """Check files under ``root`` against ``sums``. Returns (verified, missing, unlisted) relative paths.
     Raises :class:`DatasetError` naming every file whose content differs from the list."""
     present = [rel for rel in sorted(sums) if (root / rel).is_file()]
-    missing = [rel for rel in sorted(sums) if rel not in set(present)]
+    present_set = set(present)
+    missing = [rel for rel in sorted(sums) if rel not in present_set]
     got = hash_files([str(root / rel) for rel in present])
-    bad = [rel for rel, h in zip(present, got) if h != sums[rel]]
+    bad = [(rel, h) for rel, h in zip(present, got) if h != sums[rel]]
     if bad:
-        lines = "\n".join(f"  {root / rel}: sha256 {h[:16]}... expected {sums[rel][:16]}..."
-                          for rel, h in zip(present, got) if rel in set(bad))
+        lines = []
+        for rel, h in bad:
+            note = ""
+            with open(root / rel, "rb") as f:
+                if f.read(40).startswith(b"version https://git-lfs"):
+                    note = " (a Git LFS pointer, not the image: the archive did not include LFS files)"
+            lines.append(f"  {root / rel}: sha256 {h[:16]}... expected {sums[rel][:16]}...{note}")
         raise DatasetError(f"{len(bad)} file(s) of {root} do not match the upstream sha256 list (corrupted or "
-                           f"modified; re-download or restore them):\n{lines}")
+                           f"modified; re-download or restore them):\n" + "\n".join(lines))
     listed = set(sums)
-    unlisted = sorted(str(p.relative_to(root)) for p in (root / SUBDIR).rglob("*")
-                      if p.is_file() and str(p.relative_to(root)) not in listed)
+    unlisted = sorted(p.relative_to(root).as_posix() for p in (root / SUBDIR).rglob("*")
+                      if p.is_file() and p.relative_to(root).as_posix() not in listed)
     return present, missing, unlisted
 
 
@@ -196,7 +202,8 @@ def fetch_glomeruli_pas(out: str | os.PathLike = "data/glomeruli-pas",
                         progress: bool = True, verbose: bool = True) -> Path:
     """Build (or reuse) the glomeruli-pas manifest in ``out`` and return the path to ``out/manifest.csv``.
 
-    ``out`` relative -> relative to the project root. ``mirror=False`` forces the download. ``url`` (default: the pinned GitHub archive) and
+    ``out`` relative -> relative to the project root. ``mirror=False`` (or an explicit ``url``
+    without ``mirror``) forces the download. ``url`` (default: the pinned GitHub archive) and
     ``sums`` (default: the project's upstream sha256 list) are injectable for tests and other mirrors.
     Labels are ``GS`` (positive) / ``nonGS``; slide = file name before the last ``-``; center = first
     ``_`` token of the slide.
@@ -211,6 +218,8 @@ def fetch_glomeruli_pas(out: str | os.PathLike = "data/glomeruli-pas",
         outp = project_root() / outp
     outp = outp.resolve()
     sums_map = read_sums(sums)
+    if url is not None and mirror is None:
+        mirror = False  # an explicit URL means: download from it
     root = find_mirror(mirror)
     if root is not None:
         source = f"mirror {root}"

@@ -617,6 +617,12 @@ def show_error_browser(pred: pd.DataFrame, out: str | Path | None = None, intera
 
     if live_frontend(interactive):
         display(error_browser(pred))
+        if out is not None:  # the figures folder stays complete in interactive sessions too
+            import matplotlib.pyplot as plt
+
+            fig = static_gallery(pred)
+            plots.save_figure(fig, out, "error_gallery")
+            plt.close(fig)
         return "widget"
     plots.show(static_gallery(pred), out, "error_gallery",
                "every error (up to 48), most confident first; caption colour = outcome (orange FP, pink FN).")

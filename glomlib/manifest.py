@@ -200,9 +200,9 @@ def check_image(path: str, full: bool = True) -> list[tuple[str, str, str]]:
     else:
         err = ""
     if img is None:
-        kind = "truncated" if is_png else "unreadable"
-        return [("error", kind, "cannot be decoded as an image" + (f": {err}" if err else "")
-                 + "; is it a PNG/JPEG/TIFF image?")]
+        what = "damaged image data" if is_png else "is it a PNG/JPEG/TIFF image?"
+        return [("error", "unreadable", "cannot be decoded as an image" + (f": {err}" if err else "")
+                 + f"; {what}")]
     if not is_png:
         notes = []
         if img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (1, 2)):

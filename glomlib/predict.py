@@ -114,7 +114,7 @@ def predict(model, meta: dict[str, Any], images, batch_size: int = 64, device: s
         from glomlib.cache import load_images
 
         images = np.asarray(load_images([str(p) for p in images], size))
-    images = np.asarray(images)
+    images = np.array(images)  # a writable copy (the cache hands out read-only memmaps)
     if images.ndim == 3:
         images = images[None]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:

@@ -252,7 +252,9 @@ def init_distributed(device: torch.device) -> bool:
 def _is_main() -> bool:
     import torch.distributed as dist
 
-    return not dist.is_initialized() or dist.get_rank() == 0
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    return dist_info()[0] == 0
 
 
 def _barrier() -> None:
@@ -636,6 +638,7 @@ def run_ssl(cfg: SSLConfig, progress: bool = True) -> SSLResult:
     """The whole step: data -> run folder (config.json, provenance.json) -> :func:`pretrain`."""
     from .runs import write_provenance
 
+    init_distributed(resolve_device(cfg.device, dist_info()[2]))  # before any rank-0-only work
     data = load_data(cfg)
     run_dir = prepare_run_dir(cfg)
     if _is_main():

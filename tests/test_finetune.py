@@ -206,7 +206,7 @@ def test_config_validation():
 
 
 def test_wrong_positive_label_is_explained(manifest, tmp_path):
-    with pytest.raises(ConfigError, match="positive_label"):
+    with pytest.raises(ValueError, match="positive"):  # ManifestError or ConfigError, naming the parameter
         run_finetune(**_params(manifest, tmp_path / "x", positive_label="GS"))
 
 

@@ -258,3 +258,16 @@ def test_warnings_do_not_fail(tiny_manifest, write_png):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert len(read_manifest(tiny_manifest)) == 24
+
+
+def test_damaged_pixels_found_by_full_check(make_manifest):
+    m = make_manifest(size=64)
+    df = _csv(m)
+    p = m.parent / df.path[0]
+    b = bytearray(p.read_bytes())
+    for i in range(60, len(b) - 20):
+        b[i] ^= 0x55
+    p.write_bytes(bytes(b))
+    assert _errors(m, full=False) == []  # header and trailer intact
+    errs = _errors(m, full=True)
+    assert [(e.row, e.kind) for e in errs] == [(1, "unreadable")] and "damaged" in errs[0].message

@@ -1,0 +1,183 @@
+"""glomlib.ssl: SimCLR pretraining, checkpoints, resume (also after SIGKILL), CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from glomlib import checkpoint, models, ssl
+from glomlib.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(image_size=32, batch_size=8, epochs=2, knn_every=1, knn_k=3, proj_hidden_dim=32, proj_out_dim=16,
+            precision="fp32", channels_last=False, clahe_p=0.5, warmup_epochs=1)
+
+
+def _images(n=24, s=32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(150, 230, (n, s, s, 3), dtype=np.uint8)
+    y = np.arange(n) % 2
+    x[y == 1, s // 4: 3 * s // 4, s // 4: 3 * s // 4] //= 3  # a dark blob on positives
+    return x, y, np.arange(n) % 3
+
+
+def test_tiny_pretrain_writes_everything(tmp_path):
+    x, y, folds = _images()
+    cfg = ssl.SSLConfig.from_params(out=str(tmp_path), **TINY)
+    res = ssl.pretrain(cfg, x, tmp_path, y=y, folds=folds, data_fingerprint="fp123", progress=False)
+    hist = ssl.read_history(tmp_path)
+    assert list(hist["epoch"]) == [1, 2]
+    assert np.isfinite(hist["loss"]).all() and (hist["images_per_s"] > 0).all()
+    assert {"embedding_std", "embedding_std_ref", "knn_acc", "knn_auc", "lr"} <= set(hist.columns)
+    ck = checkpoint.load_checkpoint(tmp_path / "checkpoint.pt")  # weights_only=True
+    assert ck["epoch"] == 2 and ck["data_fingerprint"] == "fp123" and ck["config"]["image_size"] == 32
+    assert ck["versions"]["torch"] == torch.__version__.split("+")[0]
+    bb, _ = models.build_backbone("resnet18")
+    meta = checkpoint.load_encoder_into(bb, res.encoder_path, expect_backbone="resnet18")
+    assert meta["image_size"] == 32 and meta["data_fingerprint"] == "fp123"
+    for k, v in bb.state_dict().items():
+        assert torch.equal(v, ck["model"]["backbone." + k]), k
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tmp_path):
+    """3 epochs in one go == 1 epoch, stop, resume to 3 (same weights, same history)."""
+    x, _, _ = _images()
+    kw = {**TINY, "epochs": 3, "knn_every": 0}
+    a, c = tmp_path / "a", tmp_path / "c"
+    a.mkdir(), c.mkdir()
+    ssl.pretrain(ssl.SSLConfig.from_params(out=str(a), **kw), x, a, progress=False)
+    _run_epochs(ssl.SSLConfig.from_params(out=str(c), **kw), x, c, stop_after=1)
+    assert checkpoint.load_checkpoint(c / "checkpoint.pt")["epoch"] == 1
+    ssl.pretrain(ssl.SSLConfig.from_params(out=str(c), resume=True, **kw), x, c, progress=False)
+    ha, hc = ssl.read_history(a), ssl.read_history(c)
+    assert list(hc["epoch"]) == [1, 2, 3]
+    assert np.allclose(ha["loss"], hc["loss"], rtol=1e-4, atol=1e-5)
+    wa = checkpoint.load_checkpoint(a / "checkpoint.pt")["model"]
+    wc = checkpoint.load_checkpoint(c / "checkpoint.pt")["model"]
+    for k in wa:
+        assert torch.allclose(wa[k].float(), wc[k].float(), atol=1e-4), k
+
+
+def _run_epochs(cfg, x, run_dir, stop_after):
+    """Run ``cfg`` but stop after ``stop_after`` epochs (as if killed right after that checkpoint)."""
+    orig = ssl.write_history
+
+    class Stop(Exception):
+        pass
+
+    def write_then_stop(path, rows):
+        orig(path, rows)
+        if len(rows) >= stop_after:
+            raise Stop
+
+    ssl.write_history = write_then_stop
+    try:
+        ssl.pretrain(cfg, x, run_dir, progress=False)
+    except Stop:
+        pass
+    finally:
+        ssl.write_history = orig
+
+
+def test_config_validation_messages():
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        ssl.SSLConfig.from_params(epochz=3)
+    with pytest.raises(ConfigError, match="backbone"):
+        ssl.SSLConfig.from_params(backbone="vgg")
+    with pytest.raises(ConfigError, match="optimizer"):
+        ssl.SSLConfig.from_params(optimizer="adam")
+    with pytest.raises(ConfigError, match="resume"):
+        ssl.SSLConfig.from_params(resume=True)
+    with pytest.raises(ConfigError, match="hflip_p"):
+        ssl.SSLConfig.from_params(hflip_p=2.0)
+    with pytest.raises(ConfigError, match="lr"):
+        ssl.coerce_params({"lr": "fast"})
+    assert ssl.coerce_params({"lr": "1e-4", "resume": "true", "epochs": "3"}) == {"lr": 1e-4, "resume": True,
+                                                                                  "epochs": 3}
+
+
+def test_lr_schedule_warmup_then_cosine():
+    f = [ssl.lr_factor(s, 100, 10) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0) and f[99] < 0.01
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+
+
+def test_epoch_batches_shard_without_overlap():
+    full = ssl.epoch_batches(50, 8, epoch=3, seed=0)
+    r0 = ssl.epoch_batches(50, 4, epoch=3, seed=0, rank=0, world=2)
+    r1 = ssl.epoch_batches(50, 4, epoch=3, seed=0, rank=1, world=2)
+    assert len(full) == len(r0) == len(r1) == 6
+    a, b = np.concatenate(r0), np.concatenate(r1)
+    assert not set(a) & set(b) and set(a) | set(b) == set(np.concatenate(full))
+    assert not np.array_equal(np.concatenate(ssl.epoch_batches(50, 8, 4, 0)), np.concatenate(full))
+    with pytest.raises(ConfigError, match="batch_size"):
+        ssl.epoch_batches(5, 8, 0, 0)
+
+
+def test_embedding_spread_detects_collapse():
+    assert ssl.embedding_spread(torch.ones(64, 16) + 1e-6 * torch.randn(64, 16)) < 1e-3
+    assert ssl.embedding_spread(torch.randn(512, 16)) == pytest.approx(1 / 4, rel=0.1)
+
+
+def test_out_folder_is_never_overwritten(make_manifest, tmp_path):
+    m = make_manifest(size=32)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "something").write_text("x")
+    cfg = ssl.SSLConfig.from_params(data=str(m), out=str(out), **{**TINY, "epochs": 1})
+    with pytest.raises(FileExistsError, match="not empty"):
+        ssl.run_ssl(cfg, progress=False)
+
+
+def _cli(out, manifest, epochs, *extra):
+    return [sys.executable, "-m", "glomlib.ssl", "--no-progress", "-p", f"out={out}", "-p", f"data={manifest}",
+            "-p", f"epochs={epochs}", "-p", "image_size=32", "-p", "batch_size=4", "-p", "knn_k=3",
+            "-p", "proj_hidden_dim=32", "-p", "proj_out_dim=16", "-p", "n_folds=3", "-p", "precision=fp32",
+            *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_finishes(make_manifest, tmp_path):
+    m = make_manifest(n_slides=6, per_slide=8, size=32)
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_cli(out, m, 4), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    hist = out / "history.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if hist.exists() and len(hist.read_text().strip().splitlines()) >= 2:  # epoch 1 checkpointed
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+    time.sleep(0.3)  # now inside epoch 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    ck = checkpoint.load_checkpoint(out / "checkpoint.pt")
+    assert 1 <= ck["epoch"] < 4
+    assert not (out / "encoder.safetensors").exists()
+    r = subprocess.run(_cli(out, m, 4, "--resume"), cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert f"Resuming {out} after epoch {ck['epoch']}/4" in r.stdout
+    assert list(ssl.read_history(out)["epoch"]) == [1, 2, 3, 4]
+    assert checkpoint.load_checkpoint(out / "checkpoint.pt")["epoch"] == 4
+    assert (out / "encoder.safetensors").exists()
+    assert json.loads((out / "provenance.json").read_text())["data_fingerprint"]
+
+
+def test_glomlib_cli_registers_ssl():
+    from glomlib import cli
+
+    parser = cli.build_parser(only="ssl")
+    args = parser.parse_args(["ssl", "-p", "epochs=3", "--resume", "-p", "out=/tmp/x"])
+    cfg = ssl.config_from_args(args)
+    assert cfg.epochs == 3 and cfg.resume
