@@ -400,7 +400,10 @@ def gradcam_errors(model, meta: dict[str, Any], pred: pd.DataFrame, n_per_kind: 
     imgs = load_display_images(rows["path"].tolist(), size)
     cams = gradcam(model, meta, imgs, [1] * len(rows), batch_size=batch_size)
     masks = load_display_masks(rows["mask"].tolist() if "mask" in rows else [""] * len(rows), size)
-    rows = rows.assign(mask_share=[mask_share(c, m) for c, m in zip(cams, masks)])
+    area = [float(np.mean(m)) if m is not None and np.any(m) else float("nan") for m in masks]
+    rows = rows.assign(mask_share=[mask_share(c, m) for c, m in zip(cams, masks)], mask_area=area)
+    # > 1: heat concentrated on the glomerulus more than a uniform map would be (share == area)
+    rows["mask_enrichment"] = rows["mask_share"] / rows["mask_area"]
     return rows, imgs, cams, masks
 
 
@@ -412,7 +415,8 @@ def gradcam_figure(rows: pd.DataFrame, images: np.ndarray, cams: np.ndarray, mas
 
     tiles, caps, mks = [], [], []
     for (_, r), img, cam, m in zip(rows.iterrows(), images, cams, masks):
-        share = "" if not np.isfinite(r["mask_share"]) else f"\n{100 * r['mask_share']:.0f}% of heat inside mask"
+        share = "" if not np.isfinite(r["mask_share"]) else \
+            f"\n{100 * r['mask_share']:.0f}% heat in mask ({100 * r.get('mask_area', np.nan):.0f}% of area)"
         tiles += [np.asarray(img), plots.cam_overlay(np.asarray(img), cam)]
         caps += [caption(r), f"Grad-CAM: evidence for {positive}{share}"]
         mks += [m, m]
@@ -638,7 +642,8 @@ def write_outputs(out: str | Path, pred: pd.DataFrame, gradcam_rows: pd.DataFram
     out = Path(out)
     e = pred[pred["error"]].sort_values("confidence", ascending=False)
     if gradcam_rows is not None and len(gradcam_rows):
-        e = e.merge(gradcam_rows[["path", "mask_share"]], on="path", how="left")
+        cols = [c for c in ("path", "mask_share", "mask_area", "mask_enrichment") if c in gradcam_rows]
+        e = e.merge(gradcam_rows[cols], on="path", how="left")
     paths = {"errors": out / "errors.csv", "by_center": out / "error_rates_by_center.csv",
              "by_slide": out / "error_rates_by_slide.csv"}
     e.to_csv(paths["errors"], index=False)

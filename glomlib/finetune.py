@@ -71,7 +71,7 @@ class FinetuneConfig(StepConfig):
     patience: int = 4                       # early stopping: epochs without validation improvement
     val_fraction: float = 0.2               # share of the training slides held out for model selection
     augment: bool = True                    # flips, 90-degree rotations, colour jitter during training
-    num_workers: int = 0                    # DataLoader worker processes (images are cached in memory)
+    num_workers: int = 0                    # accepted for profiles; unused: images live in memory, batches are augmented in place
     resume: bool = False                    # continue an interrupted run in `out` (finished folds are kept)
     final_model: bool = True                # also train on all labelled images and save model.safetensors
     amp: str = "auto"                       # auto (bf16 on CUDA, off on CPU) | bf16 | off
@@ -344,7 +344,7 @@ def train_one(cfg: FinetuneConfig, images, y_train: np.ndarray, idx_train: np.nd
     state = {"epoch": 0, "best_epoch": 0, "best_loss": math.inf, "bad_epochs": 0, "history": [],
              "best_state": None}
     if state_path is not None and state_path.exists():
-        ck = torch.load(state_path, map_location="cpu", weights_only=False)
+        ck = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
@@ -589,7 +589,8 @@ def run_finetune(cfg: FinetuneConfig | None = None, **params: Any) -> FinetuneRe
     if cfg.final_model:
         model_path = out / "model.safetensors"
         if not model_path.exists():
-            idx_all = np.flatnonzero(subsample_labels(df, cfg.label_fraction, cfg.seeds[0]))
+            pool = np.flatnonzero(folds_by_seed[cfg.seeds[0]] >= 0)  # every CV image; split=test rows stay out
+            idx_all = pool[subsample_labels(df.iloc[pool], cfg.label_fraction, cfg.seeds[0])]
             n_ep = int(max(1, np.median([r["best_epoch"] for r in per_fold] or [cfg.epochs])))
             model, info = train_one(cfg, images, y, idx_all, None, seed=cfg.seeds[0], device=device,
                                     state_path=out / "checkpoints" / "final" / "state.pt", max_epochs=n_ep,

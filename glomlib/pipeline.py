@@ -371,8 +371,28 @@ def write_subset_manifest(src: Path, dest: Path, subset: dict[str, Any], positiv
     cols = ["path", "label", "slide"] + [c for c in ("patient", "center", "mask") if (sub[c] != "").any()
                                          and not (c == "patient" and (sub["patient"] == sub["slide"]).all())]
     write_manifest(sub[cols], dest)
-    for extra in ("LICENSE", "CITATION", "CITATION.cff", "README.md"):  # license/citation travel with the slice
+    for extra in ("LICENSE", "CITATION", "CITATION.txt", "CITATION.cff", "README.md"):  # license travels along
         if (src.parent / extra).is_file():
+            shutil.copy2(src.parent / extra, dest.parent / extra)
+    return dest
+
+
+def write_pseudonymised_manifest(src: Path, dest: Path, key: bytes, positive_label: str) -> Path:
+    """A copy of ``src`` whose slide (and patient) identifiers are stable pseudonyms, so that the notebooks'
+    tables and figures never see the real identifiers. File names are not changed (the images are not copied)."""
+    from glomlib.manifest import write_manifest
+    from glomlib.report import pseudonym
+
+    df = read_manifest_df(src, positive_label).copy()
+    has_patient = bool((df["patient"] != df["slide"]).any())
+    df["slide"] = [pseudonym(str(v), key, "slide") for v in df["slide"]]
+    df["patient"] = [pseudonym(str(v), key, "patient") for v in df["patient"]] if has_patient else df["slide"]
+    cols = ["path", "label", "slide"] + (["patient"] if has_patient else []) + \
+        [c for c in ("center", "split", "mask") if (df[c] != "").any()]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_manifest(df[cols], dest)
+    for extra in ("LICENSE", "CITATION", "CITATION.txt", "CITATION.cff", "README.md"):
+        if (src.parent / extra).is_file() and not (dest.parent / extra).exists():
             shutil.copy2(src.parent / extra, dest.parent / extra)
     return dest
 
@@ -460,7 +480,7 @@ def execute_step(step: Step, notebook: Path, params: dict[str, Any], run_dir: Pa
     try:
         papermill.execute_notebook(
             str(notebook), str(executed), parameters=params, kernel_name=KERNEL, cwd=str(root),
-            progress_bar=False, log_output=False, request_save_on_cell_execute=True,
+            progress_bar=sys.stderr.isatty(), log_output=False, request_save_on_cell_execute=True,
         )
     except PapermillExecutionError as e:
         msg = f"{e.ename}: {e.evalue}"
@@ -554,19 +574,29 @@ def run_pipeline(profile: str | Path | None = None, *, data: str | None = None, 
         source = ensure_manifest(data, root)
         # validate profile against notebooks before creating a run folder
         step_parameters(prof, declared, "RUN", "DATA")
-        run_dir = new_run_dir(_abs(runs_root, root), prof["name"]).resolve()
-        log(f"Run folder: {_rel(run_dir, root)}")
-        used = source
-        if prof.get("subset"):
-            used = write_subset_manifest(source, run_dir / "data" / "manifest.csv", prof["subset"], positive)
-            log(f"  using a slice of the data ({prof['subset']}) -> {_rel(used, root)}")
-        log("  fingerprinting the data ...")
-        fingerprint = data_fingerprint(used, positive)
         ssl_used = None
         if ssl_data:
             ssl_used = _abs(ssl_data, root)
             if not ssl_used.is_file():
                 raise PipelineError(f"--ssl-data {ssl_data}: no such manifest.")
+        run_dir = new_run_dir(_abs(runs_root, root), prof["name"]).resolve()
+        log(f"Run folder: {_rel(run_dir, root)}")
+        try:
+            used = source
+            if prof.get("subset"):
+                used = write_subset_manifest(source, run_dir / "data" / "manifest.csv", prof["subset"], positive)
+                log(f"  using a slice of the data ({prof['subset']}) -> {_rel(used, root)}")
+            if pseudonymise:
+                from glomlib.report import pseudonym_key
+
+                used = write_pseudonymised_manifest(used, run_dir / "data" / "manifest-pseudonymised.csv",
+                                                    pseudonym_key(root), positive)
+                log(f"  slide identifiers replaced by pseudonyms -> {_rel(used, root)}")
+            log("  checking and fingerprinting the data ...")
+            fingerprint = data_fingerprint(used, positive)
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing ran: leave no half-made run folder
+            raise
         params = step_parameters(prof, declared, _rel(run_dir, root), _rel(used, root),
                                  _rel(ssl_used, root) if ssl_used else None)
         definition = {
@@ -580,7 +610,7 @@ def run_pipeline(profile: str | Path | None = None, *, data: str | None = None, 
             "steps": [{"id": s.id, "notebook": f"{s.stem}.ipynb", "out": s.out,
                        "executed": f"notebooks/{s.executed_name}"} for s in steps],
             "parameters": params,
-            "pseudonymise": pseudonymise,
+            "pseudonymised_data": pseudonymise,
             "resumable": [stem for stem, d in declared.items() if "resume" in d],
             "created_utc": _now(),
         }
@@ -615,8 +645,8 @@ def run_pipeline(profile: str | Path | None = None, *, data: str | None = None, 
     if render:
         from glomlib.report import render_run
 
-        index = render_run(run_dir, reports_root=_abs(reports_root, root), pseudonymise=pseudonymise,
-                           project_root=root)
+        index = render_run(run_dir, reports_root=_abs(reports_root, root),
+                           pseudonymise=pseudonymise or bool(definition.get("pseudonymised_data")), project_root=root)
         log(f"Report: {_rel(index, root)}")
     return run_dir
 
@@ -637,7 +667,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="run only these steps (e.g. 01, ssl, 03/glom, finetune, 05_error_analysis); "
                         "with --resume, re-run them")
     p.add_argument("--pseudonymise", "--pseudonymize", action="store_true",
-                   help="replace slide/patient identifiers with stable pseudonyms in the HTML reports")
+                   help="replace slide/patient identifiers with stable pseudonyms: in a new run the notebooks get a "
+                        "pseudonymised manifest (tables and figures), and the HTML text is scrubbed; with --resume "
+                        "only the HTML text (reports/<run>-pseudonymised/)")
     p.add_argument("--runs-root", default="runs", help="where run folders go (default: runs)")
     p.add_argument("--reports-root", default="reports", help="where HTML reports go (default: reports)")
     p.add_argument("--notebooks", default=None, help="folder holding the notebooks (default: notebooks)")

@@ -42,6 +42,7 @@ def save_model(model, meta: dict[str, Any], path: str | Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file(sd, str(tmp), metadata=strings)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -52,6 +52,7 @@ STEP_TITLES = {
     "04_baseline_comparison": "Comparison of initialisations",
     "05_error_analysis": "Error analysis",
 }
+HEADLINE_METRICS = ("auc", "accuracy", "f1_weighted", "balanced_accuracy", "sensitivity", "specificity")
 REMOVE_CELL_TAGS = {"remove_cell", "remove-cell", "hide_cell"}
 REMOVE_OUTPUT_TAGS = {"remove_output", "remove-output", "hide_output", "hide-output"}
 
@@ -88,6 +89,12 @@ _GENERIC_ABS = re.compile(
 )
 
 
+_DATA_URI = re.compile(r"(data:[\w/+.-]+;base64,[A-Za-z0-9+/=\s]+)")
+
+
+_PSEUDONYM = re.compile(r"^(slide|patient)-[0-9a-f]{6}$")
+
+
 class Scrubber:
     """Replaces absolute paths, user and host names (and optionally slide identifiers) in text."""
 
@@ -109,6 +116,8 @@ class Scrubber:
         self.host = socket.gethostname()
         self.pseudonyms: dict[str, str] = {}
         if key is not None:
+            slides = [s for s in slides if not _PSEUDONYM.match(str(s))]
+            patients = [p for p in patients if not _PSEUDONYM.match(str(p))]
             for s in slides:
                 self.pseudonyms[str(s)] = pseudonym(str(s), key, "slide")
             for p in patients:
@@ -120,6 +129,12 @@ class Scrubber:
     def __call__(self, text: str) -> str:
         if not text:
             return text
+        if "base64," in text:  # never touch embedded images (base64 may contain '/tmp/...'-like runs)
+            parts = _DATA_URI.split(text)
+            return "".join(p if i % 2 else self._scrub(p) for i, p in enumerate(parts))
+        return self._scrub(text)
+
+    def _scrub(self, text: str) -> str:
         for a, b in self.pairs:
             text = text.replace(a, b)
         text = _GENERIC_ABS.sub(lambda m: "[…]/" + re.split(r"[\\/]", m.group(0))[-1], text)
@@ -280,7 +295,7 @@ def render_notebook(nb_path: Path, out_html: Path, *, title: str, scrub: Callabl
 
     nb = clean_notebook(nbformat.read(str(nb_path), as_version=4), scrub)
     exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
-                            exclude_output_prompt=True, embed_images=True)
+                            exclude_output_prompt=True, embed_images=True, exclude_anchor_links=True)
     resources = {"metadata": {"name": title, "path": str(bases[0])}}
     body, _ = exporter.from_notebook_node(nb, resources=resources)
     body = _EXTERNAL_SCRIPT.sub("", body)
@@ -320,7 +335,7 @@ INDEX_CSS = """
 body{font:15px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;max-width:980px;margin:24px auto;padding:0 16px;color:#222}
 h1{font-size:1.6em;margin-bottom:0} .sub{color:#555;margin-top:4px}
 table{border-collapse:collapse;margin:8px 0 16px} th,td{border:1px solid #dde;padding:4px 10px;text-align:left;vertical-align:top}
-th{background:#f3f5f7;font-weight:600} pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:13px}
+th{background:#f3f5f7;font-weight:600} pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:13px;white-space:pre-wrap}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:8px 12px} a{color:#1a4f8b}
 ol.pages li{margin:4px 0}
 """
@@ -333,7 +348,8 @@ def render_index(out_dir: Path, *, run_name: str, pages: list[dict[str, str]], d
 
     prof = definition.get("profile", {})
     metrics = summary.get("metrics", {})
-    names = sorted({m for v in metrics.values() if isinstance(v, dict) for m in v})
+    found = {m for v in metrics.values() if isinstance(v, dict) for m in v}
+    names = [m for m in HEADLINE_METRICS if m in found] + sorted(found - set(HEADLINE_METRICS))
     metric_html = ""
     if metrics:
         head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
@@ -359,11 +375,18 @@ def render_index(out_dir: Path, *, run_name: str, pages: list[dict[str, str]], d
     ver_rows = [(k, html.escape(scrub(str(v)))) for k, v in versions.items() if k != "platform"]
     profile_yaml = yaml.safe_dump({k: v for k, v in prof.items() if k != "source"}, sort_keys=False)
     params_json = json.dumps(definition.get("parameters", {}), indent=1)
-    pseudo_note = (
-        '<p class="note">Slide and patient identifiers are replaced by stable pseudonyms (e.g. '
-        "<code>slide-7f3a2c</code>) in all text, tables and vector figures. Raster figures (PNG) are embedded "
-        "unchanged: check that none shows an identifier before sharing outside the lab.</p>"
-        if pseudonymised else "")
+    if definition.get("pseudonymised_data"):
+        pseudo_note = ('<p class="note">Slide and patient identifiers are stable pseudonyms (e.g. '
+                       "<code>slide-7f3a2c</code>): the notebooks ran on a pseudonymised manifest, so tables and "
+                       "figures show pseudonyms. Images titled with their file names still show the original "
+                       "file name: check the galleries before sharing outside the lab.</p>")
+    elif pseudonymised:
+        pseudo_note = ('<p class="note">Slide and patient identifiers are replaced by stable pseudonyms (e.g. '
+                       "<code>slide-7f3a2c</code>) in all text, tables and vector figures. Raster figures (PNG) "
+                       "are embedded unchanged: check that none shows an identifier before sharing outside the "
+                       "lab (or make a new run with <code>glomlib run --pseudonymise</code>).</p>")
+    else:
+        pseudo_note = ""
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>glomlib report: {html.escape(run_name)}</title>
 <style>{INDEX_CSS}</style></head><body>

@@ -133,3 +133,15 @@ def test_report_in_headless_chromium(chromium, tmp_path):
     results = check_report_in_browser(chromium, report, tmp_path / "browser")
     assert results["01_data_audit.html"]["images"] >= 1
     assert results["index.html"]["title"].startswith("glomlib report")
+
+
+def test_browser_check_detects_problems(chromium, tmp_path):
+    """The check itself works: a broken image, a visible code cell and a traceback are all caught."""
+    page = tmp_path / "bad.html"
+    page.write_text('<!DOCTYPE html><html><head><title>bad</title></head><body>'
+                    '<img src="data:image/png;base64,AAAA"><img src="missing.png">'
+                    '<div class="jp-Cell jp-CodeCell"><div class="jp-InputArea">import os</div></div>'
+                    '<pre>Traceback (most recent call last):\n  File "x.py"</pre></body></html>')
+    res = check_page(chromium, page, tmp_path / "browser")
+    assert res["images"] == 2 and len(res["broken"]) == 2
+    assert res["code_inputs"] == 1 and res["traceback"]

@@ -67,7 +67,7 @@ def test_two_gloo_ranks_match_single_process_on_combined_batch(tmp_path):
 def test_torchrun_two_processes_trains_and_saves(make_manifest, tmp_path):
     m = make_manifest(n_slides=6, per_slide=4, size=32)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "glomlib.ssl", "--no-progress", "-p", f"out={out}", "-p", f"data={m}", "-p", "epochs=2",
            "-p", "image_size=32", "-p", "batch_size=4", "-p", "proj_hidden_dim=32", "-p", "proj_out_dim=16",
            "-p", "n_folds=3", "-p", "knn_k=3", "-p", "precision=fp32"]

@@ -237,3 +237,37 @@ def test_real_data_slice(shared_data, tmp_path):
     assert len(res.predictions) == len(sub)
     assert (res.predictions.groupby("slide")["fold"].nunique() == 1).all()
     assert np.isfinite(res.summary["auc"]["mean"])
+
+
+def test_split_test_rows_are_held_out(tmp_path):
+    """Rows with split=test never enter CV or the final model's training; the final model predicts them once."""
+    from conftest import build_tiny_dataset
+
+    manifest = build_tiny_dataset(tmp_path / "d", n_slides=8, per_slide=4, size=16,
+                                  extra_columns={"split": lambda s, k: "test" if s == 7 else ""})
+    res = run_finetune(**_params(manifest, tmp_path / "held", epochs=1))
+    assert len(res.predictions) == 28 and "S07" not in set(res.predictions["slide"])
+    held = pd.read_csv(res.out / "heldout_predictions.csv")
+    assert len(held) == 4 and set(held["slide"]) == {"S07"}
+    assert (res.out / "heldout_metrics.json").exists()
+
+
+def test_train_one_continues_from_epoch_checkpoint(manifest, tmp_path):
+    """A fold interrupted after epoch 1 continues at epoch 2 from its (weights-only loadable) state file."""
+    import torch
+
+    from glomlib.cache import load_images
+    from glomlib.finetune import train_one
+    from glomlib.manifest import read_manifest
+
+    df = read_manifest(manifest, positive_label="M1")
+    images = torch.from_numpy(np.array(load_images(list(df["path"]), 16)))
+    y = df["y"].to_numpy()
+    idx_tr, idx_va = np.arange(0, 24), np.arange(24, 32)
+    state = tmp_path / "state.pt"
+    cfg = FinetuneConfig.from_params(**{**_params(manifest, tmp_path), "epochs": 1, "patience": 5})
+    train_one(cfg, images, y, idx_tr, idx_va, seed=0, device=torch.device("cpu"), state_path=state)
+    assert torch.load(state, weights_only=True)["state"]["epoch"] == 1
+    cfg2 = FinetuneConfig.from_params(**{**_params(manifest, tmp_path), "epochs": 2, "patience": 5})
+    _, info = train_one(cfg2, images, y, idx_tr, idx_va, seed=0, device=torch.device("cpu"), state_path=state)
+    assert info["epochs_run"] == 2 and [h["epoch"] for h in info["history"]] == [1, 2]

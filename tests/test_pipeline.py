@@ -302,3 +302,25 @@ def test_smoke_profile_end_to_end_on_real_data(real_manifest, tmp_path):
     assert index.is_file()
     assert len(list(index.parent.glob("*.html"))) == 1 + len(plan_steps(load_run_profile("smoke")))
     print(f"smoke profile: {seconds:.0f} s")
+    from test_browser import check_report_in_browser, find_chromium
+    from test_report import assert_shareable
+
+    for page in index.parent.glob("*.html"):
+        assert_shareable(page.read_text(encoding="utf-8"), tmp_path)
+    exe = find_chromium()
+    if exe:  # tests/test_browser.py installs chromium in CI; here the real report is checked when it is present
+        results = check_report_in_browser(exe, index.parent, tmp_path / "browser", min_images=5)
+        assert results["01_data_audit.html"]["images"] >= 1
+
+
+def test_pseudonymise_new_run_gives_notebooks_pseudonymised_slides(standin, tmp_path):
+    """With --pseudonymise on a new run, the notebooks themselves only ever see pseudonyms (so tables and
+    figures made from the slide column carry them), and the report goes to reports/<run>-pseudonymised/."""
+    nbs, manifest, profile, base = standin
+    run = run_pipeline(profile, data=str(manifest), notebooks_dir=nbs, runs_root=tmp_path / "runs",
+                       reports_root=tmp_path / "reports", project_root=REPO, only=["01"], pseudonymise=True,
+                       log=lambda m: None)
+    executed = (run / "notebooks" / "01_data_audit.ipynb").read_text()
+    assert "slide-" in executed
+    assert not any(f'"{s}' in executed or f">{s}<" in executed for s in ("S00", "S01", "S02", "S03"))
+    assert (tmp_path / "reports" / f"{run.name}-pseudonymised" / "index.html").is_file()

@@ -160,3 +160,11 @@ def test_dataset_license_fallbacks(tmp_path):
     other.mkdir()
     (other / "manifest.csv").write_text("path,label\n")
     assert dataset_license(other / "manifest.csv")["license"].startswith("unknown")
+
+
+def test_scrubber_leaves_embedded_images_alone():
+    s = Scrubber(REPO, slides=["S00"], key=b"k")
+    uri = "data:image/png;base64,AAAA+/tmp/xyzS00+/S00/home/a/b=="
+    html_out = f'<p>S00</p><img src="{uri}"><p>/tmp/a/b.png</p>'
+    got = s(html_out)
+    assert uri in got and pseudonym("S00", b"k") in got and "[…]/b.png" in got
