@@ -175,6 +175,25 @@ def pairwise_tests(runs: dict[str, dict[str, Any]], n_boot: int = 2000, seed: in
     return pairwise_comparisons(oof["y"].to_numpy(), probs, groups=oof["slide"].to_numpy(), n_boot=n_boot, seed=seed)
 
 
+def per_center_auc(runs: dict[str, dict[str, Any]]):
+    """AUC within each centre (pooled out-of-fold predictions): a model that learnt stain/centre rather than the
+    lesion looks good overall but not within a centre. NaN where a centre has only one class."""
+    import pandas as pd
+
+    from glomlib.metrics import auc
+
+    rows = []
+    for init, r in runs.items():
+        p = r["predictions"]
+        for c, g in p.groupby("center", sort=True):
+            rows.append({"init": init, "center": c or "(none)", "n": len(g), "n_pos": int(g["y"].sum()),
+                         "auc": auc(g["y"], g["prob"])})
+    t = pd.DataFrame(rows)
+    wide = t.pivot(index="center", columns="init", values="auc")[list(runs)]
+    counts = t.drop_duplicates("center").set_index("center")[["n", "n_pos"]]
+    return counts.join(wide)
+
+
 def label_efficiency(cfg: CompareConfig, out: Path, main_runs: dict[str, dict[str, Any]] | None = None):
     """AUC vs label fraction per init. Reuses ``<runs>/label_efficiency/<init>_frac<f>`` and, for fraction 1.0,
     the main runs; runs the missing ones (``le_epochs``, ``le_folds``) into ``<out>/label_efficiency/``."""
@@ -318,5 +337,5 @@ def save_results(out: Path, table, pairwise, le=None, runs: dict | None = None) 
 
 
 __all__ = ["CompareConfig", "collect_runs", "run_or_collect", "comparison_table", "paired_oof", "pairwise_tests",
-           "label_efficiency", "plot_roc", "plot_reliability", "plot_label_efficiency", "plot_fold_aucs",
+           "label_efficiency", "per_center_auc", "plot_roc", "plot_reliability", "plot_label_efficiency", "plot_fold_aucs",
            "save_results", "prepare_out", "STUDY_REFERENCE"]

@@ -13,6 +13,7 @@ Executes the numbered notebooks with papermill (cwd = project root, kernel ``pyt
     data/manifest.csv     only when the profile has a ``subset`` (a small slice of the data, e.g. smoke)
     pipeline.json         what this run is: profile, data, parameters given to every notebook
     state.json            status of every step (pending/running/completed/failed), used by --resume
+    pipeline.log          what each invocation did and how long every step took
     provenance.json       config, software versions, data fingerprint, git commit
     summary.json          headline metrics per init and ``models: {init: path}``
 
@@ -452,6 +453,15 @@ def _move_aside(path: Path, label: str) -> Path | None:
     raise PipelineError(f"Too many earlier attempts next to {path}; clean them up.")
 
 
+def _tee(log: Callable[[str], None], path: Path) -> Callable[[str], None]:
+    """``log`` that also appends every line to ``path`` (the run's pipeline.log)."""
+    def both(msg: str) -> None:
+        log(msg)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(msg + "\n")
+    return both
+
+
 # --------------------------------------------------------------------------------------------- execution
 def execute_step(step: Step, notebook: Path, params: dict[str, Any], run_dir: Path, root: Path,
                  state: RunState, log: Callable[[str], None], resumable: bool = False) -> None:
@@ -619,6 +629,9 @@ def run_pipeline(profile: str | Path | None = None, *, data: str | None = None, 
         write_provenance(run_dir, config={"profile": prof, "data": definition["data"], "parameters": params},
                          data_fingerprint=fingerprint, extra={"pipeline": "glomlib run"})
 
+    log = _tee(log, run_dir / "pipeline.log")
+    log(f"--- {_now()} glomlib run {'--resume' if resume else '--profile ' + str(prof['name'])}"
+        f"{' --only ' + ' '.join(only) if only else ''}")
     state = RunState(run_dir, steps)
     chosen = select_steps(steps, only)
     todo = [s for s in chosen if only or not (state.get(s).get("status") == "completed"

@@ -108,25 +108,6 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.n
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def histograms_by_group(values: dict[str, np.ndarray], title: str, xlabel: str, bins=30, density=True,
-                        height: float = 3.6):
-    """Overlaid step histograms, one per group (e.g. centre)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(REPORT_WIDTH / 2, height))
-    for name, v in values.items():
-        v = np.asarray(v, float)
-        v = v[np.isfinite(v)]
-        if len(v):
-            ax.hist(v, bins=bins, histtype="step", linewidth=1.8, density=density, label=f"{name} (n={len(v)})")
-    ax.set_title(title, fontsize=12)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("density" if density else "images")
-    ax.legend(fontsize=9, frameon=False)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
 def show(fig, out: str | Path | None, name: str, caption: str = "") -> None:
     """Save ``fig`` to ``<out>/figures/<name>.png``, show it inline with its caption, and close it."""
     import matplotlib.pyplot as plt

@@ -190,7 +190,10 @@ def test_prepare_keeps_content_duplicates_and_writes_outputs(make_manifest, tmp_
     dup["path"] = os.path.relpath(copy, manifest.parent)
     pd.concat([m, dup]).to_csv(manifest, index=False)
     cfg = audit.AuditConfig.from_params(data=str(manifest), out=str(tmp_path / "out"), stats_size=16)
-    df, out = audit.prepare(cfg)
+    from glomlib.manifest import ManifestWarning
+
+    with pytest.warns(ManifestWarning, match="skipped"):
+        df, out = audit.prepare(cfg)
     assert len(df) == len(m) + 1  # the byte-identical copy is kept for the duplicate analysis
     assert (out / "manifest_skipped.csv").exists() and (out / "provenance.json").exists()
     scan = audit.scan_images(df, cfg)

@@ -125,3 +125,11 @@ def test_notebooks_are_clean():
         src = nb.cells[[c.cell_type for c in nb.cells].index("code")].source
         names = [line.split("=")[0].strip() for line in src.splitlines() if "=" in line]
         assert names == cls.field_names(), name
+
+
+def test_per_center_auc(setup):
+    _, runs, _ = setup
+    found = compare.collect_runs(runs)
+    t = compare.per_center_auc(found)
+    assert list(t.index) == ["A", "B"] and list(t.columns) == ["n", "n_pos", "imagenet", "scratch"]
+    assert t["n"].sum() == 32

@@ -16,7 +16,7 @@ PRED_COLUMNS = ["path", "slide", "center", "label", "y", "prob", "pred", "fold",
 
 
 def _params(manifest, out, **kw):
-    p = dict(data=str(manifest), out=str(out), backbone="resnet18", image_size=16, epochs=2, batch_size=8,
+    p = dict(data=str(manifest), out=str(out), backbone="resnet18", image_size=16, epochs=1, batch_size=8,
              folds=2, seeds=[0], positive_label="M1", patience=1, progress=False, init="scratch")
     p.update(kw)
     return p

@@ -42,8 +42,32 @@ def test_tiny_pretrain_writes_everything(tmp_path):
     bb, _ = models.build_backbone("resnet18")
     meta = checkpoint.load_encoder_into(bb, res.encoder_path, expect_backbone="resnet18")
     assert meta["image_size"] == 32 and meta["data_fingerprint"] == "fp123"
-    for k, v in bb.state_dict().items():
+    assert meta["bn_recalibrated"] is True
+    for k, v in bb.named_parameters():  # weights as trained; BN statistics re-estimated on clean images
         assert torch.equal(v, ck["model"]["backbone." + k]), k
+    assert not torch.equal(bb.bn1.running_mean, ck["model"]["backbone.bn1.running_mean"])
+
+
+def test_recalibrate_bn_matches_clean_image_statistics():
+    x, _, _ = _images(16)
+    bb, _ = models.build_backbone("resnet18")
+    ssl.recalibrate_bn(bb, x, 32, "cpu", batch_size=5)
+    assert not bb.training
+    with torch.no_grad():
+        first = bb.bn1(bb.conv1(models.to_tensor_batch(x)))  # normalised by the recalibrated statistics
+    pre = bb.conv1(models.to_tensor_batch(x)).detach()
+    assert torch.allclose(bb.bn1.running_mean, pre.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert torch.isfinite(first).all()
+
+
+def test_freeze_bn_keeps_running_statistics(tmp_path):
+    x, _, _ = _images()
+    cfg = ssl.SSLConfig.from_params(out=str(tmp_path), freeze_bn=True, **{**TINY, "epochs": 1, "knn_every": 0})
+    torch.manual_seed(cfg.seed)
+    init = ssl.build_model(cfg).backbone.bn1.running_mean.clone()
+    ssl.pretrain(cfg, x, tmp_path, progress=False)
+    ck = checkpoint.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert torch.equal(ck["model"]["backbone.bn1.running_mean"], init)
 
 
 @pytest.mark.slow
