@@ -147,16 +147,39 @@ def notebook_paths(notebooks_dir: Path) -> dict[str, Path]:
 
 
 def notebook_parameters(path: Path) -> dict[str, Any]:
-    """The parameters a notebook declares in its cell tagged ``parameters`` (name -> default), via papermill."""
-    import papermill
+    """The parameters a notebook declares in its cell tagged ``parameters`` (name -> default).
 
-    params = papermill.inspect_notebook(str(path))
+    Parsed with Python's ``ast`` (every top-level assignment); papermill's ``inspect_notebook`` is the
+    fallback for cells ``ast`` cannot parse. (papermill's own parser skips a line whose comment contains
+    ``=``, e.g. ``out = "auto"  # "auto" = new folder``; tests/test_notebooks.py flags such lines.)
+    """
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    if not cells:
+        raise PipelineError(f"Notebook {path.name} has no cell tagged 'parameters'; tag its first code cell "
+                            "'parameters' (papermill puts the given values right after it).")
+    params: dict[str, Any] = {}
+    try:
+        for node in ast.parse(cells[0].source).body:
+            if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for t in targets:
+                    if isinstance(t, ast.Name):
+                        try:
+                            params[t.id] = ast.literal_eval(node.value) if node.value is not None else None
+                        except ValueError:
+                            params[t.id] = ast.unparse(node.value)
+    except SyntaxError:
+        import papermill
+
+        params = {k: v.get("default") for k, v in papermill.inspect_notebook(str(path)).items()}
     if not params:
-        raise PipelineError(
-            f"Notebook {path.name} has no cell tagged 'parameters' (or it holds no assignments); "
-            "tag its first code cell 'parameters'."
-        )
-    return {name: info.get("default") for name, info in params.items()}
+        raise PipelineError(f"Notebook {path.name}: its 'parameters' cell holds no assignments.")
+    return params
 
 
 # --------------------------------------------------------------------------------------------- profiles
@@ -645,8 +668,13 @@ def run_pipeline(profile: str | Path | None = None, *, data: str | None = None, 
             params = definition["parameters"][step.id]
             log(f"[{i}/{len(todo)}] {step.id} -> {_rel(run_dir / step.out, root)} ...")
             t0 = time.monotonic()
-            execute_step(step, nbs[step.stem], params, run_dir, root, state, log,
-                         resumable=step.stem in definition.get("resumable", []))
+            try:
+                execute_step(step, nbs[step.stem], params, run_dir, root, state, log,
+                             resumable=step.stem in definition.get("resumable", []))
+            except PipelineError as e:  # the CLI prints it; the run's log keeps it too
+                with open(run_dir / "pipeline.log", "a", encoding="utf-8") as f:
+                    f.write(f"FAILED: {e}\n")
+                raise
             log(f"      done in {time.monotonic() - t0:.0f} s")
     finally:
         write_summary(run_dir, root, definition, state)

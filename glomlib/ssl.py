@@ -82,6 +82,7 @@ class SSLConfig(StepConfig):
     knn_k: int = 20
     n_folds: int = 5                     # slide-grouped folds of the kNN monitor
     cache_dir: str = ""                  # image cache folder ("" = glomlib's default)
+    final_probe: bool = True             # after training: linear probe of the encoder vs a random (and ImageNet) one
     # augmentations (see glomlib.augment): probability 0 switches one off
     crop_p: float = 1.0
     crop_scale_min: float = 0.2
@@ -182,6 +183,7 @@ def recalibrate_bn(backbone: nn.Module, images: Any, image_size: int, device, ba
     """
     from .models import to_tensor_batch
 
+    backbone = revert_sync_batchnorm(backbone)  # SyncBN would wait for the other ranks
     bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return backbone.eval()
@@ -193,14 +195,29 @@ def recalibrate_bn(backbone: nn.Module, images: Any, image_size: int, device, ba
     idx = np.arange(len(images))
     if len(idx) > max_images:  # a fixed random subset
         idx = np.sort(np.random.default_rng(0).choice(len(idx), max_images, replace=False))
-    for i in range(0, len(idx), batch_size):
-        x = to_tensor_batch(np.asarray(images[idx[i:i + batch_size]]), device=device, channels_last=channels_last)
+    for part in np.array_split(idx, max(1, math.ceil(len(idx) / batch_size))):  # no batch of 1
+        x = to_tensor_batch(np.asarray(images[part]), device=device, channels_last=channels_last)
         if x.shape[-1] != image_size:
             x = nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
         backbone(x)
     for m, (mom,) in zip(bns, saved):
         m.momentum = mom
     return backbone.eval()
+
+
+def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace SyncBatchNorm layers (DDP on GPUs) by plain BatchNorm2d with the same state, recursively."""
+    if isinstance(module, nn.SyncBatchNorm):
+        bn = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                            module.track_running_stats).to(next(module.buffers()).device)
+        bn.load_state_dict(module.state_dict())
+        bn.train(module.training)
+        return bn
+    for name, child in list(module.named_children()):
+        new = revert_sync_batchnorm(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
 
 
 def embedding_spread(z: torch.Tensor) -> float:
@@ -432,6 +449,23 @@ def read_history(run_dir: str | Path):
 
 
 # ------------------------------------------------------------------------------------------- training
+def train_step(model: nn.Module, criterion: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+               s0: Any, s1: Any, params: AugmentParams, g: torch.Generator, device: torch.device,
+               channels_last: bool, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SimCLR step on two uint8 NHWC source batches: augment on ``device``, forward (bf16 autocast when
+    ``bf16``), NT-Xent in float32, backward, optimiser and scheduler step. Returns ``(loss, z0)``."""
+    v0 = augment_batch(s0, params, g, device=device, channels_last=channels_last)
+    v1 = augment_batch(s1, params, g, device=device, channels_last=channels_last)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss, z0 = simclr_loss(model, criterion, v0, v1)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return loss.detach(), z0
+
+
 @dataclasses.dataclass
 class SSLResult:
     run_dir: Path
@@ -452,8 +486,9 @@ def _knn_monitor(backbone: nn.Module, images: Any, y: np.ndarray, folds: np.ndar
 
     from .probe import extract_features, knn_cv
 
+    backbone = revert_sync_batchnorm(copy.deepcopy(backbone))
     if recal_size:
-        backbone = recalibrate_bn(copy.deepcopy(backbone), images, recal_size, device)
+        backbone = recalibrate_bn(backbone, images, recal_size, device)
     lab = np.nonzero(y >= 0)[0]
     feats = extract_features(backbone, _Rows(images, lab), batch_size=128, device=device,
                              channels_last=device.type == "cuda", autocast_bf16=bf16)
@@ -562,14 +597,7 @@ def pretrain(cfg: SSLConfig, images: Any, run_dir: str | Path, *, y: np.ndarray 
         for step, (s0, s1) in enumerate(bar):
             g = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, step, rank])
                                                   .generate_state(1, np.uint64)[0] % 2**63))
-            v0 = augment_batch(s0, params, g, device=device, channels_last=channels_last)
-            v1 = augment_batch(s1, params, g, device=device, channels_last=channels_last)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss, z0 = simclr_loss(ddp_model, criterion, v0, v1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            loss, z0 = train_step(ddp_model, criterion, opt, sched, s0, s1, params, g, device, channels_last, bf16)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"SSL loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
                                          "lower lr or use precision='fp32'.")
@@ -622,12 +650,11 @@ def pretrain(cfg: SSLConfig, images: Any, run_dir: str | Path, *, y: np.ndarray 
     enc_path = run_dir / ENCODER_NAME
     if _is_main():
         last = history[-1] if history else {}
-        encoder = model.backbone
-        if cfg.bn_recalibrate and not cfg.freeze_bn:
-            import copy
+        import copy
 
-            encoder = recalibrate_bn(copy.deepcopy(model.backbone), images, cfg.image_size, device,
-                                     channels_last=channels_last)
+        encoder = revert_sync_batchnorm(copy.deepcopy(model.backbone))
+        if cfg.bn_recalibrate and not cfg.freeze_bn:
+            encoder = recalibrate_bn(encoder, images, cfg.image_size, device, channels_last=channels_last)
         save_encoder(enc_path, encoder, {
             "backbone": cfg.backbone, "image_size": cfg.image_size, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "data_fingerprint": data_fingerprint or "", "source": "glomlib.ssl SimCLR",
@@ -687,19 +714,127 @@ def load_data(cfg: SSLConfig) -> dict[str, Any]:
     return {"df": df, "images": images, "y": y, "folds": folds, "fingerprint": fp}
 
 
-def run_ssl(cfg: SSLConfig, progress: bool = True) -> SSLResult:
-    """The whole step: data -> run folder (config.json, provenance.json) -> :func:`pretrain`."""
-    from .runs import write_provenance
+def run_ssl(cfg: SSLConfig, progress: bool = True, *, data: dict[str, Any] | None = None,
+            run_dir: str | Path | None = None) -> SSLResult:
+    """The whole step: data -> run folder (config.json, provenance.json) -> :func:`pretrain` -> probe.json.
+
+    ``data`` (from :func:`load_data`) and ``run_dir`` (from :func:`prepare_run_dir`) may be given when the
+    caller (notebook 02) already has them.
+    """
+    from .runs import write_json_atomic, write_provenance
 
     init_distributed(resolve_device(cfg.device, dist_info()[2]))  # before any rank-0-only work
-    data = load_data(cfg)
-    run_dir = prepare_run_dir(cfg)
+    data = data if data is not None else load_data(cfg)
+    run_dir = Path(run_dir) if run_dir is not None else prepare_run_dir(cfg)
     if _is_main():
-        cfg.save(run_dir / "config.json")
-        write_provenance(run_dir, cfg, data["fingerprint"],
-                         extra={"n_images": int(len(data["images"])), "world_size": dist_info()[1]})
-    return pretrain(cfg, data["images"], run_dir, y=data["y"], folds=data["folds"],
-                    data_fingerprint=data["fingerprint"], progress=progress)
+        extra = {"n_images": int(len(data["images"])), "world_size": dist_info()[1]}
+        if cfg.resume and (run_dir / "provenance.json").exists():  # keep the original run's record
+            import datetime as _dt
+
+            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+            from .runs import git_commit, software_versions
+
+            write_json_atomic(run_dir / f"provenance-resumed-{stamp}.json",
+                              {"config": cfg.to_dict(), "data_fingerprint": data["fingerprint"],
+                               "git_commit": git_commit(), "versions": software_versions(), **extra})
+        else:
+            cfg.save(run_dir / "config.json")
+            write_provenance(run_dir, cfg, data["fingerprint"], extra=extra)
+    res = pretrain(cfg, data["images"], run_dir, y=data["y"], folds=data["folds"],
+                   data_fingerprint=data["fingerprint"], progress=progress)
+    if _is_main() and cfg.final_probe and (data["folds"] >= 0).any():
+        write_json_atomic(run_dir / "probe.json", final_probe(cfg, data, res.encoder_path))
+    return res
+
+
+def final_probe(cfg: SSLConfig, data: dict[str, Any], encoder_path: str | Path) -> dict[str, Any]:
+    """Slide-grouped linear probe (and kNN) of frozen features: this run's encoder vs a randomly initialised
+    encoder of the same architecture, and vs ImageNet weights when they are available offline."""
+    from .checkpoint import load_encoder_into
+    from .models import WeightsNotFoundError
+    from .probe import extract_features, knn_cv, linear_probe_cv
+
+    y, folds = np.asarray(data["y"]), np.asarray(data["folds"])
+    lab = np.nonzero((y >= 0) & (folds >= 0))[0]
+    imgs = data["images"][lab] if len(lab) < len(y) else data["images"]
+    out: dict[str, Any] = {"image_size": cfg.image_size, "backbone": cfg.backbone, "n": int(len(lab))}
+    for name in ("glom", "random", "imagenet"):
+        torch.manual_seed(cfg.seed)
+        try:
+            bb, _ = build_backbone(cfg.backbone, init="imagenet" if name == "imagenet" else "scratch")
+        except WeightsNotFoundError:
+            continue
+        if name == "glom":
+            load_encoder_into(bb, encoder_path, expect_backbone=cfg.backbone)
+        f = extract_features(bb, imgs, batch_size=128, device="cpu")
+        r = linear_probe_cv(f, y[lab], folds[lab])
+        r.update(knn_cv(f, y[lab], folds[lab], k=cfg.knn_k))
+        out[name] = r
+    return out
+
+
+def probe_table(probe: dict[str, Any]):
+    """probe.json -> a small DataFrame (rows: glom / random / imagenet)."""
+    import pandas as pd
+
+    rows = [{"encoder": k, "linear-probe AUC": v["auc_mean"], "± (folds)": v["auc_std"], "kNN AUC": v["knn_auc"],
+             "kNN accuracy": v["knn_acc"]} for k, v in probe.items() if isinstance(v, dict)]
+    return pd.DataFrame(rows).set_index("encoder").round(3)
+
+
+# ------------------------------------------------------------------------------------------- figures
+def plot_view_pairs(images: Any, params: AugmentParams, n: int = 6, seed: int = 0, save: str | Path | None = None):
+    """A figure: n original patches (top) and two augmented views of each (rows 2-3)."""
+    import matplotlib.pyplot as plt
+
+    from .augment import denormalize, two_views
+
+    idx = np.sort(np.random.default_rng(seed).choice(len(images), min(n, len(images)), replace=False))
+    src = np.asarray(images[idx])
+    v0, v1 = two_views(src, params, torch.Generator().manual_seed(seed), rng=np.random.default_rng(seed))
+    v0, v1 = denormalize(v0), denormalize(v1)
+    fig, axes = plt.subplots(3, len(idx), figsize=(2 * len(idx), 6.3), squeeze=False)
+    for j in range(len(idx)):
+        for i, im in enumerate((src[j], v0[j].permute(1, 2, 0).numpy(), v1[j].permute(1, 2, 0).numpy())):
+            axes[i, j].imshow(im)
+            axes[i, j].axis("off")
+    for i, t in enumerate(("patch", "view 1", "view 2")):
+        axes[i, 0].set_title(t, loc="left", fontsize=10)
+    fig.tight_layout()
+    if save:
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save, dpi=110, bbox_inches="tight")
+    return fig
+
+
+def plot_history(history: Any, save: str | Path | None = None):
+    """Loss, learning rate, throughput and the collapse monitor per epoch (from history.csv)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    h = history if isinstance(history, pd.DataFrame) else pd.DataFrame(history)
+    fig, ax = plt.subplots(1, 4, figsize=(17, 3.6))
+    ax[0].plot(h["epoch"], h["loss"], marker="o")
+    ax[0].set(title="NT-Xent loss", xlabel="epoch")
+    ax[1].plot(h["epoch"], h["lr"], marker=".")
+    ax[1].set(title="learning rate", xlabel="epoch")
+    ax[2].plot(h["epoch"], h["images_per_s"], marker=".")
+    ax[2].set(title="images / s", xlabel="epoch")
+    ax[3].plot(h["epoch"], h["embedding_std"], marker="o", label="std of normalised embeddings")
+    ax[3].axhline(float(h["embedding_std_ref"].iloc[0]), ls="--", c="gray", label="1/sqrt(d) (healthy)")
+    ax[3].set(title="collapse monitor", xlabel="epoch", ylim=(0, None))
+    if "knn_auc" in h and h["knn_auc"].notna().any():
+        k = h.dropna(subset=["knn_auc"])
+        a2 = ax[3].twinx()
+        a2.plot(k["epoch"], k["knn_auc"], marker="s", c="C3", label="kNN AUC")
+        a2.set_ylim(0.5, 1.0)
+        a2.set_ylabel("kNN AUC (labeled patches, slide-grouped)", color="C3")
+    ax[3].legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    if save:
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save, dpi=110, bbox_inches="tight")
+    return fig
 
 
 # ------------------------------------------------------------------------------------------------ CLI

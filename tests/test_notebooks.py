@@ -114,3 +114,16 @@ def test_parameters_known_to_config_class(path):
     params = _params(_parameters_cell(nb))
     unknown = sorted(set(params) - set(cls.field_names()))
     assert not unknown, f"{path.name}: parameters {unknown} are not fields of {cls.__name__}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_papermill_sees_every_parameter(path):
+    """`papermill --help-notebook` and papermill's unknown-parameter check use papermill's own parser, which
+    skips a line whose comment contains '=' (e.g. ``out = "auto"  # "auto" = a new folder``)."""
+    import papermill
+
+    params = _params(_parameters_cell(_read(path)))
+    seen = papermill.inspect_notebook(str(path))
+    missing = [p for p in params if p not in seen]
+    assert not missing, (f"{path.name}: papermill cannot parse the parameter line(s) of {missing}; "
+                         "avoid '=' inside their comments (write 'auto means ...', '0 turns it off')")
