@@ -273,7 +273,7 @@ def plot_reliability(runs: dict[str, dict[str, Any]], out: Path | None = None, n
             ax.text(c, min(fp + 0.02, 0.95), f"{int(n)}", ha="center", fontsize=6)
         ece = expected_calibration_error(p["y"], p["prob"], n_bins=n_bins)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed positive fraction",
-               title=f"{init} (ECE {ece:.3f})")
+               title=f"{init} (pooled ECE {ece:.3f})")
         ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     return _save(fig, out, name)

@@ -107,11 +107,16 @@ class Scrubber:
             if not str(d).startswith(str(project_root.resolve()) + os.sep):
                 pairs.append((str(d), "[data]"))
         root = str(project_root.resolve())
-        pairs += [(root + "/", ""), (root, "."), (str(project_root.resolve().parent), "..")]
+        pairs += [(root, "."), (str(project_root.resolve().parent), "..")]
         if str(home) not in ("/", ""):
             pairs.append((str(home), "~"))
         # longest first, so a folder inside another is replaced by its own token
-        self.pairs = sorted({(a, b) for a, b in pairs if a}, key=lambda ab: -len(ab[0]))
+        self.pairs = sorted({(a, b) for a, b in pairs if a and a != "/"}, key=lambda ab: -len(ab[0]))
+        # a prefix matches only as a whole path component: /work/main/x yes, /work/main2 no
+        self._patterns: list[tuple[re.Pattern, str]] = []
+        for a, b in self.pairs:
+            self._patterns.append((re.compile(re.escape(a) + "/"), "" if b == "." else b + "/"))
+            self._patterns.append((re.compile(re.escape(a) + r"(?![\w.@+-])"), b))
         self.user = getpass.getuser()
         self.host = socket.gethostname()
         self.pseudonyms: dict[str, str] = {}
@@ -134,9 +139,13 @@ class Scrubber:
             return "".join(p if i % 2 else self._scrub(p) for i, p in enumerate(parts))
         return self._scrub(text)
 
+    def replace_paths(self, text: str) -> str:
+        for pattern, token in self._patterns:
+            text = pattern.sub(lambda _m, t=token: t, text)
+        return text
+
     def _scrub(self, text: str) -> str:
-        for a, b in self.pairs:
-            text = text.replace(a, b)
+        text = self.replace_paths(text)
         text = _GENERIC_ABS.sub(lambda m: "[…]/" + re.split(r"[\\/]", m.group(0))[-1], text)
         for name in {self.user, self.host} - {""}:
             # in paths/addresses always; as a bare word only when it is not a common word
@@ -311,10 +320,11 @@ def render_notebook(nb_path: Path, out_html: Path, *, title: str, scrub: Callabl
 
 
 def scrub_html_literals(body: str, scrub: Any) -> str:
-    """Last line of defence on the finished page: the known path prefixes (never the CSS/JS itself)."""
-    for a, b in getattr(scrub, "pairs", []):
-        body = body.replace(a, b)
-    return body
+    """Last line of defence on the finished page: the known path prefixes, outside embedded images."""
+    if not hasattr(scrub, "replace_paths"):
+        return body
+    parts = _DATA_URI.split(body)
+    return "".join(p if i % 2 else scrub.replace_paths(p) for i, p in enumerate(parts))
 
 
 # ------------------------------------------------------------------------------------ index page

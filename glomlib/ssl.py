@@ -507,7 +507,7 @@ class _Rows:
         return len(self.idx)
 
     def __getitem__(self, s: slice) -> np.ndarray:
-        return np.asarray(self.arr[np.sort(self.idx[s])]) if len(self.idx[s]) else self.arr[:0]
+        return np.asarray(self.arr[self.idx[s]]) if len(self.idx[s]) else self.arr[:0]
 
 
 def pretrain(cfg: SSLConfig, images: Any, run_dir: str | Path, *, y: np.ndarray | None = None,
@@ -626,7 +626,8 @@ def pretrain(cfg: SSLConfig, images: Any, run_dir: str | Path, *, y: np.ndarray 
             row["loss"] = float(t) / world
         if _is_main() and monitor and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
             row.update(_knn_monitor(model.backbone, images, np.asarray(y), np.asarray(folds), device,
-                                    cfg.knn_k, bf16, cfg.image_size if cfg.bn_recalibrate else None))
+                                    cfg.knn_k, bf16,
+                                    cfg.image_size if cfg.bn_recalibrate and not cfg.freeze_bn else None))
         history.append(row)
         if _is_main():
             ck = {

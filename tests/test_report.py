@@ -180,3 +180,10 @@ def test_scrubber_leaves_embedded_images_alone():
     html_out = f'<p>S00</p><img src="{uri}"><p>/tmp/a/b.png</p>'
     got = s(html_out)
     assert uri in got and pseudonym("S00", b"k") in got and "[…]/b.png" in got
+
+
+def test_scrubber_replaces_whole_path_components_only():
+    s = Scrubber(REPO)
+    assert s(f"{REPO}2/x") == f"../{REPO.name}2/x"  # a sibling folder, not the project
+    assert s(f"{REPO}") == "." and s(f"({REPO})") == "(.)"
+    assert s(f"{REPO.parent}/shared/data") == "../shared/data"
