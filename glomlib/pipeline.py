@@ -36,11 +36,9 @@ A profile (``glomlib/profiles/<name>.yaml`` or any YAML file) holds::
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as _dt
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time

@@ -484,7 +484,7 @@ def render_run(run_dir: str | Path, *, reports_root: str | Path = "reports", pse
 
         nb = nbformat.read(str(nb_path), as_version=4)
         title = notebook_title(nb, titles.get(step.stem, step.stem))
-        if step.init and step.init not in title:
+        if step.init and not re.search(rf"(?<![\w-]){re.escape(step.init)}(?![\w-])", title):
             title = f"{title}: init {step.init}"
         out_html = tmp / (Path(step.executed_name).stem + ".html")
         log(f"  rendering {step.executed_name} -> {out_html.name}")
