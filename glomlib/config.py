@@ -66,36 +66,3 @@ class StepConfig:
 
 def list_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
-
-
-def load_profile(name_or_path: str | Path) -> dict[str, Any]:
-    """Load a profile by name (``quick-cpu``) or from a YAML file path.
-
-    A profile is a mapping with optional ``common`` parameters (given to every notebook) and ``steps``:
-    ``{notebook_stem: {param: value}}``. Returns the parsed mapping with ``name`` filled in.
-    """
-    import yaml
-
-    p = Path(name_or_path)
-    if not p.suffix:
-        candidate = PROFILES_DIR / f"{name_or_path}.yaml"
-        if not candidate.exists():
-            raise ConfigError(
-                f"No profile named {name_or_path!r}. Available: {list_profiles()}; or give a path to a YAML file."
-            )
-        p = candidate
-    if not p.exists():
-        raise ConfigError(f"Profile file {p} does not exist.")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"Profile {p} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"Profile {p} must be a mapping with 'common' and 'steps' keys.")
-    bad = sorted(set(data) - {"name", "description", "common", "steps"})
-    if bad:
-        raise ConfigError(f"Profile {p}: unknown top-level key(s) {bad}; use 'name', 'description', 'common', 'steps'.")
-    data.setdefault("name", p.stem)
-    data.setdefault("common", {})
-    data.setdefault("steps", {})
-    return data

@@ -144,3 +144,15 @@ def _isolated_cache(tmp_path_factory):
         yield
     finally:
         os.environ.pop("GLOMLIB_CACHE", None)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _pseudonym_key():
+    """Tests never create data/.pseudonym-key in the project: a fixed key via the environment."""
+    old = os.environ.get("GLOMLIB_PSEUDONYM_KEY")
+    os.environ["GLOMLIB_PSEUDONYM_KEY"] = "glomlib-test-key"
+    yield
+    if old is None:
+        os.environ.pop("GLOMLIB_PSEUDONYM_KEY", None)
+    else:
+        os.environ["GLOMLIB_PSEUDONYM_KEY"] = old

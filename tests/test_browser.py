@@ -79,6 +79,7 @@ def _flags(profile_dir: Path) -> list[str]:
 
 def check_page(exe: str, page: Path, work: Path) -> dict:
     """Open a copy of ``page`` with the check script injected; return the script's findings."""
+    page, work = Path(page).resolve(), Path(work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     copy = work / f"check-{page.name}"
     html = page.read_text(encoding="utf-8")
@@ -105,6 +106,7 @@ def screenshot(exe: str, page: Path, out_png: Path, work: Path) -> Path:
 def check_report_in_browser(exe: str, report_dir: Path, work: Path, *, min_images: int = 1) -> dict[str, dict]:
     """Assert every page of a report folder loads its images and shows no code/traceback; screenshot each."""
     results = {}
+    report_dir, work = Path(report_dir).resolve(), Path(work).resolve()
     for page in sorted(report_dir.glob("*.html")):
         res = check_page(exe, page, work)
         assert not res["broken"], f"{page.name}: images did not load: {res['broken']}"

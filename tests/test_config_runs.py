@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from glomlib.config import ConfigError, StepConfig, list_profiles, load_profile
+from glomlib.config import ConfigError, StepConfig
 from glomlib.runs import ensure_new_dir, new_run_dir, write_json_atomic, write_provenance
 
 
@@ -31,18 +31,6 @@ def test_validate_runs_and_roundtrip(tmp_path):
     assert cfg.epochs == 7 and cfg.data == "x.csv"
     p = cfg.save(tmp_path / "config.json")
     assert _Cfg.load(p) == cfg
-
-
-def test_profiles_load_and_unknown_profile_is_clear(tmp_path):
-    with pytest.raises(ConfigError, match="No profile named 'nope'"):
-        load_profile("nope")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("common: {}\nstep: {}\n")
-    with pytest.raises(ConfigError, match="unknown top-level key"):
-        load_profile(bad)
-    for name in list_profiles():
-        prof = load_profile(name)
-        assert prof["name"] == name and isinstance(prof["steps"], dict)
 
 
 def test_new_run_dir_never_reuses(tmp_path):

@@ -26,18 +26,6 @@ from conftest import build_tiny_dataset  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _pseudonym_key():
-    """Tests never create data/.pseudonym-key in the project: a fixed key via the environment."""
-    old = os.environ.get("GLOMLIB_PSEUDONYM_KEY")
-    os.environ["GLOMLIB_PSEUDONYM_KEY"] = "glomlib-test-key"
-    yield
-    if old is None:
-        os.environ.pop("GLOMLIB_PSEUDONYM_KEY", None)
-    else:
-        os.environ["GLOMLIB_PSEUDONYM_KEY"] = old
-
-
 # ------------------------------------------------------------------------------------ stand-in notebooks
 def _nb(title: str, params: str, body: list[str], narrative: str = "") -> nbformat.NotebookNode:
     cells = [new_markdown_cell(f"# {title}\n\n{narrative or 'A stand-in notebook for the pipeline tests.'}"),

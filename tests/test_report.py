@@ -22,16 +22,6 @@ from test_pipeline import write_profile, write_standin_notebooks  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _pseudonym_key():
-    """Tests never create data/.pseudonym-key in the project: a fixed key via the environment."""
-    old = os.environ.get("GLOMLIB_PSEUDONYM_KEY")
-    os.environ["GLOMLIB_PSEUDONYM_KEY"] = "glomlib-test-key"
-    yield
-    if old is None:
-        os.environ.pop("GLOMLIB_PSEUDONYM_KEY", None)
-    else:
-        os.environ["GLOMLIB_PSEUDONYM_KEY"] = old
 SLIDES = ["S00", "S01", "S02", "S03"]
 
 
