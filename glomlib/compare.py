@@ -146,7 +146,9 @@ def comparison_table(runs: dict[str, dict[str, Any]], metrics=None, reference: b
             ref = {"init": f"{init} (study, M1 vs M0)"}
             ref.update({METRIC_LABELS[m]: v for m, v in STUDY_REFERENCE[init].items()})
             rows.append(ref)
-    return pd.DataFrame(rows).set_index("init")
+    table = pd.DataFrame(rows).set_index("init")
+    # blank (not NaN) where the study reported nothing; counts stay integers
+    return table.astype(object).where(table.notna(), "")
 
 
 def paired_oof(runs: dict[str, dict[str, Any]]):
