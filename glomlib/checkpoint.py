@@ -97,19 +97,24 @@ def unwrap(model: nn.Module) -> nn.Module:
 def save_encoder(path: str | Path, backbone: nn.Module, meta: dict[str, Any]) -> Path:
     """Save ``backbone``'s state dict as safetensors with ``meta`` (must include ``backbone``; recommended:
     ``image_size``, ``mean``, ``std``, ``data_fingerprint``, ``source``). Written atomically."""
-    from safetensors.torch import save_file
-
     if "backbone" not in meta:
         raise ValueError("save_encoder: meta must include 'backbone' (e.g. 'resnet18').")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     from .models import IMAGENET_MEAN, IMAGENET_STD
 
     full = {"format": ENCODER_FORMAT, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **meta}
-    sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in unwrap(backbone).state_dict().items()}
+    return save_safetensors_atomic(unwrap(backbone), full, path)
+
+
+def save_safetensors_atomic(module, meta: dict[str, Any], path: str | Path) -> Path:
+    """Write ``module``'s state_dict as safetensors with ``meta`` (JSON-encoded values) atomically (tmp + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
     tmp = _tmp_path(path)
     try:
-        save_file(sd, str(tmp), metadata=_meta_to_strings(full))
+        save_file(sd, str(tmp), metadata=_meta_to_strings(meta))
         os.chmod(tmp, 0o644)
         _fsync_replace(tmp, path)
     finally:

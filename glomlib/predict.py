@@ -27,27 +27,12 @@ class ModelFileError(ValueError):
 
 def save_model(model, meta: dict[str, Any], path: str | Path) -> Path:
     """Save a fine-tuned classifier (``glomlib.finetune`` model) with its metadata as safetensors, atomically."""
-    import os
-
-    from safetensors.torch import save_file
+    from glomlib.checkpoint import save_safetensors_atomic
 
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise ValueError(f"save_model: meta lacks {missing}.")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    full = {"format": MODEL_FORMAT, **meta}
-    strings = {str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in full.items()}
-    sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(sd, str(tmp), metadata=strings)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return save_safetensors_atomic(model, {"format": MODEL_FORMAT, **meta}, path)
 
 
 def read_model_meta(path: str | Path) -> dict[str, Any]:
