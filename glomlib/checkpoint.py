@@ -73,7 +73,8 @@ def _meta_to_strings(meta: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _meta_from_strings(meta: dict[str, str]) -> dict[str, Any]:
+def meta_from_strings(meta: dict[str, str]) -> dict[str, Any]:
+    """Decode safetensors metadata written by :func:`save_safetensors_atomic` (JSON values, plain strings kept)."""
     out: dict[str, Any] = {}
     for k, v in meta.items():
         try:
@@ -138,7 +139,7 @@ def read_encoder_meta(path: str | Path) -> dict[str, Any]:
             meta = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types
         raise EncoderFileError(f"{path} is not a readable safetensors encoder file: {e}") from e
-    return _meta_from_strings(meta)
+    return meta_from_strings(meta)
 
 
 def load_encoder_into(backbone: nn.Module, path: str | Path, expect_backbone: str | None = None,

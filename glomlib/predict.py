@@ -11,7 +11,6 @@ them (``backbone``, ``image_size``, normalisation ``mean``/``std``, ``positive_l
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +46,9 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
             raw = f.metadata() or {}
     except Exception as e:
         raise ModelFileError(f"{path} is not a readable safetensors file: {e}") from e
-    meta: dict[str, Any] = {}
-    for k, v in raw.items():
-        try:
-            meta[k] = json.loads(v)
-        except (json.JSONDecodeError, TypeError):
-            meta[k] = v
+    from glomlib.checkpoint import meta_from_strings
+
+    meta = meta_from_strings(raw)
     if meta.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"{path} is not a glomlib fine-tuned model (format={meta.get('format')!r}; expected "
                              f"{MODEL_FORMAT!r}). An SSL encoder.safetensors is not a classifier: fine-tune it first.")
