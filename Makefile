@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(VENV)/bin/glomlib run --profile $(PROFILE)
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean-venv:

@@ -38,10 +38,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="best of N for the read/decode timings")
     args = ap.parse_args(argv)
 
-    from glomlib.cache import decode_image, load_images
-    from glomlib.datasets import ensure_default_manifest
-    from glomlib.manifest import _HASH_MEMO, hash_files, read_manifest
-    from glomlib.paths import chdir_project_root
+    from glomlib.data.cache import decode_image, load_images
+    from glomlib.data.public import ensure_default_manifest
+    from glomlib.data.manifest import _HASH_MEMO, hash_files, read_manifest
+    from glomlib.core.paths import chdir_project_root
 
     chdir_project_root()
     df = read_manifest(ensure_default_manifest(args.manifest), positive_label=args.positive_label)

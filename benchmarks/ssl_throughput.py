@@ -6,8 +6,8 @@ affects both alike. Images/s counts source images (each gives two views).
 
 * tutorial: PIL images -> lightly ``SimCLRTransform`` (per image) -> DataLoader -> two forward passes,
   float32, contiguous memory, SGD lr 0.06 (the lightly SimCLR tutorial).
-* glomlib: uint8 cache array -> ``glomlib.ssl.PairSource`` (CLAHE) -> batched tensor augmentations
-  (``glomlib.augment``) -> ``glomlib.ssl.train_step`` (one forward pass for both views, bf16 autocast,
+* glomlib: uint8 cache array -> ``glomlib.train.simclr.PairSource`` (CLAHE) -> batched tensor augmentations
+  (``glomlib.train.augment``) -> ``glomlib.train.simclr.train_step`` (one forward pass for both views, bf16 autocast,
   channels_last), AdamW + schedule. Also measured in fp32 / contiguous to show what precision contributes.
 
 Run (under the shared CPU lock):
@@ -56,8 +56,8 @@ def tutorial_runner(paths, backbone_name, image_size, batch_size, workers):
     from lightly.loss import NTXentLoss
     from lightly.transforms import SimCLRTransform
 
-    from glomlib.ssl import SimCLR
-    from glomlib.models import build_backbone
+    from glomlib.train.simclr import SimCLR
+    from glomlib.models.backbones import build_backbone
 
     torch.manual_seed(0)
     bb, dim = build_backbone(backbone_name)
@@ -89,8 +89,8 @@ def tutorial_runner(paths, backbone_name, image_size, batch_size, workers):
 def glomlib_runner(paths, backbone_name, image_size, batch_size, precision, channels_last, workers):
     from lightly.loss import NTXentLoss
 
-    from glomlib import ssl
-    from glomlib.cache import load_images
+    from glomlib.train import simclr as ssl
+    from glomlib.data.cache import load_images
 
     images = load_images(paths, image_size)  # uint8 memmap, decoded once (cached on disk)
     cfg = ssl.SSLConfig.from_params(backbone=backbone_name, image_size=image_size, batch_size=batch_size,

@@ -13,11 +13,11 @@ import sys
 
 # subcommand -> module defining register(subparsers)
 SUBCOMMANDS = {
-    "data": "glomlib.datacli",      # data check / fetch / from-folder
-    "ssl": "glomlib.ssl",           # SimCLR pretraining from the shell
-    "finetune": "glomlib.finetune",  # fine-tune + cross-validated evaluation from the shell
-    "predict": "glomlib.predict",   # apply a saved model to a manifest
-    "run": "glomlib.pipeline",      # notebooks 01..05 with a profile -> HTML reports
+    "data": "glomlib.data.cli",      # data check / fetch / from-folder
+    "ssl": "glomlib.train.simclr",           # SimCLR pretraining from the shell
+    "finetune": "glomlib.train.finetune",  # fine-tune + cross-validated evaluation from the shell
+    "predict": "glomlib.evaluate.predict",   # apply a saved model to a manifest
+    "run": "glomlib.publish.pipeline",      # notebooks 01..05 with a profile -> HTML reports
 }
 
 

@@ -58,7 +58,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def real_manifest(shared_data, tmp_path_factory) -> Path:
-    from glomlib.datasets import fetch_glomeruli_pas
+    from glomlib.data.public import fetch_glomeruli_pas
 
     out = tmp_path_factory.mktemp("glomeruli-pas")
     return fetch_glomeruli_pas(out=out, mirror=shared_data, progress=False, verbose=False)

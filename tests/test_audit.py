@@ -1,4 +1,4 @@
-"""Tests for glomlib.audit: quality flags, duplicates, stain statistics, on generated images and real patches."""
+"""Tests for glomlib.evaluate.audit: quality flags, duplicates, stain statistics, on generated images and real patches."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from glomlib import audit
-from glomlib.config import ConfigError
+from glomlib.evaluate import audit
+from glomlib.core.config import ConfigError
 
 S = 64  # generated image size
 
@@ -190,7 +190,7 @@ def test_prepare_keeps_content_duplicates_and_writes_outputs(make_manifest, tmp_
     dup["path"] = os.path.relpath(copy, manifest.parent)
     pd.concat([m, dup]).to_csv(manifest, index=False)
     cfg = audit.AuditConfig.from_params(data=str(manifest), out=str(tmp_path / "out"), stats_size=16)
-    from glomlib.manifest import ManifestWarning
+    from glomlib.data.manifest import ManifestWarning
 
     with pytest.warns(ManifestWarning, match="skipped"):
         df, out = audit.prepare(cfg)
@@ -239,7 +239,7 @@ def test_real_patches_stain_and_figures(shared_data, tmp_path):
     for name, fig in {"m": audit.montage_by(df, "center", 4), "b": audit.channel_boxplots(scan.table),
                       "o": audit.od_histogram_figure(audit.od_histograms(scan)),
                       "q": audit.quality_histograms(scan.table, cfg), "a": audit.mask_area_figure(df, area)}.items():
-        from glomlib import plots
+        from glomlib.evaluate import plots
 
         assert plots.save_figure(fig, tmp_path, name).stat().st_size > 5000
         matplotlib.pyplot.close(fig)

@@ -1,10 +1,10 @@
-"""glomlib.augment: batched, switchable SimCLR augmentations."""
+"""glomlib.train.augment: batched, switchable SimCLR augmentations."""
 
 import numpy as np
 import pytest
 import torch
 
-from glomlib import augment as A
+from glomlib.train import augment as A
 
 OFF = dict(crop_p=0, hflip_p=0, vflip_p=0, rotate_p=0, jitter_p=0, grayscale_p=0, blur_p=0, clahe_p=0)
 

@@ -124,7 +124,7 @@ def test_report_in_headless_chromium(chromium, tmp_path):
     from conftest import build_tiny_dataset
     from test_pipeline import write_profile, write_standin_notebooks
 
-    from glomlib.pipeline import run_pipeline
+    from glomlib.publish.pipeline import run_pipeline
 
     nbs = write_standin_notebooks(tmp_path / "notebooks")
     manifest = build_tiny_dataset(tmp_path / "data", n_slides=4, per_slide=2, size=8)

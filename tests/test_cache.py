@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import glomlib.cache as cache
-from glomlib.cache import cache_path, decode_image, default_cache_dir, load_images, load_masks
-from glomlib.manifest import read_manifest
+import glomlib.data.cache as cache
+from glomlib.data.cache import cache_path, decode_image, default_cache_dir, load_images, load_masks
+from glomlib.data.manifest import read_manifest
 
 
 def test_load_images_shape_dtype_readonly(tiny_manifest, tmp_path):

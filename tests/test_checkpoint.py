@@ -1,9 +1,10 @@
-"""glomlib.checkpoint: atomic saves, weights_only loads, encoder files with metadata."""
+"""glomlib.models.files: atomic saves, weights_only loads, encoder files with metadata."""
 
 import pytest
 import torch
 
-from glomlib import checkpoint, models
+from glomlib.models import files as checkpoint
+from glomlib.models import backbones as models
 
 
 def test_atomic_save_roundtrip_weights_only(tmp_path):

@@ -1,4 +1,4 @@
-"""glomlib.compare and notebook 04: collect runs, table, paired tests, label efficiency, figures."""
+"""glomlib.evaluate.compare and notebook 04: collect runs, table, paired tests, label efficiency, figures."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from glomlib import compare
-from glomlib.compare import CompareConfig
-from glomlib.finetune import run_finetune
+from glomlib.evaluate import compare
+from glomlib.evaluate.compare import CompareConfig
+from glomlib.train.finetune import run_finetune
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,8 +117,8 @@ def test_notebooks_are_clean():
         assert "parameters" in code[0].metadata.get("tags", [])
         assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
         assert "chdir_project_root" in code[1].source
-    from glomlib.compare import CompareConfig as C4
-    from glomlib.finetune import FinetuneConfig as C3
+    from glomlib.evaluate.compare import CompareConfig as C4
+    from glomlib.train.finetune import FinetuneConfig as C3
 
     for name, cls in (("03_finetune.ipynb", C3), ("04_baseline_comparison.ipynb", C4)):
         nb = nbformat.read(REPO / "notebooks" / name, as_version=4)

@@ -1,12 +1,12 @@
-"""glomlib.config (one config object per step, strict parameters) and glomlib.runs (run folders, provenance)."""
+"""glomlib.core.config (one config object per step, strict parameters) and glomlib.core.io (run folders, provenance)."""
 
 import dataclasses
 import json
 
 import pytest
 
-from glomlib.config import ConfigError, StepConfig
-from glomlib.runs import ensure_new_dir, new_run_dir, write_json_atomic, write_provenance
+from glomlib.core.config import ConfigError, StepConfig
+from glomlib.core.io import ensure_new_dir, new_run_dir, write_json_atomic, write_provenance
 
 
 @dataclasses.dataclass

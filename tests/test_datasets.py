@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from glomlib.datasets import (COMMIT, DatasetError, SUMS_RESOURCE, ensure_default_manifest, fetch_glomeruli_pas,
+from glomlib.data.public import (COMMIT, DatasetError, SUMS_RESOURCE, ensure_default_manifest, fetch_glomeruli_pas,
                               find_mirror, read_sums)
-from glomlib.manifest import read_manifest
+from glomlib.data.manifest import read_manifest
 
 from conftest import build_tiny_mirror
 

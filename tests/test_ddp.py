@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from glomlib import checkpoint, ssl
+from glomlib.models import files as checkpoint
+from glomlib.train import simclr as ssl
 
 ROOT = Path(__file__).resolve().parents[1]
 B = 6
@@ -68,7 +69,7 @@ def test_torchrun_two_processes_trains_and_saves(make_manifest, tmp_path):
     m = make_manifest(n_slides=6, per_slide=4, size=32)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "glomlib.ssl", "--no-progress", "-p", f"out={out}", "-p", f"data={m}", "-p", "epochs=2",
+           "-m", "glomlib.train.simclr", "--no-progress", "-p", f"out={out}", "-p", f"data={m}", "-p", "epochs=2",
            "-p", "image_size=32", "-p", "batch_size=4", "-p", "proj_hidden_dim=32", "-p", "proj_out_dim=16",
            "-p", "n_folds=3", "-p", "knn_k=3", "-p", "precision=fp32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

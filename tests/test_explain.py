@@ -1,4 +1,4 @@
-"""Tests for glomlib.explain: predictions -> outcomes, Grad-CAM and its share inside the mask, embeddings,
+"""Tests for glomlib.evaluate.explain: predictions -> outcomes, Grad-CAM and its share inside the mask, embeddings,
 neighbours, the error browser's static/interactive switch, on constructed cases and real patches."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glomlib import explain
+from glomlib.evaluate import explain
 
 META = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "image_size": 32, "backbone": "tiny"}
 
@@ -128,7 +128,7 @@ def test_mask_share_bounds_random():
 
 
 def test_target_layer_per_backbone():
-    from glomlib.finetune import build_classifier
+    from glomlib.models.heads import build_classifier
 
     r = build_classifier("resnet18")
     assert explain.target_layer(r, "resnet18") is r.backbone.layer4
@@ -205,8 +205,8 @@ def test_real_patches_gradcam_with_masks(shared_data, tmp_path):
     import matplotlib
     import torch
 
-    from glomlib.finetune import build_classifier
-    from glomlib.predict import save_model
+    from glomlib.models.heads import build_classifier
+    from glomlib.evaluate.predict import save_model
 
     matplotlib.use("Agg")
     torch.manual_seed(0)
@@ -235,7 +235,7 @@ def test_real_patches_gradcam_with_masks(shared_data, tmp_path):
     emb = explain.embeddings(model, meta, explain.load_display_images(pred["path"].tolist(), 64))
     assert emb.shape == (16, 512)
     out = tmp_path / "out"
-    from glomlib import plots
+    from glomlib.evaluate import plots
 
     figs = {"g": explain.gradcam_figure(cam_rows, imgs, cams, masks, positive="GS"),
             "fp": explain.error_gallery(pred, "FP", 4), "c": explain.confidence_figure(pred),

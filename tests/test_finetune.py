@@ -1,4 +1,4 @@
-"""glomlib.finetune: end to end on tiny generated images for every init, resume, label fraction, leakage."""
+"""glomlib.train.finetune: end to end on tiny generated images for every init, resume, label fraction, leakage."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glomlib.config import ConfigError
-from glomlib.finetune import FinetuneConfig, run_finetune, subsample_labels
+from glomlib.core.config import ConfigError
+from glomlib.train.finetune import FinetuneConfig, run_finetune, subsample_labels
 
 PRED_COLUMNS = ["path", "slide", "center", "label", "y", "prob", "pred", "fold", "seed", "init", "label_fraction"]
 
@@ -31,8 +31,8 @@ def manifest(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
-    from glomlib.checkpoint import save_encoder
-    from glomlib.models import build_backbone
+    from glomlib.models.files import save_encoder
+    from glomlib.models.backbones import build_backbone
 
     bb, _ = build_backbone("resnet18", init="scratch")
     path = tmp_path_factory.mktemp("ssl") / "encoder.safetensors"
@@ -59,7 +59,7 @@ def _check_run(res, manifest, init):
     assert m["init"] == init and len(m["per_fold"]) == 2
     for k in ("auc", "accuracy", "f1_weighted", "balanced_accuracy", "sensitivity", "specificity", "brier", "ece"):
         assert set(m["summary"][k]) >= {"mean", "std", "text"}
-    from glomlib.predict import load_model
+    from glomlib.evaluate.predict import load_model
 
     model, meta = load_model(out / "model.safetensors")
     assert meta["init"] == init and meta["positive_label"] == "M1" and meta["negative_label"] == "M0"
@@ -96,7 +96,7 @@ def test_glom_errors_are_clear(manifest, encoder, tmp_path):
 
 
 def test_latest_encoder_missing(tmp_path, monkeypatch):
-    from glomlib.finetune import find_latest_encoder
+    from glomlib.train.finetune import find_latest_encoder
 
     with pytest.raises(FileNotFoundError, match="notebook 02"):
         find_latest_encoder(tmp_path)
@@ -142,7 +142,7 @@ def test_subsample_labels_stratified_and_deterministic():
 def test_resume_skips_finished_folds(manifest, scratch_run, tmp_path, monkeypatch):
     import shutil
 
-    import glomlib.finetune as ft
+    import glomlib.train.finetune as ft
 
     out = tmp_path / "resumed"
     shutil.copytree(scratch_run.out, out)
@@ -171,7 +171,7 @@ def test_resume_skips_finished_folds(manifest, scratch_run, tmp_path, monkeypatc
 
 
 def test_interrupted_fold_continues_from_epoch_checkpoint(manifest, tmp_path, monkeypatch):
-    import glomlib.finetune as ft
+    import glomlib.train.finetune as ft
 
     out = tmp_path / "interrupted"
     # simulate a crash at the start of fold 1 (after fold 0 is saved)
@@ -256,9 +256,9 @@ def test_train_one_continues_from_epoch_checkpoint(manifest, tmp_path):
     """A fold interrupted after epoch 1 continues at epoch 2 from its (weights-only loadable) state file."""
     import torch
 
-    from glomlib.cache import load_images
-    from glomlib.finetune import train_one
-    from glomlib.manifest import read_manifest
+    from glomlib.data.cache import load_images
+    from glomlib.train.finetune import train_one
+    from glomlib.data.manifest import read_manifest
 
     df = read_manifest(manifest, positive_label="M1")
     images = torch.from_numpy(np.array(load_images(list(df["path"]), 16)))

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glomlib.manifest import (ManifestError, ManifestWarning, data_fingerprint, read_manifest, validate_manifest,
+from glomlib.data.manifest import (ManifestError, ManifestWarning, data_fingerprint, read_manifest, validate_manifest,
                               write_manifest)
 
 
@@ -82,7 +82,7 @@ def test_unreadable_file(tiny_manifest):
 
 @pytest.mark.parametrize("kind", ["grey", "rgba", "16bit"])
 def test_unusual_mode_converted_with_warning(tiny_manifest, write_png, kind, tmp_path):
-    from glomlib.cache import load_images
+    from glomlib.data.cache import load_images
 
     df = _csv(tiny_manifest)
     p = tiny_manifest.parent / df.path[0]
@@ -247,7 +247,7 @@ def test_no_torch_import():
     import subprocess
     import sys
 
-    code = "import sys, glomlib.manifest, glomlib.datacli; print('torch' in sys.modules)"
+    code = "import sys, glomlib.data.manifest, glomlib.data.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

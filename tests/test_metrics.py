@@ -1,4 +1,4 @@
-"""glomlib.metrics: against scikit-learn, hand-computed cases, a direct DeLong and a bootstrap."""
+"""glomlib.evaluate.metrics: against scikit-learn, hand-computed cases, a direct DeLong and a bootstrap."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, brier_score_loss, f1_score, recall_score,
                              roc_auc_score)
 
-from glomlib import metrics as M
+from glomlib.evaluate import metrics as M
 
 
 def _synthetic(n=300, seed=0, shift=1.0):

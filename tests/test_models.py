@@ -1,10 +1,10 @@
-"""glomlib.models: backbones, offline ImageNet weights, normalisation."""
+"""glomlib.models.backbones: backbones, offline ImageNet weights, normalisation."""
 
 import numpy as np
 import pytest
 import torch
 
-from glomlib import models
+from glomlib.models import backbones as models
 
 
 @pytest.mark.parametrize("name,dim", [("resnet18", 512), ("efficientnet_lite0", 1280)])

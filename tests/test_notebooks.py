@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from glomlib.pipeline import PIPELINE_PARAMS
+from glomlib.publish.pipeline import PIPELINE_PARAMS
 
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
@@ -73,7 +73,7 @@ def test_first_code_cell_is_parameters_with_comments(path):
             assert "#" in line, f"{path.name}: parameter line without a comment: {line!r}"
     nxt = _code_cells(nb)[1] if len(_code_cells(nb)) > 1 else None
     assert nxt is not None and "chdir_project_root" in nxt.source, \
-        f"{path.name}: the first code cell after 'parameters' must call glomlib.paths.chdir_project_root()"
+        f"{path.name}: the first code cell after 'parameters' must call glomlib.core.paths.chdir_project_root()"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))

@@ -1,4 +1,4 @@
-"""glomlib.pipeline: step chaining, resume, failures, run folders; the smoke profile on real data.
+"""glomlib.publish.pipeline: step chaining, resume, failures, run folders; the smoke profile on real data.
 
 Most tests use tiny stand-in notebooks (written here with nbformat) that follow the pipeline contract
 (parameters ``data``/``out``/``init``/``ssl_checkpoint``/``runs``/``run``) without training anything.
@@ -16,8 +16,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from glomlib.config import ConfigError
-from glomlib.pipeline import (PipelineError, load_run_profile, plan_steps, run_pipeline, select_steps,
+from glomlib.core.config import ConfigError
+from glomlib.publish.pipeline import (PipelineError, load_run_profile, plan_steps, run_pipeline, select_steps,
                               step_parameters)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -258,7 +258,7 @@ def test_missing_pipeline_parameter_is_reported(tmp_path):
 
 
 def test_shipped_profiles_load():
-    from glomlib.config import list_profiles
+    from glomlib.core.config import list_profiles
 
     names = list_profiles()
     for required in ("quick-cpu", "full-cpu", "paper-gpu", "smoke"):
@@ -270,8 +270,8 @@ def test_shipped_profiles_load():
 
 def test_shipped_profiles_match_the_real_notebooks():
     """Every key a shipped profile sets is a parameter of the notebook it is given to."""
-    from glomlib.config import list_profiles
-    from glomlib.pipeline import STEMS, notebook_parameters
+    from glomlib.core.config import list_profiles
+    from glomlib.publish.pipeline import STEMS, notebook_parameters
 
     nb_dir = REPO / "notebooks"
     if not all((nb_dir / f"{s}.ipynb").is_file() for s in STEMS):
@@ -285,7 +285,7 @@ def test_shipped_profiles_match_the_real_notebooks():
 @pytest.mark.slow
 def test_smoke_profile_end_to_end_on_real_data(real_manifest, tmp_path):
     """The smoke profile runs 01 -> 05 on a small slice of the real data and renders the reports."""
-    from glomlib.pipeline import STEMS
+    from glomlib.publish.pipeline import STEMS
 
     if not all((REPO / "notebooks" / f"{s}.ipynb").is_file() for s in STEMS):
         if os.environ.get("CI") == "true":

@@ -1,4 +1,4 @@
-"""glomlib.predict: model file round-trip, predict(), and the `glomlib predict` CLI (labelled or not)."""
+"""glomlib.evaluate.predict: model file round-trip, predict(), and the `glomlib predict` CLI (labelled or not)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from glomlib.finetune import build_classifier
-from glomlib.predict import ModelFileError, load_model, predict, predict_manifest, save_model
+from glomlib.models.heads import build_classifier
+from glomlib.evaluate.predict import ModelFileError, load_model, predict, predict_manifest, save_model
 
 
 def _meta(size=16):
@@ -51,7 +51,7 @@ def test_model_file_has_no_pickle(model_file):
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-    assert meta["format"] == "glomlib.finetune.model/1"
+    assert meta["format"] == "glomlib.train.finetune.model/1"
 
 
 def test_bad_files(tmp_path):
@@ -60,8 +60,8 @@ def test_bad_files(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a model")
     with pytest.raises(ModelFileError, match="not a readable"):
         load_model(tmp_path / "junk.safetensors")
-    from glomlib.checkpoint import save_encoder
-    from glomlib.models import build_backbone
+    from glomlib.models.files import save_encoder
+    from glomlib.models.backbones import build_backbone
 
     bb, _ = build_backbone("resnet18")
     save_encoder(tmp_path / "encoder.safetensors", bb, {"backbone": "resnet18"})

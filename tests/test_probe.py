@@ -1,10 +1,11 @@
-"""glomlib.probe: features, slide-grouped linear probe and kNN."""
+"""glomlib.evaluate.probe: features, slide-grouped linear probe and kNN."""
 
 import numpy as np
 import pytest
 import torch
 
-from glomlib import models, probe
+from glomlib.models import backbones as models
+from glomlib.evaluate import probe
 
 
 def _separable(n=120, d=8, seed=0):
@@ -57,7 +58,7 @@ def test_extract_features_shape_and_mode():
 
 
 def test_probe_encoder_on_tiny_manifest(make_manifest, tmp_path):
-    from glomlib import checkpoint
+    from glomlib.models import files as checkpoint
 
     m = make_manifest(n_slides=6, per_slide=4, size=32)
     bb, _ = models.build_backbone("resnet18")

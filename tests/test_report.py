@@ -1,4 +1,4 @@
-"""glomlib.report: code-free, self-contained pages; no absolute paths/user/host; pseudonymisation; license."""
+"""glomlib.publish.report: code-free, self-contained pages; no absolute paths/user/host; pseudonymisation; license."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from glomlib.pipeline import run_pipeline
-from glomlib.report import (GLOMERULI_PAS_LICENSE, Scrubber, dataset_license, pseudonym, pseudonym_key,
+from glomlib.publish.pipeline import run_pipeline
+from glomlib.publish.report import (GLOMERULI_PAS_LICENSE, Scrubber, dataset_license, pseudonym, pseudonym_key,
                             render_run)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

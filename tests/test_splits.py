@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glomlib.manifest import read_manifest
-from glomlib.splits import SplitError, assign_folds, fold_table, groups_of, inner_validation
+from glomlib.data.manifest import read_manifest
+from glomlib.data.splits import SplitError, assign_folds, fold_table, groups_of, inner_validation
 
 
 def _df(n_slides=10, per=6, pos_every=2, patient=None):

@@ -1,4 +1,4 @@
-"""glomlib.ssl: SimCLR pretraining, checkpoints, resume (also after SIGKILL), CLI."""
+"""glomlib.train.simclr: SimCLR pretraining, checkpoints, resume (also after SIGKILL), CLI."""
 
 import json
 import os
@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from glomlib import checkpoint, models, ssl
-from glomlib.config import ConfigError
+from glomlib.models import files as checkpoint
+from glomlib.models import backbones as models
+from glomlib.train import simclr as ssl
+from glomlib.core import runtime
+from glomlib.core.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(image_size=32, batch_size=8, epochs=2, knn_every=1, knn_k=3, proj_hidden_dim=32, proj_out_dim=16,
@@ -129,7 +132,7 @@ def test_config_validation_messages():
 
 
 def test_lr_schedule_warmup_then_cosine():
-    f = [ssl.lr_factor(s, 100, 10) for s in range(100)]
+    f = [runtime.lr_factor(s, 100, 10) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert f[10] == pytest.approx(1.0) and f[99] < 0.01
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
@@ -163,7 +166,7 @@ def test_out_folder_is_never_overwritten(make_manifest, tmp_path):
 
 
 def _cli(out, manifest, epochs, *extra):
-    return [sys.executable, "-m", "glomlib.ssl", "--no-progress", "-p", f"out={out}", "-p", f"data={manifest}",
+    return [sys.executable, "-m", "glomlib.train.simclr", "--no-progress", "-p", f"out={out}", "-p", f"data={manifest}",
             "-p", f"epochs={epochs}", "-p", "image_size=32", "-p", "batch_size=4", "-p", "knn_k=3",
             "-p", "proj_hidden_dim=32", "-p", "proj_out_dim=16", "-p", "n_folds=3", "-p", "precision=fp32",
             *extra]

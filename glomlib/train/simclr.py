@@ -4,7 +4,7 @@ One config (:class:`SSLConfig`, fields == notebook 02's parameters) drives :func
 
 1. reads the manifest, fingerprints the data and loads the patches from the uint8 cache,
 2. trains backbone + lightly's ``SimCLRProjectionHead`` with lightly's ``NTXentLoss`` on two augmented views
-   per image (:mod:`glomlib.augment`: crop, flips, any-angle rotation, colour jitter, CLAHE, resize),
+   per image (:mod:`glomlib.train.augment`: crop, flips, any-angle rotation, colour jitter, CLAHE, resize),
 3. logs per epoch loss, images/s, learning rate and a collapse monitor (spread of the L2-normalised
    embeddings vs 1/sqrt(d), and kNN accuracy/AUC on labeled patches with slide-grouped folds) to
    ``history.csv``,
@@ -14,19 +14,16 @@ One config (:class:`SSLConfig`, fields == notebook 02's parameters) drives :func
 
 Devices: CPU (all cores, optional bf16 autocast) and CUDA (bf16 autocast where supported, channels_last,
 pinned memory, data-loader workers). Several GPUs: launch the same command with
-``torchrun --nproc_per_node=N -m glomlib.ssl ...``; negatives are gathered across ranks
+``torchrun --nproc_per_node=N -m glomlib.train.simclr ...``; negatives are gathered across ranks
 (``NTXentLoss(gather_distributed=True)``), the data are sharded per rank, and the batch size is per rank.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import json
 import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -36,13 +33,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augment import AugmentParams, apply_clahe, augment_batch
-from .checkpoint import atomic_save, load_checkpoint, save_encoder, unwrap
-from .config import ConfigError, StepConfig
-from .models import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from glomlib.train.augment import AugmentParams, apply_clahe, augment_batch
+from glomlib.models.files import atomic_save, load_checkpoint, save_encoder
+from glomlib.core.config import ConfigError, StepConfig
+from glomlib.core import runtime
+from glomlib.core.io import write_csv_atomic
+from glomlib.core.runtime import PRECISIONS, plan, rng_state, seed_everything, set_rng_state, warmup_cosine
+from glomlib.models.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
 
 OPTIMIZERS = ("adamw", "lars", "sgd")
-PRECISIONS = ("auto", "bf16", "fp32")
 CHECKPOINT_NAME = "checkpoint.pt"
 ENCODER_NAME = "encoder.safetensors"
 HISTORY_NAME = "history.csv"
@@ -83,7 +82,7 @@ class SSLConfig(StepConfig):
     n_folds: int = 5                     # slide-grouped folds of the kNN monitor
     cache_dir: str = ""                  # image cache folder ("" = glomlib's default)
     final_probe: bool = True             # after training: linear probe of the encoder vs a random (and ImageNet) one
-    # augmentations (see glomlib.augment): probability 0 switches one off
+    # augmentations (see glomlib.train.augment): probability 0 switches one off
     crop_p: float = 1.0
     crop_scale_min: float = 0.2
     crop_scale_max: float = 1.0
@@ -181,7 +180,7 @@ def recalibrate_bn(backbone: nn.Module, images: Any, image_size: int, device, ba
     uses clean patches, so statistics of clean patches fit better (on glomeruli-pas this alone moved a
     frozen-feature probe from 0.946 to 0.974 AUC). Returns the backbone in eval mode.
     """
-    from .models import to_tensor_batch
+    from glomlib.models.backbones import to_tensor_batch
 
     backbone = revert_sync_batchnorm(backbone)  # SyncBN would wait for the other ranks
     bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -249,43 +248,7 @@ def build_optimizer(cfg: SSLConfig, model: nn.Module) -> torch.optim.Optimizer:
     return LARS(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Linear warm-up to 1, then cosine decay to 0 (per optimisation step)."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if total_steps <= warmup_steps:
-        return 1.0
-    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-
-def build_scheduler(opt: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup_steps))
-
-
 # ------------------------------------------------------------------------------------------ devices
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device='cuda' but no CUDA GPU is available; use device='cpu' or 'auto'.")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'bf16' or 'fp32'. 'auto' = bf16 on CUDA GPUs that support it, and on CPU (measured ~2x faster there
-    with the same learning quality; see benchmarks/ssl_throughput.py); else fp32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16"
-
-
 # ---------------------------------------------------------------------------------------- distributed
 def dist_info() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment."""
@@ -394,52 +357,15 @@ def make_loader(source: PairSource, batches: list[np.ndarray], epoch: int, num_w
 
 
 # -------------------------------------------------------------------------------------- RNG state
-def rng_state() -> dict[str, Any]:
-    """Torch/numpy/python RNG states as tensors and plain types (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    st: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": {"version": py_state[0], "state": torch.tensor(py_state[1], dtype=torch.int64),
-                   "gauss": py_state[2]},
-    }
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def set_rng_state(st: dict[str, Any]) -> None:
-    torch.set_rng_state(st["torch"].cpu())
-    n = st["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = st["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([t.cpu() for t in st["cuda"]])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 # ----------------------------------------------------------------------------------------- history
 HISTORY_FIELDS = ["epoch", "loss", "lr", "images_per_s", "epoch_s", "embedding_std", "embedding_std_ref",
                   "feature_std", "knn_acc", "knn_auc"]
 
 
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
-    os.replace(tmp, path)
+    import pandas as pd
+
+    write_csv_atomic(pd.DataFrame(rows, columns=HISTORY_FIELDS), path)
 
 
 def read_history(run_dir: str | Path):
@@ -475,7 +401,7 @@ class SSLResult:
 
 
 def _versions() -> dict[str, Any]:
-    from .runs import software_versions
+    from glomlib.core.io import software_versions
 
     return software_versions()
 
@@ -484,14 +410,15 @@ def _knn_monitor(backbone: nn.Module, images: Any, y: np.ndarray, folds: np.ndar
                  bf16: bool, recal_size: int | None = None) -> dict[str, float]:
     import copy
 
-    from .probe import extract_features, knn_cv
+    from glomlib.evaluate.probe import knn_cv
+    from glomlib.models.inference import extract_features
 
     backbone = revert_sync_batchnorm(copy.deepcopy(backbone))
     if recal_size:
         backbone = recalibrate_bn(backbone, images, recal_size, device)
     lab = np.nonzero(y >= 0)[0]
-    feats = extract_features(backbone, _Rows(images, lab), batch_size=128, device=device,
-                             channels_last=device.type == "cuda", autocast_bf16=bf16)
+    mon_plan = runtime.Plan(device, "bf16" if bf16 else "fp32", device.type == "cuda", "SimCLR kNN monitor")
+    feats = extract_features(backbone, _Rows(images, lab), batch_size=128, plan=mon_plan)
     r = knn_cv(feats, y[lab], folds[lab], k=k)
     r["feature_std"] = embedding_spread(torch.from_numpy(feats))
     return r
@@ -525,14 +452,14 @@ def pretrain(cfg: SSLConfig, images: Any, run_dir: str | Path, *, y: np.ndarray 
     t_start = time.time()
     run_dir = Path(run_dir)
     rank, world, local_rank = dist_info()
-    device = resolve_device(cfg.device, local_rank)
+    run_plan = plan(cfg.device, cfg.precision, local_rank=local_rank)
+    device = run_plan.device
     distributed = init_distributed(device)
     if distributed:
         import torch.distributed as dist
 
         rank, world = dist.get_rank(), dist.get_world_size()
-    precision = resolve_precision(cfg.precision, device)
-    bf16 = precision == "bf16"
+    bf16 = run_plan.bf16
     channels_last = bool(cfg.channels_last)
     params = cfg.augment_params()
     n = len(images) if not cfg.max_images else min(cfg.max_images, len(images))
@@ -548,7 +475,7 @@ def pretrain(cfg: SSLConfig, images: Any, run_dir: str | Path, *, y: np.ndarray 
     steps_per_epoch = len(batches0)
     total_steps = steps_per_epoch * cfg.epochs
     opt = build_optimizer(cfg, model)
-    sched = build_scheduler(opt, total_steps, steps_per_epoch * cfg.warmup_epochs)
+    sched = warmup_cosine(opt, total_steps, steps_per_epoch * cfg.warmup_epochs)
     criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=distributed)
 
     history: list[dict[str, Any]] = []
@@ -658,7 +585,7 @@ def pretrain(cfg: SSLConfig, images: Any, run_dir: str | Path, *, y: np.ndarray 
             encoder = recalibrate_bn(encoder, images, cfg.image_size, device, channels_last=channels_last)
         save_encoder(enc_path, encoder, {
             "backbone": cfg.backbone, "image_size": cfg.image_size, "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD), "data_fingerprint": data_fingerprint or "", "source": "glomlib.ssl SimCLR",
+            "std": list(IMAGENET_STD), "data_fingerprint": data_fingerprint or "", "source": "glomlib.train.simclr SimCLR",
             "ssl_init": cfg.ssl_init, "epochs": cfg.epochs, "bn_recalibrated": bool(cfg.bn_recalibrate and not cfg.freeze_bn), "final_loss": last.get("loss"),
             "knn_auc": last.get("knn_auc"), "config": cfg.to_dict(),
         })
@@ -669,8 +596,8 @@ def pretrain(cfg: SSLConfig, images: Any, run_dir: str | Path, *, y: np.ndarray 
 # --------------------------------------------------------------------------------------- manifest level
 def prepare_run_dir(cfg: SSLConfig) -> Path:
     """The run folder: new for out='auto'; an existing non-empty ``out`` only with resume=True."""
-    from .paths import DEFAULT_RUNS_ROOT
-    from .runs import ensure_new_dir, new_run_dir
+    from glomlib.core.paths import DEFAULT_RUNS_ROOT
+    from glomlib.core.io import ensure_new_dir, new_run_dir
 
     if _is_main():
         if cfg.out in ("", "auto"):
@@ -688,11 +615,11 @@ def prepare_run_dir(cfg: SSLConfig) -> Path:
 
 def load_data(cfg: SSLConfig) -> dict[str, Any]:
     """Manifest -> images (uint8 cache memmap), y, slide-grouped folds, fingerprint."""
-    from .cache import load_images
-    from .manifest import data_fingerprint, read_manifest
+    from glomlib.data.cache import load_images
+    from glomlib.data.manifest import data_fingerprint, read_manifest
 
     if cfg.data == SSLConfig.data and not Path(cfg.data).exists():
-        from .datasets import ensure_default_manifest
+        from glomlib.data.public import ensure_default_manifest
 
         ensure_default_manifest(cfg.data)
     df = read_manifest(cfg.data, positive_label=cfg.positive_label, require_labels=False)
@@ -706,7 +633,7 @@ def load_data(cfg: SSLConfig) -> dict[str, Any]:
     lab = y >= 0
     if lab.sum() >= 4 and len(np.unique(y[lab])) == 2:
         try:
-            from .splits import assign_folds
+            from glomlib.data.splits import assign_folds
 
             folds[lab] = assign_folds(df[lab].reset_index(drop=True), n_folds=cfg.n_folds, seed=cfg.seed)
         except Exception as e:  # too few slides for the monitor: it is only a monitor
@@ -722,18 +649,19 @@ def run_ssl(cfg: SSLConfig, progress: bool = True, *, data: dict[str, Any] | Non
     ``data`` (from :func:`load_data`) and ``run_dir`` (from :func:`prepare_run_dir`) may be given when the
     caller (notebook 02) already has them.
     """
-    from .runs import write_json_atomic, write_provenance
+    from glomlib.core.io import write_json_atomic, write_provenance
 
-    init_distributed(resolve_device(cfg.device, dist_info()[2]))  # before any rank-0-only work
+    init_distributed(runtime.resolve_device(cfg.device, dist_info()[2]))  # before any rank-0-only work
     data = data if data is not None else load_data(cfg)
     run_dir = Path(run_dir) if run_dir is not None else prepare_run_dir(cfg)
     if _is_main():
-        extra = {"n_images": int(len(data["images"])), "world_size": dist_info()[1]}
+        extra = {"n_images": int(len(data["images"])), "world_size": dist_info()[1],
+                 "runtime": plan(cfg.device, cfg.precision, local_rank=dist_info()[2]).to_dict()}
         if cfg.resume and (run_dir / "provenance.json").exists():  # keep the original run's record
             import datetime as _dt
 
             stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-            from .runs import git_commit, software_versions
+            from glomlib.core.io import git_commit, software_versions
 
             write_json_atomic(run_dir / f"provenance-resumed-{stamp}.json",
                               {"config": cfg.to_dict(), "data_fingerprint": data["fingerprint"],
@@ -751,9 +679,10 @@ def run_ssl(cfg: SSLConfig, progress: bool = True, *, data: dict[str, Any] | Non
 def final_probe(cfg: SSLConfig, data: dict[str, Any], encoder_path: str | Path) -> dict[str, Any]:
     """Slide-grouped linear probe (and kNN) of frozen features: this run's encoder vs a randomly initialised
     encoder of the same architecture, and vs ImageNet weights when they are available offline."""
-    from .checkpoint import load_encoder_into
-    from .models import WeightsNotFoundError
-    from .probe import extract_features, knn_cv, linear_probe_cv
+    from glomlib.models.files import load_encoder_into
+    from glomlib.models.backbones import WeightsNotFoundError
+    from glomlib.evaluate.probe import knn_cv, linear_probe_cv
+    from glomlib.models.inference import extract_features
 
     y, folds = np.asarray(data["y"]), np.asarray(data["folds"])
     lab = np.nonzero((y >= 0) & (folds >= 0))[0]
@@ -788,7 +717,7 @@ def plot_view_pairs(images: Any, params: AugmentParams, n: int = 6, seed: int = 
     """A figure: n original patches (top) and two augmented views of each (rows 2-3)."""
     import matplotlib.pyplot as plt
 
-    from .augment import denormalize, two_views
+    from glomlib.train.augment import denormalize, two_views
 
     idx = np.sort(np.random.default_rng(seed).choice(len(images), min(n, len(images)), replace=False))
     src = np.asarray(images[idx])
@@ -918,8 +847,8 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m glomlib.ssl`` (what torchrun launches)."""
-    p = argparse.ArgumentParser(prog="python -m glomlib.ssl", description=__doc__.splitlines()[0])
+    """``python -m glomlib.train.simclr`` (what torchrun launches)."""
+    p = argparse.ArgumentParser(prog="python -m glomlib.train.simclr", description=__doc__.splitlines()[0])
     _add_arguments(p)
     args = p.parse_args(argv)
     try:

@@ -18,7 +18,6 @@ ImageNet weights are loaded offline:
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from glomlib.core import runtime
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -197,54 +198,20 @@ def build_backbone(name: str, init: str = "scratch", weights_path: str | Path | 
     if init not in INITS:
         raise ValueError(f"Unknown init {init!r} for build_backbone; choose one of {list(INITS)}. "
                          "(To start from an SSL encoder, build with init='scratch' and call "
-                         "glomlib.checkpoint.load_encoder_into.)")
+                         "glomlib.models.files.load_encoder_into.)")
     if name.startswith("resnet"):
         return _resnet(name, init, weights_path)
     return _efficientnet_lite0(init, weights_path)
 
 
-def to_tensor_batch(images: Any, *, device: str | torch.device | None = None,
-                    dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
-    """uint8 NHWC images (numpy array/memmap or tensor) -> float NCHW tensor normalised with ImageNet mean/std."""
-    if isinstance(images, np.ndarray):
-        arr = np.ascontiguousarray(images)
-        if not arr.flags.writeable:  # e.g. a read-only memmap: torch wants a writable buffer
-            arr = arr.copy()
-        if arr.dtype != np.uint8:
-            raise TypeError(f"to_tensor_batch expects uint8 images, got {arr.dtype}")
-        t = torch.from_numpy(arr)
-    elif isinstance(images, torch.Tensor):
-        t = images
-    else:
-        raise TypeError(f"to_tensor_batch expects a numpy array or tensor, got {type(images).__name__}")
-    is_uint8 = t.dtype == torch.uint8
-    if t.ndim == 3:
-        t = t.unsqueeze(0)
-    if t.ndim != 4 or t.shape[-1] != 3:
-        raise ValueError(f"to_tensor_batch expects (N, H, W, 3) images, got shape {tuple(t.shape)}")
-    if device is not None:
-        t = t.to(device, non_blocking=True)
-    t = t.permute(0, 3, 1, 2).to(dtype)
-    if is_uint8:
-        t = t / 255.0
-    t = normalize(t)
-    if channels_last:
-        t = t.contiguous(memory_format=torch.channels_last)
-    else:
-        t = t.contiguous()
-    return t
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """Float NCHW in [0, 1] -> ImageNet-normalised."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+def to_tensor_batch(images: Any, *, device: str | torch.device | None = None, channels_last: bool = False
+                    ) -> torch.Tensor:
+    """uint8 NHWC images (one HWC image or a batch; numpy, memmap or tensor) -> ImageNet-normalised float NCHW."""
+    if isinstance(images, np.ndarray) and images.ndim == 3 or isinstance(images, torch.Tensor) and images.ndim == 3:
+        images = images[None]
+    return runtime.to_input(images, IMAGENET_MEAN, IMAGENET_STD, device=device, channels_last=channels_last)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-def default_num_threads() -> int:
-    return max(1, os.cpu_count() or 1)

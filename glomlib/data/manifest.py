@@ -12,14 +12,14 @@ label     yes*      class name (positive/negative names are configurable, defaul
 slide     yes       slide (whole-slide image) the patch was cut from; the unit of grouping
 patient   no        patient ID; defaults to the slide. Folds are grouped by patient when it differs
 center    no        centre / scanner / lab; "" when absent
-split     no        "" / ``train`` / ``val`` / ``test`` or a fold number; see :mod:`glomlib.splits`
+split     no        "" / ``train`` / ``val`` / ``test`` or a fold number; see :mod:`glomlib.data.splits`
 mask      no        binary glomerulus mask image (same file layout rules as ``path``)
 ========  ========  ==============================================================================
 
 :func:`read_manifest` checks every row and reports EVERY problem at once (row number + file) in one
 :class:`ManifestError`; nothing is dropped silently: ``on_error="skip"`` drops the bad rows but writes
 them, with their reasons, to ``skipped_out``. Images whose mode is unusual (grey, grey+alpha, RGBA,
-palette, 16-bit) are accepted and converted by :mod:`glomlib.cache` (grey -> 3 equal channels,
+palette, 16-bit) are accepted and converted by :mod:`glomlib.data.cache` (grey -> 3 equal channels,
 alpha dropped, 16-bit scaled to 8-bit); each such row is reported as a warning.
 
 This module does not import torch (``glomlib data check`` stays fast).

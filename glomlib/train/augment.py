@@ -22,7 +22,7 @@ batch by a single ``grid_sample`` call; colour operations are per-image tensors 
 runs on uint8 with OpenCV (it has no tensor form) in the data-loading stage (:func:`apply_clahe`), so with
 DataLoader workers it runs in parallel with the GPU step.
 
-Inputs are uint8 NHWC batches, as :func:`glomlib.cache.load_images` returns them. Feed images already resized
+Inputs are uint8 NHWC batches, as :func:`glomlib.data.cache.load_images` returns them. Feed images already resized
 to about ``image_size`` (the cache does this with area interpolation): the crop then only magnifies and
 needs no anti-aliasing.
 """
@@ -37,7 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models import IMAGENET_MEAN, IMAGENET_STD
+from glomlib.core import runtime
+from glomlib.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 FILL_MODES = ("reflection", "border", "zeros")
 
@@ -252,16 +253,14 @@ def augment_batch(batch: Any, params: AugmentParams, g: torch.Generator, *, devi
     """One augmented view of a uint8 NHWC batch -> float NCHW (ImageNet-normalised when ``normalize``).
 
     CLAHE is not applied here (it needs OpenCV on uint8): call :func:`apply_clahe` on the uint8 batch first,
-    as :class:`glomlib.ssl` does in its data loader.
+    as :class:`glomlib.train.simclr` does in its data loader.
     """
     x = to_float_nchw(batch, device)
     x = geometric(x, params, g)
     x = color(x, params, g)
     x = blur(x, params, g)
     if normalize:
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
+        x = runtime.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
@@ -283,6 +282,4 @@ def two_views(batch: Any, params: AugmentParams, g: torch.Generator | None = Non
 
 def denormalize(x: torch.Tensor) -> torch.Tensor:
     """ImageNet-normalised NCHW -> [0, 1] (for showing views)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x.float() * std + mean).clamp(0, 1)
+    return runtime.denormalize(x.float(), IMAGENET_MEAN, IMAGENET_STD).clamp(0, 1)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from glomlib.config import ConfigError, StepConfig
+from glomlib.core.config import ConfigError, StepConfig
 
 FLAG_COLUMNS = ["row", "path", "slide", "center", "label", "reason", "value", "threshold", "detail"]
 OD_BINS = np.linspace(0.0, 1.5, 31)  # OD histogram bin edges (values above 1.5 land in the last bin)
@@ -81,12 +81,12 @@ def prepare(cfg: AuditConfig):
     :func:`manifest_flags`), except exact byte-duplicates, which are kept so the duplicate analysis shows
     them (with their folds). The config and provenance are written into ``out_dir``.
     """
-    from glomlib import runs
-    from glomlib.manifest import data_fingerprint, read_manifest
+    from glomlib.core import io as runs
+    from glomlib.data.manifest import data_fingerprint, read_manifest
 
     data = Path(cfg.data)
     if not data.exists() and cfg.data == AuditConfig.data:
-        from glomlib.datasets import ensure_default_manifest
+        from glomlib.data.public import ensure_default_manifest
 
         ensure_default_manifest(data)
     if not data.exists():
@@ -130,7 +130,7 @@ def _readd_content_duplicates(df: pd.DataFrame, manifest: Path, positive_label: 
                 if all(part.strip().startswith("duplicate-content") for part in why.split(" | "))}
     if not dup_rows:
         return df
-    from glomlib.manifest import validate_manifest
+    from glomlib.data.manifest import validate_manifest
 
     full, _ = validate_manifest(manifest, positive_label=positive_label, require_labels=False)
     add = full[full["row"].isin(dup_rows)].copy()
@@ -410,8 +410,8 @@ def duplicate_groups(pairs: pd.DataFrame) -> list[list[str]]:
 
 
 def folds_for(df: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> np.ndarray | None:
-    """The fine-tuning folds (glomlib.splits.assign_folds); None when the manifest cannot be split."""
-    from glomlib.splits import assign_folds
+    """The fine-tuning folds (glomlib.data.splits.assign_folds); None when the manifest cannot be split."""
+    from glomlib.data.splits import assign_folds
 
     labelled = df["y"].to_numpy() >= 0 if "y" in df else np.ones(len(df), bool)
     if labelled.sum() < 2 or df["slide"].nunique() < n_folds:
@@ -561,7 +561,7 @@ def sample_rows(df: pd.DataFrame, by: str, n: int, seed: int = 0) -> dict[str, p
 
 def montage_by(df: pd.DataFrame, by: str, n: int = 8, seed: int = 0, size: int = 160):
     """One montage figure with a row of ``n`` examples per group (class or centre); captions = slide."""
-    from glomlib import plots
+    from glomlib.evaluate import plots
 
     samples = sample_rows(df, by, n, seed)
     images, captions = [], []
@@ -583,7 +583,7 @@ def montage_by(df: pd.DataFrame, by: str, n: int = 8, seed: int = 0, size: int =
 def flagged_gallery(flags: pd.DataFrame, df: pd.DataFrame, max_per_reason: int = 8, size: int = 160,
                     reasons: list[str] | None = None):
     """Montage of flagged images, one row per reason (worst first), captioned with reason and value."""
-    from glomlib import plots
+    from glomlib.evaluate import plots
 
     masks = dict(zip(df["path"], df["mask"])) if "mask" in df else {}
     images, captions, mks = [], [], []
@@ -615,7 +615,7 @@ def flagged_gallery(flags: pd.DataFrame, df: pd.DataFrame, max_per_reason: int =
 
 def duplicate_gallery(pairs: pd.DataFrame, max_pairs: int = 8, size: int = 140):
     """Side-by-side duplicate pairs (two tiles per pair), closest first."""
-    from glomlib import plots
+    from glomlib.evaluate import plots
 
     p = pairs.sort_values(["distance"]).head(max_pairs)
     images, captions = [], []
@@ -632,7 +632,7 @@ def channel_boxplots(table: pd.DataFrame):
     """Box plots per centre: RGB means (top) and tissue OD per channel (bottom)."""
     import matplotlib.pyplot as plt
 
-    from glomlib import plots
+    from glomlib.evaluate import plots
 
     t = table[table["error"] == ""].assign(center=_centre(table))
     centres = sorted(t["center"].unique())
@@ -660,7 +660,7 @@ def od_histogram_figure(hists: dict[str, np.ndarray]):
     """Per-channel OD distributions of tissue pixels, one line per centre."""
     import matplotlib.pyplot as plt
 
-    from glomlib import plots
+    from glomlib.evaluate import plots
 
     centres_ = (OD_BINS[:-1] + OD_BINS[1:]) / 2
     fig, axes = plt.subplots(1, 3, figsize=(plots.REPORT_WIDTH, 3.6), sharey=True)
@@ -682,7 +682,7 @@ def quality_histograms(table: pd.DataFrame, cfg: AuditConfig):
     """Distributions of the quality measures with the flag thresholds marked."""
     import matplotlib.pyplot as plt
 
-    from glomlib import plots
+    from glomlib.evaluate import plots
 
     t = table[table["error"] == ""].assign(center=_centre(table))
     fig, axes = plt.subplots(1, 3, figsize=(plots.REPORT_WIDTH, 3.6))
@@ -710,7 +710,7 @@ def mask_area_figure(df: pd.DataFrame, area: pd.Series):
     """Distribution of the glomerulus share of the patch, per class and per centre."""
     import matplotlib.pyplot as plt
 
-    from glomlib import plots
+    from glomlib.evaluate import plots
 
     d = df.assign(area=area.to_numpy(), center=_centre(df), label=_label(df))
     d = d[d["area"] >= 0]
@@ -734,7 +734,7 @@ def mask_area_figure(df: pd.DataFrame, area: pd.Series):
 def write_outputs(out: str | Path, scan: ImageScan, flags: pd.DataFrame, duplicates: pd.DataFrame,
                   summary: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write ``flags.csv``, ``image_stats.csv``, ``duplicates.csv`` and ``audit_summary.json`` into ``out``."""
-    from glomlib.runs import write_json_atomic
+    from glomlib.core.io import write_json_atomic
 
     out = Path(out)
     paths = {"flags": out / "flags.csv", "image_stats": out / "image_stats.csv", "duplicates": out / "duplicates.csv"}

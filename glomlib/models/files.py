@@ -12,12 +12,18 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from glomlib.core import runtime
+from glomlib.core.io import write_with
+from glomlib.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from glomlib.models.heads import build_classifier
 
 ENCODER_FORMAT = "glomlib-encoder-v1"
 
@@ -26,36 +32,9 @@ class EncoderFileError(ValueError):
     """An encoder file is missing, unreadable or for another backbone; the message says what to do."""
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _fsync_replace(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (temporary file + fsync + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        torch.save(obj, tmp)
-        _fsync_replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """``torch.save(obj)`` to ``path`` atomically (unique temp file + fsync + rename)."""
+    return write_with(path, lambda tmp: torch.save(obj, tmp), fsync=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
@@ -100,33 +79,19 @@ def save_encoder(path: str | Path, backbone: nn.Module, meta: dict[str, Any]) ->
     ``image_size``, ``mean``, ``std``, ``data_fingerprint``, ``source``). Written atomically."""
     if "backbone" not in meta:
         raise ValueError("save_encoder: meta must include 'backbone' (e.g. 'resnet18').")
-    from .models import IMAGENET_MEAN, IMAGENET_STD
-
     full = {"format": ENCODER_FORMAT, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), **meta}
     return save_safetensors_atomic(unwrap(backbone), full, path)
 
 
 def save_safetensors_atomic(module, meta: dict[str, Any], path: str | Path) -> Path:
-    """Write ``module``'s state_dict as safetensors with ``meta`` (JSON-encoded values) atomically (tmp + rename)."""
-    from safetensors.torch import save_file
+    """Write ``module``'s state_dict as safetensors with ``meta`` (JSON-encoded values) atomically."""
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
-    tmp = _tmp_path(path)
-    try:
-        save_file(sd, str(tmp), metadata=_meta_to_strings(meta))
-        os.chmod(tmp, 0o644)
-        _fsync_replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in unwrap(module).state_dict().items()}
+    return write_with(path, lambda tmp: save_file(sd, str(tmp), metadata=_meta_to_strings(meta)), fsync=True)
 
 
 def read_encoder_meta(path: str | Path) -> dict[str, Any]:
     """The metadata of an encoder file (without loading its tensors)."""
-    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -149,7 +114,6 @@ def load_encoder_into(backbone: nn.Module, path: str | Path, expect_backbone: st
     Raises :class:`EncoderFileError` if the file is missing, was saved for another backbone than
     ``expect_backbone``, or its tensors do not fit.
     """
-    from safetensors.torch import load_file
 
     meta = read_encoder_meta(path)
     saved = meta.get("backbone")
@@ -170,3 +134,55 @@ def load_encoder_into(backbone: nn.Module, path: str | Path, expect_backbone: st
             f"unexpected {list(unexpected)[:5]}."
         )
     return meta
+
+
+# ------------------------------------------------------------------------------- fine-tuned model files
+MODEL_FORMAT = "glomlib.train.finetune.model/1"
+_REQUIRED = ("backbone", "image_size", "mean", "std", "positive_label")
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, unreadable or incomplete; the message says what to do."""
+
+
+def save_model(model, meta: dict[str, Any], path: str | Path) -> Path:
+    """Save a fine-tuned classifier (``glomlib.train.finetune`` model) with its metadata as safetensors, atomically."""
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise ValueError(f"save_model: meta lacks {missing}.")
+    return save_safetensors_atomic(model, {"format": MODEL_FORMAT, **meta}, path)
+
+
+def read_model_meta(path: str | Path) -> dict[str, Any]:
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"Model file {path} does not exist. A fine-tune run (notebook 03 or `glomlib "
+                             "finetune`) writes <run>/model.safetensors; pass that path.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as e:
+        raise ModelFileError(f"{path} is not a readable safetensors file: {e}") from e
+    meta = meta_from_strings(raw)
+    if meta.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{path} is not a glomlib fine-tuned model (format={meta.get('format')!r}; expected "
+                             f"{MODEL_FORMAT!r}). An SSL encoder.safetensors is not a classifier: fine-tune it first.")
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise ModelFileError(f"{path}: metadata lacks {missing}; the file is incomplete.")
+    return meta
+
+
+def load_model(path: str | Path, device: str = "cpu"):
+    """Load ``model.safetensors`` -> ``(model in eval mode, meta dict)``."""
+
+    meta = read_model_meta(path)
+    model = build_classifier(meta["backbone"])
+    sd = load_file(str(path))
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise ModelFileError(f"{path}: weights do not fit a {meta['backbone']} classifier: {e}") from e
+    model.to(runtime.resolve_device(device)).eval()
+    return model, meta

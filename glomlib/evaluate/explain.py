@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from glomlib.config import ConfigError, StepConfig
+from glomlib.core.config import ConfigError, StepConfig
 
 OUTCOMES = ("TP", "TN", "FP", "FN")
 
@@ -132,7 +132,7 @@ def prepare(cfg: ExplainConfig):
 
     Returns ``(pred, run_dir, out_dir)``.
     """
-    from glomlib import runs
+    from glomlib.core import io as runs
 
     run_dir = resolve_run(cfg.run)
     pred = load_predictions(run_dir, cfg.label_fraction, cfg.threshold)
@@ -140,13 +140,13 @@ def prepare(cfg: ExplainConfig):
     data = Path(cfg.data)
     if not data.exists() and cfg.data == ExplainConfig.data:
         try:
-            from glomlib.datasets import ensure_default_manifest
+            from glomlib.data.public import ensure_default_manifest
 
             ensure_default_manifest(data)
         except Exception as e:  # masks are optional: say so, carry on
             print(f"No manifest for masks ({e}); Grad-CAM shown without mask outlines.")
     if data.exists():
-        from glomlib.manifest import read_manifest
+        from glomlib.data.manifest import read_manifest
 
         pos = pred.loc[pred["y"] == 1, "label"]
         positive = str(pos.iloc[0]) if len(pos) and str(pos.iloc[0]) else "M1"
@@ -187,13 +187,13 @@ def ranked_errors(pred: pd.DataFrame, kind: str, n: int | None = None) -> pd.Dat
 
 def load_display_images(paths: Sequence[str], size: int) -> np.ndarray:
     """uint8 (N,size,size,3) via the shared cache (decoded once)."""
-    from glomlib.cache import load_images
+    from glomlib.data.cache import load_images
 
     return np.asarray(load_images([str(p) for p in paths], size))
 
 
 def load_display_masks(mask_paths: Sequence[str], size: int) -> list[np.ndarray | None]:
-    from glomlib.audit import load_mask
+    from glomlib.evaluate.audit import load_mask
 
     return [load_mask(m, size) if m else None for m in mask_paths]
 
@@ -207,7 +207,7 @@ def caption(r: pd.Series, extra: str = "") -> str:
 
 def error_gallery(pred: pd.DataFrame, kind: str, n: int = 16, size: int = 160, ncols: int = 8):
     """Gallery of the ``n`` most confident false positives or negatives with mask outlines."""
-    from glomlib import plots
+    from glomlib.evaluate import plots
 
     e = ranked_errors(pred, kind, n)
     imgs = load_display_images(e["path"].tolist(), size) if len(e) else []
@@ -223,7 +223,7 @@ def confidence_figure(pred: pd.DataFrame, threshold: float = 0.5, labels: tuple[
     """Left: predicted probability per true class; right: confidence of correct calls vs errors."""
     import matplotlib.pyplot as plt
 
-    from glomlib import plots
+    from glomlib.evaluate import plots
 
     fig, axes = plt.subplots(1, 2, figsize=(plots.REPORT_WIDTH, 3.8))
     bins = np.linspace(0, 1, 26)
@@ -252,7 +252,7 @@ def error_rate_figure(pred: pd.DataFrame):
     """Error rate per centre (left) and per slide (right), annotated with the number of images."""
     import matplotlib.pyplot as plt
 
-    from glomlib import plots
+    from glomlib.evaluate import plots
 
     by_c, by_s = error_rates(pred, "center"), error_rates(pred, "slide")
     fig, axes = plt.subplots(1, 2, figsize=(plots.REPORT_WIDTH, max(3.6, 0.22 * len(by_s) + 1)),
@@ -278,7 +278,7 @@ def error_rate_figure(pred: pd.DataFrame):
 
 def load_run_model(run_dir: str | Path):
     """The final model of a fine-tune run: ``(model in eval mode, meta)``."""
-    from glomlib.predict import load_model
+    from glomlib.evaluate.predict import load_model
 
     return load_model(Path(run_dir) / "model.safetensors")
 
@@ -411,7 +411,7 @@ def gradcam_figure(rows: pd.DataFrame, images: np.ndarray, cams: np.ndarray, mas
                    positive: str = "positive"):
     """Image and Grad-CAM overlay side by side (yellow = glomerulus mask outline), captioned with the share of
     attribution inside the mask."""
-    from glomlib import plots
+    from glomlib.evaluate import plots
 
     tiles, caps, mks = [], [], []
     for (_, r), img, cam, m in zip(rows.iterrows(), images, cams, masks):
@@ -450,7 +450,7 @@ def embedding_figure(xy: np.ndarray, pred: pd.DataFrame, method: str = "UMAP"):
     """2x2 maps coloured by true label, prediction, correctness (outcome) and centre; errors drawn on top."""
     import matplotlib.pyplot as plt
 
-    from glomlib import plots
+    from glomlib.evaluate import plots
 
     fig, axes = plt.subplots(2, 2, figsize=(plots.REPORT_WIDTH, 10))
     lab = pred["label"].astype(str).where(pred["label"].astype(str) != "", pred["y"].astype(str))
@@ -488,7 +488,7 @@ def nearest_neighbours(emb: np.ndarray, query: Sequence[int], k: int = 5) -> np.
 def neighbour_gallery(pred: pd.DataFrame, emb: np.ndarray, errors: Sequence[int], k: int = 5, size: int = 140):
     """One row per error: the error, then its k nearest neighbours (label and probability in the caption;
     red caption = neighbour of the other class than the error's true label)."""
-    from glomlib import plots
+    from glomlib.evaluate import plots
 
     nn_idx = nearest_neighbours(emb, errors, k) if len(errors) else np.zeros((0, k), int)
     order = [i for row, e in zip(nn_idx, errors) for i in (e, *row)]
@@ -546,7 +546,7 @@ def filter_errors(pred: pd.DataFrame, kind: str = "errors", centre: str = "all",
 
 def static_gallery(pred: pd.DataFrame, max_images: int = 48, size: int = 140):
     """All errors (up to ``max_images``), most confident first: the report's stand-in for the browser."""
-    from glomlib import plots
+    from glomlib.evaluate import plots
 
     d = filter_errors(pred).head(max_images)
     imgs = load_display_images(d["path"].tolist(), size) if len(d) else []
@@ -564,7 +564,7 @@ def error_browser(pred: pd.DataFrame, page_size: int = 12, size: int = 160):
     import matplotlib.pyplot as plt
     from IPython.display import display
 
-    from glomlib import plots
+    from glomlib.evaluate import plots
 
     labels = sorted(set(pred["label"].astype(str)) - {""})
     kind = w.Dropdown(options=["errors", "FP", "FN", "all", *labels], value="errors", description="show")
@@ -617,7 +617,7 @@ def show_error_browser(pred: pd.DataFrame, out: str | Path | None = None, intera
     Returns "widget" or "static"."""
     from IPython.display import display
 
-    from glomlib import plots
+    from glomlib.evaluate import plots
 
     if live_frontend(interactive):
         display(error_browser(pred))

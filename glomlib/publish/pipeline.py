@@ -17,7 +17,7 @@ Executes the numbered notebooks with papermill (cwd = project root, kernel ``pyt
     provenance.json       config, software versions, data fingerprint, git commit
     summary.json          headline metrics per init and ``models: {init: path}``
 
-Then renders every executed notebook to a code-free HTML page (:mod:`glomlib.report`) under
+Then renders every executed notebook to a code-free HTML page (:mod:`glomlib.publish.report`) under
 ``reports/<run>/index.html``.
 
 A profile (``glomlib/profiles/<name>.yaml`` or any YAML file) holds::
@@ -42,80 +42,27 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from glomlib.config import PROFILES_DIR, ConfigError, list_profiles
-from glomlib.runs import new_run_dir, write_json_atomic, write_provenance
+from glomlib.core.config import PROFILES_DIR, ConfigError, list_profiles
+from glomlib.core.io import new_run_dir, write_json_atomic, write_provenance
+from glomlib.publish.privacy import pseudonym_key, write_pseudonymised_manifest
+from glomlib.publish.report import render_run
+from glomlib.publish.steps import (OPTIONAL_PIPELINE_PARAMS, PIPELINE_PARAMS, PROFILE_KEYS, STEMS, SUBSET_KEYS, Step,
+                                   find_project_root, plan_steps)
 
 DEFAULT_DATA = "data/glomeruli-pas/manifest.csv"
 DEFAULT_INITS = ("glom", "imagenet", "scratch")
 KERNEL = "python3"
 
-# notebook stem -> output sub-folder of the run
-STEP_TABLE: tuple[tuple[str, str], ...] = (
-    ("01_data_audit", "audit"),
-    ("02_simclr_pretrain", "ssl"),
-    ("03_finetune", "finetune"),
-    ("04_baseline_comparison", "comparison"),
-    ("05_error_analysis", "errors"),
-)
-STEMS = tuple(s for s, _ in STEP_TABLE)
-# parameters the pipeline sets itself; a profile may not set them
-PIPELINE_PARAMS = {
-    "01_data_audit": ("data", "out"),
-    "02_simclr_pretrain": ("data", "out"),
-    "03_finetune": ("data", "out", "init", "ssl_checkpoint"),
-    "04_baseline_comparison": ("data", "out", "runs"),
-    "05_error_analysis": ("data", "out", "run"),
-}
-# parameters the pipeline also sets when a notebook declares them (a profile may not set them either)
-OPTIONAL_PIPELINE_PARAMS = {
-    "04_baseline_comparison": ("inits", "ssl_checkpoint"),
-}
-PROFILE_KEYS = {"name", "description", "inits", "subset", "common", "steps"}
-SUBSET_KEYS = {"slides", "per_slide_label", "seed"}
-
-
 class PipelineError(RuntimeError):
     """The run cannot go on; the message names the notebook/step/parameter and what to do."""
-
-
-@dataclass(frozen=True)
-class Step:
-    stem: str                 # notebook stem, e.g. "03_finetune"
-    out: str                  # output folder relative to the run folder, e.g. "finetune/glom"
-    init: str | None = None   # for 03 only
-
-    @property
-    def id(self) -> str:
-        return f"{self.stem}/{self.init}" if self.init else self.stem
-
-    @property
-    def executed_name(self) -> str:
-        return f"{self.stem}-{self.init}.ipynb" if self.init else f"{self.stem}.ipynb"
-
-    def aliases(self) -> set[str]:
-        """Names accepted by --only: 03, 03_finetune, finetune, 03/glom, 03:glom, finetune/glom, ..."""
-        base = {self.stem, self.stem[:2], self.stem[3:], self.out.split("/")[0]}
-        if not self.init:
-            return base
-        return base | {f"{b}{sep}{self.init}" for b in base for sep in ("/", ":")}
 
 
 # --------------------------------------------------------------------------------------------- helpers
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def find_project_root() -> Path:
-    from glomlib.paths import project_root
-
-    root = project_root()
-    if (root / "pyproject.toml").is_file():
-        return root
-    return project_root(Path(__file__).resolve().parent)
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -236,16 +183,6 @@ def load_run_profile(name_or_path: str | Path) -> dict[str, Any]:
     return data
 
 
-def plan_steps(profile: dict[str, Any]) -> list[Step]:
-    steps: list[Step] = []
-    for stem, out in STEP_TABLE:
-        if stem == "03_finetune":
-            steps += [Step(stem, f"{out}/{init}", init) for init in profile["inits"]]
-        else:
-            steps.append(Step(stem, out))
-    return steps
-
-
 def errors_init(profile: dict[str, Any]) -> str:
     """The init whose fine-tune run notebook 05 analyses: glom when present, else the first one."""
     return "glom" if "glom" in profile["inits"] else profile["inits"][0]
@@ -337,16 +274,16 @@ def ensure_manifest(data: str | None, root: Path) -> Path:
         return path
     if data is None or Path(data).as_posix() == DEFAULT_DATA:
         try:
-            from glomlib.datasets import ensure_default_manifest
+            from glomlib.data.public import ensure_default_manifest
         except ImportError as e:
-            raise PipelineError(f"{path} does not exist and glomlib.datasets is unavailable ({e}); "
+            raise PipelineError(f"{path} does not exist and glomlib.data.public is unavailable ({e}); "
                                 "run 'glomlib data fetch glomeruli-pas' or pass --data MANIFEST.") from e
         return Path(ensure_default_manifest(path)).resolve()
     raise PipelineError(f"Manifest {path} does not exist; pass --data MANIFEST.csv (see data/README.md).")
 
 
 def read_manifest_df(path: Path, positive_label: str):
-    from glomlib.manifest import read_manifest
+    from glomlib.data.manifest import read_manifest
 
     return read_manifest(path, positive_label=positive_label)
 
@@ -354,7 +291,7 @@ def read_manifest_df(path: Path, positive_label: str):
 def data_fingerprint(path: Path, positive_label: str) -> str:
     """Fingerprint of the manifest's data (file contents + labels); validates the manifest on the way."""
     try:
-        from glomlib.manifest import data_fingerprint as fp
+        from glomlib.data.manifest import data_fingerprint as fp
     except ImportError:  # data layer not available: fall back to the manifest bytes
         return "manifest-sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     return fp(read_manifest_df(path, positive_label))
@@ -387,7 +324,7 @@ def write_subset_manifest(src: Path, dest: Path, subset: dict[str, Any], positiv
             idx = rng.permutation(len(g))[:per]
             parts.append(g.iloc[sorted(idx)])
     sub = pd.concat(parts)
-    from glomlib.manifest import write_manifest
+    from glomlib.data.manifest import write_manifest
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     cols = ["path", "label", "slide"] + [c for c in ("patient", "center", "mask") if (sub[c] != "").any()
@@ -395,26 +332,6 @@ def write_subset_manifest(src: Path, dest: Path, subset: dict[str, Any], positiv
     write_manifest(sub[cols], dest)
     for extra in ("LICENSE", "CITATION", "CITATION.txt", "CITATION.cff", "README.md"):  # license travels along
         if (src.parent / extra).is_file():
-            shutil.copy2(src.parent / extra, dest.parent / extra)
-    return dest
-
-
-def write_pseudonymised_manifest(src: Path, dest: Path, key: bytes, positive_label: str) -> Path:
-    """A copy of ``src`` whose slide (and patient) identifiers are stable pseudonyms, so that the notebooks'
-    tables and figures never see the real identifiers. File names are not changed (the images are not copied)."""
-    from glomlib.manifest import write_manifest
-    from glomlib.report import pseudonym
-
-    df = read_manifest_df(src, positive_label).copy()
-    has_patient = bool((df["patient"] != df["slide"]).any())
-    df["slide"] = [pseudonym(str(v), key, "slide") for v in df["slide"]]
-    df["patient"] = [pseudonym(str(v), key, "patient") for v in df["patient"]] if has_patient else df["slide"]
-    cols = ["path", "label", "slide"] + (["patient"] if has_patient else []) + \
-        [c for c in ("center", "split", "mask") if (df[c] != "").any()]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    write_manifest(df[cols], dest)
-    for extra in ("LICENSE", "CITATION", "CITATION.txt", "CITATION.cff", "README.md"):
-        if (src.parent / extra).is_file() and not (dest.parent / extra).exists():
             shutil.copy2(src.parent / extra, dest.parent / extra)
     return dest
 
@@ -618,7 +535,6 @@ def run_pipeline(profile: str | Path | None = None, *, data: str | None = None, 
                 used = write_subset_manifest(source, run_dir / "data" / "manifest.csv", prof["subset"], positive)
                 log(f"  using a slice of the data ({prof['subset']}) -> {_rel(used, root)}")
             if pseudonymise:
-                from glomlib.report import pseudonym_key
 
                 used = write_pseudonymised_manifest(used, run_dir / "data" / "manifest-pseudonymised.csv",
                                                     pseudonym_key(root), positive)
@@ -682,7 +598,6 @@ def run_pipeline(profile: str | Path | None = None, *, data: str | None = None, 
         if later:
             log(f"  note: later steps ({', '.join(later)}) were not re-run; add them to --only if they depend on it.")
     if render:
-        from glomlib.report import render_run
 
         index = render_run(run_dir, reports_root=_abs(reports_root, root),
                            pseudonymise=pseudonymise or bool(definition.get("pseudonymised_data")), project_root=root)

@@ -23,18 +23,18 @@ import base64
 import copy
 import datetime as _dt
 import getpass
-import hashlib
-import hmac
 import html
 import json
 import mimetypes
 import os
 import re
-import secrets
 import shutil
 import socket
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from glomlib.publish.privacy import pseudonym, pseudonym_key
+from glomlib.publish.steps import find_project_root, plan_steps
 
 # ------------------------------------------------------------------------------------ dataset license
 GLOMERULI_PAS_LICENSE = ("CC BY-NC-SA 4.0 (Attribution-NonCommercial-ShareAlike 4.0 International), "
@@ -155,25 +155,6 @@ class Scrubber:
         if self._ids is not None:
             text = self._ids.sub(lambda m: self.pseudonyms[m.group(1)], text)
         return text
-
-
-def pseudonym(identifier: str, key: bytes, prefix: str = "slide") -> str:
-    """A stable pseudonym for an identifier: ``<prefix>-`` + 6 hex digits of HMAC-SHA256(key, identifier)."""
-    return f"{prefix}-" + hmac.new(key, identifier.encode(), hashlib.sha256).hexdigest()[:6]
-
-
-def pseudonym_key(project_root: Path) -> bytes:
-    """The key behind the pseudonyms: ``$GLOMLIB_PSEUDONYM_KEY``, else ``data/.pseudonym-key`` (created once)."""
-    env = os.environ.get("GLOMLIB_PSEUDONYM_KEY")
-    if env:
-        return env.encode()
-    path = project_root / "data" / ".pseudonym-key"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32) + "\n")
-    return path.read_text().strip().encode()
 
 
 def manifest_info(manifest: Path) -> dict[str, Any]:
@@ -437,7 +418,6 @@ def render_run(run_dir: str | Path, *, reports_root: str | Path = "reports", pse
                project_root: str | Path | None = None, log: Callable[[str], None] | None = None) -> Path:
     """Render every executed notebook of a pipeline run into ``reports_root/<run>[-pseudonymised]/``;
     returns the index page. An earlier rendering of the same run is replaced as a whole."""
-    from glomlib.pipeline import find_project_root, plan_steps
 
     log = log or (lambda m: print(m, flush=True))
     root = Path(project_root).resolve() if project_root else find_project_root()

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from glomlib.config import ConfigError, StepConfig
-from glomlib.finetune import INITS, FinetuneConfig, load_run
+from glomlib.core.config import ConfigError, StepConfig
+from glomlib.train.finetune import INITS, FinetuneConfig, load_run
 
 #: The study's numbers (KSN 2025 abstract), M1 vs M0, for reference next to ours.
 STUDY_REFERENCE = {
@@ -76,7 +76,7 @@ class CompareConfig(StepConfig):
 
 
 def prepare_out(cfg: CompareConfig) -> Path:
-    from glomlib.runs import ensure_new_dir, new_run_dir
+    from glomlib.core.io import ensure_new_dir, new_run_dir
 
     out = new_run_dir("runs", "comparison") if cfg.out in ("auto", "", None) else ensure_new_dir(cfg.out)
     (out / "figures").mkdir(exist_ok=True)
@@ -106,7 +106,7 @@ def collect_runs(runs: str | Path, inits=INITS) -> dict[str, dict[str, Any]]:
 
 def run_or_collect(cfg: CompareConfig, out: Path) -> dict[str, dict[str, Any]]:
     """Collect the inits present in ``cfg.runs``; run the others into ``<out>/finetune/<init>``."""
-    from glomlib.finetune import run_finetune
+    from glomlib.train.finetune import run_finetune
 
     found = collect_runs(cfg.runs, cfg.inits) if cfg.runs not in ("auto", "", None) else {}
     for init in cfg.inits:
@@ -129,7 +129,7 @@ def comparison_table(runs: dict[str, dict[str, Any]], metrics=None, reference: b
     """One row per init: mean ± std of each metric over test folds (and seeds), plus the number of folds."""
     import pandas as pd
 
-    from glomlib.metrics import METRIC_LABELS, METRICS
+    from glomlib.evaluate.metrics import METRIC_LABELS, METRICS
 
     metrics = metrics or METRICS
     rows = []
@@ -170,7 +170,7 @@ def paired_oof(runs: dict[str, dict[str, Any]]):
 
 def pairwise_tests(runs: dict[str, dict[str, Any]], n_boot: int = 2000, seed: int = 0):
     """Pairwise AUC differences on the pooled out-of-fold predictions: slide-grouped bootstrap CI + DeLong p."""
-    from glomlib.metrics import pairwise_comparisons
+    from glomlib.evaluate.metrics import pairwise_comparisons
 
     oof = paired_oof(runs)
     probs = {i: oof[i].to_numpy() for i in runs}
@@ -182,7 +182,7 @@ def per_center_auc(runs: dict[str, dict[str, Any]]):
     lesion looks good overall but not within a centre. NaN where a centre has only one class."""
     import pandas as pd
 
-    from glomlib.metrics import auc
+    from glomlib.evaluate.metrics import auc
 
     rows = []
     for init, r in runs.items():
@@ -201,7 +201,7 @@ def label_efficiency(cfg: CompareConfig, out: Path, main_runs: dict[str, dict[st
     the main runs; runs the missing ones (``le_epochs``, ``le_folds``) into ``<out>/label_efficiency/``."""
     import pandas as pd
 
-    from glomlib.finetune import run_finetune
+    from glomlib.train.finetune import run_finetune
 
     rows = []
     src = Path(cfg.runs) / "label_efficiency" if cfg.runs not in ("auto", "", None) else None
@@ -260,7 +260,7 @@ def plot_reliability(runs: dict[str, dict[str, Any]], out: Path | None = None, n
     """Reliability diagram per init: observed positive fraction vs mean predicted probability per bin."""
     import matplotlib.pyplot as plt
 
-    from glomlib.metrics import expected_calibration_error, reliability_table
+    from glomlib.evaluate.metrics import expected_calibration_error, reliability_table
 
     fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 4), squeeze=False)
     for ax, (init, r) in zip(axes[0], runs.items()):
@@ -321,7 +321,7 @@ def plot_fold_aucs(runs: dict[str, dict[str, Any]], out: Path | None = None, nam
 
 def save_results(out: Path, table, pairwise, le=None, runs: dict | None = None) -> None:
     """comparison.csv, pairwise.csv, label_efficiency.csv, comparison.json and provenance.json in ``out``."""
-    from glomlib.runs import write_json_atomic, write_provenance
+    from glomlib.core.io import write_json_atomic, write_provenance
 
     table.to_csv(out / "comparison.csv")
     pairwise.to_csv(out / "pairwise.csv", index=False)

@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from .manifest import (DEFAULT_POSITIVE, IMAGE_EXTENSIONS, ManifestError, format_problems, validate_manifest,
+from glomlib.data.manifest import (DEFAULT_POSITIVE, IMAGE_EXTENSIONS, ManifestError, format_problems, validate_manifest,
                        write_manifest, write_skipped)
 
 DEFAULT_SLIDE_REGEX = r"^(?P<slide>.+)-[^-]+$"
@@ -64,7 +64,7 @@ def check(args) -> int:
             _err(f"error: {e}")
             return 1
         _err(f"wrote {len(good)} rows to {out}")
-    from .manifest import data_fingerprint
+    from glomlib.data.manifest import data_fingerprint
 
     labels = good["label"].value_counts().to_dict()
     _err(f"OK: {len(good)} images, labels {labels}, {good['slide'].nunique()} slides, "
@@ -139,7 +139,7 @@ def from_folder(args) -> int:
 
 
 def fetch(args) -> int:
-    from .datasets import DatasetError, fetch_glomeruli_pas
+    from glomlib.data.public import DatasetError, fetch_glomeruli_pas
 
     mirror = False if args.no_mirror else args.mirror
     try:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T", bound="StepConfig")
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PROFILES_DIR = PACKAGE_DIR / "profiles"
 
 

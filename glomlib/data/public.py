@@ -23,7 +23,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from .manifest import hash_files, write_manifest
+from glomlib.data.manifest import hash_files, write_manifest
 
 NAME = "glomeruli-pas"
 REPO = "patologiivest/GlobalGlomerulosclerosisClustering"
@@ -32,7 +32,7 @@ ARCHIVE_URL = f"https://github.com/{REPO}/archive/{COMMIT}.zip"
 SUBDIR = "Patches/Raw"
 POSITIVE_LABEL = "GS"
 NEGATIVE_LABEL = "nonGS"
-SUMS_RESOURCE = Path(__file__).resolve().parent / "resources" / "glomeruli_pas.sha256"
+SUMS_RESOURCE = Path(__file__).resolve().parents[1] / "resources" / "glomeruli_pas.sha256"
 LICENSE_NAME = "CC BY-NC-SA 4.0 (Creative Commons Attribution-NonCommercial-ShareAlike 4.0 International)"
 LICENSE_URL = "https://creativecommons.org/licenses/by-nc-sa/4.0/legalcode"
 CITATION = f"""glomeruli-pas: PAS-stained human glomerulus patches, GS (globally sclerotic) vs nonGS.
@@ -52,7 +52,7 @@ class DatasetError(RuntimeError):
 
 
 def default_mirror() -> Path:
-    from .paths import project_root
+    from glomlib.core.paths import project_root
 
     return project_root().parent / "shared" / "data" / NAME
 
@@ -210,7 +210,7 @@ def fetch_glomeruli_pas(out: str | os.PathLike = "data/glomeruli-pas",
     """
     import pandas as pd
 
-    from .paths import project_root
+    from glomlib.core.paths import project_root
 
     say = (lambda *a: print(*a, file=sys.stderr)) if verbose else (lambda *a: None)
     outp = Path(out).expanduser()
@@ -286,7 +286,7 @@ def fetch_glomeruli_pas(out: str | os.PathLike = "data/glomeruli-pas",
 def ensure_default_manifest(path: str | os.PathLike = "data/glomeruli-pas/manifest.csv") -> Path:
     """Return ``path``; when it is missing and names ``<folder>/manifest.csv``, build it with
     :func:`fetch_glomeruli_pas` (mirror first). Relative paths are relative to the project root."""
-    from .paths import project_root
+    from glomlib.core.paths import project_root
 
     p = Path(path).expanduser()
     if not p.is_absolute():

@@ -3,7 +3,7 @@
 A linear probe (logistic regression on frozen features) and a kNN classifier are the standard ways to ask
 "did self-supervised pretraining learn something useful?" without fine-tuning. Folds must be grouped by
 slide (or patient): patches of one slide look alike, and letting them straddle train and test inflates
-every number. Pass folds from :func:`glomlib.splits.assign_folds`, or use :func:`grouped_folds`.
+every number. Pass folds from :func:`glomlib.data.splits.assign_folds`, or use :func:`grouped_folds`.
 """
 
 from __future__ import annotations
@@ -12,48 +12,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from .models import to_tensor_batch
-
-
-@torch.no_grad()
-def extract_features(backbone: nn.Module, images_uint8: Any, batch_size: int = 64,
-                     device: str | torch.device = "cpu", image_size: int | None = None,
-                     channels_last: bool | None = None, autocast_bf16: bool = False) -> np.ndarray:
-    """Features ``(N, D)`` (float32 numpy) of uint8 NHWC images through ``backbone`` in eval mode.
-
-    ``image_size``: resize (bilinear, antialiased) to this size first when the images differ.
-    The backbone's train/eval mode is restored afterwards.
-    """
-    device = torch.device(device)
-    was_training = backbone.training
-    backbone.eval()
-    if channels_last is None:
-        channels_last = device.type == "cuda"
-    feats = []
-    try:
-        n = len(images_uint8)
-        for i in range(0, n, batch_size):
-            x = to_tensor_batch(np.asarray(images_uint8[i:i + batch_size]), device=device,
-                                channels_last=channels_last)
-            if image_size is not None and x.shape[-1] != image_size:
-                x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
-                                                    antialias=True, align_corners=False)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-                f = backbone(x)
-            feats.append(f.float().cpu().numpy())
-    finally:
-        backbone.train(was_training)
-    if not feats:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(feats).astype(np.float32)
+from glomlib.models.inference import extract_features
 
 
 def grouped_folds(groups: Any, y: Any, n_folds: int = 5, seed: int = 0) -> np.ndarray:
     """Fold index per sample: stratified by ``y``, no group (slide/patient) in two folds.
 
-    A fallback for when no manifest is at hand; with a manifest use ``glomlib.splits.assign_folds``.
+    A fallback for when no manifest is at hand; with a manifest use ``glomlib.data.splits.assign_folds``.
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -160,11 +126,11 @@ def probe_encoder(backbone: str, init: str = "scratch", encoder: str | None = No
     ``encoder``: an ``encoder.safetensors`` (SSL) loaded into ``backbone``; else ``init`` (scratch/imagenet).
     Folds use ``seed``; random (``scratch``) weights use ``model_seed`` (default: ``seed``).
     """
-    from .cache import load_images
-    from .checkpoint import load_encoder_into
-    from .manifest import read_manifest
-    from .models import build_backbone
-    from .splits import assign_folds
+    from glomlib.data.cache import load_images
+    from glomlib.models.files import load_encoder_into
+    from glomlib.data.manifest import read_manifest
+    from glomlib.models.backbones import build_backbone
+    from glomlib.data.splits import assign_folds
 
     df = read_manifest(data, positive_label=positive_label, require_labels=True)
     hashes = df["sha256"].tolist() if "sha256" in df.columns else None
@@ -183,11 +149,11 @@ def probe_encoder(backbone: str, init: str = "scratch", encoder: str | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m glomlib.probe --backbone resnet18 [--encoder run/encoder.safetensors | --init imagenet]``."""
+    """``python -m glomlib.evaluate.probe --backbone resnet18 [--encoder run/encoder.safetensors | --init imagenet]``."""
     import argparse
     import json
 
-    p = argparse.ArgumentParser(prog="python -m glomlib.probe", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m glomlib.evaluate.probe", description=main.__doc__)
     p.add_argument("--backbone", required=True)
     p.add_argument("--init", default="scratch", choices=["scratch", "imagenet"])
     p.add_argument("--encoder", default=None)
@@ -204,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{r['backbone']} {r['init']} {r['image_size']}px: linear-probe AUC {r['auc_mean']:.4f} ± {r['auc_std']:.4f}"
           f" (pooled {r['pooled_auc']:.4f}); kNN AUC {r['knn_auc']:.4f} acc {r['knn_acc']:.4f}")
     if a.out:
-        from .runs import write_json_atomic
+        from glomlib.core.io import write_json_atomic
 
         write_json_atomic(a.out, r)
     else:

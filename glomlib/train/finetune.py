@@ -4,12 +4,12 @@ Initialisations (``init``):
 
 * ``glom`` — the SSL encoder from notebook 02 (``ssl_checkpoint``: a file, an SSL run folder, or ``latest`` =
   the newest ``runs/**/encoder.safetensors``); its backbone must match ``backbone``.
-* ``imagenet`` — ImageNet weights, offline (see :mod:`glomlib.models`).
+* ``imagenet`` — ImageNet weights, offline (see :mod:`glomlib.models.backbones`).
 * ``scratch`` — random weights.
 
 Protocol (identical for every init, so the comparison is fair):
 
-1. Folds: ``glomlib.splits.assign_folds`` — slide-grouped (patient-grouped when patients differ), stratified,
+1. Folds: ``glomlib.data.splits.assign_folds`` — slide-grouped (patient-grouped when patients differ), stratified,
    ``folds`` folds, repeated for each seed in ``seeds``. ``folds.csv`` records which slide is in which fold.
 2. For each (seed, fold): the training folds are optionally subsampled to ``label_fraction`` of their images
    (stratified by label, by seed; the test fold is never touched); a validation split (``val_fraction``,
@@ -21,7 +21,7 @@ Protocol (identical for every init, so the comparison is fair):
 3. Every (seed, fold) is checkpointed after each epoch (atomic writes) and its result saved when done; with
    ``resume=True`` finished folds are read back, an interrupted fold continues from its last epoch.
 4. A final model is trained on all labelled images (same fraction) for the median of the folds' selected
-   epoch counts and saved as a self-describing ``model.safetensors`` (see :mod:`glomlib.predict`).
+   epoch counts and saved as a self-describing ``model.safetensors`` (see :mod:`glomlib.evaluate.predict`).
 
 Outputs in ``out``: config.json, provenance.json, folds.csv, predictions.csv (out-of-fold, every image and seed),
 metrics.json (per fold + mean ± std), model.safetensors, checkpoints/ (per-fold state and results).
@@ -33,17 +33,32 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from glomlib.config import ConfigError, StepConfig
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from glomlib.core import runtime
+from glomlib.core.config import ConfigError, StepConfig
+from glomlib.core.io import ensure_new_dir, new_run_dir, write_csv_atomic, write_json_atomic, write_provenance, write_with
+from glomlib.core.runtime import PRECISIONS
+from glomlib.data.cache import load_images
+from glomlib.data.manifest import data_fingerprint, read_manifest
+from glomlib.data.splits import assign_folds, fold_table, inner_validation
+from glomlib.evaluate import metrics as M
+from glomlib.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from glomlib.models.files import load_encoder_into, save_model
+from glomlib.models.heads import build_classifier
+from glomlib.models.inference import predict_probs
 
 INITS = ("glom", "imagenet", "scratch")
-MODEL_FORMAT = "glomlib.finetune.model/1"
+MODEL_FORMAT = "glomlib.train.finetune.model/1"
 # Config fields that may change between an interrupted run and its resumption.
 _RESUME_FREE_FIELDS = {"resume", "device", "num_workers", "out", "progress", "final_model", "cache_dir"}
 
@@ -74,8 +89,8 @@ class FinetuneConfig(StepConfig):
     num_workers: int = 0                    # accepted for profiles; unused: images live in memory, batches are augmented in place
     resume: bool = False                    # continue an interrupted run in `out` (finished folds are kept)
     final_model: bool = True                # also train on all labelled images and save model.safetensors
-    amp: str = "auto"                       # auto (bf16 on CUDA, off on CPU) | bf16 | off
-    cache_dir: str = ""                     # image cache folder ("" = glomlib.cache default)
+    precision: str = "auto"                 # auto (what this hardware runs fastest, see glomlib.core.runtime) | bf16 | fp32
+    cache_dir: str = ""                     # image cache folder ("" = glomlib.data.cache default)
     progress: bool = True                   # tqdm progress bars
 
     def validate(self) -> None:
@@ -97,73 +112,12 @@ class FinetuneConfig(StepConfig):
         for name in ("epochs", "batch_size", "image_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be a positive integer.")
-        if self.amp not in ("auto", "bf16", "off"):
-            raise ConfigError(f"amp={self.amp!r}: choose auto, bf16 or off.")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}.")
 
 
 # ------------------------------------------------------------------------------------------------ devices
-def resolve_device(device: str = "auto"):
-    """``auto`` -> CUDA if available, else Apple MPS, else CPU. Explicit names are checked."""
-    import torch
-
-    if device in ("auto", "", None):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} but CUDA is not available here; use device='auto' or 'cpu'.")
-    return dev
-
-
-def autocast_dtype(device, amp: str = "auto"):
-    """bf16 on CUDA (when supported) or when asked; None (float32) otherwise.
-
-    On the 2-core development CPU bf16 autocast was not faster than float32 + channels_last for
-    efficientnet_lite0 at 96 px (measured 2026-11-25), so ``auto`` keeps CPU in float32.
-    """
-    import torch
-
-    if amp == "off":
-        return None
-    if amp == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
 # --------------------------------------------------------------------------------------------- the model
-def _nn():
-    import torch
-    from torch import nn
-
-    class FinetuneModel(nn.Module):
-        """Backbone -> dropout -> linear head with one logit (positive class)."""
-
-        def __init__(self, backbone: nn.Module, feature_dim: int, dropout: float = 0.2):
-            super().__init__()
-            self.backbone = backbone
-            self.dropout = nn.Dropout(dropout)
-            self.head = nn.Linear(feature_dim, 1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.dropout(self.backbone(x))).squeeze(1)
-
-    return FinetuneModel
-
-
-def build_classifier(backbone_name: str, feature_dim: int | None = None, backbone=None):
-    """A :class:`FinetuneModel` around ``backbone`` (or a fresh scratch ``backbone_name``)."""
-    from glomlib.models import build_backbone
-
-    if backbone is None:
-        backbone, feature_dim = build_backbone(backbone_name, init="scratch")
-    return _nn()(backbone, int(feature_dim))
-
-
 def find_latest_encoder(root: str | Path = "runs") -> Path:
     """Newest ``encoder.safetensors`` under ``root`` (by modification time)."""
     root = Path(root)
@@ -192,14 +146,11 @@ def resolve_ssl_checkpoint(spec: str) -> Path:
 
 def build_initial_backbone(cfg: FinetuneConfig):
     """The backbone for ``cfg.init`` -> (module, feature_dim, info dict)."""
-    from glomlib.models import build_backbone
 
     info: dict[str, Any] = {"init": cfg.init}
     if cfg.init == "glom":
         path = resolve_ssl_checkpoint(cfg.ssl_checkpoint)
         backbone, dim = build_backbone(cfg.backbone, init="scratch")
-        from glomlib.checkpoint import load_encoder_into
-
         meta = load_encoder_into(backbone, path, expect_backbone=cfg.backbone)
         info["ssl_checkpoint"] = str(Path(path).resolve())
         if isinstance(meta, dict):
@@ -219,7 +170,6 @@ def build_initial_backbone(cfg: FinetuneConfig):
 # ------------------------------------------------------------------------------------------ augmentation
 def augment_batch(x, generator=None):
     """Light augmentation on a float NCHW batch in [0, 1]: flips, 90° rotations, brightness/contrast/saturation."""
-    import torch
 
     n = x.shape[0]
     g = generator
@@ -246,58 +196,10 @@ def augment_batch(x, generator=None):
     return x.clamp_(0, 1)
 
 
-def _to_input(batch_uint8, mean, std, device, channels_last: bool, aug: bool = False, generator=None):
-    import torch
-
-    x = batch_uint8.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-    if aug:
-        x = augment_batch(x, generator=None if device.type != "cpu" else generator)
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    x = (x - m) / s
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-def predict_tensor(model, images, *, mean, std, device, batch_size: int = 128, amp_dtype=None,
-                   channels_last: bool = True) -> np.ndarray:
-    """Positive-class probabilities for uint8 NHWC images (tensor or numpy)."""
-    import torch
-
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, images.shape[0], batch_size):
-            x = _to_input(images[i:i + batch_size], mean, std, device, channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(x)
-            out.append(torch.sigmoid(logits.float()).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-
-
 # ---------------------------------------------------------------------------------------- checkpointing
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_csv(df, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------- training
 def train_one(cfg: FinetuneConfig, images, y_train: np.ndarray, idx_train: np.ndarray, idx_val: np.ndarray | None,
-              *, seed: int, device, state_path: Path | None = None, max_epochs: int | None = None,
+              *, seed: int, plan: runtime.Plan, state_path: Path | None = None, max_epochs: int | None = None,
               desc: str = "train") -> tuple[Any, dict[str, Any]]:
     """Train one model from ``cfg.init`` on ``images[idx_train]``; select the epoch on ``images[idx_val]``.
 
@@ -305,22 +207,17 @@ def train_one(cfg: FinetuneConfig, images, y_train: np.ndarray, idx_train: np.nd
     ``max_epochs`` epochs and the last weights are kept. ``state_path``: per-epoch checkpoint for resuming.
     Returns (model with the selected weights, info dict: best_epoch, epochs_run, history, seconds).
     """
-    import torch
-    import torch.nn.functional as F
-    from tqdm.auto import tqdm
 
-    from glomlib.models import IMAGENET_MEAN, IMAGENET_STD
 
     t0 = time.time()
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
     backbone, dim, init_info = build_initial_backbone(cfg)
     model = build_classifier(cfg.backbone, dim, backbone)
-    channels_last = True
+    device = plan.device
     model = model.to(device)
-    if channels_last:
+    if plan.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    amp_dtype = autocast_dtype(device, cfg.amp)
     epochs = int(max_epochs or cfg.epochs)
     ytr = y_train[idx_train]
     n_pos = int((ytr == 1).sum())
@@ -334,12 +231,7 @@ def train_one(cfg: FinetuneConfig, images, y_train: np.ndarray, idx_train: np.nd
     total = epochs * steps_per_epoch
     warm = min(steps_per_epoch, max(1, total // 10))
 
-    def lr_lambda(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    sched = runtime.warmup_cosine(opt, total, warm)
     gen = torch.Generator().manual_seed(seed)
     state = {"epoch": 0, "best_epoch": 0, "best_loss": math.inf, "bad_epochs": 0, "history": [],
              "best_state": None}
@@ -354,8 +246,7 @@ def train_one(cfg: FinetuneConfig, images, y_train: np.ndarray, idx_train: np.nd
     idx_train_t = torch.from_numpy(np.asarray(idx_train, dtype=np.int64))
 
     def val_loss() -> float:
-        probs = predict_tensor(model, images[torch.from_numpy(idx_val)], mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                               device=device, amp_dtype=amp_dtype, channels_last=channels_last)
+        probs = predict_probs(model, images[torch.from_numpy(idx_val)], plan=plan)
         yy = y_train[idx_val].astype(np.float64)
         p = np.clip(probs.astype(np.float64), 1e-6, 1 - 1e-6)
         w = np.where(yy == 1, n_neg / n_pos, 1.0)   # the training objective (class-weighted BCE)
@@ -370,10 +261,14 @@ def train_one(cfg: FinetuneConfig, images, y_train: np.ndarray, idx_train: np.nd
             bi = perm[i:i + cfg.batch_size]
             if len(bi) < 2:  # BatchNorm needs more than one image
                 continue
-            x = _to_input(images[bi], IMAGENET_MEAN, IMAGENET_STD, device, channels_last, aug=cfg.augment,
-                          generator=gen)
+            xb = images[bi].to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+            if cfg.augment:
+                xb = augment_batch(xb, generator=gen if device.type == "cpu" else None)
+            x = runtime.normalize(xb, IMAGENET_MEAN, IMAGENET_STD)
+            if plan.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             yb = y_t[bi].to(device)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            with runtime.autocast(plan):
                 logits = model(x)
             loss = F.binary_cross_entropy_with_logits(logits.float(), yb, pos_weight=pos_weight)
             opt.zero_grad(set_to_none=True)
@@ -399,8 +294,9 @@ def train_one(cfg: FinetuneConfig, images, y_train: np.ndarray, idx_train: np.nd
         bar.set_postfix({k: f"{v:.3f}" for k, v in rec.items() if k != "epoch"})
         stop = idx_val is not None and state["bad_epochs"] >= cfg.patience
         if state_path is not None:
-            _atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                                "gen": gen.get_state(), "state": state}, state_path)
+            ck = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                  "gen": gen.get_state(), "state": state}
+            write_with(state_path, lambda tmp: torch.save(ck, tmp))
         if stop:
             break
     bar.close()
@@ -441,11 +337,10 @@ class FinetuneResult:
 
 
 def _load_data(cfg: FinetuneConfig):
-    from glomlib.manifest import read_manifest
 
     data = Path(cfg.data)
     if not data.exists() and cfg.data == FinetuneConfig.data:
-        from glomlib.datasets import ensure_default_manifest
+        from glomlib.data.public import ensure_default_manifest
 
         ensure_default_manifest(data)
     df = read_manifest(data, positive_label=cfg.positive_label, require_labels=True)
@@ -460,7 +355,6 @@ def _load_data(cfg: FinetuneConfig):
 
 
 def _prepare_out(cfg: FinetuneConfig) -> Path:
-    from glomlib.runs import ensure_new_dir, new_run_dir
 
     if cfg.out in ("auto", "", None):
         if cfg.resume:
@@ -484,16 +378,7 @@ def _prepare_out(cfg: FinetuneConfig) -> Path:
 
 def run_finetune(cfg: FinetuneConfig | None = None, **params: Any) -> FinetuneResult:
     """Cross-validated fine-tuning for ``cfg.init`` (see module docstring). Returns a :class:`FinetuneResult`."""
-    import pandas as pd
-    import torch
-    from tqdm.auto import tqdm
 
-    from glomlib import metrics as M
-    from glomlib.cache import load_images
-    from glomlib.manifest import data_fingerprint
-    from glomlib.models import IMAGENET_MEAN, IMAGENET_STD
-    from glomlib.runs import write_json_atomic, write_provenance
-    from glomlib.splits import assign_folds, fold_table, inner_validation
 
     cfg = cfg if cfg is not None else FinetuneConfig.from_params(**params)
     cfg.validate()
@@ -507,8 +392,8 @@ def run_finetune(cfg: FinetuneConfig | None = None, **params: Any) -> FinetuneRe
     if not (out / "config.json").exists():
         write_json_atomic(out / "config.json", cfg_dict)
     fingerprint = data_fingerprint(df)
-    device = resolve_device(cfg.device)
-    write_provenance(out, cfg_dict, fingerprint, extra={"device": str(device), "negative_label": negative_label,
+    plan = runtime.plan(cfg.device, cfg.precision)
+    write_provenance(out, cfg_dict, fingerprint, extra={"runtime": plan.to_dict(), "negative_label": negative_label,
                                                        "n_images": int(len(df)), "n_positive": int(df["y"].sum())})
     kw = {"cache_dir": cfg.cache_dir} if cfg.cache_dir else {}
     arr = np.asarray(load_images(list(df["path"]), cfg.image_size, **kw))
@@ -543,9 +428,8 @@ def run_finetune(cfg: FinetuneConfig | None = None, **params: Any) -> FinetuneRe
         idx_val, idx_train = train_pool[vmask], train_pool[~vmask]
         assert not set(df["slide"].iloc[test_idx]) & set(df["slide"].iloc[train_pool]), "slide leakage"
         model, info = train_one(cfg, images, y, idx_train, idx_val if len(idx_val) else None, seed=seed + 17 * k,
-                                device=device, state_path=fdir / "state.pt", desc=f"{cfg.init} s{seed} f{k}")
-        probs = predict_tensor(model, images[torch.from_numpy(test_idx)], mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                               device=device, amp_dtype=autocast_dtype(device, cfg.amp))
+                                plan=plan, state_path=fdir / "state.pt", desc=f"{cfg.init} s{seed} f{k}")
+        probs = predict_probs(model, images[torch.from_numpy(test_idx)], plan=plan)
         sub = df.iloc[test_idx]
         pred = pd.DataFrame({"path": sub["path"].to_numpy(), "slide": sub["slide"].to_numpy(),
                              "center": sub["center"].to_numpy(), "label": sub["label"].to_numpy(),
@@ -556,7 +440,7 @@ def run_finetune(cfg: FinetuneConfig | None = None, **params: Any) -> FinetuneRe
                "n_train": info["n_train"], "n_train_pos": info["n_train_pos"], "n_val": info["n_val"],
                "best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"], "seconds": info["seconds"],
                "test_slides": ";".join(sorted(set(sub["slide"])))}
-        _atomic_csv(pred, fdir / "predictions.csv")
+        write_csv_atomic(pred, fdir / "predictions.csv")
         write_json_atomic(fdir / "history.json", info["history"])
         write_json_atomic(done, {"row": row, "init_info": info["init_info"],
                                  "train_slides": sorted(set(df["slide"].iloc[idx_train])),
@@ -571,8 +455,8 @@ def run_finetune(cfg: FinetuneConfig | None = None, **params: Any) -> FinetuneRe
     predictions = pd.concat(pred_frames, ignore_index=True)
     per_fold_df = pd.DataFrame(per_fold)
     folds_df = pd.concat(fold_rows, ignore_index=True)
-    _atomic_csv(predictions, out / "predictions.csv")
-    _atomic_csv(folds_df, out / "folds.csv")
+    write_csv_atomic(predictions, out / "predictions.csv")
+    write_csv_atomic(folds_df, out / "folds.csv")
     summary = M.summarise(per_fold_df)
     pooled = predictions.groupby("path", sort=False).agg(y=("y", "first"), prob=("prob", "mean"))
     metrics_doc = {
@@ -592,7 +476,7 @@ def run_finetune(cfg: FinetuneConfig | None = None, **params: Any) -> FinetuneRe
             pool = np.flatnonzero(folds_by_seed[cfg.seeds[0]] >= 0)  # every CV image; split=test rows stay out
             idx_all = pool[subsample_labels(df.iloc[pool], cfg.label_fraction, cfg.seeds[0])]
             n_ep = int(max(1, np.median([r["best_epoch"] for r in per_fold] or [cfg.epochs])))
-            model, info = train_one(cfg, images, y, idx_all, None, seed=cfg.seeds[0], device=device,
+            model, info = train_one(cfg, images, y, idx_all, None, seed=cfg.seeds[0], plan=plan,
                                     state_path=out / "checkpoints" / "final" / "state.pt", max_epochs=n_ep,
                                     desc=f"{cfg.init} final")
             meta = {"backbone": cfg.backbone, "image_size": int(cfg.image_size), "mean": list(IMAGENET_MEAN),
@@ -601,18 +485,15 @@ def run_finetune(cfg: FinetuneConfig | None = None, **params: Any) -> FinetuneRe
                     "n_train": int(len(idx_all)), "label_fraction": cfg.label_fraction,
                     "data_fingerprint": fingerprint, "threshold": 0.5,
                     "cv_auc": summary.get("auc", {}).get("text")}
-            from glomlib.predict import save_model
-
             save_model(model, meta, model_path)
             held = np.flatnonzero(folds_by_seed[cfg.seeds[0]] < 0)
             if len(held):  # rows with split=test: never in CV, predicted once by the final model
-                hp = predict_tensor(model, images[torch.from_numpy(held)], mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                                    device=device, amp_dtype=autocast_dtype(device, cfg.amp))
+                hp = predict_probs(model, images[torch.from_numpy(held)], plan=plan)
                 sub = df.iloc[held]
                 hdf = pd.DataFrame({"path": sub["path"].to_numpy(), "slide": sub["slide"].to_numpy(),
                                     "label": sub["label"].to_numpy(), "y": sub["y"].to_numpy(), "prob": hp,
                                     "pred": (hp >= 0.5).astype(int), "init": cfg.init})
-                _atomic_csv(hdf, out / "heldout_predictions.csv")
+                write_csv_atomic(hdf, out / "heldout_predictions.csv")
                 write_json_atomic(out / "heldout_metrics.json", M.binary_metrics(hdf["y"], hdf["prob"]))
             (out / "checkpoints" / "final" / "state.pt").unlink(missing_ok=True)
     return FinetuneResult(out=out, predictions=predictions, per_fold=per_fold_df, summary=summary,
@@ -621,7 +502,6 @@ def run_finetune(cfg: FinetuneConfig | None = None, **params: Any) -> FinetuneRe
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """Read a finished fine-tune run folder: config, metrics, predictions, folds."""
-    import pandas as pd
 
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.json").exists():
@@ -681,5 +561,5 @@ def register(subparsers) -> None:
 
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "run_finetune", "load_run", "train_one", "build_classifier",
-           "resolve_device", "resolve_ssl_checkpoint", "find_latest_encoder", "subsample_labels", "augment_batch",
-           "predict_tensor", "INITS", "register"]
+           "resolve_ssl_checkpoint", "find_latest_encoder", "subsample_labels", "augment_batch",
+           "INITS", "register"]

@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .manifest import hash_files
+from glomlib.data.manifest import hash_files
 
 CACHE_VERSION = 1
 INTERPOLATIONS = {"area": "INTER_AREA", "linear": "INTER_LINEAR", "cubic": "INTER_CUBIC",
@@ -37,7 +37,7 @@ def default_cache_dir() -> Path:
     env = os.environ.get("GLOMLIB_CACHE")
     if env:
         return Path(env).expanduser()
-    from .paths import project_root
+    from glomlib.core.paths import project_root
 
     return project_root() / "data" / "cache"
 
@@ -181,7 +181,7 @@ def load_images(paths: Iterable[str | os.PathLike], image_size: int, *, cache_di
                 progress: bool = False) -> np.memmap:
     """All images as a read-only uint8 memmap (N, S, S, 3), RGB; decoded once and cached on disk.
 
-    ``hashes``: the files' sha256 (e.g. ``df["sha256"]`` from :func:`glomlib.manifest.read_manifest`)
+    ``hashes``: the files' sha256 (e.g. ``df["sha256"]`` from :func:`glomlib.data.manifest.read_manifest`)
     to skip re-hashing; otherwise they are computed (fast, memoised per process).
     """
     paths = [os.fspath(p) for p in paths]

@@ -1,0 +1,1 @@
+"""Bottom layer: config dataclasses and their CLI, project paths, atomic file writes and run folders, provenance, runtime."""

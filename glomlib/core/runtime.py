@@ -1,0 +1,231 @@
+"""The one runtime: device, precision and memory format, autocast, LR schedules, seeding and RNG state, input normalisation.
+
+Every step (SimCLR, fine-tuning, probing, prediction, explanation) asks :func:`plan` what to run on and how, so the
+hardware policy is decided here once and written into provenance with its reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import platform
+import random
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from glomlib.core.config import ConfigError
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+# --------------------------------------------------------------------------------------------- hardware
+def cpu_model() -> str:
+    """The CPU's model name (e.g. 'AMD EPYC 9454'), from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_capabilities() -> dict[str, bool]:
+    """What this CPU does natively (torch's own checks; private API, guarded)."""
+    caps = {}
+    for name, fn in (("avx512", "_is_avx512_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"),
+                     ("amx_tile", "_is_amx_tile_supported")):
+        f = getattr(torch.cpu, fn, None)
+        try:
+            caps[name] = bool(f()) if f else False
+        except Exception:
+            caps[name] = False
+    caps["native_bf16"] = caps["avx512_bf16"] or caps["amx_tile"]
+    return caps
+
+
+def resolve_device(name: str | None = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA if available, else Apple MPS, else CPU. Explicit names are checked."""
+    if name in ("auto", "", None):
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"device={name!r} is not a device name; use auto, cpu, cuda, cuda:N or mps.") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name!r} but no CUDA GPU is available here; use device='cpu' or 'auto'.")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device={name!r} but Apple MPS is not available here; use device='cpu' or 'auto'.")
+    return dev
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How a step runs: device, precision ('bf16' | 'fp32'), memory format, and why."""
+
+    device: torch.device
+    precision: str
+    channels_last: bool
+    reason: str
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16"
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.bf16 else None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"device": str(self.device), "precision": self.precision, "channels_last": self.channels_last,
+             "reason": self.reason}
+        if self.device.type == "cpu":
+            d["cpu"] = cpu_model()
+            d["cpu_capabilities"] = cpu_capabilities()
+            d["threads"] = torch.get_num_threads()
+        elif self.device.type == "cuda":
+            d["gpu"] = torch.cuda.get_device_name(self.device)
+        return d
+
+
+def choose_precision(device: torch.device) -> tuple[str, bool, str]:
+    """(precision, channels_last, reason) that this hardware runs fastest, decided from its capabilities."""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", True, f"CUDA {torch.cuda.get_device_name(device)} supports bf16"
+        return "fp32", True, f"CUDA {torch.cuda.get_device_name(device)} has no bf16"
+    if device.type == "mps":
+        return "fp32", False, "Apple MPS: fp32, contiguous"
+    caps = cpu_capabilities()
+    if caps["native_bf16"]:
+        which = "AMX" if caps["amx_tile"] else "AVX-512-BF16"
+        return "bf16", True, f"CPU {cpu_model()} has native bf16 ({which})"
+    return "fp32", True, f"CPU {cpu_model()} has no native bf16: fp32 + channels_last"
+
+
+def plan(device: str | None = "auto", precision: str = "auto", *, local_rank: int = 0) -> Plan:
+    """Decide device, precision and memory format for a step. ``precision``: auto | bf16 | fp32."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}.")
+    dev = resolve_device(device, local_rank)
+    auto_prec, auto_cl, why = choose_precision(dev)
+    if precision == "auto":
+        return Plan(dev, auto_prec, auto_cl, f"auto: {why}")
+    if precision == "bf16" and dev.type == "mps":
+        raise ConfigError("precision='bf16' is not supported on Apple MPS; use fp32 or auto.")
+    return Plan(dev, precision, auto_cl, f"asked for {precision} ({why})")
+
+
+@contextlib.contextmanager
+def autocast(p: Plan) -> Iterator[None]:
+    """bf16 autocast when the plan says bf16; a no-op otherwise."""
+    if p.bf16:
+        with torch.autocast(device_type=p.device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+# ------------------------------------------------------------------------------------------ input tensors
+def to_input(batch_uint8: Any, mean: Sequence[float], std: Sequence[float], p: Plan | None = None, *,
+             device: torch.device | str | None = None, channels_last: bool | None = None) -> torch.Tensor:
+    """uint8 NHWC images (numpy or tensor) -> normalised float NCHW on the plan's device and memory format."""
+    dev = p.device if p is not None else torch.device(device or "cpu")
+    cl = p.channels_last if (p is not None and channels_last is None) else bool(channels_last)
+    if isinstance(batch_uint8, torch.Tensor):
+        x = batch_uint8
+    else:
+        arr = np.asarray(batch_uint8)
+        x = torch.from_numpy(arr.copy() if not arr.flags.writeable else np.ascontiguousarray(arr))
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
+    x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    x = normalize(x, mean, std)
+    return x.contiguous(memory_format=torch.channels_last) if cl else x.contiguous()
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Float NCHW in [0, 1] -> (x - mean) / std."""
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return x * s + m
+
+
+# --------------------------------------------------------------------------------------------- schedules
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 (per optimisation step)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if total_steps <= warmup_steps:
+        return 1.0
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def warmup_cosine(opt: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
+    """LambdaLR with :func:`lr_factor` (stepped once per optimisation step)."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup_steps))
+
+
+# ----------------------------------------------------------------------------------------------- seeding
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Torch/numpy/python RNG states as tensors and plain types (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    st: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": torch.tensor(py_state[1], dtype=torch.int64),
+                   "gauss": py_state[2]},
+    }
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"].cpu())
+    n = st["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    py = st["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([t.cpu() for t in st["cuda"]])
+
+
+def default_num_threads() -> int:
+    """Torch intra-op threads: all cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)

@@ -1,0 +1,1 @@
+"""Evaluation layer: metrics, probes, prediction, comparison, audit, error analysis and their figures."""

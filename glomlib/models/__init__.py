@@ -1,0 +1,1 @@
+"""Model layer: backbones (ImageNet weights offline), classifier heads, model and encoder files (safetensors + metadata)."""

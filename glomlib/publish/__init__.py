@@ -1,0 +1,1 @@
+"""Publishing layer: the notebook pipeline (papermill), code-free HTML reports (nbconvert), pseudonyms."""

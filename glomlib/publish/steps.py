@@ -1,0 +1,72 @@
+"""The numbered notebooks as pipeline steps: which notebook writes which sub-folder of a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from glomlib.core.paths import project_root
+
+# notebook stem -> output sub-folder of the run
+STEP_TABLE: tuple[tuple[str, str], ...] = (
+    ("01_data_audit", "audit"),
+    ("02_simclr_pretrain", "ssl"),
+    ("03_finetune", "finetune"),
+    ("04_baseline_comparison", "comparison"),
+    ("05_error_analysis", "errors"),
+)
+STEMS = tuple(s for s, _ in STEP_TABLE)
+# parameters the pipeline sets itself; a profile may not set them
+PIPELINE_PARAMS = {
+    "01_data_audit": ("data", "out"),
+    "02_simclr_pretrain": ("data", "out"),
+    "03_finetune": ("data", "out", "init", "ssl_checkpoint"),
+    "04_baseline_comparison": ("data", "out", "runs"),
+    "05_error_analysis": ("data", "out", "run"),
+}
+# parameters the pipeline also sets when a notebook declares them (a profile may not set them either)
+OPTIONAL_PIPELINE_PARAMS = {
+    "04_baseline_comparison": ("inits", "ssl_checkpoint"),
+}
+PROFILE_KEYS = {"name", "description", "inits", "subset", "common", "steps"}
+SUBSET_KEYS = {"slides", "per_slide_label", "seed"}
+
+
+@dataclass(frozen=True)
+class Step:
+    stem: str                 # notebook stem, e.g. "03_finetune"
+    out: str                  # output folder relative to the run folder, e.g. "finetune/glom"
+    init: str | None = None   # for 03 only
+
+    @property
+    def id(self) -> str:
+        return f"{self.stem}/{self.init}" if self.init else self.stem
+
+    @property
+    def executed_name(self) -> str:
+        return f"{self.stem}-{self.init}.ipynb" if self.init else f"{self.stem}.ipynb"
+
+    def aliases(self) -> set[str]:
+        """Names accepted by --only: 03, 03_finetune, finetune, 03/glom, 03:glom, finetune/glom, ..."""
+        base = {self.stem, self.stem[:2], self.stem[3:], self.out.split("/")[0]}
+        if not self.init:
+            return base
+        return base | {f"{b}{sep}{self.init}" for b in base for sep in ("/", ":")}
+
+
+def find_project_root() -> Path:
+    root = project_root()
+    if (root / "pyproject.toml").is_file():
+        return root
+    return project_root(Path(__file__).resolve().parent)
+
+
+def plan_steps(profile: dict[str, Any]) -> list[Step]:
+    steps: list[Step] = []
+    for stem, out in STEP_TABLE:
+        if stem == "03_finetune":
+            steps += [Step(stem, f"{out}/{init}", init) for init in profile["inits"]]
+        else:
+            steps.append(Step(stem, out))
+    return steps

@@ -1,0 +1,1 @@
+"""Training layer: augmentation, SimCLR pretraining, fine-tuning with slide-grouped cross-validation."""
