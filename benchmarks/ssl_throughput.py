@@ -8,7 +8,9 @@ affects both alike. Images/s counts source images (each gives two views).
   float32, contiguous memory, SGD lr 0.06 (the lightly SimCLR tutorial).
 * glomlib: uint8 cache array -> ``glomlib.train.simclr.PairSource`` (CLAHE) -> batched tensor augmentations
   (``glomlib.train.augment``) -> ``glomlib.train.simclr.train_step`` (one forward pass for both views, bf16 autocast,
-  channels_last), AdamW + schedule. Also measured in fp32 / contiguous to show what precision contributes.
+  channels_last), AdamW + schedule; in fp32 contiguous, fp32 channels_last, bf16 channels_last, and ``auto`` (the
+  runtime plan ``glomlib ssl`` would use on this machine: the capability rule, or the timed calibration with
+  ``--calibrate``). The script also prints what ``auto`` would pick under a forced "no native bf16" rule.
 
 Run (under the shared CPU lock):
     flock /tmp/glomlib-cpu.lock .venv/bin/python benchmarks/ssl_throughput.py --image-size 96 --batch-size 64
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -87,19 +90,26 @@ def tutorial_runner(paths, backbone_name, image_size, batch_size, workers):
 
 
 def glomlib_runner(paths, backbone_name, image_size, batch_size, precision, channels_last, workers):
+    """glomlib's SimCLR step. ``precision='auto'``: the runtime plan decides precision and memory format
+    (exactly what ``glomlib ssl`` would run); otherwise the given precision and memory format."""
+
     from lightly.loss import NTXentLoss
 
-    from glomlib.train import simclr as ssl
+    from glomlib.core import runtime
     from glomlib.data.cache import load_images
+    from glomlib.train import simclr as ssl
 
     images = load_images(paths, image_size)  # uint8 memmap, decoded once (cached on disk)
-    cfg = ssl.SSLConfig.from_params(backbone=backbone_name, image_size=image_size, batch_size=batch_size,
-                                    precision=precision, channels_last=channels_last, num_workers=workers,
-                                    epochs=1000, warmup_epochs=1)
-    device = torch.device("cpu")
+    cfg = ssl.SSLConfig.from_params(backbone=backbone_name, ssl_init="scratch", image_size=image_size,
+                                    batch_size=batch_size, precision=precision, channels_last=channels_last,
+                                    num_workers=workers, epochs=1000, warmup_epochs=1, device="cpu")
+    if precision == "auto":
+        plan = ssl.ssl_plan(cfg)
+    else:
+        plan = runtime.Plan(torch.device("cpu"), precision, channels_last, "benchmark: fixed mode")
     torch.manual_seed(0)
     model = ssl.build_model(cfg)
-    if channels_last:
+    if plan.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = ssl.build_optimizer(cfg, model)
     crit = NTXentLoss(temperature=cfg.temperature)
@@ -121,10 +131,10 @@ def glomlib_runner(paths, backbone_name, image_size, batch_size, precision, chan
             new_epoch()
             s0, s1 = next(state["it"])
         g = torch.Generator().manual_seed(state["epoch"])
-        loss, _ = ssl.train_step(model, crit, opt, None, s0, s1, params, g, device, channels_last,
-                                 precision == "bf16")
+        loss, _ = ssl.train_step(model, crit, opt, None, s0, s1, params, g, plan)
         return float(loss)
 
+    step.plan = plan
     return step
 
 
@@ -133,6 +143,22 @@ def timed(step, n_steps):
     for _ in range(n_steps):
         step()
     return time.perf_counter() - t
+
+
+def forced_rule_plan(native_bf16: bool):
+    """What ``auto`` decides when the capability rule is forced (``GLOMLIB_CPU_BF16``) — to show what a CPU
+    with / without native bf16 gets on this one."""
+    from glomlib.core import runtime
+
+    old = os.environ.get("GLOMLIB_CPU_BF16")
+    os.environ["GLOMLIB_CPU_BF16"] = "1" if native_bf16 else "0"
+    try:
+        return runtime.plan("cpu", "auto")
+    finally:
+        if old is None:
+            os.environ.pop("GLOMLIB_CPU_BF16")
+        else:
+            os.environ["GLOMLIB_CPU_BF16"] = old
 
 
 def main(argv=None) -> int:
@@ -145,39 +171,72 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3, help="timed steps per round and runner")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for both loops")
-    p.add_argument("--no-fp32", action="store_true", help="skip the glomlib fp32 variant")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default: all cores)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="let `auto` run the runtime's timed calibration (GLOMLIB_PRECISION_CALIBRATE=1)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     a = p.parse_args(argv)
+    if a.calibrate:
+        os.environ["GLOMLIB_PRECISION_CALIBRATE"] = "1"
+    if a.threads:
+        torch.set_num_threads(a.threads)
 
+    from glomlib.core import runtime
+
+    caps = runtime.cpu_capabilities()
+    print(f"CPU: {runtime.cpu_model()} ({os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads); "
+          f"torch {torch.__version__}")
+    print("capabilities: " + ", ".join(f"{k}={v}" for k, v in caps.items()))
+    print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (other processes share the CPU)")
     paths = real_paths(Path(a.data_dir), a.n_images)
+    g = lambda prec, cl: glomlib_runner(paths, a.backbone, a.image_size, a.batch_size, prec, cl, a.workers)  # noqa: E731
     runners = {
         "tutorial (PIL + SimCLRTransform, fp32)": tutorial_runner(paths, a.backbone, a.image_size, a.batch_size,
                                                                   a.workers),
-        "glomlib (batched aug, bf16, channels_last)": glomlib_runner(paths, a.backbone, a.image_size,
-                                                                     a.batch_size, "bf16", True, a.workers),
+        "glomlib fp32, contiguous": g("fp32", False),
+        "glomlib fp32, channels_last": g("fp32", True),
+        "glomlib bf16, channels_last": g("bf16", True),
+        "glomlib auto": g("auto", True),
     }
-    if not a.no_fp32:
-        runners["glomlib (batched aug, fp32, contiguous)"] = glomlib_runner(paths, a.backbone, a.image_size,
-                                                                           a.batch_size, "fp32", False, a.workers)
+    auto_plan = runners["glomlib auto"].plan
+    print(f"auto picked: {auto_plan.precision} + {'channels_last' if auto_plan.channels_last else 'contiguous'}"
+          f" — {auto_plan.reason}")
+    if auto_plan.calibration:
+        print(f"  calibration: {json.dumps(auto_plan.calibration)}")
+    no_bf16 = forced_rule_plan(False)
+    forced_row = f"glomlib {no_bf16.precision}, {'channels_last' if no_bf16.channels_last else 'contiguous'}"
     for step in runners.values():  # warm-up (allocators, oneDNN kernels)
         step()
     times = {k: [] for k in runners}
-    for r in range(a.rounds):
+    for r in range(a.rounds):  # interleaved, so that load from other processes hits every mode alike
         for name, step in runners.items():
             times[name].append(timed(step, a.steps))
     imgs = a.steps * a.batch_size
     res = {name: imgs / float(np.median(ts)) for name, ts in times.items()}
-    print(f"SimCLR step throughput, {a.backbone} {a.image_size}px batch {a.batch_size}, "
-          f"{torch.get_num_threads()} threads, {a.rounds} rounds x {a.steps} steps (median):")
+    best = {name: imgs / float(np.min(ts)) for name, ts in times.items()}  # the least-disturbed round
+    tut = res["tutorial (PIL + SimCLRTransform, fp32)"]
+    print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"\nSimCLR step throughput, {a.backbone} {a.image_size}px batch {a.batch_size}, {a.n_images} real patches, "
+          f"{a.rounds} rounds x {a.steps} steps (median), {torch.get_num_threads()} torch threads, CPU {runtime.cpu_model()}:")
+    tut_best = best["tutorial (PIL + SimCLRTransform, fp32)"]
+    print(f"  {'mode':42s} {'images/s':>9s} {'vs tutorial':>12s} {'best round':>11s} {'vs tutorial':>12s}")
     for name, v in res.items():
-        print(f"  {name:45s} {v:7.1f} images/s")
-    names = list(res)
-    ratio = res[names[1]] / res[names[0]]
-    print(f"  ratio glomlib / tutorial: {ratio:.2f}x")
-    if len(names) > 2:
-        print(f"  bf16+channels_last vs fp32 within glomlib: {res[names[1]] / res[names[2]]:.2f}x")
+        print(f"  {name:42s} {v:9.1f} {v / tut:11.2f}x {best[name]:11.1f} {best[name] / tut_best:11.2f}x")
+    ratio = res["glomlib auto"] / tut
+    print(f"  => auto ({auto_plan.precision}{'+channels_last' if auto_plan.channels_last else ''}) = {ratio:.2f}x "
+          f"the tutorial on this CPU")
+    forced_ratio = res.get(forced_row, float("nan")) / tut
+    print(f"  => FORCED rule 'no native bf16' (GLOMLIB_CPU_BF16=0, emulated on this CPU): auto would pick "
+          f"{no_bf16.precision}{'+channels_last' if no_bf16.channels_last else ''} = row '{forced_row}' = "
+          f"{forced_ratio:.2f}x the tutorial (a CPU without native bf16 runs every mode at its own speed; this "
+          f"shows the choice, not that CPU's figures)")
     if a.out:
-        Path(a.out).write_text(json.dumps({"settings": vars(a), "images_per_s": res, "ratio": ratio}, indent=2))
+        Path(a.out).write_text(json.dumps({"settings": vars(a), "cpu": runtime.cpu_model(), "capabilities": caps,
+                                           "images_per_s": res, "images_per_s_best_round": best,
+                                           "auto_plan": auto_plan.to_dict(),
+                                           "ratio_auto_vs_tutorial": ratio,
+                                           "forced_no_bf16_mode": forced_row,
+                                           "ratio_forced_no_bf16_vs_tutorial": forced_ratio}, indent=2))
     return 0
 
 

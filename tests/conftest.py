@@ -7,7 +7,7 @@
 * ``make_manifest``: factory building a tiny generated dataset (PNG images + masks + manifest.csv) in a
   fresh temp folder; positives (default label ``M1``) carry a dark central blob so a model can learn them.
 * ``tiny_manifest``: ``make_manifest()`` with defaults: 6 slides x 4 images, 16 px, labels M1/M0,
-  2 centres, masks.
+  2 centres, masks, and a ``dataset.json`` naming M1 positive.
 * ``build_tiny_mirror(root)``: a fake glomeruli-pas tree (6 images + masks, LICENSE) and a sums file listing
   one extra absent image; returns the sums path.
 * ``write_png``: ``write_png(path, array)`` writes an RGB/grey/RGBA uint8/uint16 array as PNG.
@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Tests never reach for the network: ImageNet ResNet weights that are not cached are refused, not downloaded.
+os.environ.setdefault("GLOMLIB_OFFLINE", "1")
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "glomeruli-pas"
 
 
@@ -65,10 +67,11 @@ def real_manifest(shared_data, tmp_path_factory) -> Path:
 
 
 def build_tiny_dataset(root, *, n_slides=6, per_slide=4, size=16, labels=("M1", "M0"), centers=("A", "B"),
-                       masks=True, seed=0, extra_columns=None) -> Path:
+                       masks=True, seed=0, extra_columns=None, sidecar=True) -> Path:
     """Write tiny PNGs under ``root/images/<label>/`` (+ masks) and ``root/manifest.csv``; return its path.
 
-    Each slide mixes both labels (alternating), so grouped stratified folds are possible."""
+    Each slide mixes both labels (alternating), so grouped stratified folds are possible. ``sidecar``: also
+    write ``root/dataset.json`` naming ``labels[0]`` positive (as ``glomlib data fetch`` does)."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
@@ -95,6 +98,10 @@ def build_tiny_dataset(root, *, n_slides=6, per_slide=4, size=16, labels=("M1", 
             rows.append(row)
     out = root / "manifest.csv"
     pd.DataFrame(rows).to_csv(out, index=False)
+    if sidecar:
+        from glomlib.data.manifest import write_dataset_info
+
+        write_dataset_info(out, labels[0], labels[1] if len(labels) > 1 else "")
     return out
 
 

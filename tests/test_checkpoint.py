@@ -29,10 +29,12 @@ def test_load_checkpoint_refuses_arbitrary_objects(tmp_path):
 def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
     p = checkpoint.atomic_save({"v": 1}, tmp_path / "ck.pt")
 
+    import glomlib.core.io as io
+
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint, "_fsync_replace", boom)
+    monkeypatch.setattr(io.os, "replace", boom)
     with pytest.raises(OSError):
         checkpoint.atomic_save({"v": 2}, p)
     assert checkpoint.load_checkpoint(p)["v"] == 1

@@ -55,6 +55,21 @@ def test_partial_mirror_reported_not_fatal(tmp_path, capsys):
     assert "test license text" in (tmp_path / "out" / "LICENSE").read_text()
 
 
+def test_fetch_writes_dataset_json_so_defaults_find_the_positive_label(tmp_path):
+    import json
+
+    mirror = tmp_path / "mirror"
+    sums = build_tiny_mirror(mirror)
+    m = fetch_glomeruli_pas(out=tmp_path / "out", mirror=mirror, sums=sums, progress=False, verbose=False)
+    info = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert info["positive_label"] == "GS" and info["negative_label"] == "nonGS" and info["dataset"] == "glomeruli-pas"
+    df = read_manifest(m)  # positive_label "" (the default): read from dataset.json
+    assert df.attrs["positive_label"] == "GS" and df["y"].tolist() == (df["label"] == "GS").astype(int).tolist()
+    before = (tmp_path / "out" / "dataset.json").read_bytes()
+    fetch_glomeruli_pas(out=tmp_path / "out", mirror=mirror, sums=sums, progress=False, verbose=False)
+    assert (tmp_path / "out" / "dataset.json").read_bytes() == before  # idempotent
+
+
 def test_checksum_mismatch_names_the_file(tmp_path):
     mirror = tmp_path / "mirror"
     sums = build_tiny_mirror(mirror)

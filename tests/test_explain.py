@@ -3,6 +3,7 @@ neighbours, the error browser's static/interactive switch, on constructed cases 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -227,25 +228,107 @@ def test_real_patches_gradcam_with_masks(shared_data, tmp_path):
     manifest = pd.DataFrame({"path": [str(p) for p in paths], "mask": [str(raw / "Masks" / p.name) for p in paths]})
     pred = explain.attach_masks(explain.load_predictions(run), manifest)
     assert pred["error"].sum() == 4
+    models = explain.explain_models(run, pred)  # no fold models in this folder: the final model, with a note
+    assert models.source == "final" and "before fold models were kept" in models.note
     model, meta = explain.load_run_model(run)
-    cam_rows, imgs, cams, masks = explain.gradcam_errors(model, meta, pred, n_per_kind=2)
+    cam_rows, imgs, cams, masks = explain.gradcam_errors(models, pred, n_per_kind=2)
     assert len(cam_rows) == 4 and cams.shape == (4, 64, 64)
     shares = cam_rows["mask_share"].to_numpy()
     assert np.all((shares >= 0) & (shares <= 1))
-    emb = explain.embeddings(model, meta, explain.load_display_images(pred["path"].tolist(), 64))
+    by_model = explain.embeddings_by_model(models, explain.load_display_images(pred["path"].tolist(), 64))
+    emb = by_model[run / "model.safetensors"]
     assert emb.shape == (16, 512)
+    nn_idx = explain.neighbours_by_model(models, by_model, explain.error_indices(pred, 4), 3)
     out = tmp_path / "out"
     from glomlib.evaluate import plots
 
     figs = {"g": explain.gradcam_figure(cam_rows, imgs, cams, masks, positive="GS"),
             "fp": explain.error_gallery(pred, "FP", 4), "c": explain.confidence_figure(pred),
             "r": explain.error_rate_figure(pred),
-            "n": explain.neighbour_gallery(pred, emb, explain.error_indices(pred, 2), 3),
+            "n": explain.neighbour_gallery(pred, nn_idx[:2], explain.error_indices(pred, 2)),
             "e": explain.embedding_figure(np.random.default_rng(0).random((16, 2)), pred)}
     for name, fig in figs.items():
         assert plots.save_figure(fig, out, name).stat().st_size > 5000
         matplotlib.pyplot.close(fig)
     paths_out = explain.write_outputs(out, pred, cam_rows,
-                                      explain.neighbour_table(pred, emb, explain.error_indices(pred, 4), 3))
+                                      explain.neighbour_table(pred, nn_idx, explain.error_indices(pred, 4)))
     errs = pd.read_csv(paths_out["errors"])
     assert len(errs) == 4 and errs["mask_share"].between(0, 1).all()
+
+
+@pytest.fixture(scope="module")
+def fold_run(tmp_path_factory):
+    """A tiny 2-fold fine-tune run (fold models kept, no final model) on generated images."""
+    from conftest import build_tiny_dataset
+
+    from glomlib.train.finetune import run_finetune
+
+    root = tmp_path_factory.mktemp("foldrun")
+    manifest = build_tiny_dataset(root / "data", n_slides=8, per_slide=4, size=32)
+    res = run_finetune(data=str(manifest), out=str(root / "run"), init="scratch", backbone="resnet18",
+                       image_size=32, epochs=1, batch_size=8, folds=2, seeds=[0, 1], positive_label="M1",
+                       progress=False, final_model=False)
+    return res.out
+
+
+def test_each_error_explained_by_the_fold_model_that_did_not_see_it(fold_run):
+    """Grad-CAM, embeddings and neighbours of an image come from the fold model whose test fold held its slide."""
+    import matplotlib
+
+    from glomlib.evaluate.runs import fold_models
+    from glomlib.models.files import load_model, read_model_meta
+
+    matplotlib.use("Agg")
+    pred = explain.load_predictions(fold_run, threshold=0.5)
+    pred = pred.assign(prob=np.where(np.arange(len(pred)) % 3 == 0, 1 - pred["prob"], pred["prob"]))  # ensure errors
+    pred["pred"] = (pred["prob"] >= 0.5).astype(int)
+    pred["outcome"] = np.select([(pred.y == 1) & (pred.pred == 1), (pred.y == 0) & (pred.pred == 0),
+                                 (pred.y == 0) & (pred.pred == 1)], ["TP", "TN", "FP"], "FN")
+    pred["confidence"] = np.where(pred["pred"] == 1, pred["prob"], 1 - pred["prob"])
+    pred["error"] = pred["outcome"].isin(["FP", "FN"])
+    pred["mask"] = ""
+    assert pred["error"].sum() >= 4
+    models = explain.explain_models(fold_run, pred)
+    assert models.source == "fold" and "seed 0" in models.note
+    table = fold_models(fold_run)
+    assert len(table) == 4 and len(set(models.files)) == 2  # 2 seeds x 2 folds kept; seed 0's two explain
+    for slide, f in zip(pred["slide"], models.files):
+        meta = read_model_meta(f)
+        assert meta["seed"] == 0 and slide in meta["test_slides"]
+        train = json.loads((Path(f).parent / "result.json").read_text())["train_slides"]
+        assert slide not in train  # the explaining model never trained on the image
+    rows, imgs, cams, _ = explain.gradcam_errors(models, pred, n_per_kind=3)
+    assert len(rows) >= 4
+    for (_, r), img, cam in zip(rows.iterrows(), imgs, cams):
+        assert r["slide"] in read_model_meta(r["model"])["test_slides"]
+        model, meta = load_model(r["model"])
+        assert np.allclose(explain.gradcam(model, meta, img[None], [1])[0], cam, atol=1e-5)  # this model's map
+    all_imgs = explain.load_display_images(pred["path"].tolist(), 32)
+    by_model = explain.embeddings_by_model(models, all_imgs)
+    assert set(by_model) == set(models.files)
+    emb = explain.oof_embeddings(models, by_model)
+    i = 0
+    own = by_model[models.files[i]]
+    assert np.allclose(emb[i], ((own - own.mean(0)) / np.maximum(own.std(0), 1e-6))[i], atol=1e-5)
+    errs = explain.error_indices(pred, 4)
+    nn_idx = explain.neighbours_by_model(models, by_model, errs, 3)
+    for e, row in zip(errs, nn_idx):
+        assert list(row) == list(explain.nearest_neighbours(by_model[models.files[e]], [e], 3)[0])
+    table2 = explain.neighbour_table(pred, nn_idx, errs)
+    assert len(table2) == 3 * len(errs)
+
+
+def test_old_run_without_fold_models_falls_back_with_a_message(fold_run, tmp_path, capsys):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(fold_run, old)
+    for f in old.glob("checkpoints/*/model.safetensors"):
+        f.unlink()
+    pred = explain.load_predictions(old)
+    with pytest.raises(FileNotFoundError, match="notebook 03"):  # neither fold models nor a final model
+        explain.explain_models(old, pred)
+    shutil.copy(next(fold_run.glob("checkpoints/seed0-fold0/model.safetensors")), old / "model.safetensors")
+    models = explain.explain_models(old, pred)
+    assert models.source == "final" and set(models.files) == {old / "model.safetensors"}
+    assert "trained on these very images" in capsys.readouterr().out

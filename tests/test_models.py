@@ -25,10 +25,65 @@ def test_unknown_backbone_and_init_are_clear():
         models.build_backbone("resnet18", init="glom")
 
 
-def test_resnet_imagenet_missing_weights_explains(tmp_path, monkeypatch):
+def test_resnet_imagenet_offline_refuses_to_download(tmp_path, monkeypatch):
+    import torchvision.models._api as tv_api
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torchvision cache
-    with pytest.raises(models.WeightsNotFoundError, match="weights_path"):
+    monkeypatch.setenv("GLOMLIB_OFFLINE", "1")
+    tried = []
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", lambda *a, **k: tried.append(a))
+    with pytest.raises(models.WeightsNotFoundError, match="GLOMLIB_OFFLINE=1 forbids") as e:
         models.build_backbone("resnet18", "imagenet")
+    assert "imagenet_weights=<file>" in str(e.value) and "weights_path" in str(e.value)
+    assert tried == []  # not even an attempt
+
+
+def test_resnet_imagenet_failed_download_explains(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.models._api as tv_api
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("GLOMLIB_OFFLINE", raising=False)
+
+    def no_network(url, *a, **k):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", no_network)
+    with pytest.raises(models.WeightsNotFoundError, match="imagenet_weights=<file>") as e:
+        models.build_backbone("resnet50", "imagenet")
+    assert "resnet50-0676ba61.pth" in str(e.value) and "GLOMLIB_OFFLINE" in str(e.value)
+
+
+def test_resnet_imagenet_downloads_through_torchvision_with_hash_check(tmp_path, monkeypatch):
+    import torchvision
+    import torchvision.models._api as tv_api
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("GLOMLIB_OFFLINE", raising=False)
+    torch.manual_seed(3)
+    ref = torchvision.models.resnet18(weights=None)
+    calls = []
+
+    def fake_download(url, *a, **k):  # what torch.hub does: store the file in the hub cache, return its state
+        calls.append((url, k))
+        d = models.torch_hub_checkpoint_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save(ref.state_dict(), d / url.rsplit("/", 1)[1])
+        return ref.state_dict()
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", fake_download)
+    bb, _ = models.build_backbone("resnet18", "imagenet")
+    assert torch.equal(bb.conv1.weight, ref.conv1.weight)
+    assert calls == [(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url, {"progress": False, "check_hash": True})]
+    assert (tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth").is_file()
+    models.build_backbone("resnet18", "imagenet")  # now from the cache: no second download
+    assert len(calls) == 1
+
+
+def test_missing_explicit_weights_file_is_named(tmp_path):
+    with pytest.raises(models.WeightsNotFoundError, match="nothere.pth"):
+        models.build_backbone("resnet18", "imagenet", weights_path=tmp_path / "nothere.pth")
 
 
 def test_resnet_imagenet_from_weights_path(tmp_path):

@@ -93,16 +93,16 @@ def _config_class(nb):
     if not m:
         return None
     name = m.group(1)
-    modules = set(re.findall(r"\bglomlib\.(\w+)", source)) | set(re.findall(r"from glomlib\.(\w+) import", source))
-    modules |= {m2 for m2 in re.findall(r"from glomlib import ([\w, ]+)", source) for m2 in m2.replace(" ", "").split(",")}
-    for modname in sorted(modules):
-        try:
-            mod = importlib.import_module(f"glomlib.{modname}")
-        except ImportError:
-            continue
-        if hasattr(mod, name):
+    import pkgutil
+
+    import glomlib
+
+    modules = sorted(i.name for i in pkgutil.walk_packages(glomlib.__path__, "glomlib."))
+    for modname in modules:
+        mod = importlib.import_module(modname)
+        if isinstance(getattr(mod, name, None), type) and getattr(mod, name).__module__ == modname:
             return getattr(mod, name)
-    raise AssertionError(f"notebook uses {name} but it is not found in glomlib modules {sorted(modules)}")
+    raise AssertionError(f"notebook uses {name} but no glomlib module defines it")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))

@@ -324,3 +324,32 @@ def test_pseudonymise_new_run_gives_notebooks_pseudonymised_slides(standin, tmp_
     assert "slide-" in executed
     assert not any(f'"{s}' in executed or f">{s}<" in executed for s in ("S00", "S01", "S02", "S03"))
     assert (tmp_path / "reports" / f"{run.name}-pseudonymised" / "index.html").is_file()
+
+
+def test_external_manifest_runs_notebook_06_with_pseudonymised_slides(standin, tmp_path):
+    """A profile naming ``external: MANIFEST`` adds 06_external_validation, given the 05 init's model and that
+    manifest (pseudonymised with --pseudonymise); without it, 06 is neither planned nor required."""
+    import shutil
+
+    nbs, manifest, profile, base = standin
+    assert "06_external_validation" not in [s.stem for s in plan_steps(load_run_profile(profile))]
+    folder = tmp_path / "notebooks"
+    shutil.copytree(nbs, folder)
+    nb6 = _nb("External validation", _COMMON + 'model = "latest"  # model file\nmanifest = "auto"  # labelled manifest',
+              [_MKOUT, "import pandas as pd\nseen = sorted(set(pd.read_csv(manifest)['slide']))\n"
+                       "(out / 'seen.json').write_text(json.dumps({'model': model, 'slides': seen}))\nprint(seen)"])
+    nbformat.write(nb6, str(folder / "06_external_validation.ipynb"))
+    ext = build_tiny_dataset(tmp_path / "ext", n_slides=2, per_slide=2, size=8)
+    prof = write_profile(tmp_path / "ext.yaml", external=str(ext))
+    assert plan_steps(load_run_profile(prof))[-1].stem == "06_external_validation"
+    run = run_pipeline(prof, data=str(manifest), notebooks_dir=folder, runs_root=tmp_path / "runs",
+                       reports_root=tmp_path / "reports", project_root=REPO, pseudonymise=True, render=True,
+                       log=lambda m: None)
+    seen = json.loads((run / "external" / "seen.json").read_text())
+    assert seen["model"].endswith("finetune/glom/model.safetensors")
+    assert seen["slides"] and all(s.startswith("slide-") for s in seen["slides"])
+    assert (tmp_path / "reports" / f"{run.name}-pseudonymised" / "06_external_validation.html").is_file()
+    missing = write_profile(tmp_path / "bad.yaml", external=str(tmp_path / "nope.csv"))
+    with pytest.raises(PipelineError, match="external manifest"):
+        run_pipeline(missing, data=str(manifest), notebooks_dir=folder, runs_root=tmp_path / "runs2",
+                     project_root=REPO, render=False, log=lambda m: None)

@@ -94,7 +94,7 @@ def test_cli_unlabeled_manifest_and_no_overwrite(model_file, tmp_path):
     assert len(df) == 6 and {"path", "prob", "pred_label"} <= set(df.columns) and "label" not in df.columns
     assert df["prob"].between(0, 1).all() and set(df["pred_label"]) <= {"M1", "M0"}
     before = out.read_bytes()
-    assert main(["predict", "--model", str(path), "--manifest", str(manifest), "--out", str(out)]) == 2
+    assert main(["predict", "--model", str(path), "--manifest", str(manifest), "--out", str(out)]) == 3  # EXIT_OUTPUT
     assert out.read_bytes() == before
     with pytest.raises(FileExistsError):
         predict_manifest(path, manifest, out)

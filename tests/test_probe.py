@@ -16,17 +16,18 @@ def _separable(n=120, d=8, seed=0):
     return X, y, groups
 
 
-def test_grouped_folds_keep_groups_together():
-    X, y, g = _separable()
-    f = probe.grouped_folds(g, y, n_folds=4)
-    for grp in np.unique(g):
-        assert len(np.unique(f[g == grp])) == 1
-    assert set(f) == {0, 1, 2, 3}
+def _folds(groups, y, n_folds=4):
+    """The one grouped-fold implementation (glomlib.data.splits), on plain arrays."""
+    import pandas as pd
+
+    from glomlib.data.splits import assign_folds
+
+    return assign_folds(pd.DataFrame({"slide": groups.astype(str), "y": y}), n_folds=n_folds, seed=0)
 
 
 def test_linear_probe_and_knn_separate_and_random():
     X, y, g = _separable()
-    folds = probe.grouped_folds(g, y, n_folds=4)
+    folds = _folds(g, y)
     r = probe.linear_probe_cv(X, y, folds)
     assert r["auc_mean"] > 0.9 and len(r["per_fold"]) == 4
     k = probe.knn_cv(X, y, folds, k=5)
@@ -38,7 +39,7 @@ def test_linear_probe_and_knn_separate_and_random():
 
 def test_linear_probe_ignores_unlabeled_and_checks_lengths():
     X, y, g = _separable()
-    folds = probe.grouped_folds(g, y, n_folds=4)
+    folds = _folds(g, y)
     y2 = y.copy()
     y2[:10] = -1
     assert np.isfinite(probe.linear_probe_cv(X, y2, folds)["auc_mean"])
@@ -63,5 +64,7 @@ def test_probe_encoder_on_tiny_manifest(make_manifest, tmp_path):
     m = make_manifest(n_slides=6, per_slide=4, size=32)
     bb, _ = models.build_backbone("resnet18")
     enc = checkpoint.save_encoder(tmp_path / "e.safetensors", bb, {"backbone": "resnet18", "image_size": 32})
-    r = probe.probe_encoder("resnet18", encoder=str(enc), data=str(m), image_size=32, n_folds=3)
+    cfg = probe.ProbeConfig.from_params(backbone="resnet18", encoder=str(enc), data=str(m), image_size=32, folds=3)
+    r = probe.probe_encoder(cfg)
     assert r["init"] == "glom" and r["n"] == 24 and np.isfinite(r["auc_mean"])
+    assert r["positive_label"] == "M1"  # read from the manifest's dataset.json

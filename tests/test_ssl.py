@@ -16,10 +16,10 @@ from glomlib.models import files as checkpoint
 from glomlib.models import backbones as models
 from glomlib.train import simclr as ssl
 from glomlib.core import runtime
-from glomlib.core.config import ConfigError
+from glomlib.core.config import ConfigError, config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(image_size=32, batch_size=8, epochs=2, knn_every=1, knn_k=3, proj_hidden_dim=32, proj_out_dim=16,
+TINY = dict(backbone="resnet18", ssl_init="scratch", freeze_bn=False, image_size=32, batch_size=8, epochs=2, knn_every=1, knn_k=3, proj_hidden_dim=32, proj_out_dim=16,
             precision="fp32", channels_last=False, clahe_p=0.5, warmup_epochs=1)
 
 
@@ -65,7 +65,7 @@ def test_recalibrate_bn_matches_clean_image_statistics():
 
 def test_freeze_bn_keeps_running_statistics(tmp_path):
     x, _, _ = _images()
-    cfg = ssl.SSLConfig.from_params(out=str(tmp_path), freeze_bn=True, **{**TINY, "epochs": 1, "knn_every": 0})
+    cfg = ssl.SSLConfig.from_params(out=str(tmp_path), **{**TINY, "epochs": 1, "knn_every": 0, "freeze_bn": True})
     torch.manual_seed(cfg.seed)
     init = ssl.build_model(cfg).backbone.bn1.running_mean.clone()
     ssl.pretrain(cfg, x, tmp_path, progress=False)
@@ -125,10 +125,18 @@ def test_config_validation_messages():
         ssl.SSLConfig.from_params(resume=True)
     with pytest.raises(ConfigError, match="hflip_p"):
         ssl.SSLConfig.from_params(hflip_p=2.0)
-    with pytest.raises(ConfigError, match="lr"):
-        ssl.coerce_params({"lr": "fast"})
-    assert ssl.coerce_params({"lr": "1e-4", "resume": "true", "epochs": "3"}) == {"lr": 1e-4, "resume": True,
-                                                                                  "epochs": 3}
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        ssl.SSLConfig.from_params(warmup_epochs=-1)
+
+
+def test_warmup_never_exceeds_half_the_steps():
+    """The default warm-up (1 epoch) with --epochs 1 still decays the learning rate in the second half."""
+    assert ssl.warmup_steps(1, 10, 10) == 5
+    assert ssl.warmup_steps(1, 10, 100) == 10
+    assert ssl.warmup_steps(2, 10, 10) == 5
+    assert ssl.warmup_steps(0, 10, 10) == 0
+    cfg = ssl.SSLConfig.from_params(epochs=1, warmup_epochs=3)  # accepted: clamped at run time
+    assert cfg.warmup_epochs == 3
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -166,10 +174,10 @@ def test_out_folder_is_never_overwritten(make_manifest, tmp_path):
 
 
 def _cli(out, manifest, epochs, *extra):
-    return [sys.executable, "-m", "glomlib.train.simclr", "--no-progress", "-p", f"out={out}", "-p", f"data={manifest}",
-            "-p", f"epochs={epochs}", "-p", "image_size=32", "-p", "batch_size=4", "-p", "knn_k=3",
-            "-p", "proj_hidden_dim=32", "-p", "proj_out_dim=16", "-p", "n_folds=3", "-p", "precision=fp32",
-            *extra]
+    return [sys.executable, "-m", "glomlib.train.simclr", "--progress", "false", "--out", str(out),
+            "--data", str(manifest), "--epochs", str(epochs), "--image-size", "32", "--batch-size", "4",
+            "--knn-k", "3", "--knn-every", "1", "--proj-hidden-dim", "32", "--proj-out-dim", "16", "--folds", "3",
+            "--precision", "fp32", "--backbone", "resnet18", "--ssl-init", "scratch", *extra]
 
 
 @pytest.mark.slow
@@ -205,6 +213,8 @@ def test_glomlib_cli_registers_ssl():
     from glomlib import cli
 
     parser = cli.build_parser(only="ssl")
-    args = parser.parse_args(["ssl", "-p", "epochs=3", "--resume", "-p", "out=/tmp/x"])
-    cfg = ssl.config_from_args(args)
-    assert cfg.epochs == 3 and cfg.resume
+    args = parser.parse_args(["ssl", "--epochs", "3", "--resume", "--out", "/tmp/x", "--hflip-p", "0.25",
+                              "--freeze-bn", "false"])
+    cfg = config_from_args(ssl.SSLConfig, args)
+    assert cfg.epochs == 3 and cfg.resume and cfg.out == "/tmp/x" and cfg.hflip_p == 0.25 and not cfg.freeze_bn
+    assert cfg.lr == ssl.SSLConfig.lr  # options not given keep the dataclass default

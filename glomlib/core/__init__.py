@@ -1,1 +1,1 @@
-"""Bottom layer: config dataclasses and their CLI, project paths, atomic file writes and run folders, provenance, runtime."""
+"""Bottom layer: step configs and their CLI, paths, atomic writes and run folders, the runtime."""

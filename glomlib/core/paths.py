@@ -1,5 +1,7 @@
-"""Where things live. Relative paths in configs and notebook parameters are relative to the project root,
-so a notebook behaves the same whether JupyterLab starts it in ``notebooks/`` or papermill runs it from the root."""
+"""Where things live: the project root, default data/runs/reports folders, the shared data mirror.
+
+Relative paths in configs and notebook parameters are relative to the project root, so a notebook behaves
+the same whether JupyterLab starts it in ``notebooks/`` or papermill runs it from the root."""
 
 from __future__ import annotations
 

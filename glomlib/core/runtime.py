@@ -1,4 +1,4 @@
-"""The one runtime: device, precision and memory format, autocast, LR schedules, seeding and RNG state, input normalisation.
+"""The one runtime: device, precision, memory format, autocast, LR schedules, seeding, RNG state, normalisation.
 
 Every step (SimCLR, fine-tuning, probing, prediction, explanation) asks :func:`plan` what to run on and how, so the
 hardware policy is decided here once and written into provenance with its reason.
@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import platform
 import random
-from typing import Any, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -36,8 +38,14 @@ def cpu_model() -> str:
 
 
 def cpu_capabilities() -> dict[str, bool]:
-    """What this CPU does natively (torch's own checks; private API, guarded)."""
-    caps = {}
+    """What this CPU does natively (torch's own checks; private API, guarded).
+
+    ``known`` is False when this torch cannot tell (the checks are missing or fail): the policy then confirms
+    its choice with a timed calibration. ``$GLOMLIB_CPU_BF16=0|1`` forces the native-bf16 answer (``forced``
+    True), e.g. to show what a CPU without native bf16 would get.
+    """
+    caps: dict[str, bool] = {}
+    known = True
     for name, fn in (("avx512", "_is_avx512_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"),
                      ("amx_tile", "_is_amx_tile_supported")):
         f = getattr(torch.cpu, fn, None)
@@ -45,7 +53,19 @@ def cpu_capabilities() -> dict[str, bool]:
             caps[name] = bool(f()) if f else False
         except Exception:
             caps[name] = False
+            f = None
+        if f is None and name != "avx512":
+            known = False
     caps["native_bf16"] = caps["avx512_bf16"] or caps["amx_tile"]
+    caps["known"] = known or caps["native_bf16"]  # a 'yes' from either check settles it
+    forced = os.environ.get("GLOMLIB_CPU_BF16", "").strip()
+    if forced:
+        if forced not in ("0", "1"):
+            raise ConfigError(f"GLOMLIB_CPU_BF16={forced!r}: use 1 (treat the CPU as native bf16), 0 (as not), "
+                              "or unset it.")
+        caps["native_bf16"] = forced == "1"
+        caps["known"] = True
+    caps["forced"] = bool(forced)
     return caps
 
 
@@ -74,12 +94,14 @@ def resolve_device(name: str | None = "auto", local_rank: int = 0) -> torch.devi
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """How a step runs: device, precision ('bf16' | 'fp32'), memory format, and why."""
+    """How a step runs: device, precision ('bf16' | 'fp32'), memory format, and why (``calibration``: the
+    timings that decided it, when a calibration ran)."""
 
     device: torch.device
     precision: str
     channels_last: bool
     reason: str
+    calibration: dict[str, Any] | None = None
 
     @property
     def bf16(self) -> bool:
@@ -93,8 +115,10 @@ class Plan:
         return autocast(self)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"device": str(self.device), "precision": self.precision, "channels_last": self.channels_last,
-             "reason": self.reason}
+        d: dict[str, Any] = {"device": str(self.device), "precision": self.precision,
+                             "channels_last": self.channels_last, "reason": self.reason}
+        if self.calibration is not None:
+            d["calibration"] = self.calibration
         if self.device.type == "cpu":
             d["cpu"] = cpu_model()
             d["cpu_capabilities"] = cpu_capabilities()
@@ -102,6 +126,18 @@ class Plan:
         elif self.device.type == "cuda":
             d["gpu"] = torch.cuda.get_device_name(self.device)
         return d
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """What a step will run, for the timed calibration: a name for the cache key (e.g. the backbone), the input
+    size and batch, a function that builds a fresh model (called once per timed mode) and whether it trains."""
+
+    name: str
+    image_size: int
+    batch_size: int
+    build: Callable[[], torch.nn.Module]
+    train: bool = True
 
 
 def choose_precision(device: torch.device) -> tuple[str, bool, str]:
@@ -113,23 +149,154 @@ def choose_precision(device: torch.device) -> tuple[str, bool, str]:
     if device.type == "mps":
         return "fp32", False, "Apple MPS: fp32, contiguous"
     caps = cpu_capabilities()
+    forced = " (forced by GLOMLIB_CPU_BF16)" if caps["forced"] else ""
+    if not caps["known"]:
+        return "fp32", True, f"CPU {cpu_model()}: this torch cannot tell whether it has native bf16"
     if caps["native_bf16"]:
-        which = "AMX" if caps["amx_tile"] else "AVX-512-BF16"
+        which = "forced" if caps["forced"] else ("AMX" if caps["amx_tile"] else "AVX-512-BF16")
         return "bf16", True, f"CPU {cpu_model()} has native bf16 ({which})"
-    return "fp32", True, f"CPU {cpu_model()} has no native bf16: fp32 + channels_last"
+    return "fp32", True, f"CPU {cpu_model()} has no native bf16{forced}: fp32 + channels_last"
 
 
-def plan(device: str | None = "auto", precision: str = "auto", *, local_rank: int = 0) -> Plan:
-    """Decide device, precision and memory format for a step. ``precision``: auto | bf16 | fp32."""
+def _calibrate_wanted(device: torch.device) -> bool:
+    env = os.environ.get("GLOMLIB_PRECISION_CALIBRATE", "").strip().lower()
+    if env in ("1", "true", "yes"):
+        return True
+    if env in ("0", "false", "no"):
+        return False
+    return device.type == "cpu" and not cpu_capabilities()["known"]
+
+
+def plan(device: str | None = "auto", precision: str = "auto", *, local_rank: int = 0,
+         workload: Workload | None = None) -> Plan:
+    """Decide device, precision and memory format for a step. ``precision``: auto | bf16 | fp32.
+
+    ``auto`` follows the hardware's capabilities (:func:`choose_precision`). When the capabilities are unknown
+    (a CPU this torch cannot query) or ``$GLOMLIB_PRECISION_CALIBRATE=1``, and the step passes its
+    ``workload``, a short timed calibration (:func:`calibrate`, cached per CPU model, backbone and size)
+    decides between fp32 + channels_last and bf16 + channels_last; its timings go into the plan.
+    """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}.")
     dev = resolve_device(device, local_rank)
     auto_prec, auto_cl, why = choose_precision(dev)
     if precision == "auto":
+        can_bf16 = dev.type == "cpu" or (dev.type == "cuda" and torch.cuda.is_bf16_supported())
+        if workload is not None and can_bf16 and _calibrate_wanted(dev):
+            cal = calibrate(dev, workload)
+            best = cal["chosen"]
+            return Plan(dev, best, True, f"auto: timed calibration chose {best} + channels_last "
+                                         f"({cal['speedup_bf16']:.2f}x bf16 vs fp32; rule alone: {why})", cal)
         return Plan(dev, auto_prec, auto_cl, f"auto: {why}")
     if precision == "bf16" and dev.type == "mps":
         raise ConfigError("precision='bf16' is not supported on Apple MPS; use fp32 or auto.")
     return Plan(dev, precision, auto_cl, f"asked for {precision} ({why})")
+
+
+# ------------------------------------------------------------------------------------------- calibration
+CALIBRATION_FILE = "precision-calibration.json"
+_CALIBRATION_MEMO: dict[str, dict[str, Any]] = {}
+
+
+def calibration_path() -> Path:
+    """``$GLOMLIB_CACHE/precision-calibration.json`` or ``<project root>/data/cache/precision-calibration.json``."""
+    env = os.environ.get("GLOMLIB_CACHE")
+    if env:
+        return Path(env).expanduser() / CALIBRATION_FILE
+    from glomlib.core.paths import project_root
+
+    return project_root() / "data" / "cache" / CALIBRATION_FILE
+
+
+def calibration_key(device: torch.device, w: Workload) -> str:
+    hw = cpu_model() if device.type == "cpu" else torch.cuda.get_device_name(device)
+    caps = cpu_capabilities() if device.type == "cpu" else {}
+    forced = f"|forced-bf16={int(caps['native_bf16'])}" if caps.get("forced") else ""
+    return (f"{device.type}|{hw}|threads={torch.get_num_threads()}|torch={torch.__version__}|{w.name}|"
+            f"{w.image_size}px|batch={_calibration_batch(w)}|{'train' if w.train else 'infer'}{forced}")
+
+
+def _calibration_batch(w: Workload) -> int:
+    """A batch small enough to time quickly, large enough to be representative (~32 images at 96 px)."""
+    return int(max(2, min(w.batch_size, round(32 * (96 / w.image_size) ** 2))))
+
+
+def _mode_step(device: torch.device, w: Workload, bf16: bool, channels_last: bool = True) -> Callable[[], float]:
+    """A function running one forward (+ backward when training) step of ``w`` in one mode; returns seconds."""
+    import time
+
+    torch.manual_seed(0)
+    model = w.build().to(device)
+    model.train(w.train)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    b = _calibration_batch(w)
+    x = torch.randn(b, 3, w.image_size, w.image_size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    p = Plan(device, "bf16" if bf16 else "fp32", channels_last, "calibration")
+
+    def step() -> float:
+        t = time.perf_counter()
+        if w.train:
+            with autocast(p):
+                out = model(x)
+            out.float().square().mean().backward()
+            model.zero_grad(set_to_none=True)
+        else:
+            with torch.inference_mode(), autocast(p):
+                model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t
+
+    return step
+
+
+def calibrate(device: torch.device, w: Workload, *, steps: int = 3, use_cache: bool = True) -> dict[str, Any]:
+    """Time ``w`` in fp32 + channels_last and bf16 autocast + channels_last; the faster wins (bf16 must be
+    at least 5 % faster, since fp32 is the safer choice). Cached in :func:`calibration_path` by
+    :func:`calibration_key`."""
+    import datetime as _dt
+
+    from glomlib.core.io import write_json_atomic
+
+    key = calibration_key(device, w)
+    path = calibration_path()
+    if use_cache and key in _CALIBRATION_MEMO:
+        return _CALIBRATION_MEMO[key]
+    stored: dict[str, Any] = {}
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):  # a damaged cache is only a cache: time again and rewrite it
+            stored = {}
+    if use_cache and isinstance(stored.get(key), dict) and "chosen" in stored[key]:
+        _CALIBRATION_MEMO[key] = {**stored[key], "cached": True}
+        return _CALIBRATION_MEMO[key]
+    b = _calibration_batch(w)
+    modes = {"fp32": _mode_step(device, w, bf16=False), "bf16": _mode_step(device, w, bf16=True)}
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for i in range(steps + 1):  # one warm-up step each, then alternate so that other load hits both alike
+        for m, step in modes.items():
+            t = step()
+            if i:
+                times[m].append(t)
+    t32, t16 = float(np.median(times["fp32"])), float(np.median(times["bf16"]))
+    chosen = "bf16" if t16 < t32 / 1.05 else "fp32"
+    res = {"chosen": chosen, "key": key, "batch": b, "steps": steps,
+           "images_per_s": {"fp32+channels_last": b / t32, "bf16+channels_last": b / t16},
+           "speedup_bf16": t32 / t16, "measured_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+           "cached": False}
+    stored[key] = {k: v for k, v in res.items() if k != "cached"}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, stored)
+        res["cache_file"] = str(path)
+    except OSError as e:  # a read-only cache folder costs a re-timing next time, nothing more
+        res["cache_file"] = f"not written: {e}"
+    _CALIBRATION_MEMO[key] = res
+    return res
 
 
 @contextlib.contextmanager

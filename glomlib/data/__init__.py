@@ -1,1 +1,1 @@
-"""Data layer: manifests (validate, fingerprint), public datasets, the patch cache, slide-grouped splits, `glomlib data`."""
+"""Data layer: manifests, public datasets, the patch cache, slide-grouped splits (no torch)."""

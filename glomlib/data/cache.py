@@ -25,7 +25,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from glomlib.core.io import TMP_MARK, DiskFullError, is_disk_full, sweep_stale_temp, write_text_atomic
 from glomlib.data.manifest import hash_files
+from glomlib.data.pixels import ImageTooLargeError, check_pixel_budget
 
 CACHE_VERSION = 1
 INTERPOLATIONS = {"area": "INTER_AREA", "linear": "INTER_LINEAR", "cubic": "INTER_CUBIC",
@@ -54,6 +56,7 @@ def decode_image(path: str, image_size: int | None = None, interpolation: str = 
     """Decode one image file to RGB uint8 (H, W, 3), optionally resized to (S, S). Raises naming the file."""
     import cv2
 
+    check_pixel_budget(path)  # from the header: a decompression bomb is never decoded
     try:
         buf = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
@@ -118,18 +121,31 @@ def _build(kind: str, paths: list[str], hashes: list[str], image_size: int, inte
     if npy.exists():
         return npy
     cache_dir.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temp(cache_dir)  # half-built entries of killed processes (they can be large)
     n = len(paths)
     shape = (n, image_size, image_size, 3) if kind == "images" else (n, image_size, image_size)
-    tmp = cache_dir / f".{stem}.npy.tmp-{os.getpid()}"
+    tmp = cache_dir / f".{stem}.npy{TMP_MARK}{os.getpid()}-{time.time_ns()}"
     t0 = time.perf_counter()
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    # the header through numpy, the images by plain sequential writes: no mapping of the growing file, so the
+    # builder's resident memory stays flat however many images there are (mapped pages would count in its RSS)
+    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
+    with open(tmp, "rb") as f:
+        v = np.lib.format.read_magic(f)
+        (np.lib.format.read_array_header_1_0 if v == (1, 0) else np.lib.format.read_array_header_2_0)(f)
+        offset = f.tell()
+    item = int(np.prod(shape[1:]))
     try:
-        if kind == "images":
-            def job(p):
+        def decode(p):
+            if kind == "images":
                 return decode_image(p, image_size, interpolation)
-        else:
-            def job(p):
-                return decode_mask(p, image_size, interpolation) if p else None
+            return decode_mask(p, image_size, interpolation) if p else None
+
+        def job(ip):
+            i, p = ip
+            try:
+                return decode(p)
+            except ImageTooLargeError as e:  # name the row of the list (= the manifest row for a manifest)
+                raise ImageTooLargeError(f"row {i + 1}: {e}") from None
         workers = workers or min(4, os.cpu_count() or 1)
         bar = None
         if progress:
@@ -138,31 +154,34 @@ def _build(kind: str, paths: list[str], hashes: list[str], image_size: int, inte
             bar = tqdm(total=n, desc=f"caching {kind} at {image_size}px", unit="img")
         # bounded in-flight work: decode in chunks so memory does not grow with N
         chunk = max(32, 8 * workers)
-        with ThreadPoolExecutor(workers) as ex:
+        with ThreadPoolExecutor(workers) as ex, open(tmp, "r+b") as out:
+            out.seek(offset)
             for s in range(0, n, chunk):
-                for j, img in enumerate(ex.map(job, paths[s:s + chunk])):
-                    if img is not None:
-                        arr[s + j] = img
+                for img in ex.map(job, zip(range(s, n), paths[s:s + chunk])):
+                    out.write(np.zeros(item, np.uint8).tobytes() if img is None
+                              else np.ascontiguousarray(img, dtype=np.uint8).tobytes())
                 if bar is not None:
                     bar.update(min(chunk, n - s))
+            if out.tell() != offset + n * item:
+                raise RuntimeError(f"cache {tmp}: wrote {out.tell() - offset} bytes, expected {n * item}")
+            out.flush()
+            os.fsync(out.fileno())
         if bar is not None:
             bar.close()
-        arr.flush()
-        del arr
         index = {"version": CACHE_VERSION, "kind": kind, "n": n, "image_size": image_size,
                  "interpolation": interpolation, "shape": list(shape), "dtype": "uint8", "key": key,
                  "build_seconds": round(time.perf_counter() - t0, 3),
                  "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "files": [{"path": p, "sha256": h} for p, h in zip(paths, hashes)]}
-        jtmp = cache_dir / f".{stem}.json.tmp-{os.getpid()}"
-        jtmp.write_text(json.dumps(index, indent=1) + "\n")
-        os.replace(jtmp, cache_dir / f"{stem}.json")
+        write_text_atomic(cache_dir / f"{stem}.json", json.dumps(index, indent=1) + "\n")
         os.replace(tmp, npy)  # the .npy appears only when complete
-    except BaseException:
+    except BaseException as e:
         try:
             tmp.unlink()
         except OSError:
             pass
+        if isinstance(e, Exception) and is_disk_full(e, cache_dir):
+            raise DiskFullError(npy) from e  # names the cache file and the free space
         raise
     return npy
 

@@ -1,8 +1,9 @@
 """``glomlib data ...``: check a manifest, build one from a folder, fetch a public dataset.
 
-    glomlib data check MANIFEST [--positive-label M1] [--skip-bad [--skipped-out CSV]] [--out CLEAN.csv]
-    glomlib data from-folder ROOT --out manifest.csv [--slide-regex REGEX] [--center-regex REGEX]
+    glomlib data check MANIFEST [--positive-label LABEL] [--skip-bad [--skipped-out CSV]] [--out CLEAN.csv]
+    glomlib data from-folder ROOT --out manifest.csv [--positive-label LABEL] [--slide-regex REGEX] ...
     glomlib data fetch glomeruli-pas [--mirror DIR | --no-mirror] [--out DIR]
+    glomlib data apply-review REVIEW.csv --manifest M.csv --out M2.csv [--reviewer NAME] [--date YYYY-MM-DD]
 
 Exit status: 0 = fine (warnings allowed), 1 = problems found, 2 = usage error. No torch import here.
 """
@@ -14,8 +15,9 @@ import re
 import sys
 from pathlib import Path
 
-from glomlib.data.manifest import (DEFAULT_POSITIVE, IMAGE_EXTENSIONS, ManifestError, format_problems, validate_manifest,
-                       write_manifest, write_skipped)
+from glomlib.data.manifest import (DEFAULT_POSITIVE, IMAGE_EXTENSIONS, ManifestError, format_problems,
+                                   read_dataset_info, validate_manifest, write_dataset_info, write_manifest,
+                                   write_skipped)
 
 DEFAULT_SLIDE_REGEX = r"^(?P<slide>.+)-[^-]+$"
 
@@ -57,9 +59,21 @@ def check(args) -> int:
         if len(good) == 0:
             _err("nothing left after skipping bad rows")
             return 1
+    folds = int(getattr(args, "folds", 0) or 0)
+    if not args.unlabeled and folds:
+        from glomlib.data.splits import fold_problems
+
+        why = fold_problems(good, folds)
+        if why:
+            _err(f"error: {path} cannot be used for slide-grouped {folds}-fold cross-validation (fine-tuning):\n  - "
+                 + "\n  - ".join(why) + "\n(--folds N checks another number of folds; --unlabeled for SSL-only data)")
+            return 1
     if args.out:
         try:
             out = write_manifest(good, args.out)
+            info = read_dataset_info(path)
+            if info:  # the cleaned manifest is the same dataset: its dataset.json travels along
+                write_dataset_info(out, **info)
         except FileExistsError as e:
             _err(f"error: {e}")
             return 1
@@ -129,9 +143,20 @@ def from_folder(args) -> int:
     df = pd.read_csv(m, dtype=str, keep_default_na=False)
     labels = df["label"].value_counts().to_dict()
     _err(f"wrote {m}: {len(df)} images, labels {labels}, {df['slide'].nunique()} slides")
-    pos = args.positive_label or (DEFAULT_POSITIVE if DEFAULT_POSITIVE in labels else sorted(labels)[0])
+    pos = args.positive_label or ("M1" if "M1" in labels else sorted(labels)[0])
     if len(labels) > 2:
         _err(f"note: {len(labels)} label folders; binary tasks use a positive and one negative label")
+    if args.positive_label:  # the dataset names its positive class once, for every step
+        if args.positive_label not in labels:
+            _err(f"error: --positive-label {args.positive_label!r} is not a label folder ({sorted(labels)})")
+            return 1
+        others = sorted(set(labels) - {args.positive_label})
+        try:
+            side = write_dataset_info(m, args.positive_label, others[0] if len(others) == 1 else "")
+        except FileExistsError as e:
+            _err(f"error: {e}")
+            return 1
+        _err(f"wrote {side}: positive label {args.positive_label!r}")
     df2, problems = validate_manifest(m, positive_label=pos, full=False)
     if problems:
         _err(format_problems(problems, m))
@@ -150,6 +175,19 @@ def fetch(args) -> int:
     return 0
 
 
+def apply_review_cmd(args) -> int:
+    from glomlib.data.relabel import ReviewError, apply_review, summary_text
+
+    try:
+        s = apply_review(args.review, args.manifest, args.out, reviewer=args.reviewer or "", date=args.date or "",
+                         rater=args.rater or "")
+    except (ReviewError, FileExistsError, ManifestError) as e:
+        _err(f"error: {e}")
+        return 1
+    _err(summary_text(s))
+    return 0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("data", help="check a manifest, build one from a folder, fetch a public dataset",
                               description=__doc__.split("\n\n")[0])
@@ -158,10 +196,14 @@ def register(subparsers) -> None:
 
     c = sub.add_parser("check", help="validate a manifest; report every problem with its row and file")
     c.add_argument("manifest", help="manifest CSV (columns path,label,slide[,patient,center,split,mask])")
-    c.add_argument("--positive-label", default=DEFAULT_POSITIVE, help="positive class name (default M1)")
+    c.add_argument("--positive-label", default=DEFAULT_POSITIVE,
+                   help="positive class name (default: the one named by dataset.json beside the manifest)")
     c.add_argument("--negative-label", default=None,
                    help="negative class name (default M0 for M1, else the manifest's other label)")
     c.add_argument("--unlabeled", action="store_true", help="labels may be empty (SSL data)")
+    c.add_argument("--folds", type=int, default=5,
+                   help="check that slide-grouped cross-validation with this many folds is possible: two classes, "
+                        "at least this many slides, each class on at least this many slides (default 5; 0 = skip)")
     c.add_argument("--quick", action="store_true", help="check file headers/trailers only, do not decode pixels")
     c.add_argument("--skip-bad", action="store_true",
                    help="drop bad rows instead of failing; write them with reasons to --skipped-out")
@@ -180,7 +222,8 @@ def register(subparsers) -> None:
                    help="optional regex searched in the slide ID; group 'center' (or 1) is the centre, "
                         "e.g. '^([^_]+)_'")
     f.add_argument("--extensions", default=",".join(IMAGE_EXTENSIONS), help="image file extensions")
-    f.add_argument("--positive-label", default=None, help="positive class for the check after writing")
+    f.add_argument("--positive-label", default=None,
+                   help="positive class; written to dataset.json beside the manifest so every step knows it")
     f.set_defaults(func=from_folder)
 
     g = sub.add_parser("fetch", help="fetch a public dataset (mirror or download), verify it, write a manifest")
@@ -192,3 +235,12 @@ def register(subparsers) -> None:
     g.add_argument("--url", default=None, help="archive URL (default: GitHub archive of the pinned commit)")
     g.add_argument("--sums", default=None, help="sha256sum-format list (default: the project's upstream list)")
     g.set_defaults(func=fetch)
+
+    r = sub.add_parser("apply-review", help="apply a filled review.csv (glomlib review) to a manifest -> a NEW manifest")
+    r.add_argument("review", help="review.csv with reviewed_label (a manifest label, 'unsure', or empty) and comment")
+    r.add_argument("--manifest", required=True, help="the manifest the review was made from (never changed)")
+    r.add_argument("--out", required=True, help="the new manifest to write (must not exist)")
+    r.add_argument("--reviewer", default=None, help="who reviewed (unless the review has a 'reviewer' column)")
+    r.add_argument("--date", default=None, help="review date (default: today, UTC, YYYY-MM-DD)")
+    r.add_argument("--rater", default=None, help="write the labels into label_<rater> instead of label")
+    r.set_defaults(func=apply_review_cmd)

@@ -6,7 +6,7 @@ Manifest format (one row per image patch; see ``data/README.md``):
 column    required  meaning
 ========  ========  ==============================================================================
 path      yes       image file; a relative path resolves against the manifest's folder
-label     yes*      class name (positive/negative names are configurable, default ``M1``/``M0``);
+label     yes*      class name (the positive one is named by ``dataset.json`` or ``positive_label``);
                     may be empty (unlabeled) only with ``require_labels=False`` (*the column may
                     then be absent)
 slide     yes       slide (whole-slide image) the patch was cut from; the unit of grouping
@@ -22,12 +22,17 @@ them, with their reasons, to ``skipped_out``. Images whose mode is unusual (grey
 palette, 16-bit) are accepted and converted by :mod:`glomlib.data.cache` (grey -> 3 equal channels,
 alpha dropped, 16-bit scaled to 8-bit); each such row is reported as a warning.
 
+Which label is positive is a property of the dataset: a ``dataset.json`` beside the manifest (written by
+``glomlib data fetch``; e.g. ``{"positive_label": "GS", "negative_label": "nonGS"}``) says so once, and every
+step whose ``positive_label`` is ``""`` (the default) reads it from there (:func:`resolve_positive_label`).
+
 This module does not import torch (``glomlib data check`` stays fast).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 import warnings
@@ -39,10 +44,14 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from glomlib.core.io import write_text_atomic
+from glomlib.data.pixels import over_budget
+
 REQUIRED_COLUMNS = ("path", "label", "slide")
 OPTIONAL_COLUMNS = ("patient", "center", "split", "mask")
-DEFAULT_POSITIVE = "M1"
+DEFAULT_POSITIVE = ""  # "": the positive label named by the manifest's dataset.json (see resolve_positive_label)
 DEFAULT_NEGATIVE = {"M1": "M0"}  # documented default label pair; other positives infer the negative
+DATASET_SIDECAR = "dataset.json"  # beside the manifest: {"positive_label": ..., "negative_label": ..., ...}
 SPLIT_WORDS = ("", "train", "val", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -78,6 +87,80 @@ class Problem:
         where = f"row {self.row}" if self.row else "manifest"
         f = f" ({self.file})" if self.file else ""
         return f"{where}{f}: {self.message}"
+
+
+# ------------------------------------------------------------------------------------- dataset sidecar
+def dataset_info_path(manifest: str | os.PathLike) -> Path:
+    """The ``dataset.json`` that describes the dataset of ``manifest`` (in the manifest's folder)."""
+    return Path(manifest).expanduser().resolve().parent / DATASET_SIDECAR
+
+
+def read_dataset_info(manifest: str | os.PathLike) -> dict:
+    """The manifest's ``dataset.json`` as a dict; ``{}`` when there is none."""
+    p = dataset_info_path(manifest)
+    if not p.is_file():
+        return {}
+    try:
+        info = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{p} is not valid JSON ({e}); it should hold e.g. "
+                            '{"positive_label": "GS", "negative_label": "nonGS"}.') from None
+    if not isinstance(info, dict):
+        raise ManifestError(f"{p} must hold a JSON object, e.g. {{\"positive_label\": \"GS\"}}.")
+    return info
+
+
+def write_dataset_info(manifest: str | os.PathLike, positive_label: str, negative_label: str = "",
+                       **extra) -> Path:
+    """Write ``dataset.json`` beside ``manifest`` (atomically). Identical content is left as is; a sidecar
+    naming another positive or negative label is never overwritten (an error says which file)."""
+    p = dataset_info_path(manifest)
+    info = {"positive_label": str(positive_label), "negative_label": str(negative_label), **extra}
+    text = json.dumps(info, indent=2, sort_keys=False) + "\n"
+    if p.exists():
+        old = read_dataset_info(manifest)
+        if {k: old.get(k) for k in ("positive_label", "negative_label")} != \
+                {k: info[k] for k in ("positive_label", "negative_label")}:
+            raise FileExistsError(f"{p} already names positive_label={old.get('positive_label')!r}, "
+                                  f"negative_label={old.get('negative_label')!r}; refusing to overwrite it with "
+                                  f"{positive_label!r}/{negative_label!r}. Edit or remove it yourself.")
+        if p.read_text() == text:
+            return p
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, p)
+    return p
+
+
+def _labels_text(manifest: Path) -> str:
+    try:
+        labels = pd.read_csv(manifest, dtype=str, keep_default_na=False, usecols=["label"])["label"].str.strip()
+    except (ValueError, KeyError, OSError):
+        return "(no label column)"
+    counts = labels[labels != ""].value_counts()
+    return ", ".join(f"{k} ({v})" for k, v in counts.items()) or "(none)"
+
+
+def no_positive_label_message(manifest: str | os.PathLike, name_manifest: bool = True) -> str:
+    mpath = Path(manifest).expanduser().resolve()
+    side = dataset_info_path(mpath)
+    which = f"which label of {mpath} is positive?" if name_manifest else "which label is positive?"
+    return (f"{which} No positive_label was given and {side} "
+            f"{'names none' if side.exists() else 'does not exist'}; labels found: {_labels_text(mpath)}. "
+            f"Pass positive_label=<label> (--positive-label <label>), or write {side} with "
+            '{"positive_label": "<label>"} (glomlib data fetch writes it for public datasets).')
+
+
+def resolve_positive_label(manifest: str | os.PathLike, positive_label: str = "") -> str:
+    """``positive_label`` when given; else the one the manifest's ``dataset.json`` names; else a
+    :class:`ManifestError` listing the labels found and saying how to name the positive one."""
+    if positive_label:
+        return str(positive_label)
+    named = str(read_dataset_info(manifest).get("positive_label") or "")
+    if named:
+        return named
+    raise ManifestError(no_positive_label_message(manifest))
 
 
 # ----------------------------------------------------------------------------------------------- hashing
@@ -154,6 +237,9 @@ def check_image(path: str, full: bool = True) -> list[tuple[str, str, str]]:
         return [("error", "unreadable", "is a folder, not an image file")]
     if size == 0:
         return [("error", "empty-file", "file is empty (0 bytes)")]
+    too_large = over_budget(path)  # from the header, before anything is decoded
+    if too_large:
+        return [("error", "too-large", too_large)]
     try:
         with open(path, "rb") as f:
             head = f.read(64)
@@ -262,19 +348,21 @@ def validate_manifest(
     require_labels: bool = True,
     full: bool = False,
     workers: int | None = None,
+    label_source: str = "",
 ) -> tuple[pd.DataFrame, list[Problem]]:
     """Read a manifest and check everything; never raises for data problems.
 
     Returns ``(df, problems)``: df has the normalised columns (see :func:`read_manifest`) plus ``sha256``
     for every readable file, and ``problems`` lists every :class:`Problem` (errors and warnings).
     ``full=True`` decodes every image (``glomlib data check`` does); otherwise headers/trailers only.
+    ``label_source``: see :func:`read_manifest`.
     """
     mpath = Path(path).expanduser().resolve()
     raw = _read_csv(mpath)
     base = mpath.parent
     problems: list[Problem] = []
 
-    required = ["path", "slide"] + (["label"] if require_labels else [])
+    required = ["path", "slide"] + (["label"] if require_labels and not label_source else [])
     missing = [c for c in required if c not in raw.columns]
     if missing:
         problems.append(Problem(0, str(mpath), "missing-column",
@@ -301,6 +389,24 @@ def validate_manifest(
     for c in extra:
         df[c] = raw[c].values
     shown = [p if p else "" for p in raw["path"]]
+    tie_rows: list[int] = []
+    if label_source:  # train/evaluate on one rater's labels or the raters' majority (glomlib.data.raters)
+        from glomlib.data.raters import consensus, rater_column, rater_columns
+
+        df["manifest_label"] = df["label"]
+        if label_source == "consensus":
+            cons = consensus(df, rater_columns(df))
+            df["label"] = cons["consensus"].to_numpy()
+            tie_rows = [int(i) for i in np.flatnonzero(cons["tie"].to_numpy())]
+        else:
+            try:
+                df["label"] = [str(v).strip() for v in df[rater_column(df, label_source)]]
+            except ValueError as e:
+                problems.append(Problem(0, str(mpath), "missing-column", f"label_source={label_source!r}: {e}",
+                                        skippable=False))
+                return raw, problems
+    df.attrs["label_source"] = label_source or "label"
+    df.attrs["label_ties"] = [i + 1 for i in tie_rows]
 
     def add(i: int, kind: str, msg: str, severity: str = "error", skippable: bool = True, file: str | None = None):
         problems.append(Problem(int(i) + 1, shown[i] if file is None else file, kind, msg, severity, skippable))
@@ -316,15 +422,28 @@ def validate_manifest(
                 skippable=False)
 
     # --- labels
+    for i in tie_rows:
+        votes = ", ".join(f"{c}={df.at[i, c]}" for c in df.columns if str(c).startswith("label_") and df.at[i, c])
+        add(i, "label-tie", f"the raters' majority is a tie ({votes}); no consensus label. Decide it (e.g. a "
+                            f"further rater), or skip such rows with on_error='skip' (they are recorded)")
     labels = df["label"]
     labelled = labels[labels != ""]
     counts = labelled.value_counts()
     neg = negative_label
+    if not positive_label:  # "" = the dataset's own word (dataset.json beside the manifest)
+        info = read_dataset_info(mpath)
+        positive_label = str(info.get("positive_label") or "")
+        if neg is None and positive_label and info.get("negative_label"):
+            neg = str(info["negative_label"])
+    if not positive_label and len(counts):
+        problems.append(Problem(0, str(mpath), "label", no_positive_label_message(mpath, False), skippable=False))
     if require_labels:
         for i in np.flatnonzero((labels == "").to_numpy()):
             add(i, "label", "empty label (labels are required here; use require_labels=False / --unlabeled "
                             "for an unlabeled manifest)")
-    if len(counts) and positive_label not in counts.index:
+    if not positive_label:
+        pass  # no labels at all, or reported above
+    elif len(counts) and positive_label not in counts.index:
         found = ", ".join(f"{k} ({v})" for k, v in counts.items())
         problems.append(Problem(0, str(mpath), "label",
                                 f"the positive label {positive_label!r} occurs in no row; labels found: {found}. "
@@ -344,7 +463,8 @@ def validate_manifest(
             add(i, "label", f"label {labels.iat[i]!r} is not in the label set "
                             f"{{{positive_label!r} (positive), {neg!r} (negative)}}; fix the row or set "
                             f"negative_label / --negative-label")
-    df["y"] = np.where(labels == positive_label, 1, np.where((labels == neg) & (labels != ""), 0, -1))
+    df["y"] = np.where((labels == positive_label) & (labels != ""), 1,
+                       np.where((labels == neg) & (labels != ""), 0, -1))
     df.attrs["positive_label"] = positive_label
     df.attrs["negative_label"] = neg
 
@@ -492,6 +612,7 @@ def read_manifest(
     skipped_out: str | os.PathLike | None = None,
     negative_label: str | None = None,
     full: bool = False,
+    label_source: str = "",
 ) -> pd.DataFrame:
     """Read and validate a manifest; return one row per image.
 
@@ -505,8 +626,15 @@ def read_manifest(
     ``on_error="skip"``: rows with row-level errors (missing/empty/truncated/unreadable file, bad label,
     duplicate path or content) are dropped and written with their reasons to ``skipped_out`` (required);
     whole-manifest problems (missing column, empty manifest, slide in several splits...) still raise.
-    ``negative_label``: default ``M0`` when the positive label is ``M1``, else the manifest's other label.
+    ``positive_label=""`` (default): the label named by the manifest's ``dataset.json``; an error listing the
+    labels found when there is none (a manifest without labels needs none).
+    ``negative_label``: the ``dataset.json``'s, else ``M0`` when the positive label is ``M1``, else the
+    manifest's other label.
     ``full=True`` decodes every image (slower; ``glomlib data check`` does this).
+    ``label_source``: ``""`` = the ``label`` column; ``"consensus"`` = the majority of the ``label_<rater>``
+    columns (ties are errors of kind ``label-tie``: raised, or skipped and recorded with ``on_error="skip"``);
+    a rater name (``rater1`` or ``label_rater1``) = that rater's column. The manifest's own ``label`` is kept
+    as ``manifest_label``; ``df.attrs["label_source"]`` and ``df.attrs["label_ties"]`` (1-based rows) record it.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -515,8 +643,9 @@ def read_manifest(
                          "are recorded (nothing is dropped silently).")
     mpath = Path(path).expanduser().resolve()
     df, problems = validate_manifest(mpath, positive_label=positive_label, negative_label=negative_label,
-                                     require_labels=require_labels, full=full)
+                                     require_labels=require_labels, full=full, label_source=label_source)
     neg = df.attrs.get("negative_label")
+    positive_label = df.attrs.get("positive_label", positive_label)  # resolved from dataset.json when ""
     errors = [p for p in problems if p.severity == "error"]
     fatal = [p for p in errors if not p.skippable or not p.row]
     if errors and (on_error == "raise" or fatal):
@@ -567,8 +696,5 @@ def write_manifest(df: pd.DataFrame, out: str | os.PathLike, *, relative: bool =
             return out
         raise FileExistsError(f"{out} already exists with different content; refusing to overwrite it. "
                               f"Remove it or choose another output path.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_text_atomic(out, text)  # unique temp file beside it, renamed into place
     return out

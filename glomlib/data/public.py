@@ -5,8 +5,9 @@
 pinned upstream commit (with a progress bar) and extracts ``Patches/Raw``; verifies every file against the
 project's own copy of the upstream sha256 list (``glomlib/resources/glomeruli_pas.sha256``); and writes
 ``manifest.csv`` (path, label, slide, center, mask; paths relative to the manifest's folder, images stay
-where they are), ``LICENSE``, ``CITATION.txt``, ``missing_files.txt`` (files listed upstream but absent from
-a partial mirror) and ``fetch.json`` into ``out``. A checksum mismatch is an error naming the file; absent
+where they are), ``dataset.json`` (positive label ``GS``, negative ``nonGS``: the steps read it), ``LICENSE``,
+``CITATION.txt``, ``missing_files.txt`` (files listed upstream but absent from a partial mirror) and
+``fetch.json`` into ``out``. A checksum mismatch is an error naming the file; absent
 files are reported, not fatal. Re-running is idempotent; an existing manifest with different content is
 never overwritten.
 """
@@ -23,7 +24,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from glomlib.data.manifest import hash_files, write_manifest
+from glomlib.core.paths import project_root, shared_data_dir
+from glomlib.data.manifest import hash_files, write_dataset_info, write_manifest
 
 NAME = "glomeruli-pas"
 REPO = "patologiivest/GlobalGlomerulosclerosisClustering"
@@ -52,9 +54,7 @@ class DatasetError(RuntimeError):
 
 
 def default_mirror() -> Path:
-    from glomlib.core.paths import project_root
-
-    return project_root().parent / "shared" / "data" / NAME
+    return shared_data_dir() / NAME
 
 
 def find_mirror(mirror: str | os.PathLike | None = None) -> Path | None:
@@ -210,8 +210,6 @@ def fetch_glomeruli_pas(out: str | os.PathLike = "data/glomeruli-pas",
     """
     import pandas as pd
 
-    from glomlib.core.paths import project_root
-
     say = (lambda *a: print(*a, file=sys.stderr)) if verbose else (lambda *a: None)
     outp = Path(out).expanduser()
     if not outp.is_absolute():
@@ -256,6 +254,9 @@ def fetch_glomeruli_pas(out: str | os.PathLike = "data/glomeruli-pas",
     outp.mkdir(parents=True, exist_ok=True)
     manifest = outp / "manifest.csv"
     write_manifest(df, manifest)  # refuses to overwrite different content; same content = reuse
+    write_dataset_info(manifest, POSITIVE_LABEL, NEGATIVE_LABEL, dataset=NAME,  # which label is positive
+                       description="PAS-stained human glomeruli: GS (globally sclerotic) vs nonGS",
+                       license=LICENSE_NAME)
     # license, citation, report
     lic = root / "LICENSE"
     license_text = (f"{NAME} data license: {LICENSE_NAME}\n{LICENSE_URL}\n\n"
@@ -286,8 +287,6 @@ def fetch_glomeruli_pas(out: str | os.PathLike = "data/glomeruli-pas",
 def ensure_default_manifest(path: str | os.PathLike = "data/glomeruli-pas/manifest.csv") -> Path:
     """Return ``path``; when it is missing and names ``<folder>/manifest.csv``, build it with
     :func:`fetch_glomeruli_pas` (mirror first). Relative paths are relative to the project root."""
-    from glomlib.core.paths import project_root
-
     p = Path(path).expanduser()
     if not p.is_absolute():
         p = project_root() / p

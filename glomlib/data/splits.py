@@ -64,13 +64,58 @@ def _group_kind(df: pd.DataFrame) -> str:
     return "slide"
 
 
-def assign_folds(df: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> np.ndarray:
+CV_UNITS = ("slide", "center", "centre")
+
+
+def _fold_problems(g: np.ndarray, yc: np.ndarray, n_folds: int, kind: str) -> list[str]:
+    out = []
+    classes = np.unique(yc)
+    if len(classes) < 2:
+        name = {1: "positive", 0: "negative"}.get(int(classes[0]), "?") if len(classes) else ""
+        out.append(f"only one class: every labeled row is {name} (y={int(classes[0])}); a classifier needs both "
+                   "the positive and the negative label. Check the labels and positive_label."
+                   if len(classes) else "no labeled rows.")
+    n_groups = len(set(g))
+    if n_groups < n_folds:
+        out.append(f"only {n_groups} {kind}s to split into {n_folds} folds; every fold needs its own "
+                   f"{kind}s. Use n_folds <= {n_groups} or add data from more {kind}s.")
+    for cls in classes if len(classes) > 1 else ():
+        k = len(set(g[yc == cls]))
+        if k < n_folds:
+            name = "positive" if cls == 1 else "negative"
+            out.append(f"the {name} class (y={cls}) occurs in only {k} {kind}(s), fewer than "
+                       f"n_folds={n_folds}: some test folds would have none. Use n_folds <= {k}.")
+    return out
+
+
+def fold_problems(df: pd.DataFrame, n_folds: int) -> list[str]:
+    """Why slide-grouped ``n_folds``-fold cross-validation of ``df`` is impossible (empty list: it is possible):
+    one class only, fewer slides (patients) than folds, a class on fewer slides than folds. ``glomlib data
+    check`` reports these before any training; :func:`assign_folds` raises them."""
+    n = len(df)
+    y = df["y"].to_numpy().astype(int) if "y" in df.columns else np.zeros(n, dtype=int)
+    split = df["split"].astype(str).str.strip().str.lower().to_numpy() if "split" in df.columns else np.full(n, "")
+    cv = (split != "test") & (y >= 0)
+    if not cv.any():
+        return ["no labeled rows outside split=test; nothing to cross-validate"]
+    if (np.array([s.isdigit() for s in split]) & cv).any():
+        return []  # fold numbers given in the split column
+    return _fold_problems(groups_of(df)[cv], y[cv], int(n_folds), _group_kind(df))
+
+
+def assign_folds(df: pd.DataFrame, n_folds: int = 5, seed: int = 0, by: str = "slide") -> np.ndarray:
     """Fold number (0..n_folds-1) per row, or -1 for ``split == "test"`` and unlabeled rows.
 
-    Slide-grouped (patient-grouped when patients differ from slides), stratified by ``y``, deterministic.
-    Raises :class:`SplitError` when there are fewer groups than folds, or a class occurs in fewer groups
-    than folds (some test fold would have no example of it).
+    ``by="slide"``: slide-grouped (patient-grouped when patients differ from slides), stratified by ``y``,
+    deterministic. Raises :class:`SplitError` when there are fewer groups than folds, or a class occurs in
+    fewer groups than folds (some test fold would have no example of it).
+    ``by="center"`` (or ``"centre"``): leave-one-centre-out — fold k is the k-th centre in sorted order, so
+    ``n_folds`` must equal the number of centres; ``seed`` plays no part.
     """
+    if by not in CV_UNITS:
+        raise SplitError(f"by={by!r}: choose 'slide' (slide/patient-grouped folds) or 'center' (leave one centre out)")
+    if by != "slide":
+        return _centre_folds(df, n_folds)
     if n_folds < 2:
         raise SplitError(f"n_folds must be at least 2, not {n_folds}")
     n = len(df)
@@ -97,16 +142,9 @@ def assign_folds(df: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> np.ndarra
 
         g = groups[cv]
         yc = y[cv]
-        n_groups = len(set(g))
-        if n_groups < n_folds:
-            raise SplitError(f"only {n_groups} {kind}s to split into {n_folds} folds; every fold needs its own "
-                             f"{kind}s. Use n_folds <= {n_groups} or add data from more {kind}s.")
-        for cls in np.unique(yc):
-            k = len(set(g[yc == cls]))
-            if k < n_folds:
-                name = "positive" if cls == 1 else "negative"
-                raise SplitError(f"the {name} class (y={cls}) occurs in only {k} {kind}(s), fewer than "
-                                 f"n_folds={n_folds}: some test folds would have none. Use n_folds <= {k}.")
+        problems = _fold_problems(g, yc, n_folds, kind)
+        if problems:
+            raise SplitError(" ".join(problems))
         sgkf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         idx = np.flatnonzero(cv)
         for f, (_, te) in enumerate(sgkf.split(np.zeros(len(idx)), yc, g)):
@@ -119,6 +157,35 @@ def assign_folds(df: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> np.ndarra
     if leaked:
         raise SplitError(f"{kind}(s) {sorted(leaked)[:10]} have rows in split=test and in the CV data; "
                          f"all rows of a {kind} must be in the same split")
+    return folds
+
+
+def _centre_folds(df: pd.DataFrame, n_folds: int) -> np.ndarray:
+    """Leave-one-centre-out folds (see :func:`assign_folds`)."""
+    if "center" not in df.columns or df["center"].astype(str).str.strip().eq("").all():
+        raise SplitError("cv by centre needs a 'center' column in the manifest (centre / scanner / lab of each row)")
+    n = len(df)
+    y = df["y"].to_numpy().astype(int) if "y" in df.columns else np.zeros(n, dtype=int)
+    split = df["split"].astype(str).str.strip().str.lower().to_numpy() if "split" in df.columns else np.full(n, "")
+    centre = df["center"].astype(str).str.strip().to_numpy()
+    cv = (split != "test") & (y >= 0)
+    empty = np.flatnonzero(cv & (centre == ""))
+    if len(empty):
+        raise SplitError(f"{len(empty)} row(s) have no center (e.g. rows {[int(i) + 1 for i in empty[:10]]}); "
+                         "every row needs its centre for leave-one-centre-out cross-validation")
+    names = sorted(set(centre[cv]))
+    if len(names) < 2:
+        raise SplitError(f"leave-one-centre-out needs at least 2 centres; the manifest has {names}")
+    if n_folds != len(names):
+        raise SplitError(f"leave-one-centre-out makes one fold per centre: {len(names)} centres {names}, but "
+                         f"n_folds={n_folds}; set folds={len(names)}")
+    groups = groups_of(df)
+    per_group = pd.Series(centre[cv]).groupby(groups[cv]).nunique()
+    if (per_group > 1).any():
+        raise SplitError(f"{_group_kind(df)}(s) {list(per_group[per_group > 1].index)[:10]} have rows in several "
+                         "centres; a slide or patient belongs to one centre")
+    folds = np.full(n, -1, dtype=int)
+    folds[cv] = [names.index(c) for c in centre[cv]]
     return folds
 
 

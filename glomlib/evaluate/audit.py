@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from glomlib.core.config import ConfigError, StepConfig
+from glomlib.data.manifest import read_dataset_info
 
 FLAG_COLUMNS = ["row", "path", "slide", "center", "label", "reason", "value", "threshold", "detail"]
 OD_BINS = np.linspace(0.0, 1.5, 31)  # OD histogram bin edges (values above 1.5 land in the last bin)
@@ -43,7 +44,7 @@ class AuditConfig(StepConfig):
 
     data: str = "data/glomeruli-pas/manifest.csv"  # manifest CSV
     out: str = "auto"  # output folder; "auto" = runs/<stamp>-audit
-    positive_label: str = "M1"  # the positive class label in the manifest
+    positive_label: str = ""  # the positive class label ("" = the one the manifest's dataset.json names)
     stats_size: int = 224  # images are resized to this square size before blur / colour statistics
     white_level: int = 215  # a pixel is background when all three channels are >= this (0-255)
     background_max: float = 0.5  # flag an image when more than this share of its pixels is background
@@ -52,7 +53,7 @@ class AuditConfig(StepConfig):
     near_dup_distance: int = 8  # perceptual-hash Hamming distance (of 64 bits) at or below which images are near-duplicates
     rotated_dup_distance: int = 4  # same, between an image and rotated/flipped copies of another; -1 = skip rotations
     mask_area_min: float = 0.05  # flag a mask covering less than this share of its patch (includes empty masks)
-    n_folds: int = 5  # folds used to check duplicates across folds (same grouping as fine-tuning)
+    folds: int = 5  # folds used to check duplicates across folds (same grouping as fine-tuning)
     montage_n: int = 8  # example images per class / centre in the montages
     seed: int = 0  # sampling seed for montages and folds
 
@@ -105,8 +106,10 @@ def prepare(cfg: AuditConfig):
 
 def _audit_positive_label(manifest: Path, positive_label: str) -> str:
     """The audit uses the positive label only to stratify folds (symmetric in the two classes), so a
-    ``positive_label`` absent from the manifest (e.g. the default M1 on GS/nonGS data) is not fatal here:
-    the rarer label stands in, and the notebook says so."""
+    ``positive_label`` absent from the manifest (or none given and no ``dataset.json`` naming one) is not
+    fatal here: the rarer label stands in, and the notebook says so."""
+    if not positive_label:
+        positive_label = str(read_dataset_info(manifest).get("positive_label") or "")
     try:
         labels = pd.read_csv(manifest, dtype=str, keep_default_na=False, usecols=["label"])["label"].str.strip()
     except (ValueError, KeyError):
@@ -727,6 +730,62 @@ def mask_area_figure(df: pd.DataFrame, area: pd.Series):
     fig.suptitle("Glomerulus size relative to the patch", fontsize=12)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------------------------- labels
+
+def label_changes(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows a label review touched (``glomlib data apply-review`` records ``review_*`` columns): path, slide,
+    label before and now, decision (changed / confirmed / unsure), reviewer, date, comment. Empty when the
+    manifest carries no review record."""
+    cols = ["row", "path", "slide", "label_before", "label", "decision", "reviewer", "date", "comment"]
+    if "review_decision" not in df.columns:
+        return pd.DataFrame(columns=cols)
+    d = df[df["review_decision"].astype(str) != ""]
+    return pd.DataFrame({"row": d["row"] if "row" in d else d.index + 1, "path": d["path"], "slide": d["slide"],
+                         "label_before": d["review_label_before"], "label": d["label"],
+                         "decision": d["review_decision"], "reviewer": d["review_reviewer"],
+                         "date": d["review_date"], "comment": d["review_comment"]}, columns=cols)
+
+
+def show_labels(df: pd.DataFrame, out: str | Path | None = None) -> dict[str, Any]:
+    """Notebook 01's label section: the review record (which labels changed, by whom, when) and, with several
+    ``label_<rater>`` columns, the raters' agreement (pairwise Cohen's kappa, Fleiss' kappa, per centre, ties).
+    Displays the tables, writes ``label_changes.csv`` / ``rater_*.csv`` into ``out``; returns what it found."""
+    from IPython.display import Markdown, display
+
+    from glomlib.data.raters import agreement_report, rater_columns
+
+    res: dict[str, Any] = {"changes": label_changes(df)}
+    ch = res["changes"]
+    if len(ch):
+        n = ch["decision"].value_counts().to_dict()
+        display(Markdown(f"**Label review record:** {len(ch)} image(s) reviewed — {n.get('changed', 0)} label(s) "
+                         f"changed, {n.get('confirmed', 0)} confirmed, {n.get('unsure', 0)} unsure."))
+        display(ch.drop(columns=["path"]))
+    else:
+        display(Markdown("No label review is recorded in this manifest (`glomlib data apply-review` adds one)."))
+    cols = rater_columns(df)
+    if len(cols) >= 2:
+        rep = agreement_report(df, cols)
+        res["raters"] = rep
+        display(Markdown(f"**{len(cols)} raters** ({', '.join(rep['raters'])}). Fleiss' kappa over the "
+                         f"{rep['fleiss']['n']} images every rater labelled: **{rep['fleiss']['kappa']:.3f}**; "
+                         f"{int(rep['consensus']['tie'].sum())} image(s) without a majority (ties)."))
+        display(rep["pairwise"].round(3))
+        display(rep["per_group"].round(3))
+        if len(rep["ties"]):
+            display(rep["ties"][["row", "slide", *cols]] if "row" in rep["ties"] else rep["ties"][["slide", *cols]])
+    else:
+        display(Markdown(f"{len(cols)} rater column(s) (`label_<rater>`): no inter-rater agreement to report."))
+    if out is not None:
+        out = Path(out)
+        if len(ch):
+            ch.to_csv(out / "label_changes.csv", index=False)
+        if "raters" in res:
+            res["raters"]["pairwise"].to_csv(out / "rater_pairwise_kappa.csv", index=False)
+            res["raters"]["per_group"].to_csv(out / "rater_agreement_per_centre.csv", index=False)
+    return res
 
 
 # ----------------------------------------------------------------------------------------------- outputs

@@ -1,12 +1,13 @@
-"""Compare fine-tuning initialisations honestly (notebook 04).
+"""Compare fine-tuning initialisations honestly (notebook 04); reads notebook 03's runs, trains nothing.
 
-* :func:`collect_runs` reads finished fine-tune runs laid out as ``<runs>/<init>/`` (what ``glomlib run`` and
-  notebook 03 write); :func:`run_or_collect` also runs the missing inits (into ``<out>/finetune/<init>``).
-* :func:`comparison_table` — the study's table: mean ± std over slide-grouped test folds per init.
+* :func:`collect_runs` finds the finished fine-tune runs to compare: ``<runs>/<init>/`` (what ``glomlib run``
+  writes), a comma-separated list of run folders, or ``latest`` (the newest finished run of each init).
+* :func:`main_runs` — every run restricted to its largest label fraction (the comparison's headline).
+* :func:`comparison_table` — the study's table: mean ± sample std over slide-grouped test folds (and seeds).
 * :func:`pairwise_tests` — for every pair of inits, the AUC difference on the same out-of-fold images with a
   slide-grouped bootstrap 95% CI and a paired DeLong p-value.
-* :func:`label_efficiency` — AUC (mean ± std over folds) vs the fraction of training labels, per init; runs
-  the fine-tunes that are not present yet (``<runs>/label_efficiency/<init>_frac<f>`` are reused).
+* :func:`label_efficiency` — AUC (mean ± std over seeds × folds) vs the label fractions the runs hold
+  (notebook 03's ``label_fractions``: one protocol, one step budget for every point).
 * :func:`plot_roc`, :func:`plot_reliability`, :func:`plot_label_efficiency`, :func:`plot_fold_aucs` — figures.
 """
 
@@ -14,13 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from glomlib.core.config import ConfigError, StepConfig
-from glomlib.train.finetune import INITS, FinetuneConfig, load_run
+from glomlib.core.io import ensure_new_dir, new_run_dir, write_json_atomic, write_provenance
+from glomlib.evaluate.metrics import (METRIC_LABELS, METRICS, auc, expected_calibration_error, pairwise_comparisons,
+                                     reliability_table)
+from glomlib.evaluate.runs import INITS, fraction_view, label_fractions, load_run
 
 #: The study's numbers (KSN 2025 abstract), M1 vs M0, for reference next to ours.
 STUDY_REFERENCE = {
@@ -35,102 +41,109 @@ COLORS = {"glom": "tab:green", "imagenet": "tab:blue", "scratch": "tab:grey"}
 class CompareConfig(StepConfig):
     """Parameters of notebook 04 (``notebooks/04_baseline_comparison.ipynb``)."""
 
-    runs: str = "auto"                      # folder with <init>/ fine-tune runs; "auto" = run them into out/finetune
+    runs: str = "latest"                    # folder with <init>/ fine-tune runs, comma-separated run folders, or "latest" (newest finished run of each init under runs/)
     out: str = "auto"                       # output folder; "auto" = runs/<stamp>-comparison
-    data: str = "data/glomeruli-pas/manifest.csv"  # manifest CSV (used only for runs that must be computed)
+    data: str = ""                          # manifest the runs must have been trained on ("" = only check that the runs used the same data)
     inits: list = dataclasses.field(default_factory=lambda: list(INITS))  # initialisations to compare
-    run_missing: bool = True                # run the fine-tunes that `runs` lacks (False: error instead)
-    positive_label: str = "M1"              # positive class (for runs that must be computed)
-    ssl_checkpoint: str = "latest"          # encoder for init=glom runs that must be computed
-    backbone: str = "efficientnet_lite0"    # backbone for runs that must be computed
-    image_size: int = 96                    # image size for runs that must be computed
-    epochs: int = 15                        # max epochs for runs that must be computed
-    batch_size: int = 32                    # batch size for runs that must be computed
-    lr: float = 1e-3                        # learning rate for runs that must be computed
-    folds: int = 5                          # CV folds for runs that must be computed
-    seeds: list = dataclasses.field(default_factory=lambda: [0])  # CV seeds for runs that must be computed
-    device: str = "auto"                    # auto | cpu | cuda
     n_boot: int = 2000                      # bootstrap resamples (slide-grouped) per pairwise difference
-    label_efficiency: bool = True           # compute the label-efficiency curve
-    fractions: list = dataclasses.field(default_factory=lambda: [0.05, 0.1, 0.25, 0.5, 1.0])  # label fractions
-    le_epochs: int = 15                     # max epochs of label-efficiency runs that must be computed
-    le_folds: int = 5                       # CV folds of label-efficiency runs that must be computed
-    progress: bool = True                   # tqdm progress bars
+    label_efficiency: bool = True           # AUC vs label fraction, from the fractions the runs hold
 
     def validate(self) -> None:
-        for name, conv in (("inits", str), ("fractions", float), ("seeds", int)):
-            v = getattr(self, name)
-            if isinstance(v, str):  # "a,b" or "[a, b]" from the shell / papermill -p
-                v = [conv(x.strip().strip("'\"")) for x in v.strip("[]() ").split(",") if x.strip()]
-            setattr(self, name, v)
+        if isinstance(self.inits, str):  # "a,b" or "[a, b]" from the shell / papermill -p
+            self.inits = [x.strip().strip("'\"") for x in self.inits.strip("[]() ").split(",") if x.strip()]
         bad = [i for i in self.inits if i not in INITS]
         if bad or not self.inits:
             raise ConfigError(f"inits={self.inits}: choose from {list(INITS)}.")
-        if isinstance(self.fractions, (int, float)):
-            self.fractions = [self.fractions]
-        if any(not (0 < float(f) <= 1) for f in self.fractions):
-            raise ConfigError(f"fractions={self.fractions}: each must be in (0, 1].")
-        self.fractions = sorted(float(f) for f in self.fractions)
-        if isinstance(self.seeds, int):
-            self.seeds = [self.seeds]
+        if int(self.n_boot) < 1:
+            raise ConfigError(f"n_boot={self.n_boot}: must be a positive integer.")
 
 
 def prepare_out(cfg: CompareConfig) -> Path:
-    from glomlib.core.io import ensure_new_dir, new_run_dir
-
     out = new_run_dir("runs", "comparison") if cfg.out in ("auto", "", None) else ensure_new_dir(cfg.out)
     (out / "figures").mkdir(exist_ok=True)
     cfg.save(out / "config.json")
     return out
 
 
-def _finetune_cfg(cfg: CompareConfig, init: str, out: Path, **over: Any) -> FinetuneConfig:
-    params = dict(init=init, data=cfg.data, out=str(out), positive_label=cfg.positive_label,
-                  ssl_checkpoint=cfg.ssl_checkpoint, backbone=cfg.backbone, image_size=cfg.image_size,
-                  epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, folds=cfg.folds, seeds=list(cfg.seeds),
-                  device=cfg.device, progress=cfg.progress, resume=out.exists())
-    params.update(over)
-    return FinetuneConfig.from_params(**params)
+def _run_init(d: Path) -> str:
+    m = json.loads((d / "metrics.json").read_text())
+    return str(m.get("init") or json.loads((d / "config.json").read_text()).get("init"))
 
 
-def collect_runs(runs: str | Path, inits=INITS) -> dict[str, dict[str, Any]]:
-    """``{init: load_run(<runs>/<init>)}`` for every init whose run folder is finished (has metrics.json)."""
-    runs = Path(runs)
-    found = {}
-    for init in inits:
-        d = runs / init
-        if (d / "metrics.json").exists():
-            found[init] = load_run(d)
-    return found
+def collect_runs(runs: str | Path = "latest", inits=INITS, root: str | Path = "runs",
+                 data: str | Path = "") -> dict[str, dict[str, Any]]:
+    """``{init: load_run(...)}`` for the finished fine-tune runs named by ``runs`` (see :class:`CompareConfig`).
+
+    Raises FileNotFoundError naming what is missing and how to make it (notebook 03 / ``glomlib finetune``), and
+    ValueError when the runs were trained on different data (provenance fingerprints) or not on ``data``."""
+    spec = str(runs)
+    found: dict[str, Path] = {}
+    if spec in ("latest", "auto", ""):
+        cands = sorted((p.parent for p in Path(root).glob("**/metrics.json") if (p.parent / "predictions.csv").is_file()
+                        and (p.parent / "folds.csv").is_file()), key=lambda d: (d / "metrics.json").stat().st_mtime)
+        for d in cands:  # newest last wins
+            init = _run_init(d)
+            if init in inits:
+                found[init] = d
+        where = f"under {Path(root).resolve()}"
+    elif "," in spec or (Path(spec).is_dir() and (Path(spec) / "metrics.json").is_file()):
+        for part in [x.strip() for x in spec.split(",") if x.strip()]:
+            d = Path(part)
+            if not (d / "metrics.json").is_file():
+                raise FileNotFoundError(f"runs: {d} is not a finished fine-tune run (no metrics.json).")
+            init = _run_init(d)
+            if init in found:
+                raise ValueError(f"runs: two runs of init {init!r} ({found[init]} and {d}); give one per init.")
+            found[init] = d
+        where = f"in {spec!r}"
+    else:
+        for init in inits:
+            if (Path(spec) / init / "metrics.json").is_file():
+                found[init] = Path(spec) / init
+        where = f"in {Path(spec).resolve()} (expected <init>/metrics.json)"
+    missing = [i for i in inits if i not in found]
+    if missing:
+        raise FileNotFoundError(f"no finished fine-tune run for init(s) {missing} {where}. Run notebook 03 (or "
+                                f"`glomlib finetune --init {missing[0]}`) for each, then pass runs=<folder>.")
+    loaded = {i: load_run(found[i]) for i in inits}
+    check_same_data(loaded, data)
+    return loaded
 
 
-def run_or_collect(cfg: CompareConfig, out: Path) -> dict[str, dict[str, Any]]:
-    """Collect the inits present in ``cfg.runs``; run the others into ``<out>/finetune/<init>``."""
-    from glomlib.train.finetune import run_finetune
+def check_same_data(runs: dict[str, dict[str, Any]], data: str | Path = "") -> None:
+    """Paired comparisons need the same images: every run's data fingerprint (provenance.json) must agree, and
+    with ``data`` every run's manifest (config.json) must be that file."""
+    fps = {}
+    for init, r in runs.items():
+        prov = Path(r["dir"]) / "provenance.json"
+        if prov.is_file():
+            fps[init] = json.loads(prov.read_text()).get("data_fingerprint")
+    if len({v for v in fps.values() if v}) > 1:
+        raise ValueError(f"the runs were trained on different data (fingerprints {fps}); fine-tune every init on "
+                         "the same manifest before comparing them.")
+    if str(data):
+        want = Path(data).resolve()
+        other = {i: r["config"].get("data") for i, r in runs.items() if Path(str(r["config"].get("data"))).resolve() != want}
+        if other:
+            raise ValueError(f"data={str(data)!r} but these runs were trained on other manifests: {other}.")
 
-    found = collect_runs(cfg.runs, cfg.inits) if cfg.runs not in ("auto", "", None) else {}
-    for init in cfg.inits:
-        if init in found:
-            continue
-        target = out / "finetune" / init
-        if (target / "metrics.json").exists():
-            found[init] = load_run(target)
-            continue
-        if not cfg.run_missing:
-            raise FileNotFoundError(f"runs={cfg.runs!r} has no finished run for init={init!r} "
-                                    f"({Path(cfg.runs) / init / 'metrics.json'} missing); run notebook 03 with "
-                                    f"-p init {init}, or set run_missing=True.")
-        run_finetune(_finetune_cfg(cfg, init, target))
-        found[init] = load_run(target)
-    return {i: found[i] for i in cfg.inits if i in found}
+
+def main_fraction(runs: dict[str, dict[str, Any]]) -> float:
+    """The largest label fraction every run holds (usually 1.0): the headline comparison's fraction."""
+    common = set.intersection(*(set(label_fractions(r)) for r in runs.values()))
+    if not common:
+        raise ValueError("the runs share no label fraction; fine-tune every init with the same label_fractions.")
+    return max(common)
+
+
+def main_runs(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every run restricted to :func:`main_fraction` (table, pairwise tests, ROC, reliability, per-centre AUC)."""
+    f = main_fraction(runs)
+    return {i: fraction_view(r, f) for i, r in runs.items()}
 
 
 def comparison_table(runs: dict[str, dict[str, Any]], metrics=None, reference: bool = False):
     """One row per init: mean ± std of each metric over test folds (and seeds), plus the number of folds."""
-    import pandas as pd
-
-    from glomlib.evaluate.metrics import METRIC_LABELS, METRICS
-
     metrics = metrics or METRICS
     rows = []
     for init, r in runs.items():
@@ -139,7 +152,9 @@ def comparison_table(runs: dict[str, dict[str, Any]], metrics=None, reference: b
         for m in metrics:
             if m in summ:
                 row[METRIC_LABELS[m]] = summ[m].get("text") or f"{summ[m]['mean']:.3f} ± {summ[m]['std']:.3f}"
-        row["folds × seeds"] = len(r["metrics"]["per_fold"])
+        pf = r["metrics"]["per_fold"]
+        row["folds × seeds"] = len(pf)
+        row["seeds"] = len({p.get("seed", 0) for p in pf})
         row["label fraction"] = r["metrics"].get("label_fraction", 1.0)
         rows.append(row)
         if reference and init in STUDY_REFERENCE:
@@ -162,33 +177,27 @@ def paired_oof(runs: dict[str, dict[str, Any]]):
     if merged is None:
         raise ValueError("no runs to compare")
     if len(merged) < max(len(r["predictions"]["path"].unique()) for r in runs.values()):
-        import warnings
-
         warnings.warn("the runs predicted different images; only the images common to all are compared.")
     return merged.reset_index()
 
 
 def pairwise_tests(runs: dict[str, dict[str, Any]], n_boot: int = 2000, seed: int = 0):
     """Pairwise AUC differences on the pooled out-of-fold predictions: slide-grouped bootstrap CI + DeLong p."""
-    from glomlib.evaluate.metrics import pairwise_comparisons
-
     oof = paired_oof(runs)
     probs = {i: oof[i].to_numpy() for i in runs}
     return pairwise_comparisons(oof["y"].to_numpy(), probs, groups=oof["slide"].to_numpy(), n_boot=n_boot, seed=seed)
 
 
 def per_center_auc(runs: dict[str, dict[str, Any]]):
-    """AUC within each centre (pooled out-of-fold predictions): a model that learnt stain/centre rather than the
-    lesion looks good overall but not within a centre. NaN where a centre has only one class."""
-    import pandas as pd
-
-    from glomlib.evaluate.metrics import auc
-
+    """AUC within each centre (pooled out-of-fold predictions of every seed; ``n``, ``n_pos`` count images): a model
+    that learnt stain/centre rather than the lesion looks good overall but not within a centre. NaN where a centre
+    has only one class."""
     rows = []
     for init, r in runs.items():
         p = r["predictions"]
         for c, g in p.groupby("center", sort=True):
-            rows.append({"init": init, "center": c or "(none)", "n": len(g), "n_pos": int(g["y"].sum()),
+            img = g.drop_duplicates("path")  # one row per image and seed: count images once
+            rows.append({"init": init, "center": c or "(none)", "n": len(img), "n_pos": int(img["y"].sum()),
                          "auc": auc(g["y"], g["prob"])})
     t = pd.DataFrame(rows)
     wide = t.pivot(index="center", columns="init", values="auc")[list(runs)]
@@ -196,35 +205,17 @@ def per_center_auc(runs: dict[str, dict[str, Any]]):
     return counts.join(wide)
 
 
-def label_efficiency(cfg: CompareConfig, out: Path, main_runs: dict[str, dict[str, Any]] | None = None):
-    """AUC vs label fraction per init. Reuses ``<runs>/label_efficiency/<init>_frac<f>`` and, for fraction 1.0,
-    the main runs; runs the missing ones (``le_epochs``, ``le_folds``) into ``<out>/label_efficiency/``."""
-    import pandas as pd
-
-    from glomlib.train.finetune import run_finetune
-
+def label_efficiency(runs: dict[str, dict[str, Any]]):
+    """AUC vs label fraction per init, from the fractions each run holds: mean ± sample std over (seed, fold)."""
     rows = []
-    src = Path(cfg.runs) / "label_efficiency" if cfg.runs not in ("auto", "", None) else None
-    for init in cfg.inits:
-        for f in cfg.fractions:
-            r = None
-            if f >= 1.0 and main_runs and init in main_runs:
-                r = main_runs[init]
-            name = f"{init}_frac{f:g}"
-            for cand in ([src / name] if src else []) + [out / "label_efficiency" / name]:
-                if r is None and (cand / "metrics.json").exists():
-                    r = load_run(cand)
-            if r is None:
-                if not cfg.run_missing:
-                    raise FileNotFoundError(f"no label-efficiency run for {name}; set run_missing=True.")
-                target = out / "label_efficiency" / name
-                run_finetune(_finetune_cfg(cfg, init, target, label_fraction=f, epochs=cfg.le_epochs,
-                                           folds=cfg.le_folds, final_model=False))
-                r = load_run(target)
-            pf = pd.DataFrame(r["metrics"]["per_fold"])
-            s = r["metrics"]["summary"]["auc"]
+    for init, r in runs.items():
+        for f in label_fractions(r):
+            v = fraction_view(r, f)
+            pf = pd.DataFrame(v["metrics"]["per_fold"])
+            s = v["metrics"]["summary"]["auc"]
             rows.append({"init": init, "fraction": f, "auc_mean": s["mean"], "auc_std": s["std"],
                          "auc_text": s["text"], "n_folds": len(pf),
+                         "n_seeds": int(pf["seed"].nunique()) if "seed" in pf else 1,
                          "n_train_median": float(pf["n_train"].median()) if "n_train" in pf else np.nan,
                          "run": str(r["dir"])})
     return pd.DataFrame(rows)
@@ -259,8 +250,6 @@ def plot_reliability(runs: dict[str, dict[str, Any]], out: Path | None = None, n
                      name: str = "reliability.png"):
     """Reliability diagram per init: observed positive fraction vs mean predicted probability per bin."""
     import matplotlib.pyplot as plt
-
-    from glomlib.evaluate.metrics import expected_calibration_error, reliability_table
 
     fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 4), squeeze=False)
     for ax, (init, r) in zip(axes[0], runs.items()):
@@ -321,8 +310,6 @@ def plot_fold_aucs(runs: dict[str, dict[str, Any]], out: Path | None = None, nam
 
 def save_results(out: Path, table, pairwise, le=None, runs: dict | None = None) -> None:
     """comparison.csv, pairwise.csv, label_efficiency.csv, comparison.json and provenance.json in ``out``."""
-    from glomlib.core.io import write_json_atomic, write_provenance
-
     table.to_csv(out / "comparison.csv")
     pairwise.to_csv(out / "pairwise.csv", index=False)
     doc = {"table": json.loads(table.to_json(orient="index")), "pairwise": json.loads(pairwise.to_json(orient="records"))}
@@ -338,6 +325,6 @@ def save_results(out: Path, table, pairwise, le=None, runs: dict | None = None) 
                      data_fingerprint=next(iter(fps.values()), None), extra={"run_fingerprints": fps})
 
 
-__all__ = ["CompareConfig", "collect_runs", "run_or_collect", "comparison_table", "paired_oof", "pairwise_tests",
+__all__ = ["CompareConfig", "collect_runs", "check_same_data", "main_fraction", "main_runs", "comparison_table", "paired_oof", "pairwise_tests",
            "label_efficiency", "per_center_auc", "plot_roc", "plot_reliability", "plot_label_efficiency", "plot_fold_aucs",
            "save_results", "prepare_out", "STUDY_REFERENCE"]

@@ -1,7 +1,7 @@
 """Error analysis (notebook 05): where and why does a fine-tuned model err, in pictures a pathologist can judge.
 
-Input: a fine-tune run folder (``predictions.csv`` with out-of-fold probabilities, ``model.safetensors`` with the
-final model; see CONTRACTS.md). The module gives
+Input: a fine-tune run folder (``predictions.csv`` with out-of-fold probabilities, the fold models under
+``checkpoints/*/model.safetensors``; see CONTRACTS.md). The module gives
 
 - per-image outcomes (TP/TN/FP/FN) with the model's confidence (:func:`load_predictions`),
 - error rates per slide and per centre (:func:`error_rates`) and confidence histograms,
@@ -14,9 +14,10 @@ final model; see CONTRACTS.md). The module gives
 - an ipywidgets error browser in a live JupyterLab kernel and a static gallery otherwise
   (:func:`show_error_browser`), so a rendered HTML report never shows a dead widget.
 
-Note on what is explained: probabilities come from the cross-validated predictions (each image scored by a model
-that did not see it), while Grad-CAM and embeddings use the final model trained on all images — which did see the
-image. The heat maps show what the final model attends to on these glomeruli, not the fold model's reasoning.
+What is explained: probabilities come from the cross-validated predictions (each image scored by a model that did
+not see it), and Grad-CAM, embeddings and nearest neighbours use that same kind of model: for each image the fold
+model (of the run's first seed) whose test fold held the image's slide (:func:`explain_models`). Runs written
+before fold models were kept fall back, with a printed warning, to the final model, which did see the images.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import numpy as np
 import pandas as pd
 
 from glomlib.core.config import ConfigError, StepConfig
+from glomlib.evaluate.runs import fold_models
+from glomlib.models.files import load_model
 
 OUTCOMES = ("TP", "TN", "FP", "FN")
 
@@ -38,7 +41,7 @@ OUTCOMES = ("TP", "TN", "FP", "FN")
 class ExplainConfig(StepConfig):
     """Parameters of notebook 05 (names == the notebook's ``parameters`` cell)."""
 
-    run: str = "latest"  # fine-tune run folder (predictions.csv + model.safetensors); "latest" = newest under runs/
+    run: str = "latest"  # fine-tune run folder (predictions.csv + fold models); "latest" = newest under runs/
     data: str = "data/glomeruli-pas/manifest.csv"  # manifest, for glomerulus masks (may lack masks)
     out: str = "auto"  # output folder; "auto" = runs/<stamp>-errors
     label_fraction: float = 1.0  # which label fraction's predictions to analyse (nearest available)
@@ -64,15 +67,17 @@ class ExplainConfig(StepConfig):
 # ----------------------------------------------------------------------------------------------- inputs
 
 def resolve_run(run: str | Path = "latest", root: str | Path = "runs") -> Path:
-    """A fine-tune run folder: ``run`` itself, or (``"latest"``) the newest folder under ``root`` holding both
-    ``predictions.csv`` and ``model.safetensors``."""
+    """A fine-tune run folder: ``run`` itself, or (``"latest"``) the newest folder under ``root`` holding
+    ``predictions.csv`` and a model (fold models under ``checkpoints/`` or a final ``model.safetensors``)."""
     if str(run) in ("latest", ""):
         root = Path(root)
-        found = [p.parent for p in root.glob("**/predictions.csv") if (p.parent / "model.safetensors").is_file()] \
-            if root.exists() else []
+        found = [p.parent for p in root.glob("**/predictions.csv")
+                 if p.parent.parent.name != "checkpoints"  # a fold's own folder, not a run
+                 and ((p.parent / "model.safetensors").is_file()
+                      or any(p.parent.glob("checkpoints/*/model.safetensors")))] if root.exists() else []
         if not found:
             raise FileNotFoundError(
-                f"run='latest' but no fine-tune run (a folder with predictions.csv and model.safetensors) exists "
+                f"run='latest' but no fine-tune run (a folder with predictions.csv and its models) exists "
                 f"under {root.resolve()}. Run notebook 03 first, or pass run=<fine-tune run folder>.")
         return max(found, key=lambda d: (d / "predictions.csv").stat().st_mtime)
     p = Path(run)
@@ -82,6 +87,12 @@ def resolve_run(run: str | Path = "latest", root: str | Path = "runs") -> Path:
         raise FileNotFoundError(f"run={str(run)!r}: {p / 'predictions.csv'} does not exist. Pass the output folder "
                                 "of a fine-tune run (notebook 03), which holds predictions.csv and model.safetensors.")
     return p
+
+
+def chosen_fraction(fractions: Sequence[float], label_fraction: float) -> float:
+    """The available label fraction nearest to ``label_fraction``."""
+    fr = np.unique(np.asarray(fractions, dtype=float))
+    return float(fr[np.argmin(np.abs(fr - float(label_fraction)))])
 
 
 def load_predictions(run_dir: str | Path, label_fraction: float = 1.0, threshold: float = 0.5) -> pd.DataFrame:
@@ -96,8 +107,7 @@ def load_predictions(run_dir: str | Path, label_fraction: float = 1.0, threshold
                          "expected the fine-tune output format (path, slide, center, label, y, prob, pred, fold, ...).")
     if "label_fraction" in p.columns and len(p):
         lf = p["label_fraction"].astype(float)
-        chosen = lf.unique()[np.argmin(np.abs(lf.unique() - label_fraction))]
-        p = p[lf == chosen]
+        p = p[lf == chosen_fraction(lf.unique(), label_fraction)]
     p = p[p["y"].astype(int) >= 0]
     agg: dict[str, Any] = {c: "first" for c in ("slide", "center", "label", "fold") if c in p.columns}
     agg.update(prob="mean")
@@ -149,7 +159,7 @@ def prepare(cfg: ExplainConfig):
         from glomlib.data.manifest import read_manifest
 
         pos = pred.loc[pred["y"] == 1, "label"]
-        positive = str(pos.iloc[0]) if len(pos) and str(pos.iloc[0]) else "M1"
+        positive = str(pos.iloc[0]) if len(pos) and str(pos.iloc[0]) else ""  # "": dataset.json names it
         try:
             manifest = read_manifest(data, positive_label=positive, require_labels=False)
         except Exception as e:  # masks are optional: say so, carry on
@@ -278,18 +288,92 @@ def error_rate_figure(pred: pd.DataFrame):
 
 def load_run_model(run_dir: str | Path):
     """The final model of a fine-tune run: ``(model in eval mode, meta)``."""
-    from glomlib.evaluate.predict import load_model
-
     return load_model(Path(run_dir) / "model.safetensors")
 
 
-def _normalise(images: np.ndarray, meta: dict[str, Any]):
-    import torch
+@dataclasses.dataclass
+class ExplainModels:
+    """Which model explains which image. ``files[i]`` is the model file for row ``i`` of ``pred``: the fold model
+    whose test fold held the image (``source == "fold"``), or the run's final model (``"final"``, old runs)."""
 
-    x = torch.from_numpy(np.array(images, dtype=np.float32)).permute(0, 3, 1, 2) / 255.0
-    mean = torch.tensor(meta.get("mean", [0.485, 0.456, 0.406])).view(1, 3, 1, 1)
-    std = torch.tensor(meta.get("std", [0.229, 0.224, 0.225])).view(1, 3, 1, 1)
-    return (x - mean) / std
+    files: list[Path]
+    source: str
+    note: str
+    _cache: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def load(self, path: Path):
+        """``(model, meta)`` of one file, loaded once."""
+        if path not in self._cache:
+            self._cache[path] = load_model(path)
+        return self._cache[path]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Metadata of the first model (backbone, image size, class names are the same for every fold)."""
+        return self.load(self.files[0])[1] if self.files else {}
+
+    def groups(self, positions: Sequence[int]) -> dict[Path, list[int]]:
+        """``{model file: [positions...]}`` for the given row positions, in first-seen order."""
+        out: dict[Path, list[int]] = {}
+        for i in positions:
+            out.setdefault(self.files[int(i)], []).append(int(i))
+        return out
+
+
+def explain_models(run_dir: str | Path, pred: pd.DataFrame, label_fraction: float = 1.0,
+                   seed: int | None = None) -> ExplainModels:
+    """For every row of ``pred``: the fold model (of ``seed``, default the run's first seed, at the label fraction
+    nearest ``label_fraction``) whose ``test_slides`` contain the image's slide — the model that did not see it.
+
+    Runs written before fold models were kept get the final ``model.safetensors`` for every image, with a printed
+    note saying so; a FileNotFoundError when neither exists."""
+    run_dir = Path(run_dir)
+    table = fold_models(run_dir)
+    if len(table):
+        table = table[table["label_fraction"] == chosen_fraction(table["label_fraction"], label_fraction)]
+        seed = int(table["seed"].min()) if seed is None else int(seed)
+        table = table[table["seed"] == seed]
+        if not len(table):
+            raise ValueError(f"{run_dir} has no fold models for seed {seed}; its seeds: "
+                             f"{sorted(set(fold_models(run_dir)['seed']))}.")
+        by_slide = {}
+        for _, r in table.iterrows():
+            for sl in r["test_slides"]:
+                by_slide[str(sl)] = Path(r["model"])
+        missing = sorted({str(s) for s in pred["slide"]} - set(by_slide))
+        if missing:
+            raise ValueError(f"{run_dir}: slides {missing[:5]} are in no fold model's test fold (seed {seed}); "
+                             "are these predictions from another run?")
+        files = [by_slide[str(s)] for s in pred["slide"]]
+        frac = float(table["label_fraction"].iloc[0])
+        note = (f"Grad-CAM, embeddings and neighbours use the fold models of seed {seed} ({len(table)} folds, "
+                f"{frac:.0%} labels): each image is explained by the model whose test fold held its slide.")
+        return ExplainModels(files=files, source="fold", note=note)
+    final = run_dir / "model.safetensors"
+    if not final.is_file():
+        raise FileNotFoundError(f"{run_dir} has neither fold models (checkpoints/*/model.safetensors) nor a final "
+                                "model.safetensors; re-run notebook 03 (fine-tuning) to explain its errors.")
+    note = (f"NOTE: {run_dir} was written before fold models were kept, so Grad-CAM, embeddings and neighbours use "
+            "the final model, which was trained on these very images; re-run notebook 03 to explain each error "
+            "with the fold model that did not see it.")
+    print(note)
+    return ExplainModels(files=[final] * len(pred), source="final", note=note)
+
+
+def _plan(model, precision: str):
+    """The runtime plan on the model's device (embeddings: ``auto``; Grad-CAM keeps its gradients in fp32)."""
+    from glomlib.core import runtime
+
+    p = next(iter(model.parameters()), None)
+    return runtime.plan(str(p.device) if p is not None else "cpu", precision)
+
+
+def _normalise(images: np.ndarray, meta: dict[str, Any], plan=None):
+    """uint8 NHWC images -> normalised float NCHW on the plan's device and memory format."""
+    from glomlib.core import runtime
+
+    return runtime.to_input(np.asarray(images, dtype=np.uint8), meta.get("mean", [0.485, 0.456, 0.406]),
+                            meta.get("std", [0.229, 0.224, 0.225]), plan or runtime.plan("cpu", "fp32"))
 
 
 def head_layer(model):
@@ -306,13 +390,17 @@ def embeddings(model, meta: dict[str, Any], images: np.ndarray, batch_size: int 
     """Penultimate features (input of the last linear layer) and logits for uint8 NHWC images -> (N, D)."""
     import torch
 
+    from glomlib.core import runtime
+
+    p = _plan(model, "auto")
     feats: list[np.ndarray] = []
     hook = head_layer(model).register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach().float().cpu().numpy()))
     try:
         model.eval()
         with torch.no_grad():
             for i in range(0, len(images), batch_size):
-                model(_normalise(np.asarray(images[i:i + batch_size]), meta))
+                with runtime.autocast(p):
+                    model(_normalise(np.asarray(images[i:i + batch_size]), meta, p))
     finally:
         hook.remove()
     return np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
@@ -358,10 +446,11 @@ def gradcam(model, meta: dict[str, Any], images: np.ndarray, classes: Sequence[i
 
     layer = layer if layer is not None else target_layer(model, meta.get("backbone"))
     model.eval()
+    p = _plan(model, "fp32")
     out = []
     with GradCAM(model=model, target_layers=[layer]) as cam:
         for i in range(0, len(images), batch_size):
-            x = _normalise(np.asarray(images[i:i + batch_size]), meta).requires_grad_(True)
+            x = _normalise(np.asarray(images[i:i + batch_size]), meta, p).requires_grad_(True)
             with torch.enable_grad():
                 out.append(cam(input_tensor=x, targets=[LogitTarget(c) for c in classes[i:i + batch_size]]))
     return np.concatenate(out) if out else np.zeros((0,) + tuple(np.asarray(images).shape[1:3]), np.float32)
@@ -385,20 +474,28 @@ def mask_share(cam: np.ndarray, mask: np.ndarray | None) -> float:
     return float(cam[m > 0].sum() / total)
 
 
-def gradcam_errors(model, meta: dict[str, Any], pred: pd.DataFrame, n_per_kind: int = 8,
+def gradcam_errors(models: ExplainModels, pred: pd.DataFrame, n_per_kind: int = 8,
                    batch_size: int = 8) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list]:
-    """Grad-CAM for the most confident FP and FN. Returns ``(rows with column mask_share, images, cams, masks)``.
+    """Grad-CAM for the most confident FP and FN, each computed with its own model from ``models`` (the fold model
+    that did not see it). Returns ``(rows with columns mask_share and model, images, cams, masks)``.
 
     The maps always explain the *positive* class: with a one-logit classifier the "negative" map is the exact
     negative of the positive one (all zero after Grad-CAM's ReLU wherever the positive map is positive), so
     "where did the model see positive evidence" is the informative question for both error kinds: for a false
     positive it shows what misled the model, for a false negative where the (too weak) evidence was."""
-    size = int(meta["image_size"])
+    size = int(models.meta["image_size"])
     rows = pd.concat([ranked_errors(pred, "FP", n_per_kind), ranked_errors(pred, "FN", n_per_kind)])
     if not len(rows):
-        return rows.assign(mask_share=[]), np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size)), []
+        return (rows.assign(mask_share=[], model=[]), np.zeros((0, size, size, 3), np.uint8),
+                np.zeros((0, size, size)), [])
     imgs = load_display_images(rows["path"].tolist(), size)
-    cams = gradcam(model, meta, imgs, [1] * len(rows), batch_size=batch_size)
+    positions = [pred.index.get_loc(i) for i in rows.index]
+    cams = np.zeros(imgs.shape[:3], np.float32)
+    for path, members in models.groups(positions).items():
+        model, meta = models.load(path)
+        sel = [positions.index(m) for m in members]
+        cams[sel] = gradcam(model, meta, imgs[sel], [1] * len(sel), batch_size=batch_size)
+    rows = rows.assign(model=[str(models.files[i]) for i in positions])
     masks = load_display_masks(rows["mask"].tolist() if "mask" in rows else [""] * len(rows), size)
     area = [float(np.mean(m)) if m is not None and np.any(m) else float("nan") for m in masks]
     rows = rows.assign(mask_share=[mask_share(c, m) for c, m in zip(cams, masks)], mask_area=area)
@@ -426,6 +523,38 @@ def gradcam_figure(rows: pd.DataFrame, images: np.ndarray, cams: np.ndarray, mas
 
 
 # ----------------------------------------------------------------------------------------------- embeddings
+
+def embeddings_by_model(models: ExplainModels, images: np.ndarray, positions: Sequence[int] | None = None,
+                        batch_size: int = 32) -> dict[Path, np.ndarray]:
+    """``{model file: embeddings of every image (N, D)}`` for the models that explain ``positions`` (default: all
+    rows): each model's own embedding space, for nearest neighbours as that model sees them."""
+    positions = range(len(models.files)) if positions is None else positions
+    out = {}
+    for path in models.groups(positions):
+        model, meta = models.load(path)
+        out[path] = embeddings(model, meta, images, batch_size)
+    return out
+
+
+def oof_embeddings(models: ExplainModels, by_model: dict[Path, np.ndarray]) -> np.ndarray:
+    """(N, D): each image's embedding from the model that did not see it, standardised per model (the fold models'
+    spaces differ in scale; the map shows structure within them, not offsets between them)."""
+    first = next(iter(by_model.values()))
+    out = np.zeros(first.shape, np.float32)
+    for path, members in models.groups(range(len(models.files))).items():
+        e = by_model[path]
+        z = (e - e.mean(0)) / np.maximum(e.std(0), 1e-6)
+        out[members] = z[members]
+    return out
+
+
+def neighbours_by_model(models: ExplainModels, by_model: dict[Path, np.ndarray], errors: Sequence[int],
+                        k: int = 5) -> np.ndarray:
+    """(len(errors), k): each error's k nearest images in the embedding space of the model that explains it."""
+    if not len(errors):
+        return np.zeros((0, k), int)
+    return np.stack([nearest_neighbours(by_model[models.files[e]], [e], k)[0] for e in errors])
+
 
 def embed_2d(emb: np.ndarray, method: str = "umap", seed: int = 0) -> tuple[np.ndarray, str]:
     """2-D map of the embeddings: UMAP (cosine) or t-SNE (also the fallback when UMAP fails or is missing)."""
@@ -485,12 +614,13 @@ def nearest_neighbours(emb: np.ndarray, query: Sequence[int], k: int = 5) -> np.
     return np.argsort(-sim, axis=1)[:, :k]
 
 
-def neighbour_gallery(pred: pd.DataFrame, emb: np.ndarray, errors: Sequence[int], k: int = 5, size: int = 140):
-    """One row per error: the error, then its k nearest neighbours (label and probability in the caption;
-    red caption = neighbour of the other class than the error's true label)."""
+def neighbour_gallery(pred: pd.DataFrame, nn_idx: np.ndarray, errors: Sequence[int], size: int = 140):
+    """One row per error: the error, then its nearest neighbours ``nn_idx`` (from :func:`neighbours_by_model`;
+    label and probability in the caption; red caption = neighbour of the other class than the error's true label)."""
     from glomlib.evaluate import plots
 
-    nn_idx = nearest_neighbours(emb, errors, k) if len(errors) else np.zeros((0, k), int)
+    nn_idx = np.asarray(nn_idx, int).reshape(len(errors), -1)
+    k = nn_idx.shape[1]
     order = [i for row, e in zip(nn_idx, errors) for i in (e, *row)]
     imgs = load_display_images(pred["path"].iloc[order].tolist(), size) if order else []
     caps, cols = [], []
@@ -655,9 +785,9 @@ def write_outputs(out: str | Path, pred: pd.DataFrame, gradcam_rows: pd.DataFram
     return paths
 
 
-def neighbour_table(pred: pd.DataFrame, emb: np.ndarray, errors: Sequence[int], k: int = 5) -> pd.DataFrame:
-    """For each error: its k nearest neighbours' paths, labels and whether they share the error's true label."""
-    nn_idx = nearest_neighbours(emb, errors, k) if len(errors) else np.zeros((0, k), int)
+def neighbour_table(pred: pd.DataFrame, nn_idx: np.ndarray, errors: Sequence[int]) -> pd.DataFrame:
+    """For each error: its nearest neighbours' (``nn_idx``) paths, labels and whether they share its true label."""
+    nn_idx = np.asarray(nn_idx, int).reshape(len(errors), -1)
     recs = []
     for row, e in zip(nn_idx, errors):
         for rank, j in enumerate(row, 1):

@@ -151,21 +151,6 @@ def summarise(per_fold: Any, metrics: Sequence[str] = METRICS, digits: int = 3) 
     return out
 
 
-def summary_table(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]],
-                  metrics: Sequence[str] = METRICS):
-    """A DataFrame with one row per run (e.g. per init) and one ``mean ± std`` column per metric."""
-    import pandas as pd
-
-    rows = []
-    for name, summ in summaries.items():
-        row = {"init": name}
-        for m in metrics:
-            if m in summ:
-                row[METRIC_LABELS.get(m, m)] = summ[m]["text"]
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("init")
-
-
 # --------------------------------------------------------------------------------------------------------
 # Paired comparison of two AUCs on the same images
 # --------------------------------------------------------------------------------------------------------
@@ -328,3 +313,108 @@ def per_group_metrics(df: Any, by: Iterable[str], y_col: str = "y", prob_col: st
         row.update(binary_metrics(g[y_col].to_numpy(), g[prob_col].to_numpy(), threshold=threshold))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Slide-bootstrap confidence intervals and operating thresholds
+# --------------------------------------------------------------------------------------------------------
+
+def _group_members(groups: Any, n: int) -> list[np.ndarray]:
+    if groups is None:
+        return [np.array([i]) for i in range(n)]
+    groups = np.asarray(groups)
+    if groups.size != n:
+        raise ValueError(f"groups has {groups.size} entries but there are {n} images; give one per image.")
+    _, inv = np.unique(groups.astype(str), return_inverse=True)
+    order = np.argsort(inv, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(inv[order])) + 1)
+
+
+def bootstrap_ci(y: Any, prob: Any, metric: Any = None, groups: Any = None, n_boot: int = 1000, seed: int = 0,
+                 alpha: float = 0.05, threshold: float = 0.5) -> dict[str, dict[str, float]]:
+    """Percentile bootstrap ``1 - alpha`` CIs of any metric, resampling whole groups (slides) with replacement.
+
+    ``metric``: ``None`` (every metric of :func:`binary_metrics` at ``threshold``), a metric name of
+    :data:`METRICS`, or a callable ``f(y, prob) -> float`` (or ``-> dict of floats``). Returns
+    ``{name: {"value", "ci_low", "ci_high", "n_valid"}}``; resamples where a metric is undefined (NaN, e.g.
+    AUC with one class) are left out of its interval and ``n_valid`` says how many remained.
+    """
+    y, prob = _as_arrays(y, prob)
+
+    def compute(yy: np.ndarray, pp: np.ndarray) -> dict[str, float]:
+        if metric is None or isinstance(metric, str):
+            full = binary_metrics(yy, pp, threshold=threshold)
+            keys = METRICS if metric is None else (metric,)
+            return {k: float(full[k]) for k in keys}
+        v = metric(yy, pp)
+        return {k: float(x) for k, x in v.items()} if isinstance(v, Mapping) else {"value": float(v)}
+
+    point = compute(y, prob)
+    members = _group_members(groups, y.size)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {k: [] for k in point}
+    if members:
+        for _ in range(int(n_boot)):
+            idx = np.concatenate([members[k] for k in rng.integers(0, len(members), size=len(members))])
+            for k, v in compute(y[idx], prob[idx]).items():
+                if math.isfinite(v):
+                    draws[k].append(v)
+    out: dict[str, dict[str, float]] = {}
+    for k, v in point.items():
+        d = np.asarray(draws[k])
+        lo, hi = (np.quantile(d, [alpha / 2, 1 - alpha / 2]) if d.size else (float("nan"), float("nan")))
+        out[k] = {"value": v, "ci_low": float(lo), "ci_high": float(hi), "n_valid": int(d.size)}
+    return out
+
+
+def format_ci(entry: Mapping[str, float], digits: int = 3) -> str:
+    """``0.912 [0.850, 0.960]`` from a :func:`bootstrap_ci` entry."""
+    v, lo, hi = entry["value"], entry["ci_low"], entry["ci_high"]
+    if not math.isfinite(v):
+        return "n/a"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{v:.{digits}f}"
+    return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+THRESHOLD_RULES = ("youden", "sensitivity:<s>", "fixed:<t>")
+
+
+def choose_threshold(y: Any, prob: Any, rule: str = "youden") -> float:
+    """Operating threshold on ``prob`` picked from labelled (validation / out-of-fold) predictions.
+
+    ``rule``: ``"youden"`` (maximise sensitivity + specificity - 1), ``"sensitivity:0.9"`` (the highest
+    threshold whose sensitivity is at least 0.9), or ``"fixed:0.5"``. Predictions are ``prob >= threshold``.
+    """
+    rule = str(rule).strip().lower()
+    if rule.startswith("fixed:"):
+        return float(rule.split(":", 1)[1])
+    y, prob = _as_arrays(y, prob)
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"threshold rule {rule!r} needs both positive and negative images; got only class "
+                         f"{int(y[0]) if y.size else 'none'}. Label more images or use rule='fixed:0.5'.")
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thr = roc_curve(y, prob, drop_intermediate=False)
+    thr = np.minimum(thr, 1.0)  # sklearn's first threshold is +inf (nothing positive)
+    if rule == "youden":
+        j = tpr - fpr
+        best = np.flatnonzero(j == j.max())
+        # among ties take the middle of the flat stretch, a threshold between two observed scores
+        k = int(best[len(best) // 2])
+        return float(thr[k])
+    if rule.startswith("sensitivity:"):
+        target = float(rule.split(":", 1)[1])
+        if not 0 < target <= 1:
+            raise ValueError(f"threshold rule {rule!r}: the target sensitivity must be in (0, 1].")
+        ok = np.flatnonzero(tpr >= target - 1e-12)
+        return float(thr[ok[0]])
+    raise ValueError(f"unknown threshold rule {rule!r}; use one of {THRESHOLD_RULES}.")
+
+
+def threshold_from_oof(predictions: Any, rule: str = "youden", y_col: str = "y", prob_col: str = "prob") -> float:
+    """:func:`choose_threshold` on out-of-fold predictions (rows repeated over seeds are averaged per ``path``)."""
+    df = predictions
+    if "path" in df.columns and df["path"].duplicated().any():
+        df = df.groupby("path", sort=False).agg(**{y_col: (y_col, "first"), prob_col: (prob_col, "mean")})
+    return choose_threshold(df[y_col].to_numpy(), df[prob_col].to_numpy(), rule)

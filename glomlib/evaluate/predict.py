@@ -11,6 +11,8 @@ them (``backbone``, ``image_size``, normalisation ``mean``/``std``, ``positive_l
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,12 @@ import numpy as np
 import pandas as pd
 
 from glomlib.core import runtime
-from glomlib.core.io import write_csv_atomic
+from glomlib.core.config import StepConfig, add_config_arguments, config_from_args
+from glomlib.core.io import write_csv_new
 from glomlib.data.cache import load_images
 from glomlib.data.manifest import read_manifest
+from glomlib.data.stain import normalize_stain
+from glomlib.models.calibration import apply_calibration
 from glomlib.models.files import MODEL_FORMAT, ModelFileError, load_model, read_model_meta, save_model
 from glomlib.models.inference import predict_probs
 
@@ -33,8 +38,11 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def predict(model, meta: dict[str, Any], images, batch_size: int = 64, device: str | None = None,
-            precision: str = "auto") -> np.ndarray:
+            precision: str = "auto", calibrated: bool = True) -> np.ndarray:
     """Probability of ``meta['positive_label']`` for each image.
+
+    When the model file carries a ``calibration`` (written by ``glomlib calibrate``) it is applied unless
+    ``calibrated=False`` (then the network's raw probabilities come back).
 
     ``images``: uint8 RGB ``(N, H, W, 3)`` (resized to ``meta['image_size']`` when needed) or a list of file
     paths (decoded through :func:`glomlib.data.cache.load_images`).
@@ -48,18 +56,24 @@ def predict(model, meta: dict[str, Any], images, batch_size: int = 64, device: s
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"predict expects uint8 RGB images (N, H, W, 3); got {images.dtype} {images.shape}.")
     images = _resize(images, size)
+    if meta.get("stain_normalize"):  # the model was trained on stain-normalised images
+        images = normalize_stain(images, meta["stain_normalize"])
     dev = next(model.parameters()).device if device is None else runtime.resolve_device(device)
     model.to(dev)
-    return predict_probs(model, images, mean=meta["mean"], std=meta["std"], plan=runtime.plan(str(dev), precision),
-                         batch_size=batch_size).astype(float)
+    raw = predict_probs(model, images, mean=meta["mean"], std=meta["std"], plan=runtime.plan(str(dev), precision),
+                        batch_size=batch_size).astype(float)
+    return apply_calibration(raw, meta.get("calibration")) if calibrated else raw
 
 
 def predict_manifest(model_path: str | Path, manifest: str | Path, out: str | Path, device: str = "auto",
                      batch_size: int = 64):
-    """Predict every image of ``manifest`` and write ``out`` (CSV). Refuses to overwrite ``out``."""
+    """Predict every image of ``manifest`` and write ``out`` (CSV). Refuses to overwrite ``out``: the file is
+    published create-exclusively, so of two runs writing the same ``out`` at once exactly one succeeds."""
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"--out {out} already exists; choose a new file (predictions are never overwritten).")
+    if out.parent.exists() and not os.access(out.parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out}: the folder {out.parent} is not writable; choose another --out.")
     model, meta = load_model(model_path, device=device)
     df = read_manifest(manifest, positive_label=meta["positive_label"], require_labels=False)
     probs = predict(model, meta, list(df["path"]), batch_size=batch_size)
@@ -70,34 +84,35 @@ def predict_manifest(model_path: str | Path, manifest: str | Path, out: str | Pa
         res.insert(1, "slide", df["slide"])
     if (df["label"] != "").any():
         res["label"] = df["label"]
-    write_csv_atomic(res, out)
+    write_csv_new(res, out)
     return res
+
+
+@dataclasses.dataclass
+class PredictConfig(StepConfig):
+    """Parameters of ``glomlib predict``."""
+
+    model: str                             # model.safetensors of a fine-tune run
+    manifest: str                          # manifest CSV of the images to predict (column path; label optional)
+    out: str                               # output CSV (must not exist)
+    device: str = "auto"                   # auto | cpu | cuda | cuda:N | mps
+    batch_size: int = 64                   # images per forward pass
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("predict", help="apply a fine-tuned model.safetensors to a manifest",
                               description="Write the probability of the positive label for every image of a "
                                           "manifest (labels optional).")
-    p.add_argument("--model", required=True, help="model.safetensors from a fine-tune run")
-    p.add_argument("--manifest", required=True, help="manifest CSV (column path; label optional)")
-    p.add_argument("--out", required=True, help="output CSV (must not exist)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--batch-size", type=int, default=64)
+    add_config_arguments(p, PredictConfig)
 
-    def _run(args) -> int:
-        try:
-            res = predict_manifest(args.model, args.manifest, args.out, device=args.device,
-                                   batch_size=args.batch_size)
-        except (FileExistsError, ModelFileError, FileNotFoundError) as e:
-            import sys
-
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(f"wrote {len(res)} predictions to {args.out}")
+    def _run(args) -> int:  # failures become one message and an exit code in glomlib.cli.main
+        cfg = config_from_args(PredictConfig, args)
+        res = predict_manifest(cfg.model, cfg.manifest, cfg.out, device=cfg.device, batch_size=cfg.batch_size)
+        print(f"wrote {len(res)} predictions to {cfg.out}")
         return 0
 
     p.set_defaults(func=_run)
 
 
-__all__ = ["load_model", "predict", "predict_manifest", "save_model", "read_model_meta", "ModelFileError",
+__all__ = ["PredictConfig", "load_model", "predict", "predict_manifest", "save_model", "read_model_meta", "ModelFileError",
            "register"]

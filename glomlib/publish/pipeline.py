@@ -10,6 +10,8 @@ Executes the numbered notebooks with papermill (cwd = project root, kernel ``pyt
                           (gets ssl_checkpoint=<run>/ssl/encoder.safetensors)
     comparison/           04_baseline_comparison (gets runs=<run>/finetune)
     errors/               05_error_analysis      (gets run=<run>/finetune/glom, or the first init)
+    external/             06_external_validation, only when the profile names ``external: MANIFEST`` (a labelled
+                          manifest of another hospital; gets model=<run>/finetune/<same init as 05>/model.safetensors)
     data/manifest.csv     only when the profile has a ``subset`` (a small slice of the data, e.g. smoke)
     pipeline.json         what this run is: profile, data, parameters given to every notebook
     state.json            status of every step (pending/running/completed/failed), used by --resume
@@ -29,28 +31,33 @@ A profile (``glomlib/profiles/<name>.yaml`` or any YAML file) holds::
     steps:
       02_simclr_pretrain: {epochs: 5}                   # given to that notebook; unknown names are an error
       03_finetune: {epochs: 3, per_init: {scratch: {lr: 0.001}}}   # per_init: extra parameters for one init
+    external: other_hospital/manifest.csv              # optional: also run 06_external_validation on it
 
-``data``, ``out``, ``init``, ``ssl_checkpoint``, ``runs`` and ``run`` are set by the pipeline, never by a profile.
+``data``, ``out``, ``init``, ``ssl_checkpoint``, ``runs``, ``run``, ``model`` and ``manifest`` are set by the
+pipeline, never by a profile.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from glomlib.core import progress
 from glomlib.core.config import PROFILES_DIR, ConfigError, list_profiles
-from glomlib.core.io import new_run_dir, write_json_atomic, write_provenance
+from glomlib.core.io import new_run_dir, sweep_stale_temp, write_json_atomic, write_provenance
 from glomlib.publish.privacy import pseudonym_key, write_pseudonymised_manifest
 from glomlib.publish.report import render_run
-from glomlib.publish.steps import (OPTIONAL_PIPELINE_PARAMS, PIPELINE_PARAMS, PROFILE_KEYS, STEMS, SUBSET_KEYS, Step,
-                                   find_project_root, plan_steps)
+from glomlib.publish.steps import (OPTIONAL_PIPELINE_PARAMS, OPTIONAL_STEMS, PIPELINE_PARAMS, PROFILE_KEYS, STEMS,
+                                   SUBSET_KEYS, Step, find_project_root, plan_steps)
 
 DEFAULT_DATA = "data/glomeruli-pas/manifest.csv"
 DEFAULT_INITS = ("glom", "imagenet", "scratch")
@@ -82,6 +89,7 @@ def _abs(path: str | Path, root: Path) -> Path:
 def notebook_paths(notebooks_dir: Path) -> dict[str, Path]:
     """Map every step's stem to its notebook file in ``notebooks_dir``; clear error if one is missing."""
     found = {stem: notebooks_dir / f"{stem}.ipynb" for stem in STEMS}
+    found = {s: p for s, p in found.items() if p.is_file() or s not in OPTIONAL_STEMS}
     missing = [str(p) for p in found.values() if not p.is_file()]
     if missing:
         raise PipelineError(
@@ -189,7 +197,8 @@ def errors_init(profile: dict[str, Any]) -> str:
 
 
 def step_parameters(profile: dict[str, Any], declared: dict[str, dict[str, Any]], run_rel: str,
-                    data_rel: str, ssl_data_rel: str | None = None) -> dict[str, dict[str, Any]]:
+                    data_rel: str, ssl_data_rel: str | None = None,
+                    external_rel: str | None = None) -> dict[str, dict[str, Any]]:
     """Parameters for every step id. ``declared``: notebook stem -> its declared parameters.
 
     Raises ConfigError naming the key and notebook for a profile key no notebook declares, a step key its
@@ -197,7 +206,11 @@ def step_parameters(profile: dict[str, Any], declared: dict[str, dict[str, Any]]
     """
     name = profile.get("name", "?")
     errors: list[str] = []
+    if profile.get("external") and "06_external_validation" not in declared:
+        errors.append("the profile names an external manifest but notebooks/06_external_validation.ipynb is missing")
     for stem, owned in PIPELINE_PARAMS.items():
+        if stem not in declared and stem in OPTIONAL_STEMS:
+            continue
         missing = [k for k in owned if k not in declared[stem]]
         if missing:
             errors.append(f"notebook {stem}.ipynb does not declare the pipeline parameter(s) {missing} in its "
@@ -235,7 +248,8 @@ def step_parameters(profile: dict[str, Any], declared: dict[str, dict[str, Any]]
         d = declared[step.stem]
         p = {k: v for k, v in common.items() if k in d}
         p.update({k: v for k, v in profile["steps"].get(step.stem, {}).items() if k != "per_init"})
-        p["data"] = ssl_data_rel if (ssl_data_rel and step.stem == "02_simclr_pretrain") else data_rel
+        if "data" in d:
+            p["data"] = ssl_data_rel if (ssl_data_rel and step.stem == "02_simclr_pretrain") else data_rel
         p["out"] = f"{run_rel}/{step.out}"
         if step.stem == "03_finetune":
             p["init"] = step.init
@@ -249,6 +263,9 @@ def step_parameters(profile: dict[str, Any], declared: dict[str, dict[str, Any]]
                 p["ssl_checkpoint"] = f"{run_rel}/ssl/encoder.safetensors"
         elif step.stem == "05_error_analysis":
             p["run"] = f"{run_rel}/finetune/{errors_init(profile)}"
+        elif step.stem == "06_external_validation":
+            p["model"] = f"{run_rel}/finetune/{errors_init(profile)}/model.safetensors"
+            p["manifest"] = external_rel or str(profile.get("external"))
         out[step.id] = p
     return out
 
@@ -330,7 +347,7 @@ def write_subset_manifest(src: Path, dest: Path, subset: dict[str, Any], positiv
     cols = ["path", "label", "slide"] + [c for c in ("patient", "center", "mask") if (sub[c] != "").any()
                                          and not (c == "patient" and (sub["patient"] == sub["slide"]).all())]
     write_manifest(sub[cols], dest)
-    for extra in ("LICENSE", "CITATION", "CITATION.txt", "CITATION.cff", "README.md"):  # license travels along
+    for extra in ("dataset.json", "LICENSE", "CITATION", "CITATION.txt", "CITATION.cff", "README.md"):  # license travels along
         if (src.parent / extra).is_file():
             shutil.copy2(src.parent / extra, dest.parent / extra)
     return dest
@@ -401,6 +418,29 @@ def _tee(log: Callable[[str], None], path: Path) -> Callable[[str], None]:
 
 
 # --------------------------------------------------------------------------------------------- execution
+#: the kernel logs errors only: its "running over TCP without encryption" warning means nothing to a user here
+#: (the kernel listens on localhost for this one papermill client)
+KERNEL_ARGS = ["--log-level=ERROR"]
+
+
+@contextlib.contextmanager
+def _streamed_progress(path: Path, log: Callable[[str], None]):
+    """While a notebook runs: its steps append progress lines (epochs, folds, images/s, time left) to ``path``
+    (``$GLOMLIB_PROGRESS_FILE``, inherited by the kernel) and a thread prints them to the terminal; the
+    executed notebook, and so the report, gets none of them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = os.environ.get(progress.ENV)
+    os.environ[progress.ENV] = str(path)
+    try:
+        with progress.Tail(path, lambda line: log(f"      {line}")):
+            yield
+    finally:
+        if old is None:
+            os.environ.pop(progress.ENV, None)
+        else:
+            os.environ[progress.ENV] = old
+
+
 def execute_step(step: Step, notebook: Path, params: dict[str, Any], run_dir: Path, root: Path,
                  state: RunState, log: Callable[[str], None], resumable: bool = False) -> None:
     """Execute one notebook. An earlier attempt's notebook and output folder are kept beside the new ones
@@ -426,10 +466,12 @@ def execute_step(step: Step, notebook: Path, params: dict[str, Any], run_dir: Pa
     state.update(step, status="running", started=_now(), finished=None, error=None, parameters=params)
     t0 = time.monotonic()
     try:
-        papermill.execute_notebook(
-            str(notebook), str(executed), parameters=params, kernel_name=KERNEL, cwd=str(root),
-            progress_bar=sys.stderr.isatty(), log_output=False, request_save_on_cell_execute=True,
-        )
+        with _streamed_progress(run_dir / "progress" / f"{Path(step.executed_name).stem}.log", log):
+            papermill.execute_notebook(
+                str(notebook), str(executed), parameters=params, kernel_name=KERNEL, cwd=str(root),
+                progress_bar=sys.stderr.isatty(), log_output=False, request_save_on_cell_execute=True,
+                extra_arguments=KERNEL_ARGS,
+            )
     except PapermillExecutionError as e:
         msg = f"{e.ename}: {e.evalue}"
         state.update(step, status="failed", finished=_now(), seconds=round(time.monotonic() - t0, 1),
@@ -498,6 +540,13 @@ def run_pipeline(profile: str | Path | None = None, *, data: str | None = None, 
             raise PipelineError(f"{run_dir} is not a pipeline run folder (no pipeline.json); "
                                 "give a folder made by 'glomlib run'.")
         definition = json.loads((run_dir / "pipeline.json").read_text())
+        sweep_stale_temp(run_dir, recursive=True)  # temp files of killed steps
+        if pseudonymise and not definition.get("pseudonymised_data"):
+            raise PipelineError(
+                f"{_rel(run_dir, root)} was run on the real identifiers: its figures draw slide IDs and file names "
+                "as pixels (audit galleries, error analysis), which no text scrubbing can remove, so a pseudonymised "
+                "report cannot be made from it. Start a new run with --pseudonymise (the notebooks then only ever "
+                "see pseudonyms).")
         if profile is not None and load_run_profile(profile)["name"] != definition["profile"]["name"]:
             raise PipelineError(f"{_rel(run_dir, root)} was made with profile {definition['profile']['name']!r}; "
                                 "--resume uses the run's own profile, drop --profile.")
@@ -518,10 +567,16 @@ def run_pipeline(profile: str | Path | None = None, *, data: str | None = None, 
         declared = {stem: notebook_parameters(p) for stem, p in nbs.items()}
         steps = plan_steps(prof)
         select_steps(steps, only)  # validate --only before creating anything
-        positive = str(prof["common"].get("positive_label", "M1"))
+        positive = str(prof["common"].get("positive_label", ""))  # "": the data's dataset.json names it
         source = ensure_manifest(data, root)
         # validate profile against notebooks before creating a run folder
-        step_parameters(prof, declared, "RUN", "DATA")
+        step_parameters(prof, declared, "RUN", "DATA", external_rel="EXTERNAL" if prof.get("external") else None)
+        ext_source = None
+        if prof.get("external"):
+            ext_source = _abs(str(prof["external"]), root)
+            if not ext_source.is_file():
+                raise PipelineError(f"profile {prof['name']!r}: external manifest {prof['external']} does not exist; "
+                                    "give the path of a labelled manifest CSV (path, label, slide[, center]).")
         ssl_used = None
         if ssl_data:
             ssl_used = _abs(ssl_data, root)
@@ -539,13 +594,19 @@ def run_pipeline(profile: str | Path | None = None, *, data: str | None = None, 
                 used = write_pseudonymised_manifest(used, run_dir / "data" / "manifest-pseudonymised.csv",
                                                     pseudonym_key(root), positive)
                 log(f"  slide identifiers replaced by pseudonyms -> {_rel(used, root)}")
+            ext_used = ext_source
+            if ext_source is not None and pseudonymise:
+                ext_used = write_pseudonymised_manifest(ext_source, run_dir / "data" / "external-pseudonymised.csv",
+                                                        pseudonym_key(root), positive)
+                log(f"  external slide identifiers replaced by pseudonyms -> {_rel(ext_used, root)}")
             log("  checking and fingerprinting the data ...")
             fingerprint = data_fingerprint(used, positive)
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing ran: leave no half-made run folder
             raise
         params = step_parameters(prof, declared, _rel(run_dir, root), _rel(used, root),
-                                 _rel(ssl_used, root) if ssl_used else None)
+                                 _rel(ssl_used, root) if ssl_used else None,
+                                 external_rel=_rel(ext_used, root) if ext_used is not None else None)
         definition = {
             "profile": prof,
             "data": _rel(used, root),
@@ -621,9 +682,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="run only these steps (e.g. 01, ssl, 03/glom, finetune, 05_error_analysis); "
                         "with --resume, re-run them")
     p.add_argument("--pseudonymise", "--pseudonymize", action="store_true",
-                   help="replace slide/patient identifiers with stable pseudonyms: in a new run the notebooks get a "
-                        "pseudonymised manifest (tables and figures), and the HTML text is scrubbed; with --resume "
-                        "only the HTML text (reports/<run>-pseudonymised/)")
+                   help="replace slide, patient and file names with stable pseudonyms where the data enters the run "
+                        "(the notebooks get a manifest of pseudonym-named links, so no table, figure or log can show "
+                        "a real identifier; the mapping stays in <run>/data/); the report goes to "
+                        "reports/<run>-pseudonymised/. A run made without it cannot be pseudonymised afterwards.")
     p.add_argument("--runs-root", default="runs", help="where run folders go (default: runs)")
     p.add_argument("--reports-root", default="reports", help="where HTML reports go (default: reports)")
     p.add_argument("--notebooks", default=None, help="folder holding the notebooks (default: notebooks)")
@@ -632,16 +694,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    try:
-        run_pipeline(args.profile, data=args.data, ssl_data=args.ssl_data, resume=args.resume, only=args.only,
-                     pseudonymise=args.pseudonymise, runs_root=args.runs_root, reports_root=args.reports_root,
-                     notebooks_dir=args.notebooks, render=not args.no_report)
-    except (PipelineError, ConfigError) as e:
-        print(f"glomlib run: error: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:  # data errors (ManifestError) etc.: message, not a traceback
-        if type(e).__name__ in ("ManifestError",):
-            print(f"glomlib run: error: {e}", file=sys.stderr)
-            return 1
-        raise
+    """Failures (PipelineError: a step failed or a run cannot go on; ConfigError; ManifestError...) become one
+    message and a documented exit code in :func:`glomlib.cli.main`."""
+    run_pipeline(args.profile, data=args.data, ssl_data=args.ssl_data, resume=args.resume, only=args.only,
+                 pseudonymise=args.pseudonymise, runs_root=args.runs_root, reports_root=args.reports_root,
+                 notebooks_dir=args.notebooks, render=not args.no_report)
     return 0

@@ -15,6 +15,7 @@ STEP_TABLE: tuple[tuple[str, str], ...] = (
     ("03_finetune", "finetune"),
     ("04_baseline_comparison", "comparison"),
     ("05_error_analysis", "errors"),
+    ("06_external_validation", "external"),  # only when the profile names an external manifest (external: PATH)
 )
 STEMS = tuple(s for s, _ in STEP_TABLE)
 # parameters the pipeline sets itself; a profile may not set them
@@ -24,12 +25,15 @@ PIPELINE_PARAMS = {
     "03_finetune": ("data", "out", "init", "ssl_checkpoint"),
     "04_baseline_comparison": ("data", "out", "runs"),
     "05_error_analysis": ("data", "out", "run"),
+    "06_external_validation": ("data", "out", "model", "manifest"),
 }
+# steps that run only when the profile asks for them (their notebook may be absent otherwise)
+OPTIONAL_STEMS = ("06_external_validation",)
 # parameters the pipeline also sets when a notebook declares them (a profile may not set them either)
 OPTIONAL_PIPELINE_PARAMS = {
     "04_baseline_comparison": ("inits", "ssl_checkpoint"),
 }
-PROFILE_KEYS = {"name", "description", "inits", "subset", "common", "steps"}
+PROFILE_KEYS = {"name", "description", "inits", "subset", "common", "steps", "external"}
 SUBSET_KEYS = {"slides", "per_slide_label", "seed"}
 
 
@@ -67,6 +71,8 @@ def plan_steps(profile: dict[str, Any]) -> list[Step]:
     for stem, out in STEP_TABLE:
         if stem == "03_finetune":
             steps += [Step(stem, f"{out}/{init}", init) for init in profile["inits"]]
+        elif stem == "06_external_validation" and not profile.get("external"):
+            continue
         else:
             steps.append(Step(stem, out))
     return steps

@@ -70,6 +70,7 @@ class AugmentParams:
     clahe_p: float = 0.0
     clahe_clip: float = 2.0
     clahe_grid: int = 8
+    stain_augment: float = 0.0        # HED (optical-density) stain jitter strength, see hed_jitter; 0 = off
 
     def validate(self) -> None:
         for name in ("crop_p", "hflip_p", "vflip_p", "rotate_p", "jitter_p", "grayscale_p", "blur_p", "clahe_p"):
@@ -88,6 +89,8 @@ class AugmentParams:
                 raise ValueError(f"Augmentation parameter {name} must be >= 0.")
         if not 0 <= self.hue <= 0.5:
             raise ValueError(f"hue={self.hue} must be in [0, 0.5].")
+        if not 0 <= self.stain_augment < 1:
+            raise ValueError(f"stain_augment={self.stain_augment} must be in [0, 1) (0 = off, 0.05 typical).")
 
     @classmethod
     def from_config(cls, cfg: Any, **overrides: Any) -> "AugmentParams":
@@ -258,6 +261,7 @@ def augment_batch(batch: Any, params: AugmentParams, g: torch.Generator, *, devi
     x = to_float_nchw(batch, device)
     x = geometric(x, params, g)
     x = color(x, params, g)
+    x = hed_jitter(x, float(params.stain_augment), g)
     x = blur(x, params, g)
     if normalize:
         x = runtime.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
@@ -283,3 +287,30 @@ def two_views(batch: Any, params: AugmentParams, g: torch.Generator | None = Non
 def denormalize(x: torch.Tensor) -> torch.Tensor:
     """ImageNet-normalised NCHW -> [0, 1] (for showing views)."""
     return runtime.denormalize(x.float(), IMAGENET_MEAN, IMAGENET_STD).clamp(0, 1)
+
+
+# ------------------------------------------------------------------------------ stain (HED) augmentation
+#: RGB <- HED stain matrix of Ruifrok & Johnston (2001), rows haematoxylin, eosin, DAB (scikit-image's
+#: ``rgb_from_hed``). PAS is not H&E, but the optical-density decomposition still separates the dominant stains.
+RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+
+
+def hed_jitter(x: torch.Tensor, sigma: float, g: torch.Generator | None = None) -> torch.Tensor:
+    """Stain augmentation in optical-density (HED) space (Tellez et al. 2018) on a float NCHW batch in [0, 1].
+
+    Each image's stain concentrations are scaled by ``U(1 - sigma, 1 + sigma)`` and shifted by
+    ``U(-sigma, sigma)`` per channel, then mapped back to RGB. ``sigma = 0`` returns ``x`` unchanged.
+    """
+    if sigma <= 0:
+        return x
+    n = x.shape[0]
+    m = RGB_FROM_HED.to(x.device, x.dtype)
+    m = m / m.norm(dim=1, keepdim=True)
+    inv = torch.linalg.inv(m)
+    od = -torch.log(x.clamp(1.0 / 255, 1.0))                       # N, 3, H, W
+    hed = torch.einsum("nchw,cd->ndhw", od, inv)                   # stain concentrations
+    dev = g.device if g is not None else x.device  # draw where the generator lives (CPU or CUDA)
+    alpha = 1 + (torch.rand(n, 3, 1, 1, generator=g, device=dev) * 2 - 1).to(x.device, x.dtype) * sigma
+    beta = (torch.rand(n, 3, 1, 1, generator=g, device=dev) * 2 - 1).to(x.device, x.dtype) * sigma
+    od2 = torch.einsum("ndhw,dc->nchw", hed * alpha + beta, m)
+    return torch.exp(-od2).clamp_(0, 1)

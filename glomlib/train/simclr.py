@@ -35,8 +35,8 @@ from torch import nn
 
 from glomlib.train.augment import AugmentParams, apply_clahe, augment_batch
 from glomlib.models.files import atomic_save, load_checkpoint, save_encoder
-from glomlib.core.config import ConfigError, StepConfig
-from glomlib.core import runtime
+from glomlib.core.config import ConfigError, StepConfig, add_config_arguments, config_from_args
+from glomlib.core import progress as live, runtime
 from glomlib.core.io import write_csv_atomic
 from glomlib.core.runtime import PRECISIONS, plan, rng_state, seed_everything, set_rng_state, warmup_cosine
 from glomlib.models.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
@@ -53,54 +53,56 @@ class SSLConfig(StepConfig):
 
     data: str = "data/glomeruli-pas/manifest.csv"  # manifest CSV (labels optional; used only for the kNN monitor)
     out: str = "auto"                    # run folder; "auto" = runs/<UTC stamp>-ssl
-    backbone: str = "resnet18"           # resnet18 | resnet50 | efficientnet_lite0
-    ssl_init: str = "scratch"            # scratch | imagenet (domain-adaptive continued pretraining)
-    image_size: int = 96                 # the study used 512
-    epochs: int = 20
-    batch_size: int = 128                # per process (per GPU under torchrun)
-    lr: float = 1e-3                     # peak learning rate after warm-up
+    backbone: str = "efficientnet_lite0"  # resnet18 | resnet50 | efficientnet_lite0 (offline ImageNet weights)
+    ssl_init: str = "imagenet"           # scratch | imagenet (domain-adaptive continued pretraining)
+    image_size: int = 96                 # pixels (the study used 512)
+    epochs: int = 10                     # passes over all patches
+    batch_size: int = 64                 # patches per step, per process (per GPU under torchrun)
+    lr: float = 5e-05                    # peak learning rate after warm-up (5e-5 measured for continued pretraining)
     optimizer: str = "adamw"             # adamw | lars | sgd
-    weight_decay: float = 1e-4
-    momentum: float = 0.9                # sgd / lars
-    warmup_epochs: int = 2               # linear warm-up, then cosine decay to 0
+    weight_decay: float = 1e-4           # L2 penalty (not on biases / norm layers)
+    momentum: float = 0.9                # sgd / lars only
+    warmup_epochs: int = 1               # linear warm-up (at most half of all steps), then cosine decay to 0
     temperature: float = 0.2             # NT-Xent temperature
-    freeze_bn: bool = False              # keep the backbone's BatchNorm statistics frozen (eval mode) while training
+    freeze_bn: bool = True               # keep the backbone's BatchNorm statistics frozen (eval mode) while training
     bn_recalibrate: bool = True          # re-estimate BatchNorm statistics on clean images before saving/monitoring
-    proj_hidden_dim: int = 512           # projection head (discarded after pretraining)
-    proj_out_dim: int = 128
-    seed: int = 0
+    proj_hidden_dim: int = 512           # projection head width (discarded after pretraining)
+    proj_out_dim: int = 128              # embedding size of the loss
+    seed: int = 0                        # random seed
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
-    precision: str = "auto"              # auto (bf16 on CUDA if supported and on CPU) | bf16 | fp32
-    channels_last: bool = True
+    precision: str = "auto"              # auto (what this hardware runs fastest, see glomlib.core.runtime) | bf16 | fp32
+    channels_last: bool = True          # memory layout of images and weights
     num_workers: int = 0                 # data-loader workers (CLAHE + batching); 0 = main process
     resume: bool = False                 # continue the run in `out` from its last completed epoch
     max_images: int = 0                  # use only the first N images (0 = all)
     steps_per_epoch: int = 0             # cap steps per epoch (0 = a full pass); for smoke tests/benchmarks
-    positive_label: str = "M1"           # the manifest's positive label (kNN monitor)
-    knn_every: int = 1                   # kNN monitor every N epochs (0 = off)
-    knn_k: int = 20
-    n_folds: int = 5                     # slide-grouped folds of the kNN monitor
+    positive_label: str = ""             # positive label of the kNN monitor ("" = the one dataset.json names)
+    knn_every: int = 5                   # kNN monitor every N epochs (0 = off)
+    knn_k: int = 20                      # neighbours of the kNN monitor
+    folds: int = 5                       # slide-grouped folds of the kNN monitor and the final probe
     cache_dir: str = ""                  # image cache folder ("" = glomlib's default)
     final_probe: bool = True             # after training: linear probe of the encoder vs a random (and ImageNet) one
+    progress: bool = True                # tqdm progress bars
     # augmentations (see glomlib.train.augment): probability 0 switches one off
-    crop_p: float = 1.0
-    crop_scale_min: float = 0.2
-    crop_scale_max: float = 1.0
-    hflip_p: float = 0.5
-    vflip_p: float = 0.5
-    rotate_p: float = 1.0
-    rotate_degrees: float = 180.0
-    rotate_fill: str = "reflection"
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    grayscale_p: float = 0.0
-    blur_p: float = 0.0
-    clahe_p: float = 0.2
-    clahe_clip: float = 2.0
-    clahe_grid: int = 8
+    crop_p: float = 1.0                  # probability of a random resized crop
+    crop_scale_min: float = 0.35         # smallest crop (fraction of the area)
+    crop_scale_max: float = 1.0          # largest crop
+    hflip_p: float = 0.5                 # horizontal flip probability
+    vflip_p: float = 0.5                 # vertical flip probability
+    rotate_p: float = 1.0                # rotation probability
+    rotate_degrees: float = 180.0        # max angle (180 = any angle)
+    rotate_fill: str = "reflection"      # reflection | border | zeros
+    jitter_p: float = 0.5                # colour jitter probability
+    brightness: float = 0.2              # colour jitter strength
+    contrast: float = 0.2                # colour jitter strength
+    saturation: float = 0.1              # colour jitter strength
+    hue: float = 0.0                     # 0..0.5 (stain hue shift)
+    grayscale_p: float = 0.0             # grayscale probability
+    blur_p: float = 0.0                  # gaussian blur probability
+    clahe_p: float = 0.2                 # CLAHE probability (OpenCV)
+    clahe_clip: float = 2.0              # CLAHE clip limit
+    clahe_grid: int = 8                  # CLAHE tiles per side
+    stain_augment: float = 0.0           # HED (optical-density) stain jitter strength; 0 = off, 0.05 typical
 
     def validate(self) -> None:
         if self.backbone not in BACKBONES:
@@ -118,8 +120,8 @@ class SSLConfig(StepConfig):
             raise ConfigError("batch_size must be >= 2 (SimCLR needs negatives in the batch).")
         if self.lr <= 0 or self.temperature <= 0:
             raise ConfigError("lr and temperature must be > 0.")
-        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
-            raise ConfigError(f"warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs}].")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs={self.warmup_epochs} must be >= 0.")
         if self.resume and self.out in ("", "auto"):
             raise ConfigError("resume=True needs out=<the run folder to continue>.")
         try:
@@ -237,6 +239,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def warmup_steps(warmup_epochs: int, steps_per_epoch: int, total_steps: int) -> int:
+    """Warm-up steps: ``warmup_epochs`` epochs, but at most half of all steps (so a short run, e.g.
+    ``--epochs 1``, still decays its learning rate)."""
+    return min(int(warmup_epochs) * int(steps_per_epoch), int(total_steps) // 2)
+
+
 def build_optimizer(cfg: SSLConfig, model: nn.Module) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "adamw":
@@ -248,7 +256,6 @@ def build_optimizer(cfg: SSLConfig, model: nn.Module) -> torch.optim.Optimizer:
     return LARS(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
-# ------------------------------------------------------------------------------------------ devices
 # ---------------------------------------------------------------------------------------- distributed
 def dist_info() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment."""
@@ -257,17 +264,28 @@ def dist_info() -> tuple[int, int, int]:
 
 
 def init_distributed(device: torch.device) -> bool:
-    """``init_process_group`` when launched by torchrun with WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
+    """``init_process_group`` when launched by torchrun with WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU).
+
+    ``$GLOMLIB_DDP=1`` under torchrun initialises it even for one process (DDP, SyncBatchNorm and NCCL exercised
+    on a single GPU, as ``benchmarks/gpu_check.py`` does)."""
     import torch.distributed as dist
 
     _, world, _ = dist_info()
-    if world <= 1 or dist.is_initialized():
+    one = world == 1 and os.environ.get("GLOMLIB_DDP") == "1" and "MASTER_ADDR" in os.environ
+    if (world <= 1 and not one) or dist.is_initialized():
         return dist.is_initialized()
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend=backend)
     return True
+
+
+def _process_group() -> str:
+    """The torch.distributed backend of this run ('' when no process group is initialised)."""
+    import torch.distributed as dist
+
+    return str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else ""
 
 
 def _is_main() -> bool:
@@ -356,7 +374,6 @@ def make_loader(source: PairSource, batches: list[np.ndarray], epoch: int, num_w
     )
 
 
-# -------------------------------------------------------------------------------------- RNG state
 # ----------------------------------------------------------------------------------------- history
 HISTORY_FIELDS = ["epoch", "loss", "lr", "images_per_s", "epoch_s", "embedding_std", "embedding_std_ref",
                   "feature_std", "knn_acc", "knn_auc"]
@@ -375,14 +392,29 @@ def read_history(run_dir: str | Path):
 
 
 # ------------------------------------------------------------------------------------------- training
+def ssl_workload(cfg: SSLConfig) -> runtime.Workload:
+    """This config's SimCLR step, for the runtime's timed precision calibration (both views in one batch)."""
+    return runtime.Workload(f"simclr-{cfg.backbone}", cfg.image_size, 2 * cfg.batch_size,
+                            lambda: build_model(dataclasses.replace(cfg, ssl_init="scratch")))
+
+
+def ssl_plan(cfg: SSLConfig, local_rank: int = 0) -> runtime.Plan:
+    """The runtime plan of a SimCLR run (``channels_last=False`` in the config switches the memory format off)."""
+    p = plan(cfg.device, cfg.precision, local_rank=local_rank, workload=ssl_workload(cfg))
+    if not cfg.channels_last and p.channels_last:
+        p = dataclasses.replace(p, channels_last=False, reason=p.reason + "; channels_last=False in the config")
+    return p
+
+
 def train_step(model: nn.Module, criterion: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-               s0: Any, s1: Any, params: AugmentParams, g: torch.Generator, device: torch.device,
-               channels_last: bool, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SimCLR step on two uint8 NHWC source batches: augment on ``device``, forward (bf16 autocast when
-    ``bf16``), NT-Xent in float32, backward, optimiser and scheduler step. Returns ``(loss, z0)``."""
-    v0 = augment_batch(s0, params, g, device=device, channels_last=channels_last)
-    v1 = augment_batch(s1, params, g, device=device, channels_last=channels_last)
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+               s0: Any, s1: Any, params: AugmentParams, g: torch.Generator, p: runtime.Plan
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SimCLR step on two uint8 NHWC source batches under the runtime plan ``p``: augment on its device
+    (in its memory format), forward (bf16 autocast when it says bf16), NT-Xent in float32, backward, optimiser
+    and scheduler step. Returns ``(loss, z0)``."""
+    v0 = augment_batch(s0, params, g, device=p.device, channels_last=p.channels_last)
+    v1 = augment_batch(s1, params, g, device=p.device, channels_last=p.channels_last)
+    with runtime.autocast(p):
         loss, z0 = simclr_loss(model, criterion, v0, v1)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -406,8 +438,8 @@ def _versions() -> dict[str, Any]:
     return software_versions()
 
 
-def _knn_monitor(backbone: nn.Module, images: Any, y: np.ndarray, folds: np.ndarray, device, k: int,
-                 bf16: bool, recal_size: int | None = None) -> dict[str, float]:
+def _knn_monitor(backbone: nn.Module, images: Any, y: np.ndarray, folds: np.ndarray, mon_plan: runtime.Plan,
+                 k: int, recal_size: int | None = None) -> dict[str, float]:
     import copy
 
     from glomlib.evaluate.probe import knn_cv
@@ -415,9 +447,8 @@ def _knn_monitor(backbone: nn.Module, images: Any, y: np.ndarray, folds: np.ndar
 
     backbone = revert_sync_batchnorm(copy.deepcopy(backbone))
     if recal_size:
-        backbone = recalibrate_bn(backbone, images, recal_size, device)
+        backbone = recalibrate_bn(backbone, images, recal_size, mon_plan.device)
     lab = np.nonzero(y >= 0)[0]
-    mon_plan = runtime.Plan(device, "bf16" if bf16 else "fp32", device.type == "cuda", "SimCLR kNN monitor")
     feats = extract_features(backbone, _Rows(images, lab), batch_size=128, plan=mon_plan)
     r = knn_cv(feats, y[lab], folds[lab], k=k)
     r["feature_std"] = embedding_spread(torch.from_numpy(feats))
@@ -452,15 +483,14 @@ def pretrain(cfg: SSLConfig, images: Any, run_dir: str | Path, *, y: np.ndarray 
     t_start = time.time()
     run_dir = Path(run_dir)
     rank, world, local_rank = dist_info()
-    run_plan = plan(cfg.device, cfg.precision, local_rank=local_rank)
+    run_plan = ssl_plan(cfg, local_rank)
     device = run_plan.device
     distributed = init_distributed(device)
     if distributed:
         import torch.distributed as dist
 
         rank, world = dist.get_rank(), dist.get_world_size()
-    bf16 = run_plan.bf16
-    channels_last = bool(cfg.channels_last)
+    channels_last = run_plan.channels_last
     params = cfg.augment_params()
     n = len(images) if not cfg.max_images else min(cfg.max_images, len(images))
     if n < 2:
@@ -475,7 +505,7 @@ def pretrain(cfg: SSLConfig, images: Any, run_dir: str | Path, *, y: np.ndarray 
     steps_per_epoch = len(batches0)
     total_steps = steps_per_epoch * cfg.epochs
     opt = build_optimizer(cfg, model)
-    sched = warmup_cosine(opt, total_steps, steps_per_epoch * cfg.warmup_epochs)
+    sched = warmup_cosine(opt, total_steps, warmup_steps(cfg.warmup_epochs, steps_per_epoch, total_steps))
     criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=distributed)
 
     history: list[dict[str, Any]] = []
@@ -511,6 +541,7 @@ def pretrain(cfg: SSLConfig, images: Any, run_dir: str | Path, *, y: np.ndarray 
     monitor = y is not None and folds is not None and cfg.knn_every > 0 and (np.asarray(y) >= 0).sum() >= 4
     d_ref = 1.0 / math.sqrt(cfg.proj_out_dim)
 
+    t_loop = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         ddp_model.train()
         if cfg.freeze_bn:
@@ -524,7 +555,7 @@ def pretrain(cfg: SSLConfig, images: Any, run_dir: str | Path, *, y: np.ndarray 
         for step, (s0, s1) in enumerate(bar):
             g = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, step, rank])
                                                   .generate_state(1, np.uint64)[0] % 2**63))
-            loss, z0 = train_step(ddp_model, criterion, opt, sched, s0, s1, params, g, device, channels_last, bf16)
+            loss, z0 = train_step(ddp_model, criterion, opt, sched, s0, s1, params, g, run_plan)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"SSL loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
                                          "lower lr or use precision='fp32'.")
@@ -552,11 +583,15 @@ def pretrain(cfg: SSLConfig, images: Any, run_dir: str | Path, *, y: np.ndarray 
             dist.all_reduce(t)
             row["loss"] = float(t) / world
         if _is_main() and monitor and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
-            row.update(_knn_monitor(model.backbone, images, np.asarray(y), np.asarray(folds), device,
-                                    cfg.knn_k, bf16,
+            row.update(_knn_monitor(model.backbone, images, np.asarray(y), np.asarray(folds), run_plan,
+                                    cfg.knn_k,
                                     cfg.image_size if cfg.bn_recalibrate and not cfg.freeze_bn else None))
         history.append(row)
         if _is_main():
+            live.report(f"SimCLR epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, "
+                            f"{row['images_per_s']:.1f} images/s ({run_plan.precision}), "
+                            + live.time_left(epoch + 1 - start_epoch, cfg.epochs - start_epoch,
+                                                 time.time() - t_loop))
             ck = {
                 "format": "glomlib-ssl-checkpoint-v1",
                 "model": model.state_dict(),
@@ -594,17 +629,26 @@ def pretrain(cfg: SSLConfig, images: Any, run_dir: str | Path, *, y: np.ndarray 
 
 
 # --------------------------------------------------------------------------------------- manifest level
-def prepare_run_dir(cfg: SSLConfig) -> Path:
-    """The run folder: new for out='auto'; an existing non-empty ``out`` only with resume=True."""
+# Config fields that may differ between an interrupted run and its resumption (they do not change the training).
+RESUME_FREE_FIELDS = ("resume", "out", "device", "num_workers", "progress", "cache_dir", "final_probe")
+
+
+def resume_hint(run_dir: str | Path) -> str:
+    return f"glomlib ssl --out {run_dir} --resume true (with the same data and parameters)"
+
+
+def prepare_run_dir(cfg: SSLConfig, fingerprint: str | None = None) -> Path:
+    """The run folder: new for out='auto'; an existing ``out`` only with resume=True, and only when that run is
+    unfinished and was made from the same data (``fingerprint``) and training settings (else ResumeError)."""
     from glomlib.core.paths import DEFAULT_RUNS_ROOT
-    from glomlib.core.io import ensure_new_dir, new_run_dir
+    from glomlib.core.io import ensure_new_dir, new_run_dir, open_for_resume
 
     if _is_main():
         if cfg.out in ("", "auto"):
             d = new_run_dir(DEFAULT_RUNS_ROOT, "ssl")
         elif cfg.resume:
-            d = Path(cfg.out)
-            d.mkdir(parents=True, exist_ok=True)
+            d = open_for_resume(cfg.out, cfg.to_dict(), fingerprint, free_fields=RESUME_FREE_FIELDS,
+                                finished=(ENCODER_NAME,), command="e.g. --out auto")
         else:
             d = ensure_new_dir(cfg.out)
         path = str(d)
@@ -635,29 +679,45 @@ def load_data(cfg: SSLConfig) -> dict[str, Any]:
         try:
             from glomlib.data.splits import assign_folds
 
-            folds[lab] = assign_folds(df[lab].reset_index(drop=True), n_folds=cfg.n_folds, seed=cfg.seed)
+            folds[lab] = assign_folds(df[lab].reset_index(drop=True), n_folds=cfg.folds, seed=cfg.seed)
         except Exception as e:  # too few slides for the monitor: it is only a monitor
             print(f"kNN monitor off: {e}", file=sys.stderr)
             folds[:] = -1
     return {"df": df, "images": images, "y": y, "folds": folds, "fingerprint": fp}
 
 
-def run_ssl(cfg: SSLConfig, progress: bool = True, *, data: dict[str, Any] | None = None,
+def run_ssl(cfg: SSLConfig, progress: bool | None = None, *, data: dict[str, Any] | None = None,
             run_dir: str | Path | None = None) -> SSLResult:
     """The whole step: data -> run folder (config.json, provenance.json) -> :func:`pretrain` -> probe.json.
 
     ``data`` (from :func:`load_data`) and ``run_dir`` (from :func:`prepare_run_dir`) may be given when the
-    caller (notebook 02) already has them.
+    caller (notebook 02) already has them. ``progress``: tqdm bars (default ``cfg.progress``).
+    The run folder's ``run.json`` says running / finished / failed (with how to resume or start again).
     """
-    from glomlib.core.io import write_json_atomic, write_provenance
+    from glomlib.core.io import run_status
+
+    with run_status("ssl", resume_hint):
+        return _run_ssl(cfg, progress, data=data, run_dir=run_dir)
+
+
+def _run_ssl(cfg: SSLConfig, progress: bool | None = None, *, data: dict[str, Any] | None = None,
+             run_dir: str | Path | None = None) -> SSLResult:
+    progress = cfg.progress if progress is None else progress
+    from glomlib.core.io import open_for_resume, track_run, write_json_atomic, write_provenance
 
     init_distributed(runtime.resolve_device(cfg.device, dist_info()[2]))  # before any rank-0-only work
     data = data if data is not None else load_data(cfg)
-    run_dir = Path(run_dir) if run_dir is not None else prepare_run_dir(cfg)
+    if run_dir is None:
+        run_dir = prepare_run_dir(cfg, data["fingerprint"])
+    elif cfg.resume and _is_main():  # a folder opened earlier (notebook 02): check it against the data read now
+        open_for_resume(run_dir, cfg.to_dict(), data["fingerprint"], free_fields=RESUME_FREE_FIELDS,
+                        finished=(ENCODER_NAME,), command="e.g. out='auto'")
+    run_dir = Path(run_dir)
     if _is_main():
+        track_run(run_dir)
         extra = {"n_images": int(len(data["images"])), "world_size": dist_info()[1],
-                 "runtime": plan(cfg.device, cfg.precision, local_rank=dist_info()[2]).to_dict()}
-        if cfg.resume and (run_dir / "provenance.json").exists():  # keep the original run's record
+                 "runtime": ssl_plan(cfg, dist_info()[2]).to_dict(), "process_group": _process_group()}
+        if cfg.resume and (run_dir / "provenance.json").exists():  # provenance.json is written once, never again
             import datetime as _dt
 
             stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -688,6 +748,7 @@ def final_probe(cfg: SSLConfig, data: dict[str, Any], encoder_path: str | Path) 
     lab = np.nonzero((y >= 0) & (folds >= 0))[0]
     imgs = data["images"][lab] if len(lab) < len(y) else data["images"]
     out: dict[str, Any] = {"image_size": cfg.image_size, "backbone": cfg.backbone, "n": int(len(lab))}
+    probe_plan = ssl_plan(cfg)  # the same runtime plan for all three encoders
     for name in ("glom", "random", "imagenet"):
         torch.manual_seed(cfg.seed)
         try:
@@ -696,7 +757,7 @@ def final_probe(cfg: SSLConfig, data: dict[str, Any], encoder_path: str | Path) 
             continue
         if name == "glom":
             load_encoder_into(bb, encoder_path, expect_backbone=cfg.backbone)
-        f = extract_features(bb, imgs, batch_size=128, device="cpu")
+        f = extract_features(bb, imgs, batch_size=128, plan=probe_plan)
         r = linear_probe_cv(f, y[lab], folds[lab])
         r.update(knn_cv(f, y[lab], folds[lab], k=cfg.knn_k))
         out[name] = r
@@ -768,75 +829,15 @@ def plot_history(history: Any, save: str | Path | None = None):
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def _parse_value(s: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(s)
-    except Exception:
-        return s
-
-
-def config_from_args(args: argparse.Namespace) -> SSLConfig:
-    params: dict[str, Any] = {}
-    if args.config:
-        p = Path(args.config)
-        if not p.exists():
-            raise ConfigError(f"--config {p} does not exist.")
-        import yaml
-
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"--config {p} must hold a mapping of parameter: value.")
-        params.update(loaded)
-    for kv in args.param or []:
-        if "=" not in kv:
-            raise ConfigError(f"-p {kv!r}: write name=value (e.g. -p epochs=50).")
-        k, v = kv.split("=", 1)
-        params[k.strip()] = _parse_value(v)
-    if args.resume:
-        params["resume"] = True
-    return SSLConfig.from_params(**coerce_params(params))
-
-
-def coerce_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Cast values to the types of SSLConfig's defaults ('1e-4' -> 1e-4, 'true' -> True), naming bad ones."""
-    defaults = {f.name: f.default for f in dataclasses.fields(SSLConfig)}
-    out = dict(params)
-    for k, v in params.items():
-        d = defaults.get(k)
-        try:
-            if isinstance(d, bool):
-                if isinstance(v, str):
-                    if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                        raise ValueError(v)
-                    v = v.lower() in ("true", "1", "yes")
-                out[k] = bool(v)
-            elif isinstance(d, int):
-                out[k] = int(v)
-            elif isinstance(d, float):
-                out[k] = float(v)
-            elif isinstance(d, str):
-                out[k] = str(v)
-        except (TypeError, ValueError):
-            raise ConfigError(f"Parameter {k}={v!r} should be a {type(d).__name__}.") from None
-    return out
-
-
 def _cli(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    res = run_ssl(cfg, progress=not args.no_progress)
+    res = run_ssl(config_from_args(SSLConfig, args))
     if _is_main():
         print(f"encoder: {res.encoder_path}  ({res.wall_s:.0f} s)")
     return 0
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML/JSON file of SSLConfig parameters")
-    p.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
-                   help=f"a parameter (repeatable). Names: {', '.join(SSLConfig.field_names())}")
-    p.add_argument("--resume", action="store_true", help="continue the run in out=<folder>")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    add_config_arguments(p, SSLConfig)
     p.set_defaults(func=_cli)
 
 
@@ -847,7 +848,7 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m glomlib.train.simclr`` (what torchrun launches)."""
+    """``python -m glomlib.train.simclr`` (what torchrun launches): the same options as ``glomlib ssl``."""
     p = argparse.ArgumentParser(prog="python -m glomlib.train.simclr", description=__doc__.splitlines()[0])
     _add_arguments(p)
     args = p.parse_args(argv)

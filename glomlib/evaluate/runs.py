@@ -1,0 +1,85 @@
+"""Read finished fine-tune run folders (what notebook 03 writes) for comparison (04) and error analysis (05)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+#: The initialisations notebook 03 fine-tunes from (our SSL encoder, ImageNet weights, random weights).
+INITS = ("glom", "imagenet", "scratch")
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """Read a finished fine-tune run folder: ``{"dir", "config", "metrics", "predictions", "folds"}``.
+
+    Runs written before ``label_fractions`` existed get a ``label_fraction`` prediction column (their one fraction),
+    so every reader can filter by fraction the same way."""
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").exists():
+        raise FileNotFoundError(f"{run_dir} has no metrics.json; is it a finished fine-tune run folder "
+                                "(notebook 03 or `glomlib finetune`)?")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    pred = pd.read_csv(run_dir / "predictions.csv", keep_default_na=False)
+    if "label_fraction" not in pred.columns:
+        pred["label_fraction"] = float(metrics.get("label_fraction", 1.0))
+    return {
+        "dir": run_dir,
+        "config": json.loads((run_dir / "config.json").read_text()),
+        "metrics": metrics,
+        "predictions": pred,
+        "folds": pd.read_csv(run_dir / "folds.csv", keep_default_na=False),
+    }
+
+
+def label_fractions(run: dict[str, Any]) -> list[float]:
+    """The label fractions a loaded run holds (sorted)."""
+    by = run["metrics"].get("by_fraction")
+    if by:
+        return sorted(float(v["label_fraction"]) for v in by.values())
+    return [float(run["metrics"].get("label_fraction", 1.0))]
+
+
+def fraction_view(run: dict[str, Any], fraction: float) -> dict[str, Any]:
+    """The run restricted to one label fraction: same keys as :func:`load_run`, with ``metrics["summary"]``,
+    ``metrics["per_fold"]`` and ``predictions`` of that fraction only. KeyError if the run lacks it."""
+    fraction = float(fraction)
+    have = label_fractions(run)
+    if not any(abs(f - fraction) < 1e-9 for f in have):
+        raise KeyError(f"{run['dir']} has no label fraction {fraction:g} (it has {[f'{f:g}' for f in have]}).")
+    by = run["metrics"].get("by_fraction")
+    metrics = dict(run["metrics"])
+    if by:
+        part = by[f"{fraction:g}"]
+        metrics.update(summary=part["summary"], per_fold=part["per_fold"], pooled_oof=part.get("pooled_oof"),
+                       label_fraction=fraction)
+    pred = run["predictions"]
+    pred = pred[(pred["label_fraction"].astype(float) - fraction).abs() < 1e-9].reset_index(drop=True)
+    return {**run, "metrics": metrics, "predictions": pred}
+
+
+def fold_models(run_dir: str | Path, label_fraction: float | None = None) -> pd.DataFrame:
+    """The fold models kept by a fine-tune run: one row per (label_fraction, seed, fold) with columns
+    ``label_fraction, seed, fold, model`` (path to its model.safetensors) and ``test_slides`` (a set).
+
+    Empty for runs written before fold models were kept (nothing under ``checkpoints/*/model.safetensors``)."""
+    rows = []
+    for res in sorted(Path(run_dir).glob("checkpoints/*/result.json")):
+        model = res.parent / "model.safetensors"
+        if not model.is_file():
+            continue
+        doc = json.loads(res.read_text())
+        row = doc["row"]
+        frac = float(row.get("label_fraction", 1.0))
+        if label_fraction is not None and abs(frac - float(label_fraction)) > 1e-9:
+            continue
+        rows.append({"label_fraction": frac, "seed": int(row["seed"]), "fold": int(row["fold"]), "model": model,
+                     "test_slides": frozenset(doc["test_slides"])})
+    cols = ["label_fraction", "seed", "fold", "model", "test_slides"]
+    return pd.DataFrame(rows, columns=cols).sort_values(["label_fraction", "seed", "fold"]).reset_index(drop=True)
+
+
+__all__ = ["INITS", "load_run", "label_fractions", "fraction_view", "fold_models"]

@@ -1,0 +1,175 @@
+"""The ``glomlib`` command: one ``--name value`` convention generated from each step's config dataclass, and
+``ssl`` / ``finetune`` / ``probe`` / ``predict`` running end to end with only size/epoch overrides on data laid
+out like the default (``data/glomeruli-pas/manifest.csv`` + its ``dataset.json``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import build_tiny_dataset
+from glomlib import cli
+from glomlib.core.config import (ConfigError, StepConfig, add_config_arguments, config_from_args, field_defaults,
+                                 field_help)
+from glomlib.evaluate.predict import PredictConfig
+from glomlib.evaluate.probe import ProbeConfig
+from glomlib.train.finetune import FinetuneConfig
+from glomlib.train.simclr import SSLConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = {"ssl": SSLConfig, "finetune": FinetuneConfig, "probe": ProbeConfig, "predict": PredictConfig}
+
+
+@dataclasses.dataclass
+class _Demo(StepConfig):
+    name: str = "x"          # a name
+    n: int = 3               # a count
+    rate: float = 0.5        # a rate
+    flag: bool = False       # a switch
+    seeds: list = dataclasses.field(default_factory=lambda: [0])  # seeds
+    fracs: list = dataclasses.field(default_factory=lambda: [0.5, 1.0])  # fractions
+    other: str = dataclasses.field(default="", metadata={"help": "from metadata"})
+    share: float = 1         # 100% of it
+
+
+def _parse(*argv):
+    return config_from_args(_Demo, add_config_arguments(argparse.ArgumentParser(), _Demo).parse_args(list(argv)))
+
+
+def test_generated_options_types_lists_bools_and_defaults():
+    assert _parse() == _Demo()
+    cfg = _parse("--name", "y", "--n", "7", "--rate", "1e-3", "--flag", "--seeds", "0,1,2", "--fracs", "0.1,1")
+    assert (cfg.name, cfg.n, cfg.rate, cfg.flag, cfg.seeds, cfg.fracs) == ("y", 7, 1e-3, True, [0, 1, 2], [0.1, 1.0])
+    assert _parse("--flag", "false").flag is False and _parse("--flag", "TRUE").flag is True
+    assert _parse("--share", "0.25").share == 0.25  # a float field with an int default still takes floats
+    for bad in (["--flag", "maybe"], ["--n", "1.5"], ["--seeds", "a,b"], ["--unknown", "1"]):
+        with pytest.raises(SystemExit):
+            _parse(*bad)
+
+
+def test_help_comes_from_field_comments_and_metadata():
+    h = field_help(_Demo)
+    assert h["n"] == "a count" and h["other"] == "from metadata"
+    text = add_config_arguments(argparse.ArgumentParser(), _Demo).format_help()
+    assert "a count (default: 3)" in text and "--fracs" in text and "(default: 0.5,1.0)" in text
+    assert "100% of it" in text
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_step_help_lists_every_parameter_with_default_and_comment(step, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([step, "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    cls = STEPS[step]
+    for f in dataclasses.fields(cls):
+        assert f"--{f.name.replace('_', '-')}" in text, f"glomlib {step} --help lacks --{f.name}"
+        first_words = " ".join(field_help(cls)[f.name].split()[:3])
+        assert first_words in text, f"glomlib {step} --help lacks the comment of {f.name}"
+    for name, value in field_defaults(cls).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            assert f"default: {value}" in text
+
+
+def test_simclr_module_entry_point_has_the_same_options():
+    """torchrun launches ``python -m glomlib.train.simclr`` with the flags of ``glomlib ssl``."""
+    r = subprocess.run([sys.executable, "-m", "glomlib.train.simclr", "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for f in dataclasses.fields(SSLConfig):
+        assert f"--{f.name.replace('_', '-')}" in r.stdout
+
+
+def test_predict_requires_its_paths(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["predict", "--out", "x.csv"])
+    assert e.value.code == 2 and "--model" in capsys.readouterr().err
+    with pytest.raises(TypeError):
+        PredictConfig()  # no defaults for model / manifest / out
+
+
+def test_bad_value_is_a_usage_error(capsys):
+    assert cli.main(["finetune", "--init", "random"]) == 2
+    assert "init='random'" in capsys.readouterr().err
+    with pytest.raises(ConfigError):
+        FinetuneConfig.from_params(init="random")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project folder whose default data (data/glomeruli-pas/manifest.csv + dataset.json naming GS) is a tiny
+    generated dataset: 8 slides x 8 images (64: one SimCLR batch of the default size), 32 px."""
+    root = tmp_path_factory.mktemp("project")
+    build_tiny_dataset(root / "data" / "glomeruli-pas", n_slides=8, per_slide=8, size=32, labels=("GS", "nonGS"))
+    return root
+
+
+@pytest.fixture
+def in_project(project, monkeypatch):
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("GLOMLIB_ROOT", str(project))
+    return project
+
+
+def _newest(root: Path, pattern: str) -> Path:
+    found = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
+    assert found, f"no {pattern} under {root}"
+    return found[-1]
+
+
+@pytest.mark.slow
+def test_steps_run_with_only_size_and_epoch_overrides(in_project, capsys):
+    """`glomlib data fetch` layout + defaults: every step runs; the positive label comes from dataset.json."""
+    assert cli.main(["ssl", "--image-size", "32", "--epochs", "1", "--progress", "false"]) == 0
+    ssl_run = _newest(in_project / "runs", "*-ssl")
+    assert (ssl_run / "encoder.safetensors").is_file()
+    hist = pd.read_csv(ssl_run / "history.csv")
+    assert len(hist) == 1 and hist["lr"].iloc[0] < SSLConfig.lr  # warm-up clamped: the lr already decays
+    assert json.loads((ssl_run / "config.json").read_text())["positive_label"] == ""
+
+    assert cli.main(["finetune", "--init", "imagenet", "--image-size", "32", "--epochs", "1", "--folds", "2",
+                     "--progress", "false"]) == 0
+    ft_run = _newest(in_project / "runs", "*-finetune-imagenet")
+    metrics = json.loads((ft_run / "metrics.json").read_text())
+    assert metrics["positive_label"] == "GS" and metrics["negative_label"] == "nonGS" and metrics["folds"] == 2
+
+    capsys.readouterr()
+    out_json = in_project / "probe.json"
+    assert cli.main(["probe", "--image-size", "32", "--folds", "2", "--out", str(out_json)]) == 0
+    probe = json.loads(out_json.read_text())
+    assert probe["positive_label"] == "GS" and probe["n"] == 64 and probe["init"] == "imagenet"
+
+    pred_csv = in_project / "p.csv"
+    assert cli.main(["predict", "--model", str(ft_run / "model.safetensors"), "--manifest",
+                     "data/glomeruli-pas/manifest.csv", "--out", str(pred_csv)]) == 0
+    pred = pd.read_csv(pred_csv)
+    assert len(pred) == 64 and set(pred["pred_label"]) <= {"GS", "nonGS"} and pred["prob"].between(0, 1).all()
+
+
+def test_missing_dataset_json_is_a_clear_data_error(tmp_path, capsys):
+    m = build_tiny_dataset(tmp_path / "d", labels=("GS", "nonGS"), sidecar=False)
+    rc = cli.main(["probe", "--data", str(m), "--image-size", "16", "--folds", "2", "--backbone", "resnet18",
+                   "--init", "scratch"])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert "labels found: GS (12), nonGS (12)" in err or "labels found: nonGS (12), GS (12)" in err
+    assert "positive_label" in err and "dataset.json" in err
+
+
+def test_config_file_then_command_line(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("n: 9\nname: fromfile\nseeds: [1, 2]\n")
+    cfg = _parse("--config", str(f), "--name", "cli")
+    assert (cfg.n, cfg.name, cfg.seeds) == (9, "cli", [1, 2])
+    f.write_text("nn: 1\n")
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        _parse("--config", str(f))
+    with pytest.raises(ConfigError, match="no such file"):
+        _parse("--config", str(tmp_path / "absent.yaml"))
