@@ -432,16 +432,18 @@ def save_fold_model(model, meta: dict[str, Any], path: Path, test_images, probs:
     zeroed = zero_nonfinite_weights(model)
     if zeroed:
         meta = {**meta, "zeroed_nonfinite": zeroed}
+    tried: dict[str, float] = {}
     for dtype in (torch.float16, torch.float32):
         save_model(model, meta, path, dtype=dtype)
         loaded, _ = load_model(path, device=str(plan.device))
         if plan.channels_last:
             loaded = loaded.to(memory_format=torch.channels_last)
         diff = float(np.max(np.abs(predict_probs(loaded, test_images, plan=plan) - probs))) if len(probs) else 0.0
+        tried[str(dtype).replace("torch.", "")] = diff
         if diff <= FOLD_MODEL_TOLERANCE:
             break
     return {"file": path.name, "dtype": str(dtype).replace("torch.", ""), "max_abs_diff": diff,
-            "zeroed_nonfinite": zeroed}
+            "max_abs_diff_tried": tried, "zeroed_nonfinite": zeroed}
 
 
 def _load_data(cfg: FinetuneConfig):
