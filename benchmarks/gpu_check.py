@@ -72,7 +72,6 @@ def simclr_throughput(images, s: dict, device: str, workers: int) -> dict:
 def _simclr_throughput(images, s: dict, device: str, workers: int) -> dict:
     """SimCLR steps on the real loader (PairSource: two uint8 views, CLAHE p=clahe_p, DataLoader workers) under the
     runtime plan; images/s and the share of step time spent waiting for the next batch."""
-    from lightly.loss import NTXentLoss
 
     from glomlib.train import simclr as ssl
 
@@ -82,11 +81,7 @@ def _simclr_throughput(images, s: dict, device: str, workers: int) -> dict:
     plan = ssl.ssl_plan(cfg)
     dev = plan.device
     torch.manual_seed(0)
-    model = ssl.build_model(cfg).to(dev)
-    if plan.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = ssl.build_optimizer(cfg, model)
-    crit = NTXentLoss(temperature=cfg.temperature)
+    model, opt, crit = ssl.build_training(cfg, dev, plan.channels_last)
     params = cfg.augment_params()
     source = ssl.PairSource(images, params, cfg.seed)
     n_steps = s["warmup"] + s["steps"]

@@ -12,6 +12,11 @@ affects both alike. Images/s counts source images (each gives two views).
   runtime plan ``glomlib ssl`` would use on this machine: the capability rule, or the timed calibration with
   ``--calibrate``). The script also prints what ``auto`` would pick under a forced "no native bf16" rule.
 
+``--emulate-no-bf16`` re-runs the whole benchmark (tutorial included) with oneDNN capped at AVX512_CORE
+(``ONEDNN_MAX_CPU_ISA``): oneDNN then has no bf16 kernels, bf16 autocast is emulated and slow — as on an Intel
+Xeon with AVX-512 but without AVX-512-BF16/AMX — and ``auto`` sees the cap (``glomlib.core.runtime``) and picks
+what such a CPU gets. It is an emulation of the kernels, on this CPU's cores and memory.
+
 Run (under the shared CPU lock):
     flock /tmp/glomlib-cpu.lock .venv/bin/python benchmarks/ssl_throughput.py --image-size 96 --batch-size 64
 """
@@ -93,8 +98,6 @@ def glomlib_runner(paths, backbone_name, image_size, batch_size, precision, chan
     """glomlib's SimCLR step. ``precision='auto'``: the runtime plan decides precision and memory format
     (exactly what ``glomlib ssl`` would run); otherwise the given precision and memory format."""
 
-    from lightly.loss import NTXentLoss
-
     from glomlib.core import runtime
     from glomlib.data.cache import load_images
     from glomlib.train import simclr as ssl
@@ -108,11 +111,7 @@ def glomlib_runner(paths, backbone_name, image_size, batch_size, precision, chan
     else:
         plan = runtime.Plan(torch.device("cpu"), precision, channels_last, "benchmark: fixed mode")
     torch.manual_seed(0)
-    model = ssl.build_model(cfg)
-    if plan.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = ssl.build_optimizer(cfg, model)
-    crit = NTXentLoss(temperature=cfg.temperature)
+    model, opt, crit = ssl.build_training(cfg, "cpu", plan.channels_last)
     params = cfg.augment_params()
     source = ssl.PairSource(images, params, cfg.seed)
     state = {"epoch": 0, "it": None}
@@ -174,8 +173,16 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default: all cores)")
     p.add_argument("--calibrate", action="store_true",
                    help="let `auto` run the runtime's timed calibration (GLOMLIB_PRECISION_CALIBRATE=1)")
+    p.add_argument("--emulate-no-bf16", action="store_true",
+                   help="run everything with oneDNN capped at AVX512_CORE (no bf16 kernels), like a CPU without "
+                        "native bf16")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     a = p.parse_args(argv)
+    if a.emulate_no_bf16 and os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() != "AVX512_CORE":
+        # oneDNN reads the cap once, when it first runs: start afresh with it set
+        env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}
+        args = sys.argv[1:] if argv is None else list(argv)
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *args], env)
     if a.calibrate:
         os.environ["GLOMLIB_PRECISION_CALIBRATE"] = "1"
     if a.threads:
@@ -187,6 +194,9 @@ def main(argv=None) -> int:
     print(f"CPU: {runtime.cpu_model()} ({os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads); "
           f"torch {torch.__version__}")
     print("capabilities: " + ", ".join(f"{k}={v}" for k, v in caps.items()))
+    cap = runtime.onednn_isa_cap()
+    print(f"oneDNN ISA: {'capped at ' + cap + ' (ONEDNN_MAX_CPU_ISA)' if cap else 'native (no cap)'}"
+          + (" -> EMULATING a CPU without native bf16" if caps.get("isa_capped") else ""))
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (other processes share the CPU)")
     paths = real_paths(Path(a.data_dir), a.n_images)
     g = lambda prec, cl: glomlib_runner(paths, a.backbone, a.image_size, a.batch_size, prec, cl, a.workers)  # noqa: E731
@@ -232,6 +242,7 @@ def main(argv=None) -> int:
           f"shows the choice, not that CPU's figures)")
     if a.out:
         Path(a.out).write_text(json.dumps({"settings": vars(a), "cpu": runtime.cpu_model(), "capabilities": caps,
+                                           "onednn_isa_cap": cap,
                                            "images_per_s": res, "images_per_s_best_round": best,
                                            "auto_plan": auto_plan.to_dict(),
                                            "ratio_auto_vs_tutorial": ratio,

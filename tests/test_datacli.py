@@ -83,7 +83,7 @@ def test_from_folder(tmp_path, write_png, capsys):
     assert set(df.slide) == {"LAB_slide0", "LAB_slide1", "LAB_slide2"} and set(df.center) == {"LAB"}
     assert not Path(df.path[0]).is_absolute()
     assert run("from-folder", root, "--out", out, "--center-regex", "^([^_]+)_") == 0  # same content: ok
-    assert run("from-folder", root, "--out", out) == 1  # different content: refused
+    assert run("from-folder", root, "--out", out) == 3  # different content: refused, exit 3 = output exists
     assert "refusing to overwrite" in capsys.readouterr().err
     out2 = tmp_path / "m2.csv"
     assert run("from-folder", root, "--out", out2, "--slide-regex", r"^(?P<slide>[^_]+)_") == 0

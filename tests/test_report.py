@@ -62,9 +62,24 @@ def rendered(tmp_path_factory):
                        runs_root=base / "runs", reports_root=base / "reports", project_root=REPO,
                        render=False, log=lambda m: None)
     plain = render_run(run, reports_root=base / "reports", project_root=REPO, log=lambda m: None).parent
-    pseudo = render_run(run, reports_root=base / "reports", project_root=REPO, pseudonymise=True,
+    # a pseudonymised report comes from a run made with --pseudonymise (its notebooks only ever see pseudonyms)
+    run_p = run_pipeline(write_profile(base / "p.yaml"), data=str(manifest), notebooks_dir=nbs,
+                         runs_root=base / "runs-p", reports_root=base / "reports", project_root=REPO,
+                         render=False, pseudonymise=True, log=lambda m: None)
+    pseudo = render_run(run_p, reports_root=base / "reports", project_root=REPO, pseudonymise=True,
                         log=lambda m: None).parent
-    return {"base": base, "run": run, "plain": plain, "pseudo": pseudo}
+    return {"base": base, "run": run, "run_p": run_p, "plain": plain, "pseudo": pseudo}
+
+
+def test_a_real_identifier_run_is_never_rendered_as_pseudonymised(rendered):
+    """Text scrubbing cannot remove identifiers drawn as pixels: rendering a real-identifier run with
+    pseudonymise=True is refused, also when render_run is called directly (not only through `glomlib run`)."""
+    from glomlib.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="real identifiers"):
+        render_run(rendered["run"], reports_root=rendered["base"] / "reports-x", project_root=REPO,
+                   pseudonymise=True, log=lambda m: None)
+    assert not (rendered["base"] / "reports-x").exists() or not any((rendered["base"] / "reports-x").iterdir())
 
 
 def _pages(folder: Path) -> dict[str, str]:
@@ -134,7 +149,7 @@ def test_pseudonymise_replaces_slide_ids_stably(rendered):
     assert re.fullmatch(r"slide-[0-9a-f]{6}", pseudonym("S00", key))
     assert "pseudonyms" in pseudo_pages["index.html"]  # says what is covered
     # stable: a second rendering gives the same pseudonyms
-    again = render_run(rendered["run"], reports_root=rendered["base"] / "reports2", project_root=REPO,
+    again = render_run(rendered["run_p"], reports_root=rendered["base"] / "reports2", project_root=REPO,
                        pseudonymise=True, log=lambda m: None).parent
     assert visible_text((again / "01_data_audit.html").read_text()).count(pseudonym("S00", key)) == \
         visible_text(pseudo_pages["01_data_audit.html"]).count(pseudonym("S00", key))

@@ -159,7 +159,7 @@ def test_round_trip_review_apply(tmp_path, capsys, show_paths):
     # never overwrites
     rc = main(["data", "apply-review", str(filled_csv), "--manifest", str(manifest), "--out", str(out),
                "--reviewer", "Dr P"])
-    assert rc == 1 and "already exists" in capsys.readouterr().err
+    assert rc == 3 and "already exists" in capsys.readouterr().err  # exit 3: output exists (documented)
 
 
 def test_apply_review_reports_every_problem_and_writes_nothing(tmp_path):

@@ -17,6 +17,8 @@ def clean_runtime(tmp_path, monkeypatch):
     monkeypatch.setenv("GLOMLIB_CACHE", str(tmp_path))
     monkeypatch.delenv("GLOMLIB_CPU_BF16", raising=False)
     monkeypatch.delenv("GLOMLIB_PRECISION_CALIBRATE", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     runtime._CALIBRATION_MEMO.clear()
     yield tmp_path
     runtime._CALIBRATION_MEMO.clear()
@@ -119,3 +121,22 @@ def test_explicit_precision_never_calibrates(clean_runtime, monkeypatch):
         p = runtime.plan("cpu", prec, workload=tiny_workload(calls))
         assert p.precision == prec and p.calibration is None
     assert calls == []
+
+
+@pytest.mark.parametrize("cap, capped", [("AVX512_CORE", True), ("avx512_core_vnni", True), ("AVX2", True),
+                                         ("AVX512_CORE_BF16", False), ("ALL", False), ("", False)])
+def test_a_onednn_isa_cap_below_bf16_means_no_native_bf16(clean_runtime, monkeypatch, cap, capped):
+    """ONEDNN_MAX_CPU_ISA below AVX512_CORE_BF16 leaves oneDNN without bf16 kernels (bf16 is then emulated and
+    slow), so auto must not pick bf16 whatever the CPU has; that is also how a no-bf16 CPU is emulated."""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    caps = runtime.cpu_capabilities()
+    assert caps["isa_capped"] is capped
+    p = runtime.plan("cpu", "auto")
+    if capped:
+        assert not caps["native_bf16"] and p.precision == "fp32" and p.channels_last
+        assert "ONEDNN_MAX_CPU_ISA" in p.reason and cap.upper() in p.reason
+    else:
+        assert "ONEDNN_MAX_CPU_ISA" not in p.reason
+    w = runtime.Workload("x", 16, 4, lambda: torch.nn.Conv2d(3, 4, 3))
+    key = runtime.calibration_key(torch.device("cpu"), w)
+    assert (f"onednn-isa={cap.upper()}" in key) is (cap.upper() not in ("", "ALL"))

@@ -90,3 +90,174 @@ def test_simclr_augmentation_has_a_stain_switch():
     assert float((x1 - x0).abs().mean()) > 0.005
     with pytest.raises(ValueError, match="stain_augment"):
         AugmentParams(stain_augment=2.0).validate()
+
+
+# ------------------------------------------------------------------------------------------------ Macenko
+def _he_like(dark: float, seed: int = 0, size: int = 24) -> np.ndarray:
+    """A synthetic two-stain image: optical density = c1 * v1 + c2 * v2 (Beer-Lambert), scaled by ``dark``."""
+    rng = np.random.default_rng(seed)
+    v = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]])  # haematoxylin-like, eosin-like (RGB OD)
+    c = rng.gamma(2.0, 0.35, (size * size, 2)) * dark
+    od = c @ v
+    return np.clip(255 * np.exp(-od), 0, 255).reshape(size, size, 3).astype(np.uint8)
+
+
+def test_macenko_maps_pale_and_dark_stains_towards_one_look_and_reports_what_it_cannot_fit():
+    from glomlib.data.stain import StainReport, macenko
+
+    pale, dark = _he_like(0.6, 0), _he_like(1.8, 1)
+    rep = StainReport()
+    out = normalize_stain(np.stack([pale, dark]), "macenko", report=rep)
+    assert out.shape == (2, 24, 24, 3) and out.dtype == np.uint8
+    gap_before = abs(float(pale.mean()) - float(dark.mean()))
+    gap_after = abs(float(out[0].mean()) - float(out[1].mean()))
+    assert gap_before > 40 and gap_after < gap_before / 3
+    assert rep.method == "macenko" and rep.n_images == 2 and rep.unchanged == []
+    assert np.array_equal(macenko(dark), out[1])  # one image alone gives the same result
+    # background-only images cannot be fitted: left unchanged and named, never dropped
+    blank = np.full((24, 24, 3), 250, np.uint8)
+    rep2 = StainReport()
+    out2 = macenko(np.stack([dark, blank, blank]), report=rep2)
+    assert len(out2) == 3 and np.array_equal(out2[1], blank) and np.array_equal(out2[0], out[1])
+    assert rep2.unchanged == [1, 2] and "stained pixels" in rep2.reasons[0]
+    assert rep2.to_dict()["n_unchanged"] == 2
+
+
+def test_stain_normalized_view_normalises_rows_as_they_are_read():
+    from glomlib.data.stain import StainNormalized, stain_view
+
+    imgs = np.stack([_he_like(0.5 + 0.3 * i, i) for i in range(5)])
+    view = stain_view(imgs, "reinhard")
+    assert isinstance(view, StainNormalized) and stain_view(imgs, "") is imgs
+    assert len(view) == 5 and view.shape == imgs.shape and view.dtype == np.uint8
+    full = reinhard(imgs)
+    assert np.array_equal(view[np.array([1, 3])], full[[1, 3]])
+    assert np.array_equal(view[2], full[2]) and np.array_equal(view[1:4], full[1:4])
+    assert np.array_equal(np.asarray(view), full)
+    assert view[np.array([], dtype=int)].shape == (0, 24, 24, 3)
+
+
+def test_macenko_brings_the_dark_centre_closer_on_real_patches(real_manifest):
+    """glomeruli-pas: SESCAM stains darkest; Macenko (and Reinhard) shrink its optical-density gap to the other
+    centres, and no real patch is left unfitted."""
+    import pandas as pd
+
+    from glomlib.data.cache import load_images
+    from glomlib.data.manifest import read_manifest
+    from glomlib.data.stain import StainReport
+
+    df = read_manifest(real_manifest, positive_label="GS")
+    df = pd.concat([g.iloc[:40] for _, g in df.groupby("center")])
+    imgs = np.asarray(load_images(df["path"].tolist(), 48))
+    od = lambda a: -np.log10((a.reshape(len(a), -1).astype(float) + 1) / 256).mean(1)  # noqa: E731
+    sescam = (df["center"] == "SESCAM").to_numpy()
+
+    def gap(a):
+        v = od(a)
+        return float(v[sescam].mean() - v[~sescam].mean())
+
+    rep = StainReport()
+    mac = normalize_stain(imgs, "macenko", report=rep)
+    assert rep.unchanged == [] and rep.n_images == len(imgs)
+    assert gap(imgs) > 0.1  # darker before
+    assert abs(gap(mac)) < gap(imgs) / 2
+    assert abs(gap(reinhard(imgs))) < gap(imgs) / 2
+
+
+def test_finetune_writes_the_stain_report(tiny_manifest, tmp_path):
+    import json
+
+    from glomlib.evaluate.predict import load_model
+    from glomlib.train.finetune import run_finetune
+
+    res = run_finetune(data=str(tiny_manifest), out=str(tmp_path / "m"), init="scratch", backbone="resnet18",
+                       image_size=16, epochs=1, folds=2, positive_label="M1", progress=False,
+                       stain_normalize="macenko", min_steps=0, device="cpu")
+    doc = json.loads((tmp_path / "m" / "stain.json").read_text())
+    assert doc["method"] == "macenko" and doc["n_images"] == 24
+    assert doc["n_unchanged"] == len(doc.get("unchanged_files", []))
+    _, meta = load_model(res.model_path)
+    assert meta["stain_normalize"] == "macenko"
+
+
+# ------------------------------------------------------------------- leave-one-centre-out glom encoders
+def test_ssl_can_leave_a_centre_out_and_normalise_stain(make_manifest, tmp_path):
+    from glomlib.core.config import ConfigError
+    from glomlib.models.files import read_encoder_meta
+    from glomlib.train.simclr import SSLConfig, load_data, run_ssl
+
+    man = make_manifest(centers=("A", "B", "C"))
+    cfg = SSLConfig(data=str(man), exclude_centre="B", stain_normalize="reinhard", positive_label="M1",
+                    image_size=16, backbone="resnet18", ssl_init="scratch")
+    d = load_data(cfg)
+    assert "B" not in set(d["df"]["center"]) and len(d["df"]) == 16
+    assert np.array_equal(np.asarray(d["images"][np.array([0])]), reinhard(np.asarray(d["images"].images[[0]])))
+    res = run_ssl(SSLConfig(**{**cfg.__dict__, "out": str(tmp_path / "ssl"), "epochs": 1, "batch_size": 8,
+                               "final_probe": False, "knn_every": 0, "progress": False, "device": "cpu"}),
+                  progress=False)
+    meta = read_encoder_meta(res.encoder_path)
+    assert meta["exclude_centre"] == "B" and meta["stain_normalize"] == "reinhard"
+    with pytest.raises(ConfigError, match=r"exclude_centre='X'.*\['A', 'B', 'C'\]"):
+        load_data(SSLConfig(data=str(man), exclude_centre="X", positive_label="M1"))
+    with pytest.raises(ConfigError, match="stain_normalize"):
+        SSLConfig(stain_normalize="vahadane").validate()
+
+
+def test_glom_leave_one_centre_out_uses_the_encoder_pretrained_without_the_test_centre(make_manifest, tmp_path):
+    import json
+
+    from glomlib.core.config import ConfigError
+    from glomlib.train.finetune import FinetuneConfig, run_finetune
+    from glomlib.train.simclr import SSLConfig, run_ssl
+
+    man = make_manifest(centers=("A", "B", "C"))
+    for c in ("A", "B", "C"):
+        run_ssl(SSLConfig(data=str(man), exclude_centre=c, out=str(tmp_path / f"ssl-without-{c}"), epochs=1,
+                          batch_size=8, image_size=16, backbone="resnet18", ssl_init="scratch", final_probe=False,
+                          knn_every=0, progress=False, device="cpu", positive_label="M1"), progress=False)
+    spec = str(tmp_path / "ssl-without-{centre}")
+    kw = dict(data=str(man), init="glom", ssl_checkpoint=spec, backbone="resnet18", image_size=16, epochs=1,
+              folds=3, cv="centre", final_model=False, positive_label="M1", progress=False, min_steps=0,
+              device="cpu")
+    res = run_finetune(out=str(tmp_path / "ft"), **kw)
+    for k in range(3):
+        fold = json.loads((tmp_path / "ft" / "checkpoints" / f"seed0-fold{k}" / "result.json").read_text())
+        (centre,) = set(res.predictions.loc[res.predictions["fold"] == k, "center"])
+        assert fold["init_info"]["ssl_checkpoint"].endswith(f"ssl-without-{centre}/encoder.safetensors")
+        assert fold["init_info"]["ssl_meta"]["exclude_centre"] == centre
+    # the placeholder only makes sense for leave-one-centre-out glom runs without a final model
+    for bad, msg in (({"cv": "slide"}, "placeholder"), ({"final_model": True}, "final_model=false")):
+        with pytest.raises(ConfigError, match=msg):
+            FinetuneConfig(**{**kw, **bad}).validate()
+    # a missing per-centre encoder is named before any training
+    import shutil
+
+    shutil.rmtree(tmp_path / "ssl-without-B")
+    with pytest.raises(FileNotFoundError, match=r"held-out centre\(s\).*ssl-without-B.*--exclude-centre"):
+        run_finetune(out=str(tmp_path / "ft2"), **kw)
+    assert not (tmp_path / "ft2" / "checkpoints").exists() or not any((tmp_path / "ft2" / "checkpoints").iterdir())
+
+
+def test_centre_summary_is_the_mean_and_sd_over_seeds():
+    import pandas as pd
+
+    from glomlib.evaluate.external import centre_summary, centre_table
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in (0, 1, 2):
+        for c, slides in (("A", ["a1", "a2"]), ("B", ["b1", "b2", "b3"])):
+            for s in slides:
+                for i in range(8):
+                    y = int(i % 3 == 0)
+                    rows.append({"path": f"{s}-{i}.png", "slide": s, "center": c, "y": y, "seed": seed,
+                                 "prob": float(np.clip(0.6 * y + rng.normal(0.2, 0.2), 0, 1))})
+    pred = pd.DataFrame(rows)
+    t = centre_summary({"r": pred}).set_index("centre")
+    per_seed = [centre_table({"r": pred[pred["seed"] == s]}).set_index("centre") for s in (0, 1, 2)]
+    for c in ("A", "B"):
+        aucs = [p.at[c, "auc"] for p in per_seed]
+        assert t.at[c, "auc"] == pytest.approx(np.mean(aucs))
+        assert t.at[c, "auc_sd"] == pytest.approx(np.std(aucs, ddof=1))
+        assert t.at[c, "biopsy_mae_hard"] == pytest.approx(np.mean([p.at[c, "biopsy_mae_hard"] for p in per_seed]))
+        assert t.at[c, "seeds"] == 3

@@ -23,14 +23,13 @@ from typing import Any, Callable, TypeVar
 
 import yaml
 
+from glomlib.core.errors import ConfigError
+from glomlib.core.io import write_text_atomic
+
 T = TypeVar("T", bound="StepConfig")
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PROFILES_DIR = PACKAGE_DIR / "profiles"
-
-
-class ConfigError(ValueError):
-    """A parameter or profile is wrong; the message says which one and what to do."""
 
 
 @dataclasses.dataclass
@@ -65,10 +64,10 @@ class StepConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> Path:
+        """Write the config as JSON, atomically (a reader never sees half a file; a failed write keeps the old)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
-        return path
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
 
     @classmethod
     def load(cls: type[T], path: str | Path) -> T:

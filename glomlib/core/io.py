@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from glomlib.core.config import ConfigError
+from glomlib.core.errors import ConfigError
 
 TRACKED_PACKAGES = (
     "glomlib", "torch", "torchvision", "lightly", "timm", "numpy", "pandas", "scikit-learn",

@@ -37,12 +37,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: oneDNN ISA levels (``ONEDNN_MAX_CPU_ISA``) below ``AVX512_CORE_BF16``: oneDNN then has no bf16 kernels and
+#: emulates bf16 (2-6x slower than fp32, measured), exactly as on a CPU without native bf16
+ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def onednn_isa_cap() -> str:
+    """The oneDNN ISA cap set in the environment (``ONEDNN_MAX_CPU_ISA``, formerly ``DNNL_MAX_CPU_ISA``), upper
+    case, or "" when none (``ALL`` counts as none)."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return "" if cap in ("", "ALL", "DEFAULT") else cap
+
+
 def cpu_capabilities() -> dict[str, bool]:
     """What this CPU does natively (torch's own checks; private API, guarded).
 
     ``known`` is False when this torch cannot tell (the checks are missing or fail): the policy then confirms
-    its choice with a timed calibration. ``$GLOMLIB_CPU_BF16=0|1`` forces the native-bf16 answer (``forced``
-    True), e.g. to show what a CPU without native bf16 would get.
+    its choice with a timed calibration. A oneDNN ISA cap below bf16 (``ONEDNN_MAX_CPU_ISA``, e.g. AVX512_CORE:
+    see :data:`ONEDNN_ISAS_WITHOUT_BF16`) means no native bf16 for the convolutions, whatever the CPU has
+    (``isa_capped`` True) — which is also how a CPU without native bf16 is emulated on one that has it.
+    ``$GLOMLIB_CPU_BF16=0|1`` forces the native-bf16 answer (``forced`` True).
     """
     caps: dict[str, bool] = {}
     known = True
@@ -58,6 +72,9 @@ def cpu_capabilities() -> dict[str, bool]:
             known = False
     caps["native_bf16"] = caps["avx512_bf16"] or caps["amx_tile"]
     caps["known"] = known or caps["native_bf16"]  # a 'yes' from either check settles it
+    caps["isa_capped"] = onednn_isa_cap() in ONEDNN_ISAS_WITHOUT_BF16
+    if caps["isa_capped"]:
+        caps["native_bf16"], caps["known"] = False, True
     forced = os.environ.get("GLOMLIB_CPU_BF16", "").strip()
     if forced:
         if forced not in ("0", "1"):
@@ -149,7 +166,8 @@ def choose_precision(device: torch.device) -> tuple[str, bool, str]:
     if device.type == "mps":
         return "fp32", False, "Apple MPS: fp32, contiguous"
     caps = cpu_capabilities()
-    forced = " (forced by GLOMLIB_CPU_BF16)" if caps["forced"] else ""
+    forced = (" (forced by GLOMLIB_CPU_BF16)" if caps["forced"] else
+              f" (oneDNN capped at {onednn_isa_cap()} by ONEDNN_MAX_CPU_ISA)" if caps["isa_capped"] else "")
     if not caps["known"]:
         return "fp32", True, f"CPU {cpu_model()}: this torch cannot tell whether it has native bf16"
     if caps["native_bf16"]:
@@ -212,6 +230,7 @@ def calibration_key(device: torch.device, w: Workload) -> str:
     hw = cpu_model() if device.type == "cpu" else torch.cuda.get_device_name(device)
     caps = cpu_capabilities() if device.type == "cpu" else {}
     forced = f"|forced-bf16={int(caps['native_bf16'])}" if caps.get("forced") else ""
+    forced += f"|onednn-isa={onednn_isa_cap()}" if device.type == "cpu" and onednn_isa_cap() else ""
     return (f"{device.type}|{hw}|threads={torch.get_num_threads()}|torch={torch.__version__}|{w.name}|"
             f"{w.image_size}px|batch={_calibration_batch(w)}|{'train' if w.train else 'infer'}{forced}")
 

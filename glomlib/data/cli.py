@@ -76,7 +76,7 @@ def check(args) -> int:
                 write_dataset_info(out, **info)
         except FileExistsError as e:
             _err(f"error: {e}")
-            return 1
+            return 3  # the documented "output exists" code (glomlib --help)
         _err(f"wrote {len(good)} rows to {out}")
     from glomlib.data.manifest import data_fingerprint
 
@@ -135,7 +135,10 @@ def from_folder(args) -> int:
         exts = tuple(e.strip() for e in args.extensions.split(",") if e.strip())
         m = manifest_from_folder(args.root, out, slide_regex=args.slide_regex, center_regex=args.center_regex,
                                  extensions=exts)
-    except (FileExistsError, FileNotFoundError, ValueError, re.error) as e:
+    except FileExistsError as e:
+        _err(f"error: {e}")
+        return 3  # the documented "output exists" code (glomlib --help)
+    except (FileNotFoundError, ValueError, re.error) as e:
         _err(f"error: {e}")
         return 1
     import pandas as pd
@@ -155,7 +158,7 @@ def from_folder(args) -> int:
             side = write_dataset_info(m, args.positive_label, others[0] if len(others) == 1 else "")
         except FileExistsError as e:
             _err(f"error: {e}")
-            return 1
+            return 3  # the documented "output exists" code (glomlib --help)
         _err(f"wrote {side}: positive label {args.positive_label!r}")
     df2, problems = validate_manifest(m, positive_label=pos, full=False)
     if problems:
@@ -181,7 +184,10 @@ def apply_review_cmd(args) -> int:
     try:
         s = apply_review(args.review, args.manifest, args.out, reviewer=args.reviewer or "", date=args.date or "",
                          rater=args.rater or "")
-    except (ReviewError, FileExistsError, ManifestError) as e:
+    except FileExistsError as e:
+        _err(f"error: {e}")
+        return 3  # the documented "output exists" code (glomlib --help)
+    except (ReviewError, ManifestError) as e:
         _err(f"error: {e}")
         return 1
     _err(summary_text(s))

@@ -343,6 +343,28 @@ def centre_table(runs: Mapping[str, pd.DataFrame], threshold: float = 0.5) -> pd
     return pd.DataFrame(rows)
 
 
+def centre_summary(runs: Mapping[str, pd.DataFrame], threshold: float = 0.5) -> pd.DataFrame:
+    """:func:`centre_table` per seed, then mean and sample std over seeds per run and held-out centre (columns
+    ``<metric>`` and ``<metric>_sd``, ``seeds``). A run without a ``seed`` column counts as one seed."""
+    rows = []
+    for name, pred in runs.items():
+        seeds = sorted(pred["seed"].unique()) if "seed" in pred.columns else [None]
+        for s in seeds:
+            sub = pred if s is None else pred[pred["seed"] == s]
+            t = centre_table({name: sub}, threshold=threshold)
+            t["seed"] = s
+            rows.append(t)
+    per_seed = pd.concat(rows, ignore_index=True)
+    metrics = ["auc", "balanced_accuracy", "biopsy_mae_prob", "biopsy_mae_hard"]
+    g = per_seed.groupby(["run", "centre"], sort=False)
+    out = g[["n", "n_pos"]].first()
+    for m in metrics:
+        out[m] = g[m].mean()
+        out[f"{m}_sd"] = g[m].std(ddof=1)
+    out["seeds"] = g["seed"].nunique(dropna=False)
+    return out.reset_index()
+
+
 # ------------------------------------------------------------------------------------------ notebook 06
 def show_summary(result: EvaluateResult) -> pd.DataFrame:
     """Notebook: the threshold used (and where it came from), then metrics with 95 % CIs, overall and per centre."""
@@ -429,5 +451,5 @@ def register(subparsers) -> None:
     p.set_defaults(func=_run)
 
 
-__all__ = ["EvaluateConfig", "EvaluateResult", "run_evaluate", "evaluate_predictions", "metrics_with_ci",
+__all__ = ["EvaluateConfig", "EvaluateResult", "run_evaluate", "evaluate_predictions", "metrics_with_ci", "centre_summary",
            "resolve_model", "find_latest_model", "ExternalValidationConfig", "label_curve", "centre_table", "held_out_slides", "held_out_rows", "reliability_figure", "ci_table", "per_group_table", "register"]

@@ -423,6 +423,14 @@ def render_run(run_dir: str | Path, *, reports_root: str | Path = "reports", pse
     root = Path(project_root).resolve() if project_root else find_project_root()
     run_dir = Path(run_dir).resolve()
     definition = json.loads((run_dir / "pipeline.json").read_text())
+    if pseudonymise and not definition.get("pseudonymised_data"):
+        from glomlib.core.config import ConfigError
+
+        raise ConfigError(
+            f"{run_dir.name} was run on the real identifiers: its figures draw slide IDs and file names as pixels "
+            "(audit galleries, error analysis), which no text scrubbing can remove, so a pseudonymised report cannot "
+            "be rendered from it. Start a new run with `glomlib run --pseudonymise` (the notebooks then only ever "
+            "see pseudonyms).")
     state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").is_file() else {"steps": {}}
     prov_path = run_dir / "provenance.json"
     provenance = json.loads(prov_path.read_text()) if prov_path.is_file() else {}

@@ -58,7 +58,7 @@ from glomlib.core.io import (ensure_new_dir, new_run_dir, open_for_resume, run_s
 from glomlib.core.runtime import PRECISIONS
 from glomlib.data.cache import load_images
 from glomlib.data.manifest import data_fingerprint, read_manifest
-from glomlib.data.stain import STAIN_METHODS, normalize_stain
+from glomlib.data.stain import STAIN_METHODS, StainReport, normalize_stain, write_stain_report
 from glomlib.data.splits import assign_folds, fold_table, inner_validation
 from glomlib.evaluate import metrics as M
 from glomlib.evaluate.runs import INITS, load_run
@@ -78,7 +78,7 @@ class FinetuneConfig(StepConfig):
     """Parameters of notebook 03 (``notebooks/03_finetune.ipynb``) and of ``glomlib finetune``."""
 
     init: str = "glom"                      # glom | imagenet | scratch
-    ssl_checkpoint: str = "latest"          # glom only: encoder.safetensors, an SSL run folder, or "latest"
+    ssl_checkpoint: str = "latest"          # glom only: encoder.safetensors, an SSL run folder, or "latest"; with cv=centre it may contain {centre}: one encoder per held-out centre (pretrained without it)
     imagenet_weights: str = ""              # imagenet only: local weights file ("" = the offline default)
     data: str = "data/glomeruli-pas/manifest.csv"  # manifest CSV
     out: str = "auto"                       # run folder; "auto" = runs/<stamp>-finetune-<init>
@@ -99,7 +99,7 @@ class FinetuneConfig(StepConfig):
     val_fraction: float = 0.2               # share of the training slides held out for model selection
     augment: bool = True                    # flips, 90-degree rotations, colour jitter during training
     stain_augment: float = 0.0              # HED (optical-density) stain augmentation strength during training; 0 = off, 0.05 typical
-    stain_normalize: str = ""               # "" (off) | reinhard: every image mapped to a fixed LAB colour target (training and prediction)
+    stain_normalize: str = ""               # "" (off) | reinhard (fixed LAB colour target) | macenko (fixed stain vectors, torchstain): applied in training and prediction
     cv: str = "slide"                       # slide: slide/patient-grouped folds | centre: leave one centre out (folds = number of centres)
     num_workers: int = 0                    # accepted for profiles; unused: images live in memory, batches are augmented in place
     resume: bool = False                    # continue an interrupted run in `out` (finished folds are kept)
@@ -120,6 +120,17 @@ class FinetuneConfig(StepConfig):
             raise ConfigError("seeds must list at least one integer seed, e.g. [0].")
         if self.cv not in ("slide", "centre", "center"):
             raise ConfigError(f"cv={self.cv!r}: choose 'slide' (slide-grouped folds) or 'centre' (leave one centre out).")
+        if "{center}" in str(self.ssl_checkpoint):
+            self.ssl_checkpoint = str(self.ssl_checkpoint).replace("{center}", "{centre}")
+        if "{centre}" in str(self.ssl_checkpoint):
+            if self.cv == "slide" or self.init != "glom":
+                raise ConfigError(f"ssl_checkpoint={self.ssl_checkpoint!r} names a {{centre}} placeholder, which "
+                                  "only leave-one-centre-out glom runs fill in: use init=glom with cv=centre, or "
+                                  "give one encoder.")
+            if self.final_model:
+                raise ConfigError(f"ssl_checkpoint={self.ssl_checkpoint!r}: one encoder per held-out centre leaves "
+                                  "no encoder for the final model, which trains on every centre. Pass "
+                                  "final_model=false (the held-out folds are the result).")
         if self.stain_normalize not in STAIN_METHODS:
             raise ConfigError(f"stain_normalize={self.stain_normalize!r}: choose one of {list(STAIN_METHODS)} ('' = off).")
         if not 0 <= float(self.stain_augment) < 1:
@@ -163,6 +174,22 @@ def find_latest_encoder(root: str | Path = "runs") -> Path:
     return found[-1]
 
 
+def centre_checkpoints(spec: str, centres: list[str]) -> dict[str, Path]:
+    """``{centre: encoder file}`` for an ``ssl_checkpoint`` with a ``{centre}`` placeholder; every file must exist
+    (checked before any training), the message lists the missing ones and how to make them."""
+    found, missing = {}, []
+    for c in centres:
+        try:
+            found[c] = resolve_ssl_checkpoint(spec.replace("{centre}", c))
+        except FileNotFoundError:
+            missing.append(spec.replace("{centre}", c))
+    if missing:
+        raise FileNotFoundError(
+            f"ssl_checkpoint={spec!r}: no encoder for held-out centre(s) {missing}. Pretrain one per centre without "
+            f"it, e.g. `glomlib ssl --exclude-centre <C> --out {spec.replace('{centre}', '<C>')}` for C in {centres}.")
+    return found
+
+
 def resolve_ssl_checkpoint(spec: str) -> Path:
     if spec in ("latest", "", None):
         return find_latest_encoder("runs")
@@ -188,6 +215,15 @@ def build_initial_backbone(cfg: FinetuneConfig):
         info["ssl_checkpoint"] = str(Path(path).resolve())
         if isinstance(meta, dict):
             info["ssl_meta"] = {k: meta[k] for k in list(meta)[:20]}
+            for k in ("exclude_centre", "stain_normalize"):
+                if k in meta:
+                    info["ssl_meta"][k] = meta[k]
+            if str(meta.get("stain_normalize", "") or "") != str(cfg.stain_normalize or ""):
+                import warnings
+
+                warnings.warn(f"The SSL encoder was pretrained with stain_normalize={meta.get('stain_normalize', '')!r} "
+                              f"but this fine-tune uses {cfg.stain_normalize!r}; the encoder sees other colours than "
+                              "it learnt from.")
             size = meta.get("image_size")
             if size not in (None, "") and int(size) != int(cfg.image_size):
                 import warnings
@@ -495,9 +531,12 @@ def _run_finetune(cfg: FinetuneConfig | None = None, **params: Any) -> FinetuneR
 
     cfg = cfg if cfg is not None else FinetuneConfig.from_params(**params)
     cfg.validate()
-    if cfg.init == "glom":
+    per_centre = cfg.init == "glom" and "{centre}" in str(cfg.ssl_checkpoint)
+    if cfg.init == "glom" and not per_centre:
         resolve_ssl_checkpoint(cfg.ssl_checkpoint)  # fail before any work when the encoder is missing
     df, positive_label, negative_label = _load_data(cfg)
+    encoders = (centre_checkpoints(cfg.ssl_checkpoint, sorted(set(df["center"].astype(str).str.strip()) - {""}))
+                if per_centre else {})
     # positive_label "" means "the one the manifest's dataset.json names": from here on, the label it names
     cfg = dataclasses.replace(cfg, positive_label=positive_label)
     fingerprint = data_fingerprint(df)
@@ -514,7 +553,11 @@ def _run_finetune(cfg: FinetuneConfig | None = None, **params: Any) -> FinetuneR
                                                            "negative_label": negative_label,
                                                            "n_images": int(len(df)), "n_positive": int(df["y"].sum())})
     kw = {"cache_dir": cfg.cache_dir} if cfg.cache_dir else {}
-    arr = normalize_stain(np.asarray(load_images(list(df["path"]), cfg.image_size, **kw)), cfg.stain_normalize)
+    stain_report = StainReport()
+    arr = normalize_stain(np.asarray(load_images(list(df["path"]), cfg.image_size, **kw)), cfg.stain_normalize,
+                          report=stain_report)
+    if cfg.stain_normalize:  # which images the method had to leave as they were (never dropped): stain.json
+        write_stain_report(out, stain_report, df)
     images = torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True))
     y = df["y"].to_numpy().astype(int)
 
@@ -551,7 +594,11 @@ def _run_finetune(cfg: FinetuneConfig | None = None, **params: Any) -> FinetuneR
         if budget < 0:  # as many steps as this fold makes with all labels (the same validation rule, at fraction 1)
             vfull = np.asarray(inner_validation(df_tr, fraction=cfg.val_fraction, seed=seed * 1000 + k), dtype=bool)
             budget = int(cfg.epochs) * max(1, math.ceil(int((~vfull).sum()) / cfg.batch_size))
-        model, info = train_one(cfg, images, y, idx_train, idx_val if len(idx_val) else None, seed=seed + 17 * k,
+        fold_cfg = cfg
+        if encoders:  # leave-one-centre-out glom: the encoder pretrained without this fold's centre
+            (held_out,) = set(df["center"].iloc[test_idx].astype(str).str.strip())
+            fold_cfg = dataclasses.replace(cfg, ssl_checkpoint=str(encoders[held_out]))
+        model, info = train_one(fold_cfg, images, y, idx_train, idx_val if len(idx_val) else None, seed=seed + 17 * k,
                                 plan=plan, state_path=fdir / "state.pt", min_steps=budget,
                                 desc=f"{cfg.init} {frac:.0%} s{seed} f{k}")
         test_images = images[torch.from_numpy(test_idx)]

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from glomlib.data.stain import STAIN_METHODS, stain_view
 from glomlib.train.augment import AugmentParams, apply_clahe, augment_batch
 from glomlib.models.files import atomic_save, load_checkpoint, save_encoder
 from glomlib.core.config import ConfigError, StepConfig, add_config_arguments, config_from_args
@@ -75,6 +76,8 @@ class SSLConfig(StepConfig):
     num_workers: int = 0                 # data-loader workers (CLAHE + batching); 0 = main process
     resume: bool = False                 # continue the run in `out` from its last completed epoch
     max_images: int = 0                  # use only the first N images (0 = all)
+    exclude_centre: str = ""             # leave this centre's images out (an encoder for leave-one-centre-out glom fine-tunes); "" = all
+    stain_normalize: str = ""            # "" (off) | reinhard | macenko: every image stain-normalised as it is read (as in 03)
     steps_per_epoch: int = 0             # cap steps per epoch (0 = a full pass); for smoke tests/benchmarks
     positive_label: str = ""             # positive label of the kNN monitor ("" = the one dataset.json names)
     knn_every: int = 5                   # kNN monitor every N epochs (0 = off)
@@ -122,6 +125,8 @@ class SSLConfig(StepConfig):
             raise ConfigError("lr and temperature must be > 0.")
         if self.warmup_epochs < 0:
             raise ConfigError(f"warmup_epochs={self.warmup_epochs} must be >= 0.")
+        if self.stain_normalize not in STAIN_METHODS:
+            raise ConfigError(f"stain_normalize={self.stain_normalize!r}: choose one of {list(STAIN_METHODS)} ('' = off).")
         if self.resume and self.out in ("", "auto"):
             raise ConfigError("resume=True needs out=<the run folder to continue>.")
         try:
@@ -243,6 +248,18 @@ def warmup_steps(warmup_epochs: int, steps_per_epoch: int, total_steps: int) -> 
     """Warm-up steps: ``warmup_epochs`` epochs, but at most half of all steps (so a short run, e.g.
     ``--epochs 1``, still decays its learning rate)."""
     return min(int(warmup_epochs) * int(steps_per_epoch), int(total_steps) // 2)
+
+
+def build_training(cfg: SSLConfig, device: Any, channels_last: bool, distributed: bool = False
+                   ) -> tuple[SimCLR, torch.optim.Optimizer, nn.Module]:
+    """The model (on ``device``, in its memory format), optimiser and NT-Xent loss of a SimCLR run: one set-up
+    for :func:`pretrain` and the benchmarks (seed torch first for reproducible initial weights)."""
+    from lightly.loss import NTXentLoss
+
+    model = build_model(cfg).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, build_optimizer(cfg, model), NTXentLoss(temperature=cfg.temperature, gather_distributed=distributed)
 
 
 def build_optimizer(cfg: SSLConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -477,7 +494,6 @@ def pretrain(cfg: SSLConfig, images: Any, run_dir: str | Path, *, y: np.ndarray 
     ``run_dir`` must exist; with ``cfg.resume`` its ``checkpoint.pt`` (if any) is continued.
     Works unchanged under torchrun (each rank passes the same images).
     """
-    from lightly.loss import NTXentLoss
     from tqdm.auto import tqdm
 
     t_start = time.time()
@@ -498,15 +514,11 @@ def pretrain(cfg: SSLConfig, images: Any, run_dir: str | Path, *, y: np.ndarray 
 
     seed_everything(cfg.seed + rank)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(cfg).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model, opt, criterion = build_training(cfg, device, channels_last, distributed=distributed)
     batches0 = epoch_batches(n, cfg.batch_size, 0, cfg.seed, rank, world, cfg.steps_per_epoch)
     steps_per_epoch = len(batches0)
     total_steps = steps_per_epoch * cfg.epochs
-    opt = build_optimizer(cfg, model)
     sched = warmup_cosine(opt, total_steps, warmup_steps(cfg.warmup_epochs, steps_per_epoch, total_steps))
-    criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=distributed)
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -621,7 +633,8 @@ def pretrain(cfg: SSLConfig, images: Any, run_dir: str | Path, *, y: np.ndarray 
         save_encoder(enc_path, encoder, {
             "backbone": cfg.backbone, "image_size": cfg.image_size, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "data_fingerprint": data_fingerprint or "", "source": "glomlib.train.simclr SimCLR",
-            "ssl_init": cfg.ssl_init, "epochs": cfg.epochs, "bn_recalibrated": bool(cfg.bn_recalibrate and not cfg.freeze_bn), "final_loss": last.get("loss"),
+            "ssl_init": cfg.ssl_init, "epochs": cfg.epochs, "stain_normalize": cfg.stain_normalize,
+            "exclude_centre": cfg.exclude_centre, "bn_recalibrated": bool(cfg.bn_recalibrate and not cfg.freeze_bn), "final_loss": last.get("loss"),
             "knn_auc": last.get("knn_auc"), "config": cfg.to_dict(),
         })
     _barrier()
@@ -667,11 +680,18 @@ def load_data(cfg: SSLConfig) -> dict[str, Any]:
 
         ensure_default_manifest(cfg.data)
     df = read_manifest(cfg.data, positive_label=cfg.positive_label, require_labels=False)
+    if cfg.exclude_centre:
+        centres = sorted(set(df["center"].astype(str).str.strip())) if "center" in df.columns else []
+        if cfg.exclude_centre not in centres:
+            raise ConfigError(f"exclude_centre={cfg.exclude_centre!r} is not a centre of {cfg.data}; its centres "
+                              f"(the 'center' column) are {centres}.")
+        df = df[df["center"].astype(str).str.strip() != cfg.exclude_centre].reset_index(drop=True)
     if cfg.max_images:
         df = df.iloc[: cfg.max_images].reset_index(drop=True)
     fp = data_fingerprint(df)
     hashes = df["sha256"].tolist() if "sha256" in df.columns else None
     images = load_images(df["path"].tolist(), cfg.image_size, cache_dir=cfg.cache_dir or None, hashes=hashes)
+    images = stain_view(images, cfg.stain_normalize)  # normalised row by row as read: constant memory
     y = df["y"].to_numpy().astype(int)
     folds = np.full(len(df), -1, dtype=int)
     lab = y >= 0

@@ -1,0 +1,11 @@
+"""The configuration error every layer raises for a wrong parameter (kept apart so that core.io and core.config
+can both use it without importing each other)."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A parameter or profile is wrong; the message says which one and what to do."""
+
+
+__all__ = ["ConfigError"]
