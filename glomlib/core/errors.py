@@ -1,5 +1,7 @@
-"""The configuration error every layer raises for a wrong parameter (kept apart so that core.io and core.config
-can both use it without importing each other)."""
+"""The configuration error that every layer raises for a wrong parameter.
+
+Kept apart so that core.io and core.config can both use it without importing each other.
+"""
 
 from __future__ import annotations
 
