@@ -140,3 +140,24 @@ def test_a_onednn_isa_cap_below_bf16_means_no_native_bf16(clean_runtime, monkeyp
     w = runtime.Workload("x", 16, 4, lambda: torch.nn.Conv2d(3, 4, 3))
     key = runtime.calibration_key(torch.device("cpu"), w)
     assert (f"onednn-isa={cap.upper()}" in key) is (cap.upper() not in ("", "ALL"))
+
+
+def test_native_bf16_is_confirmed_per_workload_by_timing(clean_runtime, monkeypatch):
+    """Native bf16 is necessary, not sufficient (depthwise convolutions can be slower in bf16): with a workload,
+    a CPU with native bf16 times both modes; without native bf16, or with the calibration switched off, the rule
+    decides alone."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    calls: list = []
+    p = runtime.plan("cpu", "auto", workload=tiny_workload(calls))
+    assert len(calls) == 2 and p.calibration is not None and "timed calibration" in p.reason
+    assert p.precision == p.calibration["chosen"]
+    assert runtime.plan("cpu", "auto").calibration is None  # no workload: the rule (bf16)
+    monkeypatch.setenv("GLOMLIB_PRECISION_CALIBRATE", "0")
+    runtime._CALIBRATION_MEMO.clear()
+    p0 = runtime.plan("cpu", "auto", workload=tiny_workload(calls))
+    assert len(calls) == 2 and p0.calibration is None and p0.precision == "bf16"
+    monkeypatch.delenv("GLOMLIB_PRECISION_CALIBRATE")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    p1 = runtime.plan("cpu", "auto", workload=tiny_workload(calls))
+    assert len(calls) == 2 and p1.calibration is None and p1.precision == "fp32"
