@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -123,18 +125,28 @@ def test_macenko_maps_pale_and_dark_stains_towards_one_look_and_reports_what_it_
     assert rep2.to_dict()["n_unchanged"] == 2
 
 
-def test_stain_normalized_view_normalises_rows_as_they_are_read():
-    from glomlib.data.stain import StainNormalized, stain_view
+def test_the_cache_normalises_once_and_keeps_what_it_left_unchanged(tmp_path, write_png):
+    """load_images(stain=...) equals normalising the plain cached images, is its own cache entry (built once,
+    then only read), and its index lists the images the method left unchanged."""
+    from glomlib.data.cache import load_images, stain_report
 
-    imgs = np.stack([_he_like(0.5 + 0.3 * i, i) for i in range(5)])
-    view = stain_view(imgs, "reinhard")
-    assert isinstance(view, StainNormalized) and stain_view(imgs, "") is imgs
-    assert len(view) == 5 and view.shape == imgs.shape and view.dtype == np.uint8
-    full = reinhard(imgs)
-    assert np.array_equal(view[np.array([1, 3])], full[[1, 3]])
-    assert np.array_equal(view[2], full[2]) and np.array_equal(view[1:4], full[1:4])
-    assert np.array_equal(np.asarray(view), full)
-    assert view[np.array([], dtype=int)].shape == (0, 24, 24, 3)
+    paths = [str(write_png(tmp_path / f"im{i}.png", _he_like(0.5 + 0.3 * i, i))) for i in range(4)]
+    paths.append(str(write_png(tmp_path / "blank.png", np.full((24, 24, 3), 250, np.uint8))))
+    cd = tmp_path / "cache"
+    plain = load_images(paths, 24, cache_dir=cd)
+    mac = load_images(paths, 24, cache_dir=cd, stain="macenko")
+    assert np.array_equal(np.asarray(mac), normalize_stain(np.asarray(plain), "macenko"))
+    assert np.array_equal(np.asarray(load_images(paths, 24, cache_dir=cd, stain="reinhard")),
+                          reinhard(np.asarray(plain)))
+    assert mac.filename != plain.filename and len(list(cd.glob("*.npy"))) == 3
+    rep = stain_report(mac)
+    assert rep.method == "macenko" and rep.n_images == 5 and rep.unchanged == [4] and "stained pixels" in rep.reasons[0]
+    assert stain_report(plain).unchanged == []
+    before = Path(mac.filename).stat().st_mtime_ns
+    again = load_images(paths, 24, cache_dir=cd, stain="macenko")  # a second run reads the entry, builds nothing
+    assert again.filename == mac.filename and Path(mac.filename).stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="stain_normalize"):
+        load_images(paths, 24, cache_dir=cd, stain="vahadane")
 
 
 def test_macenko_brings_the_dark_centre_closer_on_real_patches(real_manifest):
@@ -191,7 +203,10 @@ def test_ssl_can_leave_a_centre_out_and_normalise_stain(make_manifest, tmp_path)
                     image_size=16, backbone="resnet18", ssl_init="scratch")
     d = load_data(cfg)
     assert "B" not in set(d["df"]["center"]) and len(d["df"]) == 16
-    assert np.array_equal(np.asarray(d["images"][np.array([0])]), reinhard(np.asarray(d["images"].images[[0]])))
+    from glomlib.data.cache import load_images
+
+    plain = load_images(d["df"]["path"].tolist(), 16)
+    assert np.array_equal(np.asarray(d["images"]), reinhard(np.asarray(plain)))
     res = run_ssl(SSLConfig(**{**cfg.__dict__, "out": str(tmp_path / "ssl"), "epochs": 1, "batch_size": 8,
                                "final_probe": False, "knn_every": 0, "progress": False, "device": "cpu"}),
                   progress=False)

@@ -141,45 +141,6 @@ def normalize_stain(images: Any, method: str, report: StainReport | None = None)
     raise ValueError(f"stain_normalize={method!r}: choose one of {list(STAIN_METHODS)} ('' = off).")
 
 
-class StainNormalized:
-    """Lazy view of an image array (e.g. the cache's memmap): rows are stain-normalised when read, so a large
-    pretraining set is never copied into memory. Supports ``len``, ``shape``, ``dtype`` and row indexing (an
-    int, a slice or an index array), which is all the SimCLR loader and the monitors use."""
-
-    def __init__(self, images: Any, method: str):
-        if method not in STAIN_METHODS or not method:
-            raise ValueError(f"StainNormalized: method must be one of {list(STAIN_METHODS[1:])}; got {method!r}")
-        self.images, self.method = images, method
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.images.shape)
-
-    @property
-    def dtype(self):
-        return np.dtype(np.uint8)
-
-    def __getitem__(self, idx: Any) -> np.ndarray:
-        rows = np.asarray(self.images[idx])
-        if rows.ndim == 4 and len(rows) == 0:
-            return rows
-        return normalize_stain(rows, self.method)
-
-    def __array__(self, dtype=None, copy=None):
-        out = self[:]
-        return out.astype(dtype) if dtype is not None else out
-
-
-def stain_view(images: Any, method: str) -> Any:
-    """``images`` itself for ``method=""``; else a :class:`StainNormalized` view of it."""
-    return StainNormalized(images, method) if method else images
-
-
-
-
 def write_stain_report(folder: Any, report: StainReport, df: Any = None) -> None:
     """``<folder>/stain.json``: the method, how many images it normalised and which it left unchanged (with the
     file and the reason); a warning names the count when any were left unchanged."""
@@ -200,4 +161,4 @@ def write_stain_report(folder: Any, report: StainReport, df: Any = None) -> None
 
 
 __all__ = ["STAIN_METHODS", "REINHARD_TARGET", "MACENKO_TARGET", "MACENKO_MIN_TISSUE", "StainReport", "reinhard",
-           "macenko", "normalize_stain", "StainNormalized", "stain_view", "write_stain_report"]
+           "macenko", "normalize_stain", "write_stain_report"]

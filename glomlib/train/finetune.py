@@ -56,9 +56,9 @@ from glomlib.core.config import ConfigError, StepConfig, add_config_arguments, c
 from glomlib.core.io import (ensure_new_dir, new_run_dir, open_for_resume, run_status, write_csv_atomic,
                              write_json_atomic, write_provenance, write_with)
 from glomlib.core.runtime import PRECISIONS
-from glomlib.data.cache import load_images
+from glomlib.data.cache import load_images, stain_report
 from glomlib.data.manifest import data_fingerprint, read_manifest
-from glomlib.data.stain import STAIN_METHODS, StainReport, normalize_stain, write_stain_report
+from glomlib.data.stain import STAIN_METHODS, write_stain_report
 from glomlib.data.splits import assign_folds, fold_table, inner_validation
 from glomlib.evaluate import metrics as M
 from glomlib.evaluate.runs import INITS, load_run
@@ -553,11 +553,9 @@ def _run_finetune(cfg: FinetuneConfig | None = None, **params: Any) -> FinetuneR
                                                            "negative_label": negative_label,
                                                            "n_images": int(len(df)), "n_positive": int(df["y"].sum())})
     kw = {"cache_dir": cfg.cache_dir} if cfg.cache_dir else {}
-    stain_report = StainReport()
-    arr = normalize_stain(np.asarray(load_images(list(df["path"]), cfg.image_size, **kw)), cfg.stain_normalize,
-                          report=stain_report)
+    arr = load_images(list(df["path"]), cfg.image_size, stain=cfg.stain_normalize, **kw)  # normalised once, cached
     if cfg.stain_normalize:  # which images the method had to leave as they were (never dropped): stain.json
-        write_stain_report(out, stain_report, df)
+        write_stain_report(out, stain_report(arr), df)
     images = torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True))
     y = df["y"].to_numpy().astype(int)
 

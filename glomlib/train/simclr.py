@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from glomlib.data.stain import STAIN_METHODS, stain_view
+from glomlib.data.stain import STAIN_METHODS
 from glomlib.train.augment import AugmentParams, apply_clahe, augment_batch
 from glomlib.models.files import atomic_save, load_checkpoint, save_encoder
 from glomlib.core.config import ConfigError, StepConfig, add_config_arguments, config_from_args
@@ -77,7 +77,7 @@ class SSLConfig(StepConfig):
     resume: bool = False                 # continue the run in `out` from its last completed epoch
     max_images: int = 0                  # use only the first N images (0 = all)
     exclude_centre: str = ""             # leave this centre's images out (an encoder for leave-one-centre-out glom fine-tunes); "" = all
-    stain_normalize: str = ""            # "" (off) | reinhard | macenko: every image stain-normalised as it is read (as in 03)
+    stain_normalize: str = ""            # "" (off) | reinhard | macenko: every image stain-normalised once, into the image cache (as in 03)
     steps_per_epoch: int = 0             # cap steps per epoch (0 = a full pass); for smoke tests/benchmarks
     positive_label: str = ""             # positive label of the kNN monitor ("" = the one dataset.json names)
     knn_every: int = 5                   # kNN monitor every N epochs (0 = off)
@@ -690,8 +690,9 @@ def load_data(cfg: SSLConfig) -> dict[str, Any]:
         df = df.iloc[: cfg.max_images].reset_index(drop=True)
     fp = data_fingerprint(df)
     hashes = df["sha256"].tolist() if "sha256" in df.columns else None
-    images = load_images(df["path"].tolist(), cfg.image_size, cache_dir=cfg.cache_dir or None, hashes=hashes)
-    images = stain_view(images, cfg.stain_normalize)  # normalised row by row as read: constant memory
+    # stain-normalised once, when the cache entry is built: every epoch then reads plain uint8 rows
+    images = load_images(df["path"].tolist(), cfg.image_size, cache_dir=cfg.cache_dir or None, hashes=hashes,
+                         stain=cfg.stain_normalize)
     y = df["y"].to_numpy().astype(int)
     folds = np.full(len(df), -1, dtype=int)
     lab = y >= 0
