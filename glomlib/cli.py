@@ -87,12 +87,12 @@ def classify(e: BaseException) -> int:
     if (_is(e, "glomlib.models.files", "ModelFileError") or _is(e, "glomlib.models.files", "EncoderFileError")
             or _is(e, "glomlib.models.backbones", "WeightsNotFoundError")):
         return EXIT_MODEL
-    if _is(e, "glomlib.publish.pipeline", "PipelineError"):
+    if _is(e, "glomlib.publish.steps", "PipelineError"):
         return EXIT_STEP
     if isinstance(e, (ConfigError, ResumeError)):
         return EXIT_USAGE
     if (_is(e, "glomlib.data.manifest", "ManifestError") or _is(e, "glomlib.data.splits", "SplitError")
-            or _is(e, "glomlib.data.pixels", "ImageTooLargeError")):
+            or _is(e, "glomlib.data.pixels", "ImageTooLargeError") or _is(e, "glomlib.data.cache", "ImageReadError")):
         return EXIT_DATA
     if isinstance(e, (FileExistsError, PermissionError, IsADirectoryError)) or (
             isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)):

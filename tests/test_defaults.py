@@ -128,3 +128,14 @@ def test_profiles_use_one_name_per_concept(profile):
     for params in (doc.get("steps") or {}).values():
         keys |= set(params or {})
     assert "n_folds" not in keys and "amp" not in keys, f"{profile.name}: use 'folds' / 'precision'"
+
+
+def test_a_config_shows_itself_in_a_notebook_as_its_changed_settings():
+    """03 and 06 end their set-up cell with `cfg`: the report shows the settings that differ from the defaults,
+    not a one-line dataclass repr."""
+    from glomlib.train.finetune import FinetuneConfig
+
+    md = FinetuneConfig(init="imagenet", seeds=[0, 1])._repr_markdown_()
+    assert "2 setting(s) differ" in md and "- `init` = `'imagenet'` (default `'glom'`)" in md
+    assert "`seeds` = `[0, 1]` (default `[0]`)" in md and "epochs" not in md
+    assert "every setting at its default" in FinetuneConfig()._repr_markdown_()

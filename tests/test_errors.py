@@ -208,3 +208,26 @@ def test_debug_shows_the_traceback_and_bugs_say_so(model_file, unlabeled, tmp_pa
     with pytest.raises(SystemExit) as ei:  # a missing option: argparse's usage error
         main(["predict", "--model", str(model_file), "--out", "x.csv"])
     assert ei.value.code == EXIT_USAGE
+
+
+def test_unreadable_images_and_bad_settings_get_their_documented_exit_codes(tmp_path, monkeypatch):
+    """A file that is not an image is a data problem (1, naming the file), not a bug (70); a bad
+    GLOMLIB_MAX_PIXELS is a configuration error (2)."""
+    from glomlib.cli import classify
+    from glomlib.data.cache import ImageReadError, decode_image, load_images
+    from glomlib.data.pixels import max_pixels
+
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(ImageReadError, match="x.png") as e:
+        decode_image(str(bad))
+    assert classify(e.value) == 1
+    with pytest.raises(ImageReadError, match=r"cannot read image .*missing.png") as e:
+        decode_image(str(tmp_path / "missing.png"))
+    assert classify(e.value) == 1
+    with pytest.raises(ImageReadError, match=r"row 1: cannot decode image .*x.png"):
+        load_images([str(bad)], 8, cache_dir=tmp_path / "c", hashes=["0" * 64])
+    monkeypatch.setenv("GLOMLIB_MAX_PIXELS", "lots")
+    with pytest.raises(Exception) as e:
+        max_pixels()
+    assert classify(e.value) == 2 and "GLOMLIB_MAX_PIXELS" in str(e.value)

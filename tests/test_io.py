@@ -273,3 +273,28 @@ def test_run_status_marks_failed_with_how_to_resume(tmp_path):
     d3 = claim_dir(tmp_path / "r3")
     assert not (d3 / "run.json").exists()
     assert json.loads((d3 / CLAIM_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_a_failed_step_releases_its_empty_claim_so_the_same_out_works_again(tmp_path):
+    from glomlib.core.io import CLAIM_FILE, claim_dir, release_claim
+
+    out = claim_dir(tmp_path / "out")
+    assert (out / CLAIM_FILE).exists()
+    assert release_claim(out) and not out.exists()
+    out = claim_dir(tmp_path / "out")  # the same --out is usable again
+    (out / "result.csv").write_text("x\n")
+    assert not release_claim(out) and (out / "result.csv").exists()  # never removes what a step wrote
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / CLAIM_FILE).write_text('{"pid": 1}\n')
+    assert not release_claim(other) and (other / CLAIM_FILE).exists()  # another process's claim is kept
+
+
+def test_confident_errors_treat_both_classes_alike_at_the_boundary():
+    import numpy as np
+
+    from glomlib.evaluate.review import confident_errors
+
+    y = np.array([1, 0, 1, 0])
+    prob = np.array([0.2, 0.8, 0.21, 0.79])
+    assert confident_errors(y, prob, 0.8).tolist() == [True, True, False, False]

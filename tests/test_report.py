@@ -74,9 +74,9 @@ def rendered(tmp_path_factory):
 def test_a_real_identifier_run_is_never_rendered_as_pseudonymised(rendered):
     """Text scrubbing cannot remove identifiers drawn as pixels: rendering a real-identifier run with
     pseudonymise=True is refused, also when render_run is called directly (not only through `glomlib run`)."""
-    from glomlib.core.config import ConfigError
+    from glomlib.publish.pipeline import PipelineError
 
-    with pytest.raises(ConfigError, match="real identifiers"):
+    with pytest.raises(PipelineError, match="real identifiers"):
         render_run(rendered["run"], reports_root=rendered["base"] / "reports-x", project_root=REPO,
                    pseudonymise=True, log=lambda m: None)
     assert not (rendered["base"] / "reports-x").exists() or not any((rendered["base"] / "reports-x").iterdir())

@@ -60,6 +60,21 @@ class StepConfig:
     def validate(self) -> None:  # overridden by steps that have constraints
         return None
 
+    def _repr_markdown_(self) -> str:
+        """How a notebook (and its HTML report) shows the config: the settings that differ from the defaults, as a
+        readable list, instead of the dataclass's one-line repr."""
+        changed = []
+        for f in dataclasses.fields(self):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+            value = getattr(self, f.name)
+            if value != default:
+                changed.append(f"- `{f.name}` = `{value!r}` (default `{default!r}`)")
+        head = f"**{type(self).__name__}**: "
+        if not changed:
+            return head + "every setting at its default."
+        return head + f"{len(changed)} setting(s) differ from the defaults:\n\n" + "\n".join(changed)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

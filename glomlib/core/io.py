@@ -248,6 +248,21 @@ def claim_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def release_claim(path: str | os.PathLike) -> bool:
+    """Give up a claim made by this process on a folder that is still empty (the step failed before writing
+    anything), so that the same ``--out`` can be used again; True when the folder was removed."""
+    path = Path(path)
+    try:
+        info = json.loads((path / CLAIM_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if info.get("pid") != os.getpid() or any(p.name != CLAIM_FILE for p in path.iterdir()):
+        return False
+    (path / CLAIM_FILE).unlink()
+    path.rmdir()
+    return True
+
+
 class ResumeError(ConfigError):
     """A run folder cannot be continued (finished, other data or other settings); the message lists why."""
 

@@ -39,6 +39,10 @@ INTERPOLATIONS = {"area": "INTER_AREA", "linear": "INTER_LINEAR", "cubic": "INTE
                   "nearest": "INTER_NEAREST", "lanczos": "INTER_LANCZOS4"}
 
 
+class ImageReadError(ValueError):
+    """An image file cannot be read or decoded; the message names the file (and the row, when cached)."""
+
+
 def default_cache_dir() -> Path:
     """``$GLOMLIB_CACHE`` or ``<project root>/data/cache``."""
     env = os.environ.get("GLOMLIB_CACHE")
@@ -65,11 +69,12 @@ def decode_image(path: str, image_size: int | None = None, interpolation: str = 
     try:
         buf = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
-        raise OSError(f"cannot read image {path}: {e}") from e
+        raise ImageReadError(f"cannot read image {path}: {e.strerror or e}; run 'glomlib data check' on the "
+                             "manifest") from e
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise ValueError(f"cannot decode image {path} (empty, truncated or not an image); "
-                         f"run 'glomlib data check' on the manifest")
+        raise ImageReadError(f"cannot decode image {path} (empty, truncated or not an image); "
+                             f"run 'glomlib data check' on the manifest")
     img = to_rgb8(img, path)
     if image_size is not None and img.shape[:2] != (image_size, image_size):
         img = cv2.resize(img, (image_size, image_size), interpolation=_cv2_interp(interpolation))
@@ -153,8 +158,8 @@ def _build(kind: str, paths: list[str], hashes: list[str], image_size: int, inte
             i, p = ip
             try:
                 img = decode(p)
-            except ImageTooLargeError as e:  # name the row of the list (= the manifest row for a manifest)
-                raise ImageTooLargeError(f"row {i + 1}: {e}") from None
+            except (ImageTooLargeError, ImageReadError) as e:  # name the row of the list (= the manifest row)
+                raise type(e)(f"row {i + 1}: {e}") from None
             if stain and img is not None:
                 rep = StainReport()
                 img = normalize_stain(img, stain, report=rep)

@@ -5,7 +5,8 @@
     glomlib data fetch glomeruli-pas [--mirror DIR | --no-mirror] [--out DIR]
     glomlib data apply-review REVIEW.csv --manifest M.csv --out M2.csv [--reviewer NAME] [--date YYYY-MM-DD]
 
-Exit status: 0 = fine (warnings allowed), 1 = problems found, 2 = usage error. No torch import here.
+Exit status: 0 = fine (warnings allowed), 1 = problems found, 2 = usage error, 3 = the output exists. No torch
+import here.
 """
 
 from __future__ import annotations
@@ -138,7 +139,10 @@ def from_folder(args) -> int:
     except FileExistsError as e:
         _err(f"error: {e}")
         return 3  # the documented "output exists" code (glomlib --help)
-    except (FileNotFoundError, ValueError, re.error) as e:
+    except re.error as e:
+        _err(f"error: a regular expression (--slide-regex / --center-regex) is not valid: {e}")
+        return 2  # usage error, as documented
+    except (FileNotFoundError, ValueError) as e:
         _err(f"error: {e}")
         return 1
     import pandas as pd

@@ -44,7 +44,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from glomlib.core.io import write_text_atomic
+from glomlib.core.io import write_csv_atomic, write_text_atomic
 from glomlib.data.pixels import over_budget
 
 REQUIRED_COLUMNS = ("path", "label", "slide")
@@ -127,10 +127,7 @@ def write_dataset_info(manifest: str | os.PathLike, positive_label: str, negativ
         if p.read_text() == text:
             return p
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, p)
-    return p
+    return write_text_atomic(p, text)
 
 
 def _labels_text(manifest: Path) -> str:
@@ -597,10 +594,7 @@ def write_skipped(problems: Sequence[Problem], df: pd.DataFrame, out: str | os.P
         rec = df.iloc[r - 1]
         rows.append({"row": r, "path": rec.get("path", ""), "label": rec.get("label", ""),
                      "slide": rec.get("slide", ""), "reason": " | ".join(rs)})
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    pd.DataFrame(rows, columns=["row", "path", "label", "slide", "reason"]).to_csv(tmp, index=False)
-    os.replace(tmp, out)
-    return out
+    return write_csv_atomic(pd.DataFrame(rows, columns=["row", "path", "label", "slide", "reason"]), out)
 
 
 def read_manifest(

@@ -9,6 +9,8 @@ pixels; a glomerulus patch is well under 1 million). OpenCV's own decoder limit 
 from __future__ import annotations
 
 import os
+
+from glomlib.core.errors import ConfigError
 import struct
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -27,9 +29,9 @@ def max_pixels() -> int:
     try:
         value = int(float(raw))
     except ValueError:
-        raise ValueError(f"{ENV}={raw!r} is not a number of pixels (e.g. {DEFAULT_MAX_PIXELS})") from None
+        raise ConfigError(f"{ENV}={raw!r} is not a number of pixels (e.g. {DEFAULT_MAX_PIXELS})") from None
     if value < 1:
-        raise ValueError(f"{ENV}={raw!r} must be a positive number of pixels")
+        raise ConfigError(f"{ENV}={raw!r} must be a positive number of pixels")
     return value
 
 

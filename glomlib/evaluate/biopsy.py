@@ -86,12 +86,24 @@ def parse_rule(rule: str | BiopsyRule) -> BiopsyRule:
 
 
 # ------------------------------------------------------------------------------------------- the table
+def largest_fraction(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the largest ``label_fraction`` (a fine-tune with several label fractions), else all rows."""
+    if "label_fraction" in predictions.columns and predictions["label_fraction"].nunique() > 1:
+        frac = predictions["label_fraction"].astype(float)
+        return predictions[frac == frac.max()]
+    return predictions
+
+
 def per_image(predictions: pd.DataFrame, y_col: str = "y", prob_col: str = "prob") -> pd.DataFrame:
-    """One row per image: predictions repeated over seeds (several rows per ``path``) are averaged."""
+    """One row per image: predictions repeated over seeds (several rows per ``path``) are averaged. Models
+    trained on different label fractions are never averaged together: select one first (:func:`largest_fraction`)."""
     missing = [c for c in (y_col, prob_col) if c not in predictions.columns]
     if missing:
         raise ValueError(f"predictions lack column(s) {missing}; they need {y_col!r} (0/1 truth) and "
                          f"{prob_col!r} (probability of the positive label). Columns: {list(predictions.columns)}.")
+    if "label_fraction" in predictions.columns and predictions["label_fraction"].nunique() > 1:
+        raise ValueError(f"predictions of {predictions['label_fraction'].nunique()} label fractions "
+                         f"({sorted(predictions['label_fraction'].unique())}); select one, e.g. with largest_fraction().")
     if "path" not in predictions.columns or not predictions["path"].duplicated().any():
         return predictions.reset_index(drop=True)
     keep = {c: "first" for c in predictions.columns if c not in ("path", prob_col)}
@@ -239,8 +251,7 @@ def runs_table(runs: dict[str, pd.DataFrame], threshold: float = 0.5, rule: str 
     label fraction is used when several are present)."""
     rows = []
     for name, pred in runs.items():
-        if "label_fraction" in pred.columns and pred["label_fraction"].nunique() > 1:
-            pred = pred[pred["label_fraction"].astype(float) == pred["label_fraction"].astype(float).max()]
+        pred = largest_fraction(pred)
         labels = pred.loc[pred["y"] == 1, "label"] if "label" in pred.columns else []
         r = rule_for_label(str(labels.iloc[0]) if len(labels) else "", rule)
         ro = readouts(pred, threshold=threshold, rule=r, by=by)
@@ -293,8 +304,8 @@ def show(predictions: pd.DataFrame, threshold: float = 0.5, rule: str | BiopsyRu
     from IPython.display import Markdown, display
 
     if "label_fraction" in predictions.columns and predictions["label_fraction"].nunique() > 1:
-        largest = predictions["label_fraction"].astype(float).max()  # a run with several label fractions
-        predictions = predictions[predictions["label_fraction"].astype(float) == largest]
+        predictions = largest_fraction(predictions)  # a run with several label fractions
+        largest = float(predictions["label_fraction"].iloc[0])
         display(Markdown(f"Predictions of the runs with {largest:.0%} of the training labels."))
     if positive_label is None:  # the label of the rows with y == 1
         labels = predictions.loc[predictions["y"] == 1, "label"] if "label" in predictions.columns else []
@@ -321,5 +332,5 @@ def show(predictions: pd.DataFrame, threshold: float = 0.5, rule: str | BiopsyRu
     return ro
 
 
-__all__ = ["BiopsyRule", "BiopsyReadout", "parse_rule", "rule_for_label", "per_image", "biopsy_table", "icc", "agreement",
+__all__ = ["BiopsyRule", "BiopsyReadout", "parse_rule", "rule_for_label", "largest_fraction", "per_image", "biopsy_table", "icc", "agreement",
            "biopsy_calls", "call_metrics", "call_confusion", "readouts", "runs_table", "bland_altman_figure", "show", "ESTIMATES"]

@@ -329,10 +329,10 @@ def run_evaluate(cfg: EvaluateConfig | None = None, **params: Any) -> EvaluateRe
 def centre_table(runs: Mapping[str, pd.DataFrame], threshold: float = 0.5) -> pd.DataFrame:
     """Per run and held-out centre (out-of-fold predictions, e.g. of ``cv=centre`` fine-tunes): glomeruli, AUC,
     balanced accuracy at ``threshold``, and the biopsy-level error of the share of positives (MAE over the centre's
-    slides, from the mean probability and from hard calls)."""
+    slides, from the mean probability and from hard calls). A run with several label fractions: the largest."""
     rows = []
     for name, pred in runs.items():
-        img = B.per_image(pred)
+        img = B.per_image(B.largest_fraction(pred))
         for c, g in img.groupby("center", sort=True):
             m = M.binary_metrics(g["y"], g["prob"], threshold=threshold)
             t = B.biopsy_table(g, threshold=threshold)

@@ -145,8 +145,9 @@ def given_label_probability(y: np.ndarray, prob: np.ndarray) -> np.ndarray:
 
 
 def confident_errors(y: np.ndarray, prob: np.ndarray, confident: float = 0.8) -> np.ndarray:
-    """True where the out-of-fold call is wrong with confidence >= ``confident``."""
-    return given_label_probability(y, prob) <= 1 - confident
+    """True where the out-of-fold call is wrong with confidence >= ``confident`` (the same rule for both classes:
+    the probability of the *other* class, compared with a tolerance for rounded probabilities)."""
+    return 1 - given_label_probability(y, prob) >= confident - 1e-9
 
 
 def confident_learning_issues(y: np.ndarray, prob: np.ndarray) -> np.ndarray:
@@ -470,7 +471,11 @@ def run_review(cfg: ReviewConfig | None = None, slide_names: Mapping[str, str] |
     run_dir = resolve_run(cfg.run)
     items = load_review_inputs(run_dir, cfg.data, cfg.label_fraction)
     out = Path(runs.new_run_dir("runs", "review") if cfg.out == "auto" else runs.ensure_new_dir(cfg.out))
-    review = build_review(items, cfg)
+    try:
+        review = build_review(items, cfg)
+    except BaseException:
+        runs.release_claim(out)  # nothing written yet: the same --out can be used again
+        raise
     cfg.save(out / "config.json")
     runs.write_provenance(out, cfg, extra={"finetune_run": str(Path(run_dir).resolve()),
                                            "manifest": items.attrs.get("manifest", "")})

@@ -56,16 +56,13 @@ from glomlib.core.config import PROFILES_DIR, ConfigError, list_profiles
 from glomlib.core.io import new_run_dir, sweep_stale_temp, write_json_atomic, write_provenance
 from glomlib.publish.privacy import pseudonym_key, write_pseudonymised_manifest
 from glomlib.publish.report import render_run
+from glomlib.publish.steps import PipelineError, refuse_real_identifiers
 from glomlib.publish.steps import (OPTIONAL_PIPELINE_PARAMS, OPTIONAL_STEMS, PIPELINE_PARAMS, PROFILE_KEYS, STEMS,
                                    SUBSET_KEYS, Step, find_project_root, plan_steps)
 
 DEFAULT_DATA = "data/glomeruli-pas/manifest.csv"
 DEFAULT_INITS = ("glom", "imagenet", "scratch")
 KERNEL = "python3"
-
-class PipelineError(RuntimeError):
-    """The run cannot go on; the message names the notebook/step/parameter and what to do."""
-
 
 # --------------------------------------------------------------------------------------------- helpers
 def _now() -> str:
@@ -541,12 +538,8 @@ def run_pipeline(profile: str | Path | None = None, *, data: str | None = None, 
                                 "give a folder made by 'glomlib run'.")
         definition = json.loads((run_dir / "pipeline.json").read_text())
         sweep_stale_temp(run_dir, recursive=True)  # temp files of killed steps
-        if pseudonymise and not definition.get("pseudonymised_data"):
-            raise PipelineError(
-                f"{_rel(run_dir, root)} was run on the real identifiers: its figures draw slide IDs and file names "
-                "as pixels (audit galleries, error analysis), which no text scrubbing can remove, so a pseudonymised "
-                "report cannot be made from it. Start a new run with --pseudonymise (the notebooks then only ever "
-                "see pseudonyms).")
+        if pseudonymise:
+            refuse_real_identifiers(_rel(run_dir, root), definition)
         if profile is not None and load_run_profile(profile)["name"] != definition["profile"]["name"]:
             raise PipelineError(f"{_rel(run_dir, root)} was made with profile {definition['profile']['name']!r}; "
                                 "--resume uses the run's own profile, drop --profile.")

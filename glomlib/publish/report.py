@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from glomlib.publish.privacy import pseudonym, pseudonym_key
-from glomlib.publish.steps import find_project_root, plan_steps
+from glomlib.publish.steps import find_project_root, plan_steps, refuse_real_identifiers
 
 # ------------------------------------------------------------------------------------ dataset license
 GLOMERULI_PAS_LICENSE = ("CC BY-NC-SA 4.0 (Attribution-NonCommercial-ShareAlike 4.0 International), "
@@ -423,14 +423,8 @@ def render_run(run_dir: str | Path, *, reports_root: str | Path = "reports", pse
     root = Path(project_root).resolve() if project_root else find_project_root()
     run_dir = Path(run_dir).resolve()
     definition = json.loads((run_dir / "pipeline.json").read_text())
-    if pseudonymise and not definition.get("pseudonymised_data"):
-        from glomlib.core.config import ConfigError
-
-        raise ConfigError(
-            f"{run_dir.name} was run on the real identifiers: its figures draw slide IDs and file names as pixels "
-            "(audit galleries, error analysis), which no text scrubbing can remove, so a pseudonymised report cannot "
-            "be rendered from it. Start a new run with `glomlib run --pseudonymise` (the notebooks then only ever "
-            "see pseudonyms).")
+    if pseudonymise:
+        refuse_real_identifiers(run_dir.name, definition)
     state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").is_file() else {"steps": {}}
     prov_path = run_dir / "provenance.json"
     provenance = json.loads(prov_path.read_text()) if prov_path.is_file() else {}

@@ -8,6 +8,21 @@ from typing import Any
 
 from glomlib.core.paths import project_root
 
+
+class PipelineError(RuntimeError):
+    """The run cannot go on; the message names the notebook/step/parameter and what to do."""
+
+
+def refuse_real_identifiers(run_name: str, definition: dict[str, Any]) -> None:
+    """A pseudonymised report is made only from a run whose notebooks saw pseudonyms (``glomlib run
+    --pseudonymise``): figures of a real-identifier run draw slide IDs and file names as pixels."""
+    if not definition.get("pseudonymised_data"):
+        raise PipelineError(
+            f"{run_name} was run on the real identifiers: its figures draw slide IDs and file names as pixels "
+            "(audit galleries, error analysis), which no text scrubbing can remove, so a pseudonymised report cannot "
+            "be made from it. Start a new run with --pseudonymise (`glomlib run --pseudonymise`: the notebooks then "
+            "only ever see pseudonyms).")
+
 # notebook stem -> output sub-folder of the run
 STEP_TABLE: tuple[tuple[str, str], ...] = (
     ("01_data_audit", "audit"),
