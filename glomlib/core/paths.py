@@ -11,6 +11,7 @@ from pathlib import Path
 DEFAULT_DATA_ROOT = Path("data")
 DEFAULT_RUNS_ROOT = Path("runs")
 DEFAULT_REPORTS_ROOT = Path("reports")
+DEFAULT_MANIFEST = DEFAULT_DATA_ROOT / "glomeruli-pas" / "manifest.csv"  # the one default manifest path
 
 
 def project_root(start: str | Path | None = None) -> Path:
