@@ -119,3 +119,38 @@ def test_real_data_cache_small(real_manifest, tmp_path):
     df = read_manifest(real_manifest, positive_label="GS").iloc[:24]
     x = load_images(df["path"], 32, cache_dir=tmp_path, hashes=df["sha256"])
     assert x.shape == (24, 32, 32, 3) and 0 < x.mean() < 255
+
+
+def _old_cache_decode(path, size):
+    """The cache's decoder before glomlib.data.images existed (kept here to prove the pixels did not move)."""
+    import cv2
+
+    img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if img.dtype == np.uint16:
+        img = ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB) if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if img.shape[:2] != (size, size):
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    return img
+
+
+@pytest.mark.realdata
+def test_real_patches_and_masks_identical_to_the_old_decoder(real_manifest, tmp_path):
+    """images.read_rgb / read_mask (what the cache stores) give the very pixels the old cv2 cache decode gave."""
+    import cv2
+
+    from glomlib.data.images import image_size, read_mask, read_rgb
+
+    df = read_manifest(real_manifest, positive_label="GS")
+    df = df.iloc[np.linspace(0, len(df) - 1, 6).astype(int)].reset_index(drop=True)  # all three centres
+    for size in (64, 224):
+        x = load_images(df["path"], size, cache_dir=tmp_path, hashes=df["sha256"])
+        m = load_masks(df["mask"], size, cache_dir=tmp_path)
+        for i, (p, mp) in enumerate(zip(df["path"], df["mask"])):
+            old = _old_cache_decode(p, size)
+            assert np.array_equal(read_rgb(p, size), old) and np.array_equal(x[i], old)
+            grey = cv2.imdecode(np.fromfile(mp, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+            grey = grey if grey.ndim == 2 else grey.max(axis=2)  # BGR max == RGB max
+            old_mask = cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA) > 127
+            assert np.array_equal(read_mask(mp, size), old_mask) and np.array_equal(m[i], old_mask)
+            assert read_rgb(p).shape[1::-1] == image_size(p)

@@ -1,5 +1,5 @@
-"""glomlib.data.pixels: the pixel budget read from image headers refuses decompression bombs before decoding,
-in ``glomlib data check``, the cache, ``predict`` and the audit."""
+"""The pixel budget (glomlib.data.pixels), checked from image headers (glomlib.data.images), refuses decompression
+bombs before decoding, in ``glomlib data check``, the cache, ``predict`` and the audit."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glomlib.data.pixels import DEFAULT_MAX_PIXELS, ImageTooLargeError, declared_size, over_budget
+from glomlib.data.images import image_size, over_budget
+from glomlib.data.pixels import DEFAULT_MAX_PIXELS, ImageTooLargeError
 
 
 def write_bomb_png(path: Path, w: int = 30000, h: int = 30000) -> Path:
@@ -40,21 +41,21 @@ def bomb_manifest(tmp_path, write_png):
     return m, bomb
 
 
-def test_declared_size_from_headers(tmp_path, write_png):
+def test_image_size_from_headers(tmp_path, write_png):
     import cv2
 
     img = np.zeros((21, 37, 3), np.uint8)
     write_png(tmp_path / "a.png", img)
-    assert declared_size(tmp_path / "a.png") == (37, 21)
+    assert image_size(tmp_path / "a.png") == (37, 21)
     for ext in (".jpg", ".tif", ".bmp"):
         ok, buf = cv2.imencode(ext, img)
         (tmp_path / f"a{ext}").write_bytes(buf.tobytes())
-        assert declared_size(tmp_path / f"a{ext}") == (37, 21), ext
+        assert image_size(tmp_path / f"a{ext}") == (37, 21), ext
     bomb = write_bomb_png(tmp_path / "bomb.png")
-    assert bomb.stat().st_size < 1000 and declared_size(bomb) == (30000, 30000)
+    assert bomb.stat().st_size < 1000 and image_size(bomb) == (30000, 30000)
     assert "30000x30000" in over_budget(bomb) and over_budget(tmp_path / "a.png") is None
     (tmp_path / "x.txt").write_text("not an image")
-    assert declared_size(tmp_path / "x.txt") is None
+    assert over_budget(tmp_path / "x.txt") is None  # not an image: left to the decoder, which names the file
 
 
 def test_data_check_refuses_the_bomb_naming_row_file_and_size_without_decoding(bomb_manifest, capsys,

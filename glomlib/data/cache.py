@@ -1,20 +1,12 @@
 """Patch cache: decode every image once, resize, keep as a uint8 memory-mapped array on disk.
 
-``load_images(paths, image_size)`` returns a read-only ``np.memmap`` of shape (N, S, S, 3), RGB, uint8.
-The cache entry is keyed by a fingerprint of (every file's content hash, in order; size; interpolation;
-cache format version), so a second run with the same data and size opens the file without decoding
-anything, and changed image bytes can never be served stale. Building writes row by row into
-``np.lib.format.open_memmap`` (memory stays bounded, whatever the dataset size) under a temporary name
-and renames it into place when complete, so an interrupted build leaves no half-written entry.
-
-Each entry is ``<cache_dir>/<kind>-<S>px-<key>.npy`` plus ``.json`` (index: source paths, hashes, size,
-interpolation, conversions applied). Default cache dir: ``$GLOMLIB_CACHE`` or ``<project root>/data/cache``.
-
-Image modes: grey -> RGB (channel repeated), alpha dropped, 16-bit scaled to 8-bit (``/257``).
-
-``load_images(..., stain="macenko"|"reinhard")`` caches the stain-normalised images as their own entry (normalised
-once, after resizing, when the entry is built; the images a method had to leave unchanged are listed in the entry's
-index, see :func:`stain_report`), so training reads them as fast as plain images, every epoch.
+``load_images(paths, image_size)`` returns a read-only ``np.memmap`` (N, S, S, 3), RGB, uint8, decoded by
+:func:`glomlib.data.images.read_rgb`. An entry is keyed by (every file's content hash, in order; size;
+interpolation; stain method; format version), so changed image bytes are never served stale and a second run
+opens the file without decoding. It is written row by row under a temporary name (memory stays bounded) and
+renamed into place when complete: ``<cache_dir>/<kind>-<S>px-<key>.npy`` plus a ``.json`` index (source paths,
+hashes, size, interpolation, the rows a stain method left unchanged). Default folder: ``$GLOMLIB_CACHE`` or
+``<project root>/data/cache``.
 """
 
 from __future__ import annotations
@@ -30,17 +22,15 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from glomlib.core.io import TMP_MARK, DiskFullError, is_disk_full, sweep_stale_temp, write_text_atomic
+from glomlib.data.images import INTERPOLATIONS, ImageReadError, read_mask, read_rgb
 from glomlib.data.manifest import hash_files
-from glomlib.data.pixels import ImageTooLargeError, check_pixel_budget
+from glomlib.data.pixels import ImageTooLargeError
 from glomlib.data.stain import STAIN_METHODS, StainReport, normalize_stain
 
 CACHE_VERSION = 1
-INTERPOLATIONS = {"area": "INTER_AREA", "linear": "INTER_LINEAR", "cubic": "INTER_CUBIC",
-                  "nearest": "INTER_NEAREST", "lanczos": "INTER_LANCZOS4"}
-
-
-class ImageReadError(ValueError):
-    """An image file cannot be read or decoded; the message names the file (and the row, when cached)."""
+decode_image = read_rgb  # the name the cache calls (tests replace it to watch or break decoding)
+__all__ = ["ImageReadError", "cache_path", "decode_image", "default_cache_dir", "load_images", "load_masks",
+           "stain_report"]
 
 
 def default_cache_dir() -> Path:
@@ -53,82 +43,76 @@ def default_cache_dir() -> Path:
     return project_root() / "data" / "cache"
 
 
-def _cv2_interp(name: str) -> int:
-    import cv2
-
-    if name not in INTERPOLATIONS:
-        raise ValueError(f"interpolation {name!r} is not one of {sorted(INTERPOLATIONS)}")
-    return getattr(cv2, INTERPOLATIONS[name])
-
-
-def decode_image(path: str, image_size: int | None = None, interpolation: str = "area") -> np.ndarray:
-    """Decode one image file to RGB uint8 (H, W, 3), optionally resized to (S, S). Raises naming the file."""
-    import cv2
-
-    check_pixel_budget(path)  # from the header: a decompression bomb is never decoded
-    try:
-        buf = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise ImageReadError(f"cannot read image {path}: {e.strerror or e}; run 'glomlib data check' on the "
-                             "manifest") from e
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ImageReadError(f"cannot decode image {path} (empty, truncated or not an image); "
-                             f"run 'glomlib data check' on the manifest")
-    img = to_rgb8(img, path)
-    if image_size is not None and img.shape[:2] != (image_size, image_size):
-        img = cv2.resize(img, (image_size, image_size), interpolation=_cv2_interp(interpolation))
-    return img
-
-
-def to_rgb8(img: np.ndarray, path: str = "") -> np.ndarray:
-    """OpenCV's IMREAD_UNCHANGED output (grey / BGR / BGRA, 8 or 16 bit) -> RGB uint8."""
-    import cv2
-
-    if img.dtype == np.uint16:
-        img = (img.astype(np.uint32) * 255 + 32767) // 65535
-        img = img.astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise ValueError(f"image {path}: unsupported pixel type {img.dtype}; convert it to 8-bit RGB")
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    c = img.shape[2]
-    if c == 1:
-        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
-    if c == 2:  # grey + alpha
-        return cv2.cvtColor(np.ascontiguousarray(img[:, :, 0]), cv2.COLOR_GRAY2RGB)
-    if c == 3:
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    if c == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    raise ValueError(f"image {path}: unsupported channel count {c}")
-
-
-def decode_mask(path: str, image_size: int, interpolation: str = "area") -> np.ndarray:
-    """Decode a mask to (S, S) uint8 in {0, 1} (any channel > half intensity = inside)."""
-    import cv2
-
-    img = decode_image(path, None)
-    grey = img.max(axis=2)
-    if grey.shape != (image_size, image_size):
-        grey = cv2.resize(grey, (image_size, image_size), interpolation=_cv2_interp(interpolation))
-    return (grey > 127).astype(np.uint8)
-
-
-def _key(kind: str, hashes: Sequence[str], image_size: int, interpolation: str, stain: str = "") -> str:
+def _stem(kind: str, hashes: Sequence[str], image_size: int, interpolation: str, stain: str = "") -> str:
     head = {"v": CACHE_VERSION, "kind": kind, "size": int(image_size), "interp": interpolation}
     if stain:  # plain entries keep the key they always had
         head["stain"] = stain
     d = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
     for h in hashes:
         d.update(h.encode() + b"\n")
-    return d.hexdigest()[:24]
+    return f"{kind}-{stain + '-' if stain else ''}{image_size}px-{d.hexdigest()[:24]}"
+
+
+def _decoder(kind: str, image_size: int, interpolation: str, stain: str, unchanged: list[dict]):
+    """``job((row, path)) -> pixels``: decodes (naming the row), stain-normalises, records unchanged rows."""
+
+    def job(ip):
+        i, p = ip
+        try:
+            if kind == "images":
+                img = decode_image(p, image_size, interpolation=interpolation)
+            else:
+                img = read_mask(p, image_size, interpolation=interpolation) if p else None
+        except (ImageTooLargeError, ImageReadError) as e:  # name the row of the list (= the manifest row)
+            raise type(e)(f"row {i + 1}: {e}") from None
+        if stain and img is not None:
+            rep = StainReport()
+            img = normalize_stain(img, stain, report=rep)
+            if rep.unchanged:
+                unchanged.append({"row": i, "path": p, "reason": rep.reasons[0]})
+        return img
+
+    return job
+
+
+def _data_offset(tmp: Path, shape: tuple[int, ...]) -> int:
+    """Write the .npy header (through numpy) and return where the pixels start. The pixels follow by plain
+    sequential writes: no mapping of the growing file, so resident memory stays flat however many images."""
+    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
+    with open(tmp, "rb") as f:
+        v = np.lib.format.read_magic(f)
+        (np.lib.format.read_array_header_1_0 if v == (1, 0) else np.lib.format.read_array_header_2_0)(f)
+        return f.tell()
+
+
+def _write_rows(tmp: Path, paths: list[str], shape: tuple[int, ...], job, workers: int | None, desc: str | None):
+    n, item = len(paths), int(np.prod(shape[1:]))
+    offset = _data_offset(tmp, shape)
+    workers = workers or min(4, os.cpu_count() or 1)
+    chunk = max(32, 8 * workers)  # bounded in-flight work: memory does not grow with N
+    bar = None
+    if desc:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc=desc, unit="img")
+    with ThreadPoolExecutor(workers) as ex, open(tmp, "r+b") as out:
+        out.seek(offset)
+        for s in range(0, n, chunk):
+            for img in ex.map(job, zip(range(s, n), paths[s : s + chunk])):
+                out.write(bytes(item) if img is None else np.ascontiguousarray(img, dtype=np.uint8).tobytes())
+            if bar is not None:
+                bar.update(min(chunk, n - s))
+        if out.tell() != offset + n * item:
+            raise RuntimeError(f"cache {tmp}: wrote {out.tell() - offset} bytes, expected {n * item}")
+        out.flush()
+        os.fsync(out.fileno())
+    if bar is not None:
+        bar.close()
 
 
 def _build(kind: str, paths: list[str], hashes: list[str], image_size: int, interpolation: str,
            cache_dir: Path, workers: int | None, progress: bool, stain: str = "") -> Path:
-    key = _key(kind, hashes, image_size, interpolation, stain)
-    stem = f"{kind}-{stain + '-' if stain else ''}{image_size}px-{key}"
+    stem = _stem(kind, hashes, image_size, interpolation, stain)
     npy = cache_dir / f"{stem}.npy"
     if npy.exists():
         return npy
@@ -138,58 +122,12 @@ def _build(kind: str, paths: list[str], hashes: list[str], image_size: int, inte
     shape = (n, image_size, image_size, 3) if kind == "images" else (n, image_size, image_size)
     tmp = cache_dir / f".{stem}.npy{TMP_MARK}{os.getpid()}-{time.time_ns()}"
     t0 = time.perf_counter()
-    # the header through numpy, the images by plain sequential writes: no mapping of the growing file, so the
-    # builder's resident memory stays flat however many images there are (mapped pages would count in its RSS)
-    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
-    with open(tmp, "rb") as f:
-        v = np.lib.format.read_magic(f)
-        (np.lib.format.read_array_header_1_0 if v == (1, 0) else np.lib.format.read_array_header_2_0)(f)
-        offset = f.tell()
-    item = int(np.prod(shape[1:]))
+    unchanged: list[dict] = []  # rows the stain method left as they were (with why), for the index
     try:
-        def decode(p):
-            if kind == "images":
-                return decode_image(p, image_size, interpolation)
-            return decode_mask(p, image_size, interpolation) if p else None
-
-        unchanged: list[dict] = []  # rows the stain method left as they were (with why), for the index
-
-        def job(ip):
-            i, p = ip
-            try:
-                img = decode(p)
-            except (ImageTooLargeError, ImageReadError) as e:  # name the row of the list (= the manifest row)
-                raise type(e)(f"row {i + 1}: {e}") from None
-            if stain and img is not None:
-                rep = StainReport()
-                img = normalize_stain(img, stain, report=rep)
-                if rep.unchanged:
-                    unchanged.append({"row": i, "path": p, "reason": rep.reasons[0]})
-            return img
-        workers = workers or min(4, os.cpu_count() or 1)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=n, desc=f"caching {kind} at {image_size}px", unit="img")
-        # bounded in-flight work: decode in chunks so memory does not grow with N
-        chunk = max(32, 8 * workers)
-        with ThreadPoolExecutor(workers) as ex, open(tmp, "r+b") as out:
-            out.seek(offset)
-            for s in range(0, n, chunk):
-                for img in ex.map(job, zip(range(s, n), paths[s:s + chunk])):
-                    out.write(np.zeros(item, np.uint8).tobytes() if img is None
-                              else np.ascontiguousarray(img, dtype=np.uint8).tobytes())
-                if bar is not None:
-                    bar.update(min(chunk, n - s))
-            if out.tell() != offset + n * item:
-                raise RuntimeError(f"cache {tmp}: wrote {out.tell() - offset} bytes, expected {n * item}")
-            out.flush()
-            os.fsync(out.fileno())
-        if bar is not None:
-            bar.close()
+        job = _decoder(kind, image_size, interpolation, stain, unchanged)
+        _write_rows(tmp, paths, shape, job, workers, progress and f"caching {kind} at {image_size}px")
         index = {"version": CACHE_VERSION, "kind": kind, "n": n, "image_size": image_size,
-                 "interpolation": interpolation, "shape": list(shape), "dtype": "uint8", "key": key,
+                 "interpolation": interpolation, "shape": list(shape), "dtype": "uint8", "key": stem[-24:],
                  "build_seconds": round(time.perf_counter() - t0, 3), "stain": stain,
                  "stain_unchanged": sorted(unchanged, key=lambda r: r["row"]),
                  "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -197,25 +135,23 @@ def _build(kind: str, paths: list[str], hashes: list[str], image_size: int, inte
         write_text_atomic(cache_dir / f"{stem}.json", json.dumps(index, indent=1) + "\n")
         os.replace(tmp, npy)  # the .npy appears only when complete
     except BaseException as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        tmp.unlink(missing_ok=True)
         if isinstance(e, Exception) and is_disk_full(e, cache_dir):
             raise DiskFullError(npy) from e  # names the cache file and the free space
         raise
     return npy
 
 
+def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    return Path(cache_dir) if cache_dir is not None else default_cache_dir()
+
+
 def cache_path(paths: Iterable[str], image_size: int, *, cache_dir: str | os.PathLike | None = None,
                interpolation: str = "area", kind: str = "images", hashes: Sequence[str] | None = None,
                stain: str = "") -> Path:
     """Where the cache entry for these files would live (it may not exist yet)."""
-    paths = [os.fspath(p) for p in paths]
-    hashes = list(hashes) if hashes is not None else hash_files([p for p in paths])
-    cd = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return cd / (f"{kind}-{stain + '-' if stain else ''}{image_size}px-"
-                 f"{_key(kind, hashes, image_size, interpolation, stain)}.npy")
+    hashes = list(hashes) if hashes is not None else hash_files([os.fspath(p) for p in paths])
+    return _cache_dir(cache_dir) / f"{_stem(kind, hashes, image_size, interpolation, stain)}.npy"
 
 
 def load_images(paths: Iterable[str | os.PathLike], image_size: int, *, cache_dir: str | os.PathLike | None = None,
@@ -223,9 +159,9 @@ def load_images(paths: Iterable[str | os.PathLike], image_size: int, *, cache_di
                 progress: bool = False, stain: str = "") -> np.memmap:
     """All images as a read-only uint8 memmap (N, S, S, 3), RGB; decoded once and cached on disk.
 
-    ``hashes``: the files' sha256 (e.g. ``df["sha256"]`` from :func:`glomlib.data.manifest.read_manifest`)
-    to skip re-hashing; otherwise they are computed (fast, memoised per process). ``stain``: "" or a method of
-    :mod:`glomlib.data.stain` — the images stain-normalised, cached as their own entry (:func:`stain_report`).
+    ``hashes``: the files' sha256 (e.g. ``df["sha256"]`` of :func:`glomlib.data.manifest.read_manifest`) to skip
+    re-hashing. ``stain``: "" or a method of :mod:`glomlib.data.stain`: the images stain-normalised (after
+    resizing), cached as their own entry (see :func:`stain_report`).
     """
     if stain not in STAIN_METHODS:
         raise ValueError(f"stain_normalize={stain!r}: choose one of {list(STAIN_METHODS)} ('' = off).")
@@ -234,12 +170,13 @@ def load_images(paths: Iterable[str | os.PathLike], image_size: int, *, cache_di
         raise ValueError("load_images: no image paths given")
     if int(image_size) < 1:
         raise ValueError(f"image_size must be a positive integer, not {image_size!r}")
-    _cv2_interp(interpolation)
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r} is not one of {sorted(INTERPOLATIONS)}")
     hashes = list(hashes) if hashes is not None else hash_files(paths)
     if len(hashes) != len(paths):
         raise ValueError(f"{len(hashes)} hashes for {len(paths)} paths")
-    cd = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    npy = _build("images", paths, hashes, int(image_size), interpolation, cd, workers, progress, stain)
+    npy = _build("images", paths, hashes, int(image_size), interpolation, _cache_dir(cache_dir), workers, progress,
+                 stain)
     return np.load(npy, mmap_mode="r")
 
 
@@ -254,20 +191,14 @@ def stain_report(images: np.memmap) -> StainReport:
 def load_masks(mask_paths: Iterable[str | os.PathLike], image_size: int, *,
                cache_dir: str | os.PathLike | None = None, interpolation: str = "area",
                workers: int | None = None, progress: bool = False) -> np.memmap:
-    """Masks as a read-only uint8 memmap (N, S, S) with values 0/1; cached like images.
-
-    An empty path gives an all-zero mask; the returned array has ``.present`` (bool (N,)) telling which
-    rows had a mask file.
-    """
+    """Masks (:func:`glomlib.data.images.read_mask`) as a read-only uint8 memmap (N, S, S) of 0/1, cached like
+    images. An empty path gives an all-zero mask; ``.present`` (bool (N,)) tells which rows had a mask file."""
     paths = ["" if p is None or (isinstance(p, float) and np.isnan(p)) else os.fspath(p) for p in mask_paths]
     if not paths:
         raise ValueError("load_masks: no mask paths given")
-    present = np.array([bool(p) for p in paths])
-    real = [p for p in paths if p]
-    h = iter(hash_files(real))
+    h = iter(hash_files([p for p in paths if p]))
     hashes = [next(h) if p else "-" for p in paths]
-    cd = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    npy = _build("masks", paths, hashes, int(image_size), interpolation, cd, workers, progress)
+    npy = _build("masks", paths, hashes, int(image_size), interpolation, _cache_dir(cache_dir), workers, progress)
     arr = np.load(npy, mmap_mode="r")
-    arr.present = present
+    arr.present = np.array([bool(p) for p in paths])
     return arr
