@@ -24,7 +24,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from glomlib.core.paths import project_root, shared_data_dir
+from glomlib.core.io import write_text_atomic
+from glomlib.core.paths import DEFAULT_MANIFEST, project_root, shared_data_dir
 from glomlib.data.manifest import hash_files, write_dataset_info, write_manifest
 
 NAME = "glomeruli-pas"
@@ -189,14 +190,90 @@ def _slide_center(name: str) -> tuple[str, str]:
 
 
 def _write_if_changed(path: Path, text: str) -> None:
-    if path.exists() and path.read_text() == text:
-        return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    if not (path.exists() and path.read_text() == text):
+        write_text_atomic(path, text)
 
 
-def fetch_glomeruli_pas(out: str | os.PathLike = "data/glomeruli-pas",
+def _project_path(p: str | os.PathLike) -> Path:
+    """``p`` with ``~`` expanded; relative -> relative to the project root."""
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else project_root() / p
+
+
+def _source(outp: Path, mirror, url: str | None, progress: bool, say) -> tuple[Path, str]:
+    """The folder holding ``Patches/Raw`` (the mirror, or the download extracted under ``out/source``)."""
+    if url is not None and mirror is None:
+        mirror = False  # an explicit URL means: download from it
+    root = find_mirror(mirror)
+    if root is not None:
+        say(f"{NAME}: using local mirror {root}")
+        return root, f"mirror {root}"
+    url = url or ARCHIVE_URL
+    root = outp / "source"
+    marker = root / ".complete"
+    if marker.exists() and marker.read_text().strip() == url:
+        say(f"{NAME}: reusing the extracted download in {root}")
+    else:
+        archive = outp / "download" / (Path(url.split("?")[0]).name or "archive.zip")
+        if not archive.exists():
+            say(f"{NAME}: no local mirror; downloading {url}")
+            download(url, archive, progress=progress)
+        say(f"{NAME}: extracting {SUBDIR} from {archive}")
+        extract_archive(archive, root)
+        marker.write_text(url + "\n")
+    return root, f"download {url}"
+
+
+def _manifest_rows(root: Path, present: list[str]):
+    """One row per verified image: label = its folder, slide and centre from its name, its mask when verified."""
+    import pandas as pd
+
+    images = [r for r in present if r.startswith(f"{SUBDIR}/Images/")]
+    if not images:
+        raise DatasetError(f"no verified images under {root / SUBDIR}/Images; is this the {NAME} data?")
+    present_set, rows = set(present), []
+    for rel in images:
+        label, fname = rel.split("/")[-2:]
+        slide, center = _slide_center(fname)
+        mrel = f"{SUBDIR}/Masks/{fname}"
+        rows.append({"path": str(root / rel), "label": label, "slide": slide, "center": center,
+                     "mask": str(root / mrel) if mrel in present_set else ""})
+    return pd.DataFrame(rows).sort_values("path", kind="stable").reset_index(drop=True)
+
+
+def _write_records(outp: Path, root: Path, df, source: str, files: tuple[list, list, list], sums) -> dict:
+    """LICENSE, CITATION.txt, missing_files.txt and fetch.json beside the manifest; returns the report."""
+    present, missing, unlisted = files
+    lic = root / "LICENSE"
+    _write_if_changed(outp / "LICENSE", f"{NAME} data license: {LICENSE_NAME}\n{LICENSE_URL}\n\n"
+                      + (lic.read_text(errors="replace") if lic.is_file() else ""))
+    _write_if_changed(outp / "CITATION.txt", CITATION)
+    _write_if_changed(outp / "missing_files.txt", "".join(r + "\n" for r in missing))
+    report = {"dataset": NAME, "source": source, "commit": COMMIT, "manifest": str(outp / "manifest.csv"),
+              "images": len(df), "masks": int((df["mask"] != "").sum()), "slides": int(df["slide"].nunique()),
+              "centers": sorted(df["center"].unique()), "labels": df["label"].value_counts().to_dict(),
+              "verified_files": len(present), "missing_files": len(missing),
+              "missing_images": len([r for r in missing if "/Images/" in r]), "unlisted_files_ignored": unlisted,
+              "sums_sha256": hashlib.sha256(Path(sums or SUMS_RESOURCE).read_bytes()).hexdigest()}
+    _write_if_changed(outp / "fetch.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _say_summary(say, report: dict, outp: Path) -> None:
+    say(f"{NAME}: {report['images']} verified images "
+        f"({', '.join(f'{k} {v}' for k, v in report['labels'].items())}), "
+        f"{report['slides']} slides, {len(report['centers'])} centres {report['centers']}")
+    if report["missing_files"]:
+        say(f"{NAME}: {report['missing_files']} file(s) listed upstream are absent ({report['missing_images']} "
+            f"images; a partial mirror); list in {outp / 'missing_files.txt'}")
+    unlisted = report["unlisted_files_ignored"]
+    if unlisted:
+        say(f"{NAME}: {len(unlisted)} file(s) not in the upstream list were ignored (e.g. {unlisted[0]})")
+    say(f"{NAME}: manifest {report['manifest']}")
+    say("\n" + CITATION)
+
+
+def fetch_glomeruli_pas(out: str | os.PathLike = DEFAULT_MANIFEST.parent,
                         mirror: str | os.PathLike | None | bool = None,
                         *, url: str | None = None, sums: str | os.PathLike | None = None,
                         progress: bool = True, verbose: bool = True) -> Path:
@@ -208,88 +285,26 @@ def fetch_glomeruli_pas(out: str | os.PathLike = "data/glomeruli-pas",
     Labels are ``GS`` (positive) / ``nonGS``; slide = file name before the last ``-``; center = first
     ``_`` token of the slide.
     """
-    import pandas as pd
-
     say = (lambda *a: print(*a, file=sys.stderr)) if verbose else (lambda *a: None)
-    outp = Path(out).expanduser()
-    if not outp.is_absolute():
-        outp = project_root() / outp
-    outp = outp.resolve()
+    outp = _project_path(out).resolve()
     sums_map = read_sums(sums)
-    if url is not None and mirror is None:
-        mirror = False  # an explicit URL means: download from it
-    root = find_mirror(mirror)
-    if root is not None:
-        source = f"mirror {root}"
-        say(f"{NAME}: using local mirror {root}")
-    else:
-        url = url or ARCHIVE_URL
-        root = outp / "source"
-        marker = root / ".complete"
-        if marker.exists() and marker.read_text().strip() == url:
-            say(f"{NAME}: reusing the extracted download in {root}")
-        else:
-            archive = outp / "download" / (Path(url.split("?")[0]).name or "archive.zip")
-            if not archive.exists():
-                say(f"{NAME}: no local mirror; downloading {url}")
-                download(url, archive, progress=progress)
-            say(f"{NAME}: extracting {SUBDIR} from {archive}")
-            extract_archive(archive, root)
-            marker.write_text(url + "\n")
-        source = f"download {url}"
-    present, missing, unlisted = verify(root, sums_map)
-    images = [r for r in present if r.startswith(f"{SUBDIR}/Images/")]
-    if not images:
-        raise DatasetError(f"no verified images under {root / SUBDIR}/Images; is this the {NAME} data?")
-    present_set = set(present)
-    rows = []
-    for rel in images:
-        parts = rel.split("/")
-        label, fname = parts[-2], parts[-1]
-        slide, center = _slide_center(fname)
-        mrel = f"{SUBDIR}/Masks/{fname}"
-        rows.append({"path": str(root / rel), "label": label, "slide": slide, "center": center,
-                     "mask": str(root / mrel) if mrel in present_set else ""})
-    df = pd.DataFrame(rows).sort_values("path", kind="stable").reset_index(drop=True)
+    root, source = _source(outp, mirror, url, progress, say)
+    files = verify(root, sums_map)
+    df = _manifest_rows(root, files[0])
     outp.mkdir(parents=True, exist_ok=True)
     manifest = outp / "manifest.csv"
     write_manifest(df, manifest)  # refuses to overwrite different content; same content = reuse
     write_dataset_info(manifest, POSITIVE_LABEL, NEGATIVE_LABEL, dataset=NAME,  # which label is positive
                        description="PAS-stained human glomeruli: GS (globally sclerotic) vs nonGS",
                        license=LICENSE_NAME)
-    # license, citation, report
-    lic = root / "LICENSE"
-    license_text = (f"{NAME} data license: {LICENSE_NAME}\n{LICENSE_URL}\n\n"
-                    + (lic.read_text(errors="replace") if lic.is_file() else ""))
-    _write_if_changed(outp / "LICENSE", license_text)
-    _write_if_changed(outp / "CITATION.txt", CITATION)
-    missing_images = [r for r in missing if "/Images/" in r]
-    _write_if_changed(outp / "missing_files.txt", "".join(r + "\n" for r in missing))
-    report = {"dataset": NAME, "source": source, "commit": COMMIT, "manifest": str(manifest),
-              "images": len(df), "masks": int((df["mask"] != "").sum()), "slides": int(df["slide"].nunique()),
-              "centers": sorted(df["center"].unique()), "labels": df["label"].value_counts().to_dict(),
-              "verified_files": len(present), "missing_files": len(missing),
-              "missing_images": len(missing_images), "unlisted_files_ignored": unlisted,
-              "sums_sha256": hashlib.sha256(Path(sums or SUMS_RESOURCE).read_bytes()).hexdigest()}
-    _write_if_changed(outp / "fetch.json", json.dumps(report, indent=2) + "\n")
-    say(f"{NAME}: {len(df)} verified images ({', '.join(f'{k} {v}' for k, v in report['labels'].items())}), "
-        f"{report['slides']} slides, {len(report['centers'])} centres {report['centers']}")
-    if missing:
-        say(f"{NAME}: {len(missing)} file(s) listed upstream are absent ({len(missing_images)} images; a partial "
-            f"mirror); list in {outp / 'missing_files.txt'}")
-    if unlisted:
-        say(f"{NAME}: {len(unlisted)} file(s) not in the upstream list were ignored (e.g. {unlisted[0]})")
-    say(f"{NAME}: manifest {manifest}")
-    say("\n" + CITATION)
+    _say_summary(say, _write_records(outp, root, df, source, files, sums), outp)
     return manifest
 
 
-def ensure_default_manifest(path: str | os.PathLike = "data/glomeruli-pas/manifest.csv") -> Path:
+def ensure_default_manifest(path: str | os.PathLike = DEFAULT_MANIFEST) -> Path:
     """Return ``path``; when it is missing and names ``<folder>/manifest.csv``, build it with
     :func:`fetch_glomeruli_pas` (mirror first). Relative paths are relative to the project root."""
-    p = Path(path).expanduser()
-    if not p.is_absolute():
-        p = project_root() / p
+    p = _project_path(path)
     if p.exists():
         return p
     if p.name != "manifest.csv":
