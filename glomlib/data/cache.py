@@ -15,9 +15,9 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -29,8 +29,15 @@ from glomlib.data.stain import STAIN_METHODS, StainReport, normalize_stain
 
 CACHE_VERSION = 1
 decode_image = read_rgb  # the name the cache calls (tests replace it to watch or break decoding)
-__all__ = ["ImageReadError", "cache_path", "decode_image", "default_cache_dir", "load_images", "load_masks",
-           "stain_report"]
+__all__ = [
+    "ImageReadError",
+    "cache_path",
+    "decode_image",
+    "default_cache_dir",
+    "load_images",
+    "load_masks",
+    "stain_report",
+]
 
 
 def default_cache_dir() -> Path:
@@ -110,8 +117,17 @@ def _write_rows(tmp: Path, paths: list[str], shape: tuple[int, ...], job, worker
         bar.close()
 
 
-def _build(kind: str, paths: list[str], hashes: list[str], image_size: int, interpolation: str,
-           cache_dir: Path, workers: int | None, progress: bool, stain: str = "") -> Path:
+def _build(
+    kind: str,
+    paths: list[str],
+    hashes: list[str],
+    image_size: int,
+    interpolation: str,
+    cache_dir: Path,
+    workers: int | None,
+    progress: bool,
+    stain: str = "",
+) -> Path:
     stem = _stem(kind, hashes, image_size, interpolation, stain)
     npy = cache_dir / f"{stem}.npy"
     if npy.exists():
@@ -126,12 +142,21 @@ def _build(kind: str, paths: list[str], hashes: list[str], image_size: int, inte
     try:
         job = _decoder(kind, image_size, interpolation, stain, unchanged)
         _write_rows(tmp, paths, shape, job, workers, progress and f"caching {kind} at {image_size}px")
-        index = {"version": CACHE_VERSION, "kind": kind, "n": n, "image_size": image_size,
-                 "interpolation": interpolation, "shape": list(shape), "dtype": "uint8", "key": stem[-24:],
-                 "build_seconds": round(time.perf_counter() - t0, 3), "stain": stain,
-                 "stain_unchanged": sorted(unchanged, key=lambda r: r["row"]),
-                 "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                 "files": [{"path": p, "sha256": h} for p, h in zip(paths, hashes)]}
+        index = {
+            "version": CACHE_VERSION,
+            "kind": kind,
+            "n": n,
+            "image_size": image_size,
+            "interpolation": interpolation,
+            "shape": list(shape),
+            "dtype": "uint8",
+            "key": stem[-24:],
+            "build_seconds": round(time.perf_counter() - t0, 3),
+            "stain": stain,
+            "stain_unchanged": sorted(unchanged, key=lambda r: r["row"]),
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "files": [{"path": p, "sha256": h} for p, h in zip(paths, hashes)],
+        }
         write_text_atomic(cache_dir / f"{stem}.json", json.dumps(index, indent=1) + "\n")
         os.replace(tmp, npy)  # the .npy appears only when complete
     except BaseException as e:
@@ -146,17 +171,32 @@ def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     return Path(cache_dir) if cache_dir is not None else default_cache_dir()
 
 
-def cache_path(paths: Iterable[str], image_size: int, *, cache_dir: str | os.PathLike | None = None,
-               interpolation: str = "area", kind: str = "images", hashes: Sequence[str] | None = None,
-               stain: str = "") -> Path:
+def cache_path(
+    paths: Iterable[str],
+    image_size: int,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    interpolation: str = "area",
+    kind: str = "images",
+    hashes: Sequence[str] | None = None,
+    stain: str = "",
+) -> Path:
     """Where the cache entry for these files would live (it may not exist yet)."""
     hashes = list(hashes) if hashes is not None else hash_files([os.fspath(p) for p in paths])
     return _cache_dir(cache_dir) / f"{_stem(kind, hashes, image_size, interpolation, stain)}.npy"
 
 
-def load_images(paths: Iterable[str | os.PathLike], image_size: int, *, cache_dir: str | os.PathLike | None = None,
-                interpolation: str = "area", hashes: Sequence[str] | None = None, workers: int | None = None,
-                progress: bool = False, stain: str = "") -> np.memmap:
+def load_images(
+    paths: Iterable[str | os.PathLike],
+    image_size: int,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    interpolation: str = "area",
+    hashes: Sequence[str] | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+    stain: str = "",
+) -> np.memmap:
     """All images as a read-only uint8 memmap (N, S, S, 3), RGB; decoded once and cached on disk.
 
     ``hashes``: the files' sha256 (e.g. ``df["sha256"]`` of :func:`glomlib.data.manifest.read_manifest`) to skip
@@ -175,8 +215,9 @@ def load_images(paths: Iterable[str | os.PathLike], image_size: int, *, cache_di
     hashes = list(hashes) if hashes is not None else hash_files(paths)
     if len(hashes) != len(paths):
         raise ValueError(f"{len(hashes)} hashes for {len(paths)} paths")
-    npy = _build("images", paths, hashes, int(image_size), interpolation, _cache_dir(cache_dir), workers, progress,
-                 stain)
+    npy = _build(
+        "images", paths, hashes, int(image_size), interpolation, _cache_dir(cache_dir), workers, progress, stain
+    )
     return np.load(npy, mmap_mode="r")
 
 
@@ -188,9 +229,15 @@ def stain_report(images: np.memmap) -> StainReport:
     return StainReport(index.get("stain", ""), int(index["n"]), [r["row"] for r in rows], [r["reason"] for r in rows])
 
 
-def load_masks(mask_paths: Iterable[str | os.PathLike], image_size: int, *,
-               cache_dir: str | os.PathLike | None = None, interpolation: str = "area",
-               workers: int | None = None, progress: bool = False) -> np.memmap:
+def load_masks(
+    mask_paths: Iterable[str | os.PathLike],
+    image_size: int,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    interpolation: str = "area",
+    workers: int | None = None,
+    progress: bool = False,
+) -> np.memmap:
     """Masks (:func:`glomlib.data.images.read_mask`) as a read-only uint8 memmap (N, S, S) of 0/1, cached like
     images. An empty path gives an all-zero mask; ``.present`` (bool (N,)) tells which rows had a mask file."""
     paths = ["" if p is None or (isinstance(p, float) and np.isnan(p)) else os.fspath(p) for p in mask_paths]

@@ -16,9 +16,17 @@ import re
 import sys
 from pathlib import Path
 
-from glomlib.data.manifest import (DEFAULT_POSITIVE, IMAGE_EXTENSIONS, ManifestError, format_problems,
-                                   read_dataset_info, validate_manifest, write_dataset_info, write_manifest,
-                                   write_skipped)
+from glomlib.data.manifest import (
+    DEFAULT_POSITIVE,
+    IMAGE_EXTENSIONS,
+    ManifestError,
+    format_problems,
+    read_dataset_info,
+    validate_manifest,
+    write_dataset_info,
+    write_manifest,
+    write_skipped,
+)
 
 DEFAULT_SLIDE_REGEX = r"^(?P<slide>.+)-[^-]+$"
 
@@ -30,9 +38,13 @@ def _err(*a) -> None:
 def check(args) -> int:
     path = Path(args.manifest)
     try:
-        df, problems = validate_manifest(path, positive_label=args.positive_label,
-                                         negative_label=args.negative_label,
-                                         require_labels=not args.unlabeled, full=not args.quick)
+        df, problems = validate_manifest(
+            path,
+            positive_label=args.positive_label,
+            negative_label=args.negative_label,
+            require_labels=not args.unlabeled,
+            full=not args.quick,
+        )
     except ManifestError as e:
         _err(f"error: {e}")
         return 1
@@ -42,8 +54,10 @@ def check(args) -> int:
     fatal = [p for p in errors if not p.skippable or not p.row]
     if errors and not args.skip_bad:
         rows = len({p.row for p in errors if p.row})
-        _err(f"\n{len(errors)} error(s)" + (f" in {rows} row(s)" if rows else "") + "; fix them, or re-run with "
-             f"--skip-bad to drop bad rows (they are written with their reasons to a CSV file).")
+        _err(
+            f"\n{len(errors)} error(s)" + (f" in {rows} row(s)" if rows else "") + "; fix them, or re-run with "
+            "--skip-bad to drop bad rows (they are written with their reasons to a CSV file)."
+        )
         return 1
     if fatal:
         _err(f"\n{len(fatal)} problem(s) above concern the whole manifest or several rows and cannot be skipped.")
@@ -66,8 +80,11 @@ def check(args) -> int:
 
         why = fold_problems(good, folds)
         if why:
-            _err(f"error: {path} cannot be used for slide-grouped {folds}-fold cross-validation (fine-tuning):\n  - "
-                 + "\n  - ".join(why) + "\n(--folds N checks another number of folds; --unlabeled for SSL-only data)")
+            _err(
+                f"error: {path} cannot be used for slide-grouped {folds}-fold cross-validation (fine-tuning):\n  - "
+                + "\n  - ".join(why)
+                + "\n(--folds N checks another number of folds; --unlabeled for SSL-only data)"
+            )
             return 1
     if args.out:
         try:
@@ -82,15 +99,22 @@ def check(args) -> int:
     from glomlib.data.manifest import data_fingerprint
 
     labels = good["label"].value_counts().to_dict()
-    _err(f"OK: {len(good)} images, labels {labels}, {good['slide'].nunique()} slides, "
-         f"{good['patient'].nunique()} patients, centres {sorted(set(good['center']) - {''}) or '-'}, "
-         f"fingerprint {data_fingerprint(good)}")
+    _err(
+        f"OK: {len(good)} images, labels {labels}, {good['slide'].nunique()} slides, "
+        f"{good['patient'].nunique()} patients, centres {sorted(set(good['center']) - {''}) or '-'}, "
+        f"fingerprint {data_fingerprint(good)}"
+    )
     return 0
 
 
-def manifest_from_folder(root: str | os.PathLike, out: str | os.PathLike, *, slide_regex: str = DEFAULT_SLIDE_REGEX,
-                         center_regex: str | None = None,
-                         extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> Path:
+def manifest_from_folder(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    slide_regex: str = DEFAULT_SLIDE_REGEX,
+    center_regex: str | None = None,
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+) -> Path:
     """Write a manifest for ``<root>/<label>/*.<ext>``: label = folder name, slide = the ``slide`` group
     (or group 1) of ``slide_regex`` matched on the file name without extension, center = group 1 (or
     ``center``) of ``center_regex`` searched in the slide ID. Refuses to overwrite a different manifest.
@@ -117,16 +141,25 @@ def manifest_from_folder(root: str | os.PathLike, out: str | os.PathLike, *, sli
             row = {"path": str(f), "label": d.name, "slide": slide}
             if crx is not None:
                 cm = crx.search(slide)
-                row["center"] = ("" if not cm else cm.group("center") if "center" in crx.groupindex
-                                 else cm.group(1 if crx.groups else 0))
+                row["center"] = (
+                    ""
+                    if not cm
+                    else cm.group("center")
+                    if "center" in crx.groupindex
+                    else cm.group(1 if crx.groups else 0)
+                )
             rows.append(row)
     if bad:
-        raise ValueError(f"{len(bad)} file name(s) do not match the slide pattern {slide_regex!r} "
-                         f"(default: '<slide>-<index>'):\n" + "\n".join("  " + b for b in bad)
-                         + "\nRename them or pass --slide-regex with a (?P<slide>...) group.")
+        raise ValueError(
+            f"{len(bad)} file name(s) do not match the slide pattern {slide_regex!r} "
+            f"(default: '<slide>-<index>'):\n"
+            + "\n".join("  " + b for b in bad)
+            + "\nRename them or pass --slide-regex with a (?P<slide>...) group."
+        )
     if not rows:
-        raise ValueError(f"no images ({', '.join(exts)}) found in label folders under {root}; "
-                         f"expected <root>/<label>/*.png")
+        raise ValueError(
+            f"no images ({', '.join(exts)}) found in label folders under {root}; expected <root>/<label>/*.png"
+        )
     return write_manifest(pd.DataFrame(rows), out)
 
 
@@ -134,8 +167,9 @@ def from_folder(args) -> int:
     out = Path(args.out)  # identical content is fine (idempotent); anything else is refused
     try:
         exts = tuple(e.strip() for e in args.extensions.split(",") if e.strip())
-        m = manifest_from_folder(args.root, out, slide_regex=args.slide_regex, center_regex=args.center_regex,
-                                 extensions=exts)
+        m = manifest_from_folder(
+            args.root, out, slide_regex=args.slide_regex, center_regex=args.center_regex, extensions=exts
+        )
     except FileExistsError as e:
         _err(f"error: {e}")
         return 3  # the documented "output exists" code (glomlib --help)
@@ -186,8 +220,14 @@ def apply_review_cmd(args) -> int:
     from glomlib.data.relabel import ReviewError, apply_review, summary_text
 
     try:
-        s = apply_review(args.review, args.manifest, args.out, reviewer=args.reviewer or "", date=args.date or "",
-                         rater=args.rater or "")
+        s = apply_review(
+            args.review,
+            args.manifest,
+            args.out,
+            reviewer=args.reviewer or "",
+            date=args.date or "",
+            rater=args.rater or "",
+        )
     except FileExistsError as e:
         _err(f"error: {e}")
         return 3  # the documented "output exists" code (glomlib --help)
@@ -199,54 +239,86 @@ def apply_review_cmd(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("data", help="check a manifest, build one from a folder, fetch a public dataset",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser(
+        "data",
+        help="check a manifest, build one from a folder, fetch a public dataset",
+        description=__doc__.split("\n\n")[0],
+    )
     sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
     c = sub.add_parser("check", help="validate a manifest; report every problem with its row and file")
     c.add_argument("manifest", help="manifest CSV (columns path,label,slide[,patient,center,split,mask])")
-    c.add_argument("--positive-label", default=DEFAULT_POSITIVE,
-                   help="positive class name (default: the one named by dataset.json beside the manifest)")
-    c.add_argument("--negative-label", default=None,
-                   help="negative class name (default M0 for M1, else the manifest's other label)")
+    c.add_argument(
+        "--positive-label",
+        default=DEFAULT_POSITIVE,
+        help="positive class name (default: the one named by dataset.json beside the manifest)",
+    )
+    c.add_argument(
+        "--negative-label",
+        default=None,
+        help="negative class name (default M0 for M1, else the manifest's other label)",
+    )
     c.add_argument("--unlabeled", action="store_true", help="labels may be empty (SSL data)")
-    c.add_argument("--folds", type=int, default=5,
-                   help="check that slide-grouped cross-validation with this many folds is possible: two classes, "
-                        "at least this many slides, each class on at least this many slides (default 5; 0 = skip)")
+    c.add_argument(
+        "--folds",
+        type=int,
+        default=5,
+        help="check that slide-grouped cross-validation with this many folds is possible: two classes, "
+        "at least this many slides, each class on at least this many slides (default 5; 0 = skip)",
+    )
     c.add_argument("--quick", action="store_true", help="check file headers/trailers only, do not decode pixels")
-    c.add_argument("--skip-bad", action="store_true",
-                   help="drop bad rows instead of failing; write them with reasons to --skipped-out")
-    c.add_argument("--skipped-out", default=None,
-                   help="CSV for skipped rows (default: <out or manifest stem>.skipped.csv beside it)")
+    c.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="drop bad rows instead of failing; write them with reasons to --skipped-out",
+    )
+    c.add_argument(
+        "--skipped-out",
+        default=None,
+        help="CSV for skipped rows (default: <out or manifest stem>.skipped.csv beside it)",
+    )
     c.add_argument("--out", default=None, help="write the checked (cleaned with --skip-bad) manifest here")
     c.set_defaults(func=check)
 
     f = sub.add_parser("from-folder", help="build a manifest from <root>/<label>/*.png")
     f.add_argument("root", help="folder with one sub-folder per label")
     f.add_argument("--out", required=True, help="manifest CSV to write (never overwritten)")
-    f.add_argument("--slide-regex", default=DEFAULT_SLIDE_REGEX,
-                   help="regex on the file name without extension; group 'slide' (or 1) is the slide ID "
-                        f"(default {DEFAULT_SLIDE_REGEX!r}: '<slide>-<index>')")
-    f.add_argument("--center-regex", default=None,
-                   help="optional regex searched in the slide ID; group 'center' (or 1) is the centre, "
-                        "e.g. '^([^_]+)_'")
+    f.add_argument(
+        "--slide-regex",
+        default=DEFAULT_SLIDE_REGEX,
+        help="regex on the file name without extension; group 'slide' (or 1) is the slide ID "
+        f"(default {DEFAULT_SLIDE_REGEX!r}: '<slide>-<index>')",
+    )
+    f.add_argument(
+        "--center-regex",
+        default=None,
+        help="optional regex searched in the slide ID; group 'center' (or 1) is the centre, e.g. '^([^_]+)_'",
+    )
     f.add_argument("--extensions", default=",".join(IMAGE_EXTENSIONS), help="image file extensions")
-    f.add_argument("--positive-label", default=None,
-                   help="positive class; written to dataset.json beside the manifest so every step knows it")
+    f.add_argument(
+        "--positive-label",
+        default=None,
+        help="positive class; written to dataset.json beside the manifest so every step knows it",
+    )
     f.set_defaults(func=from_folder)
 
     g = sub.add_parser("fetch", help="fetch a public dataset (mirror or download), verify it, write a manifest")
     g.add_argument("dataset", choices=["glomeruli-pas"])
-    g.add_argument("--mirror", default=None,
-                   help="local copy (else $GLOMLIB_MIRROR, else ../shared/data/glomeruli-pas, else download)")
+    g.add_argument(
+        "--mirror",
+        default=None,
+        help="local copy (else $GLOMLIB_MIRROR, else ../shared/data/glomeruli-pas, else download)",
+    )
     g.add_argument("--no-mirror", action="store_true", help="ignore mirrors and download")
     g.add_argument("--out", default="data/glomeruli-pas", help="output folder for manifest.csv (default %(default)s)")
     g.add_argument("--url", default=None, help="archive URL (default: GitHub archive of the pinned commit)")
     g.add_argument("--sums", default=None, help="sha256sum-format list (default: the project's upstream list)")
     g.set_defaults(func=fetch)
 
-    r = sub.add_parser("apply-review", help="apply a filled review.csv (glomlib review) to a manifest -> a NEW manifest")
+    r = sub.add_parser(
+        "apply-review", help="apply a filled review.csv (glomlib review) to a manifest -> a NEW manifest"
+    )
     r.add_argument("review", help="review.csv with reviewed_label (a manifest label, 'unsure', or empty) and comment")
     r.add_argument("--manifest", required=True, help="the manifest the review was made from (never changed)")
     r.add_argument("--out", required=True, help="the new manifest to write (must not exist)")

@@ -17,8 +17,13 @@ from PIL import Image
 from glomlib.data.pixels import ENV, ImageTooLargeError, max_pixels
 
 MASK_THRESHOLD = 127  # a mask pixel is inside the glomerulus when its brightest channel is above this
-INTERPOLATIONS = {"area": "INTER_AREA", "linear": "INTER_LINEAR", "cubic": "INTER_CUBIC",
-                  "nearest": "INTER_NEAREST", "lanczos": "INTER_LANCZOS4"}
+INTERPOLATIONS = {
+    "area": "INTER_AREA",
+    "linear": "INTER_LINEAR",
+    "cubic": "INTER_CUBIC",
+    "nearest": "INTER_NEAREST",
+    "lanczos": "INTER_LANCZOS4",
+}
 # glomlib's budget is checked from the header before every decode below; PIL's fixed limit would refuse a
 # large file before its declared size could be reported.
 Image.MAX_IMAGE_PIXELS = None
@@ -44,9 +49,11 @@ def over_budget(path: str | os.PathLike, limit: int | None = None) -> str | None
         return None
     if w * h <= limit:
         return None
-    return (f"the image declares {w}x{h} pixels ({w * h / 1e6:.0f} Mpx), over the pixel budget of "
-            f"{limit / 1e6:g} Mpx; it was not decoded (a decompression bomb, or a whole-slide image instead of a "
-            f"patch). Cut it into patches, or raise the budget with {ENV}=<pixels> if it is genuine")
+    return (
+        f"the image declares {w}x{h} pixels ({w * h / 1e6:.0f} Mpx), over the pixel budget of "
+        f"{limit / 1e6:g} Mpx; it was not decoded (a decompression bomb, or a whole-slide image instead of a "
+        f"patch). Cut it into patches, or raise the budget with {ENV}=<pixels> if it is genuine"
+    )
 
 
 def check_pixel_budget(path: str | os.PathLike, limit: int | None = None, row: int | None = None) -> None:
@@ -64,12 +71,14 @@ def read_unchanged(path: str | os.PathLike) -> np.ndarray:
     try:
         buf = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
-        raise ImageReadError(f"cannot read image {path}: {e.strerror or e}; run 'glomlib data check' on the "
-                             "manifest") from e
+        raise ImageReadError(
+            f"cannot read image {path}: {e.strerror or e}; run 'glomlib data check' on the manifest"
+        ) from e
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise ImageReadError(f"cannot decode image {path} (empty, truncated or not an image); "
-                             f"run 'glomlib data check' on the manifest")
+        raise ImageReadError(
+            f"cannot decode image {path} (empty, truncated or not an image); run 'glomlib data check' on the manifest"
+        )
     return img
 
 

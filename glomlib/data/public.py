@@ -70,8 +70,10 @@ def find_mirror(mirror: str | os.PathLike | None = None) -> Path | None:
         if cand is not None:
             p = Path(cand).expanduser().resolve()
             if not (p / SUBDIR).is_dir():
-                raise DatasetError(f"mirror {p} (from {src}) has no {SUBDIR}/ folder; point it at a copy of "
-                                   f"the {NAME} data (the folder holding {SUBDIR}/Images/GS)")
+                raise DatasetError(
+                    f"mirror {p} (from {src}) has no {SUBDIR}/ folder; point it at a copy of "
+                    f"the {NAME} data (the folder holding {SUBDIR}/Images/GS)"
+                )
             return p
     p = default_mirror()
     return p if (p / SUBDIR).is_dir() else None
@@ -101,8 +103,9 @@ def download(url: str, dest: Path, progress: bool = True) -> Path:
     try:
         with urllib.request.urlopen(url, timeout=60) as r, os.fdopen(fd, "wb") as f:
             total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}",
-                      disable=not progress) as bar:
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}", disable=not progress
+            ) as bar:
                 for chunk in iter(lambda: r.read(1 << 20), b""):
                     f.write(chunk)
                     bar.update(len(chunk))
@@ -113,8 +116,10 @@ def download(url: str, dest: Path, progress: bool = True) -> Path:
         except OSError:
             pass
         if isinstance(e, OSError):
-            raise DatasetError(f"could not download {url}: {e}. Without internet, point --mirror (or "
-                               f"$GLOMLIB_MIRROR) at a local copy of the {NAME} data.") from e
+            raise DatasetError(
+                f"could not download {url}: {e}. Without internet, point --mirror (or "
+                f"$GLOMLIB_MIRROR) at a local copy of the {NAME} data."
+            ) from e
         raise
     return dest
 
@@ -132,18 +137,24 @@ def extract_archive(archive: Path, dest: Path) -> Path:
         top = ""
         if not any(n.startswith(SUBDIR + "/") for n in names):
             if len(tops) != 1:
-                raise DatasetError(f"{archive}: expected one top-level folder holding {SUBDIR}/, found {sorted(tops)[:5]}")
+                raise DatasetError(
+                    f"{archive}: expected one top-level folder holding {SUBDIR}/, found {sorted(tops)[:5]}"
+                )
             top = tops.pop() + "/"
-        wanted = [n for n in names if not n.endswith("/") and
-                  (n.startswith(top + SUBDIR + "/") or n[len(top):].upper().startswith("LICENSE"))
-                  and n.startswith(top)]
+        wanted = [
+            n
+            for n in names
+            if not n.endswith("/")
+            and (n.startswith(top + SUBDIR + "/") or n[len(top) :].upper().startswith("LICENSE"))
+            and n.startswith(top)
+        ]
         if not any(n.startswith(top + SUBDIR + "/") for n in wanted):
             raise DatasetError(f"{archive} has no {SUBDIR}/ folder; is it the {REPO} archive?")
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
             for n in wanted:
-                rel = n[len(top):]
+                rel = n[len(top) :]
                 target = (tmp / rel).resolve()
                 if not str(target).startswith(str(tmp.resolve()) + os.sep):
                     raise DatasetError(f"{archive}: unsafe member path {n!r}")
@@ -175,11 +186,16 @@ def verify(root: Path, sums: dict[str, str]) -> tuple[list[str], list[str], list
                 if f.read(40).startswith(b"version https://git-lfs"):
                     note = " (a Git LFS pointer, not the image: the archive did not include LFS files)"
             lines.append(f"  {root / rel}: sha256 {h[:16]}... expected {sums[rel][:16]}...{note}")
-        raise DatasetError(f"{len(bad)} file(s) of {root} do not match the upstream sha256 list (corrupted or "
-                           f"modified; re-download or restore them):\n" + "\n".join(lines))
+        raise DatasetError(
+            f"{len(bad)} file(s) of {root} do not match the upstream sha256 list (corrupted or "
+            f"modified; re-download or restore them):\n" + "\n".join(lines)
+        )
     listed = set(sums)
-    unlisted = sorted(p.relative_to(root).as_posix() for p in (root / SUBDIR).rglob("*")
-                      if p.is_file() and p.relative_to(root).as_posix() not in listed)
+    unlisted = sorted(
+        p.relative_to(root).as_posix()
+        for p in (root / SUBDIR).rglob("*")
+        if p.is_file() and p.relative_to(root).as_posix() not in listed
+    )
     return present, missing, unlisted
 
 
@@ -236,8 +252,15 @@ def _manifest_rows(root: Path, present: list[str]):
         label, fname = rel.split("/")[-2:]
         slide, center = _slide_center(fname)
         mrel = f"{SUBDIR}/Masks/{fname}"
-        rows.append({"path": str(root / rel), "label": label, "slide": slide, "center": center,
-                     "mask": str(root / mrel) if mrel in present_set else ""})
+        rows.append(
+            {
+                "path": str(root / rel),
+                "label": label,
+                "slide": slide,
+                "center": center,
+                "mask": str(root / mrel) if mrel in present_set else "",
+            }
+        )
     return pd.DataFrame(rows).sort_values("path", kind="stable").reset_index(drop=True)
 
 
@@ -245,27 +268,44 @@ def _write_records(outp: Path, root: Path, df, source: str, files: tuple[list, l
     """LICENSE, CITATION.txt, missing_files.txt and fetch.json beside the manifest; returns the report."""
     present, missing, unlisted = files
     lic = root / "LICENSE"
-    _write_if_changed(outp / "LICENSE", f"{NAME} data license: {LICENSE_NAME}\n{LICENSE_URL}\n\n"
-                      + (lic.read_text(errors="replace") if lic.is_file() else ""))
+    _write_if_changed(
+        outp / "LICENSE",
+        f"{NAME} data license: {LICENSE_NAME}\n{LICENSE_URL}\n\n"
+        + (lic.read_text(errors="replace") if lic.is_file() else ""),
+    )
     _write_if_changed(outp / "CITATION.txt", CITATION)
     _write_if_changed(outp / "missing_files.txt", "".join(r + "\n" for r in missing))
-    report = {"dataset": NAME, "source": source, "commit": COMMIT, "manifest": str(outp / "manifest.csv"),
-              "images": len(df), "masks": int((df["mask"] != "").sum()), "slides": int(df["slide"].nunique()),
-              "centers": sorted(df["center"].unique()), "labels": df["label"].value_counts().to_dict(),
-              "verified_files": len(present), "missing_files": len(missing),
-              "missing_images": len([r for r in missing if "/Images/" in r]), "unlisted_files_ignored": unlisted,
-              "sums_sha256": hashlib.sha256(Path(sums or SUMS_RESOURCE).read_bytes()).hexdigest()}
+    report = {
+        "dataset": NAME,
+        "source": source,
+        "commit": COMMIT,
+        "manifest": str(outp / "manifest.csv"),
+        "images": len(df),
+        "masks": int((df["mask"] != "").sum()),
+        "slides": int(df["slide"].nunique()),
+        "centers": sorted(df["center"].unique()),
+        "labels": df["label"].value_counts().to_dict(),
+        "verified_files": len(present),
+        "missing_files": len(missing),
+        "missing_images": len([r for r in missing if "/Images/" in r]),
+        "unlisted_files_ignored": unlisted,
+        "sums_sha256": hashlib.sha256(Path(sums or SUMS_RESOURCE).read_bytes()).hexdigest(),
+    }
     _write_if_changed(outp / "fetch.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
 def _say_summary(say, report: dict, outp: Path) -> None:
-    say(f"{NAME}: {report['images']} verified images "
+    say(
+        f"{NAME}: {report['images']} verified images "
         f"({', '.join(f'{k} {v}' for k, v in report['labels'].items())}), "
-        f"{report['slides']} slides, {len(report['centers'])} centres {report['centers']}")
+        f"{report['slides']} slides, {len(report['centers'])} centres {report['centers']}"
+    )
     if report["missing_files"]:
-        say(f"{NAME}: {report['missing_files']} file(s) listed upstream are absent ({report['missing_images']} "
-            f"images; a partial mirror); list in {outp / 'missing_files.txt'}")
+        say(
+            f"{NAME}: {report['missing_files']} file(s) listed upstream are absent ({report['missing_images']} "
+            f"images; a partial mirror); list in {outp / 'missing_files.txt'}"
+        )
     unlisted = report["unlisted_files_ignored"]
     if unlisted:
         say(f"{NAME}: {len(unlisted)} file(s) not in the upstream list were ignored (e.g. {unlisted[0]})")
@@ -273,10 +313,15 @@ def _say_summary(say, report: dict, outp: Path) -> None:
     say("\n" + CITATION)
 
 
-def fetch_glomeruli_pas(out: str | os.PathLike = DEFAULT_MANIFEST.parent,
-                        mirror: str | os.PathLike | None | bool = None,
-                        *, url: str | None = None, sums: str | os.PathLike | None = None,
-                        progress: bool = True, verbose: bool = True) -> Path:
+def fetch_glomeruli_pas(
+    out: str | os.PathLike = DEFAULT_MANIFEST.parent,
+    mirror: str | os.PathLike | None | bool = None,
+    *,
+    url: str | None = None,
+    sums: str | os.PathLike | None = None,
+    progress: bool = True,
+    verbose: bool = True,
+) -> Path:
     """Build (or reuse) the glomeruli-pas manifest in ``out`` and return the path to ``out/manifest.csv``.
 
     ``out`` relative -> relative to the project root. ``mirror=False`` (or an explicit ``url``
@@ -294,9 +339,14 @@ def fetch_glomeruli_pas(out: str | os.PathLike = DEFAULT_MANIFEST.parent,
     outp.mkdir(parents=True, exist_ok=True)
     manifest = outp / "manifest.csv"
     write_manifest(df, manifest)  # refuses to overwrite different content; same content = reuse
-    write_dataset_info(manifest, POSITIVE_LABEL, NEGATIVE_LABEL, dataset=NAME,  # which label is positive
-                       description="PAS-stained human glomeruli: GS (globally sclerotic) vs nonGS",
-                       license=LICENSE_NAME)
+    write_dataset_info(
+        manifest,
+        POSITIVE_LABEL,
+        NEGATIVE_LABEL,
+        dataset=NAME,  # which label is positive
+        description="PAS-stained human glomeruli: GS (globally sclerotic) vs nonGS",
+        license=LICENSE_NAME,
+    )
     _say_summary(say, _write_records(outp, root, df, source, files, sums), outp)
     return manifest
 
@@ -308,6 +358,7 @@ def ensure_default_manifest(path: str | os.PathLike = DEFAULT_MANIFEST) -> Path:
     if p.exists():
         return p
     if p.name != "manifest.csv":
-        raise FileNotFoundError(f"manifest {p} does not exist; create it (see data/README.md) or run "
-                                f"'glomlib data fetch {NAME}'")
+        raise FileNotFoundError(
+            f"manifest {p} does not exist; create it (see data/README.md) or run 'glomlib data fetch {NAME}'"
+        )
     return fetch_glomeruli_pas(out=p.parent)

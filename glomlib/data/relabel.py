@@ -49,8 +49,10 @@ def _read_review(path: Path) -> pd.DataFrame:
         raise ReviewError(f"review file {path} is not a readable CSV file: {e}") from None
     r.columns = [str(c).strip().lower() for c in r.columns]
     if "reviewed_label" not in r.columns or not ({"path", "image_id"} & set(r.columns)):
-        raise ReviewError(f"review file {path} needs a 'reviewed_label' column and a 'path' or 'image_id' column "
-                          f"(as written by glomlib review); its columns are {list(r.columns)}.")
+        raise ReviewError(
+            f"review file {path} needs a 'reviewed_label' column and a 'path' or 'image_id' column "
+            f"(as written by glomlib review); its columns are {list(r.columns)}."
+        )
     return r
 
 
@@ -67,12 +69,15 @@ def _manifest_row(r: pd.Series, row: int, by_path: dict, sha: list, review_csv: 
     hits = [j for j, h in enumerate(sha) if h and h.startswith(iid)]
     if len(hits) == 1:
         return hits[0], None
-    return None, (f"review row {row}: image_id {iid} matches {len(hits)} images of {manifest} "
-                  f"({'none' if not hits else 'identical files: ' + ', '.join(str(j + 1) for j in hits)})")
+    return None, (
+        f"review row {row}: image_id {iid} matches {len(hits)} images of {manifest} "
+        f"({'none' if not hits else 'identical files: ' + ', '.join(str(j + 1) for j in hits)})"
+    )
 
 
-def _decisions(rv: pd.DataFrame, df: pd.DataFrame, label_set: list[str], reviewer: str, review_csv: Path,
-               manifest: Path) -> tuple[dict[int, tuple[int, str, str, str]], int]:
+def _decisions(
+    rv: pd.DataFrame, df: pd.DataFrame, label_set: list[str], reviewer: str, review_csv: Path, manifest: Path
+) -> tuple[dict[int, tuple[int, str, str, str]], int]:
     """manifest index -> (review row, label, reviewer, comment), and the number of rows not reviewed. Raises
     :class:`ReviewError` listing every problem."""
     by_path = {p: i for i, p in enumerate(df["path"]) if p}
@@ -89,31 +94,42 @@ def _decisions(rv: pd.DataFrame, df: pd.DataFrame, label_set: list[str], reviewe
         lab = UNSURE if lab.lower() == UNSURE else lab
         who = str(r.get("reviewer", "")).strip() or reviewer
         if why is None and lab != UNSURE and lab not in label_set:
-            why = (f"review row {row}: reviewed_label {lab!r} is not a label of the manifest "
-                   f"({', '.join(label_set)}) nor '{UNSURE}'")
+            why = (
+                f"review row {row}: reviewed_label {lab!r} is not a label of the manifest "
+                f"({', '.join(label_set)}) nor '{UNSURE}'"
+            )
         elif why is None and not who:
             why = f"review row {row}: no reviewer; pass --reviewer NAME or fill the 'reviewer' column"
         elif why is None and i in decided and decided[i][1] != lab:
-            why = (f"review row {row}: the same image was reviewed as {decided[i][1]!r} in review row "
-                   f"{decided[i][0]} and as {lab!r} here")
+            why = (
+                f"review row {row}: the same image was reviewed as {decided[i][1]!r} in review row "
+                f"{decided[i][0]} and as {lab!r} here"
+            )
         if why:
             errors.append(why)
         else:
             decided[i] = (row, lab, who, str(r.get("comment", "")).strip())
     if errors:
-        raise ReviewError(f"{len(errors)} problem(s) in review file {review_csv}; nothing was applied:\n"
-                          + "\n".join("  " + e for e in errors))
+        raise ReviewError(
+            f"{len(errors)} problem(s) in review file {review_csv}; nothing was applied:\n"
+            + "\n".join("  " + e for e in errors)
+        )
     return decided, n_empty
 
 
-def _relabelled(raw: pd.DataFrame, df: pd.DataFrame, decided: dict, target: str, date: str, manifest: Path,
-                out: Path) -> tuple[pd.DataFrame, list[dict]]:
+def _relabelled(
+    raw: pd.DataFrame, df: pd.DataFrame, decided: dict, target: str, date: str, manifest: Path, out: Path
+) -> tuple[pd.DataFrame, list[dict]]:
     """The new manifest (paths valid from its folder, labels changed, record columns) and the list of changes."""
     new = raw.copy()
     for c in ("path", "mask"):  # relative paths stay valid from the new manifest's folder
         if c in new.columns:
-            new[c] = [os.path.relpath(os.path.normpath(str(manifest.parent / v.strip())), out.parent)
-                      if v.strip() and not os.path.isabs(os.path.expanduser(v.strip())) else v for v in new[c]]
+            new[c] = [
+                os.path.relpath(os.path.normpath(str(manifest.parent / v.strip())), out.parent)
+                if v.strip() and not os.path.isabs(os.path.expanduser(v.strip()))
+                else v
+                for v in new[c]
+            ]
     for c in RECORD_COLUMNS:
         if c not in new.columns:
             new[c] = ""
@@ -124,9 +140,20 @@ def _relabelled(raw: pd.DataFrame, df: pd.DataFrame, decided: dict, target: str,
         if decision == "changed":
             new.at[i, target] = lab
         new.loc[i, RECORD_COLUMNS] = [before, decision, who, date, comment]
-        changes.append({"manifest_row": i + 1, "review_row": row, "path": str(df.at[i, "path"]),
-                        "column": target, "before": before, "after": lab if decision == "changed" else before,
-                        "decision": decision, "reviewer": who, "date": date, "comment": comment})
+        changes.append(
+            {
+                "manifest_row": i + 1,
+                "review_row": row,
+                "path": str(df.at[i, "path"]),
+                "column": target,
+                "before": before,
+                "after": lab if decision == "changed" else before,
+                "decision": decision,
+                "reviewer": who,
+                "date": date,
+                "comment": comment,
+            }
+        )
     return new, changes
 
 
@@ -141,8 +168,15 @@ def _target_column(raw: pd.DataFrame, rater: str) -> str:
         raise ReviewError(str(e)) from None
 
 
-def apply_review(review_csv: str | os.PathLike, manifest: str | os.PathLike, out: str | os.PathLike, *,
-                 reviewer: str = "", date: str = "", rater: str = "") -> dict:
+def apply_review(
+    review_csv: str | os.PathLike,
+    manifest: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    reviewer: str = "",
+    date: str = "",
+    rater: str = "",
+) -> dict:
     """Write ``out`` (a new manifest) = ``manifest`` with the reviewed labels and the record; returns the summary
     (also written to ``<out>.review.json``). Raises :class:`ReviewError` or FileExistsError; writes nothing then."""
     review_csv, manifest, out = (Path(p).expanduser().resolve() for p in (review_csv, manifest, out))
@@ -152,7 +186,7 @@ def apply_review(review_csv: str | os.PathLike, manifest: str | os.PathLike, out
             raise FileExistsError(f"{p} already exists; apply-review never overwrites. Choose another --out.")
     if out == manifest:
         raise FileExistsError("--out must differ from --manifest: the old manifest is never changed.")
-    date = date or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
+    date = date or _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
     raw = _read_csv(manifest)
     df, problems = validate_manifest(manifest, positive_label="", require_labels=False)
     fatal = [p for p in problems if p.kind in ("missing-column", "empty-manifest")]
@@ -166,12 +200,25 @@ def apply_review(review_csv: str | os.PathLike, manifest: str | os.PathLike, out
     decided, n_empty = _decisions(rv, df, label_set, reviewer, review_csv, manifest)
     new, changes = _relabelled(raw, df, decided, target, date, manifest, out)
     counts = {d: sum(c["decision"] == d for c in changes) for d in ("changed", "confirmed", "unsure")}
-    moves = pd.Series([f"{c['before']} -> {c['after']}" for c in changes if c["decision"] == "changed"],
-                      dtype=object).value_counts().to_dict()
-    summary = {"manifest": str(manifest), "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
-               "review": str(review_csv), "out": str(out), "column": target, "date": date,
-               "rows": len(new), "review_rows": len(rv), "not_reviewed": n_empty, **counts,
-               "label_moves": moves, "changes": changes}
+    moves = (
+        pd.Series([f"{c['before']} -> {c['after']}" for c in changes if c["decision"] == "changed"], dtype=object)
+        .value_counts()
+        .to_dict()
+    )
+    summary = {
+        "manifest": str(manifest),
+        "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+        "review": str(review_csv),
+        "out": str(out),
+        "column": target,
+        "date": date,
+        "rows": len(new),
+        "review_rows": len(rv),
+        "not_reviewed": n_empty,
+        **counts,
+        "label_moves": moves,
+        "changes": changes,
+    }
     publish_new(out, lambda tmp: new.to_csv(tmp, index=False, lineterminator="\n"))
     publish_new(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
     return summary
@@ -180,7 +227,9 @@ def apply_review(review_csv: str | os.PathLike, manifest: str | os.PathLike, out
 def summary_text(s: dict) -> str:
     """A few lines for the terminal."""
     moves = ", ".join(f"{k}: {v}" for k, v in s["label_moves"].items()) or "none"
-    return (f"wrote {s['out']} ({s['rows']} rows; the old manifest is unchanged)\n"
-            f"review {s['review']}: {s['review_rows']} rows, {s['not_reviewed']} not reviewed\n"
-            f"{s['changed']} label(s) changed in column {s['column']!r} ({moves}), {s['confirmed']} confirmed, "
-            f"{s['unsure']} unsure\nrecord: columns {', '.join(RECORD_COLUMNS)} and {s['out']}.review.json")
+    return (
+        f"wrote {s['out']} ({s['rows']} rows; the old manifest is unchanged)\n"
+        f"review {s['review']}: {s['review_rows']} rows, {s['not_reviewed']} not reviewed\n"
+        f"{s['changed']} label(s) changed in column {s['column']!r} ({moves}), {s['confirmed']} confirmed, "
+        f"{s['unsure']} unsure\nrecord: columns {', '.join(RECORD_COLUMNS)} and {s['out']}.review.json"
+    )

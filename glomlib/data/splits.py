@@ -72,19 +72,26 @@ def _fold_problems(g: np.ndarray, yc: np.ndarray, n_folds: int, kind: str) -> li
     classes = np.unique(yc)
     if len(classes) < 2:
         name = {1: "positive", 0: "negative"}.get(int(classes[0]), "?") if len(classes) else ""
-        out.append(f"only one class: every labeled row is {name} (y={int(classes[0])}); a classifier needs both "
-                   "the positive and the negative label. Check the labels and positive_label."
-                   if len(classes) else "no labeled rows.")
+        out.append(
+            f"only one class: every labeled row is {name} (y={int(classes[0])}); a classifier needs both "
+            "the positive and the negative label. Check the labels and positive_label."
+            if len(classes)
+            else "no labeled rows."
+        )
     n_groups = len(set(g))
     if n_groups < n_folds:
-        out.append(f"only {n_groups} {kind}s to split into {n_folds} folds; every fold needs its own "
-                   f"{kind}s. Use n_folds <= {n_groups} or add data from more {kind}s.")
+        out.append(
+            f"only {n_groups} {kind}s to split into {n_folds} folds; every fold needs its own "
+            f"{kind}s. Use n_folds <= {n_groups} or add data from more {kind}s."
+        )
     for cls in classes if len(classes) > 1 else ():
         k = len(set(g[yc == cls]))
         if k < n_folds:
             name = "positive" if cls == 1 else "negative"
-            out.append(f"the {name} class (y={cls}) occurs in only {k} {kind}(s), fewer than "
-                       f"n_folds={n_folds}: some test folds would have none. Use n_folds <= {k}.")
+            out.append(
+                f"the {name} class (y={cls}) occurs in only {k} {kind}(s), fewer than "
+                f"n_folds={n_folds}: some test folds would have none. Use n_folds <= {k}."
+            )
     return out
 
 
@@ -131,8 +138,10 @@ def assign_folds(df: pd.DataFrame, n_folds: int = 5, seed: int = 0, by: str = "s
     if explicit.any():
         if not explicit[cv].all():
             bad = np.flatnonzero(cv & ~explicit)[:10]
-            raise SplitError(f"the split column gives fold numbers for some rows but not others (e.g. rows "
-                             f"{[int(i) + 1 for i in bad]}); give every CV row a fold number or none")
+            raise SplitError(
+                f"the split column gives fold numbers for some rows but not others (e.g. rows "
+                f"{[int(i) + 1 for i in bad]}); give every CV row a fold number or none"
+            )
         given = np.array([int(s) for s in split[cv]])
         if given.max() >= n_folds:
             raise SplitError(f"split column uses fold {given.max()} but n_folds={n_folds}")
@@ -155,8 +164,10 @@ def assign_folds(df: pd.DataFrame, n_folds: int = 5, seed: int = 0, by: str = "s
     test_groups = set(groups[split == "test"])
     leaked = test_groups & set(groups[cv])
     if leaked:
-        raise SplitError(f"{kind}(s) {sorted(leaked)[:10]} have rows in split=test and in the CV data; "
-                         f"all rows of a {kind} must be in the same split")
+        raise SplitError(
+            f"{kind}(s) {sorted(leaked)[:10]} have rows in split=test and in the CV data; "
+            f"all rows of a {kind} must be in the same split"
+        )
     return folds
 
 
@@ -171,19 +182,25 @@ def _centre_folds(df: pd.DataFrame, n_folds: int) -> np.ndarray:
     cv = (split != "test") & (y >= 0)
     empty = np.flatnonzero(cv & (centre == ""))
     if len(empty):
-        raise SplitError(f"{len(empty)} row(s) have no center (e.g. rows {[int(i) + 1 for i in empty[:10]]}); "
-                         "every row needs its centre for leave-one-centre-out cross-validation")
+        raise SplitError(
+            f"{len(empty)} row(s) have no center (e.g. rows {[int(i) + 1 for i in empty[:10]]}); "
+            "every row needs its centre for leave-one-centre-out cross-validation"
+        )
     names = sorted(set(centre[cv]))
     if len(names) < 2:
         raise SplitError(f"leave-one-centre-out needs at least 2 centres; the manifest has {names}")
     if n_folds != len(names):
-        raise SplitError(f"leave-one-centre-out makes one fold per centre: {len(names)} centres {names}, but "
-                         f"n_folds={n_folds}; set folds={len(names)}")
+        raise SplitError(
+            f"leave-one-centre-out makes one fold per centre: {len(names)} centres {names}, but "
+            f"n_folds={n_folds}; set folds={len(names)}"
+        )
     groups = groups_of(df)
     per_group = pd.Series(centre[cv]).groupby(groups[cv]).nunique()
     if (per_group > 1).any():
-        raise SplitError(f"{_group_kind(df)}(s) {list(per_group[per_group > 1].index)[:10]} have rows in several "
-                         "centres; a slide or patient belongs to one centre")
+        raise SplitError(
+            f"{_group_kind(df)}(s) {list(per_group[per_group > 1].index)[:10]} have rows in several "
+            "centres; a slide or patient belongs to one centre"
+        )
     folds = np.full(n, -1, dtype=int)
     folds[cv] = [names.index(c) for c in centre[cv]]
     return folds
@@ -205,8 +222,9 @@ def inner_validation(df_train: pd.DataFrame, fraction: float = 0.2, seed: int = 
     groups = groups_of(df_train)
     ug = np.unique(groups)
     if len(ug) < 2:
-        raise SplitError(f"inner validation needs at least 2 {_group_kind(df_train)}s in the training data, "
-                         f"found {len(ug)}")
+        raise SplitError(
+            f"inner validation needs at least 2 {_group_kind(df_train)}s in the training data, found {len(ug)}"
+        )
     from sklearn.model_selection import StratifiedGroupKFold
 
     k = int(min(max(2, round(1 / fraction)), len(ug)))
@@ -215,8 +233,7 @@ def inner_validation(df_train: pd.DataFrame, fraction: float = 0.2, seed: int = 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "least populated class has only ... members"
-        _, te = next(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-                     .split(np.zeros(n), y, groups))
+        _, te = next(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(n), y, groups))
     mask = np.zeros(n, dtype=bool)
     mask[te] = True
     assert not (set(groups[mask]) & set(groups[~mask])), "a group is on both sides of the inner split"
@@ -228,13 +245,18 @@ def fold_table(df: pd.DataFrame, folds: np.ndarray) -> pd.DataFrame:
     folds = np.asarray(folds)
     if len(folds) != len(df):
         raise ValueError(f"{len(folds)} folds for {len(df)} rows")
-    t = pd.DataFrame({
-        "slide": df["slide"].astype(str).to_numpy(),
-        "patient": (df["patient"] if "patient" in df.columns else df["slide"]).astype(str).to_numpy(),
-        "center": (df["center"] if "center" in df.columns else pd.Series([""] * len(df))).astype(str).to_numpy(),
-        "fold": folds.astype(int),
-        "pos": (df["y"].to_numpy() == 1).astype(int) if "y" in df.columns else np.zeros(len(df), dtype=int),
-    })
-    out = (t.groupby(["slide", "patient", "center", "fold"], sort=False)
-           .agg(n=("pos", "size"), n_pos=("pos", "sum")).reset_index())
+    t = pd.DataFrame(
+        {
+            "slide": df["slide"].astype(str).to_numpy(),
+            "patient": (df["patient"] if "patient" in df.columns else df["slide"]).astype(str).to_numpy(),
+            "center": (df["center"] if "center" in df.columns else pd.Series([""] * len(df))).astype(str).to_numpy(),
+            "fold": folds.astype(int),
+            "pos": (df["y"].to_numpy() == 1).astype(int) if "y" in df.columns else np.zeros(len(df), dtype=int),
+        }
+    )
+    out = (
+        t.groupby(["slide", "patient", "center", "fold"], sort=False)
+        .agg(n=("pos", "size"), n_pos=("pos", "sum"))
+        .reset_index()
+    )
     return out.sort_values(["fold", "slide"], kind="stable").reset_index(drop=True)

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,8 +32,10 @@ STAIN_METHODS = ("", "reinhard", "macenko")
 REINHARD_TARGET: dict[str, tuple[float, float, float]] = {"mean": (167.7, 150.5, 111.7), "std": (37.0, 10.7, 7.2)}
 #: stain matrix (rows R, G, B optical density; columns the two stains, unit length) and the stains' 99th
 #: percentile concentrations; median over 488 SAS + VUHSK patches at 64 px (torchstain fit, Io 240, beta 0.15)
-MACENKO_TARGET: dict[str, Any] = {"stains": ((0.6069, 0.2601), (0.7006, 0.8964), (0.3753, 0.3589)),
-                                  "max_conc": (1.4853, 1.1101)}
+MACENKO_TARGET: dict[str, Any] = {
+    "stains": ((0.6069, 0.2601), (0.7006, 0.8964), (0.3753, 0.3589)),
+    "max_conc": (1.4853, 1.1101),
+}
 #: smallest share of an image's pixels that must be stained tissue (OD above beta in every channel) for Macenko
 MACENKO_MIN_TISSUE = 0.05
 _IO, _BETA, _ALPHA = 240, 0.15, 1
@@ -48,15 +51,20 @@ class StainReport:
     unchanged: list[int] = dataclasses.field(default_factory=list)
     reasons: list[str] = dataclasses.field(default_factory=list)
 
-    def add(self, other: "StainReport", offset: int = 0) -> None:
+    def add(self, other: StainReport, offset: int = 0) -> None:
         self.method = self.method or other.method
         self.n_images += other.n_images
         self.unchanged += [i + offset for i in other.unchanged]
         self.reasons += other.reasons
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "n_images": self.n_images, "n_unchanged": len(self.unchanged),
-                "unchanged": self.unchanged[:1000], "reasons": self.reasons[:1000]}
+        return {
+            "method": self.method,
+            "n_images": self.n_images,
+            "n_unchanged": len(self.unchanged),
+            "unchanged": self.unchanged[:1000],
+            "reasons": self.reasons[:1000],
+        }
 
 
 def _check(images: Any) -> tuple[np.ndarray, bool]:
@@ -88,8 +96,10 @@ def _macenko_normalizer(target: dict[str, Any] | None):
     try:
         import torchstain
     except ImportError as e:  # pragma: no cover - a declared dependency
-        raise ImportError("stain_normalize='macenko' needs torchstain (pip install torchstain; it is in "
-                          "glomlib's dependencies: `make setup`).") from e
+        raise ImportError(
+            "stain_normalize='macenko' needs torchstain (pip install torchstain; it is in "
+            "glomlib's dependencies: `make setup`)."
+        ) from e
     t = target or MACENKO_TARGET
     n = torchstain.normalizers.MacenkoNormalizer(backend="numpy")
     n.HERef = np.asarray(t["stains"], dtype=float)
@@ -155,10 +165,21 @@ def write_stain_report(folder: Any, report: StainReport, df: Any = None) -> None
         doc["unchanged_files"] = [Path(str(paths[i])).name for i in report.unchanged[:1000]]
     write_json_atomic(Path(folder) / "stain.json", doc)
     if report.unchanged:
-        print(f"stain_normalize={report.method}: {len(report.unchanged)} of {report.n_images} image(s) left "
-              f"unchanged (too little stained tissue to estimate the stains); listed in {Path(folder) / 'stain.json'}",
-              file=sys.stderr)
+        print(
+            f"stain_normalize={report.method}: {len(report.unchanged)} of {report.n_images} image(s) left "
+            f"unchanged (too little stained tissue to estimate the stains); listed in {Path(folder) / 'stain.json'}",
+            file=sys.stderr,
+        )
 
 
-__all__ = ["STAIN_METHODS", "REINHARD_TARGET", "MACENKO_TARGET", "MACENKO_MIN_TISSUE", "StainReport", "reinhard",
-           "macenko", "normalize_stain", "write_stain_report"]
+__all__ = [
+    "STAIN_METHODS",
+    "REINHARD_TARGET",
+    "MACENKO_TARGET",
+    "MACENKO_MIN_TISSUE",
+    "StainReport",
+    "reinhard",
+    "macenko",
+    "normalize_stain",
+    "write_stain_report",
+]

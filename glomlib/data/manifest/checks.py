@@ -7,9 +7,10 @@ hashes, the first row of each path).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -55,12 +56,15 @@ class Check(NamedTuple):
 def fields(r: Rows) -> list[Problem]:
     df, out = r.df, []
     out += [r.problem(i, "missing-value", "empty 'path'") for i in np.flatnonzero(df["path"] == "")]
-    out += [r.problem(i, "missing-value", "empty 'slide'; every image needs the slide it was cut from")
-            for i in np.flatnonzero(df["slide"] == "")]
+    out += [
+        r.problem(i, "missing-value", "empty 'slide'; every image needs the slide it was cut from")
+        for i in np.flatnonzero(df["slide"] == "")
+    ]
     for i, s in enumerate(df["split"]):
         if not (s in SPLIT_WORDS or s.isdigit()):
-            out.append(r.problem(i, "split", f"split {s!r} is not one of train/val/test/<fold number>/empty",
-                                 skippable=False))
+            out.append(
+                r.problem(i, "split", f"split {s!r} is not one of train/val/test/<fold number>/empty", skippable=False)
+            )
     return out
 
 
@@ -68,9 +72,15 @@ def label_ties(r: Rows) -> list[Problem]:
     df, out = r.df, []
     for i in r.tie_rows:
         votes = ", ".join(f"{c}={df.at[i, c]}" for c in df.columns if str(c).startswith("label_") and df.at[i, c])
-        out.append(r.problem(i, "label-tie", f"the raters' majority is a tie ({votes}); no consensus label. Decide "
-                                             "it (e.g. a further rater), or skip such rows with on_error='skip' "
-                                             "(they are recorded)"))
+        out.append(
+            r.problem(
+                i,
+                "label-tie",
+                f"the raters' majority is a tie ({votes}); no consensus label. Decide "
+                "it (e.g. a further rater), or skip such rows with on_error='skip' "
+                "(they are recorded)",
+            )
+        )
     return out
 
 
@@ -95,17 +105,35 @@ def labels(r: Rows) -> list[Problem]:
     if not pos and len(counts):
         out.append(r.whole("label", no_positive_label_message(r.mpath, False)))
     if r.require_labels:
-        out += [r.problem(i, "label", "empty label (labels are required here; use require_labels=False / "
-                                      "--unlabeled for an unlabeled manifest)") for i in np.flatnonzero(labels == "")]
+        out += [
+            r.problem(
+                i,
+                "label",
+                "empty label (labels are required here; use require_labels=False / "
+                "--unlabeled for an unlabeled manifest)",
+            )
+            for i in np.flatnonzero(labels == "")
+        ]
     if pos and len(counts) and pos not in counts.index:
         found = ", ".join(f"{k} ({v})" for k, v in counts.items())
-        out.append(r.whole("label", f"the positive label {pos!r} occurs in no row; labels found: {found}. "
-                                    f"Pass positive_label=... (--positive-label) naming the positive class."))
+        out.append(
+            r.whole(
+                "label",
+                f"the positive label {pos!r} occurs in no row; labels found: {found}. "
+                f"Pass positive_label=... (--positive-label) naming the positive class.",
+            )
+        )
     elif pos:
         neg = _negative(counts, pos) if neg is None else neg
-        out += [r.problem(i, "label", f"label {labels.iat[i]!r} is not in the label set {{{pos!r} (positive), "
-                                      f"{neg!r} (negative)}}; fix the row or set negative_label / --negative-label")
-                for i in np.flatnonzero(~labels.isin({pos, neg, ""}))]
+        out += [
+            r.problem(
+                i,
+                "label",
+                f"label {labels.iat[i]!r} is not in the label set {{{pos!r} (positive), "
+                f"{neg!r} (negative)}}; fix the row or set negative_label / --negative-label",
+            )
+            for i in np.flatnonzero(~labels.isin({pos, neg, ""}))
+        ]
     r.df["y"] = np.where((labels == pos) & (labels != ""), 1, np.where((labels == neg) & (labels != ""), 0, -1))
     r.df.attrs.update(positive_label=pos, negative_label=neg)
     return out
@@ -115,8 +143,9 @@ def duplicate_paths(r: Rows) -> list[Problem]:
     out = []
     for i, p in enumerate(r.df["path"]):
         if p and p in r.first_row:
-            out.append(r.problem(i, "duplicate-path", f"same file as row {r.first_row[p] + 1}; each image must "
-                                                      "appear once"))
+            out.append(
+                r.problem(i, "duplicate-path", f"same file as row {r.first_row[p] + 1}; each image must appear once")
+            )
         elif p:
             r.first_row[p] = i
     return out
@@ -157,9 +186,15 @@ def duplicate_content(r: Rows) -> list[Problem]:
     for i in r.first_row.values():
         h = r.df.at[i, "sha256"]
         if h and h in first:
-            out.append(r.problem(i, "duplicate-content", f"same image bytes as row {first[h] + 1} "
-                                                         f"({r.shown[first[h]]}); remove one copy so it cannot land "
-                                                         "in both training and test data"))
+            out.append(
+                r.problem(
+                    i,
+                    "duplicate-content",
+                    f"same image bytes as row {first[h] + 1} "
+                    f"({r.shown[first[h]]}); remove one copy so it cannot land "
+                    "in both training and test data",
+                )
+            )
         elif h:
             first[h] = i
     return out
@@ -172,8 +207,15 @@ def slide_patient(r: Rows) -> list[Problem]:
     pats = df.groupby("slide")["patient"].nunique()
     for slide in pats[pats > 1].index:
         rows = df.index[df["slide"] == slide]
-        out.append(r.problem(rows[0], "slide-patient", f"slide {slide!r} is assigned to several patients "
-                             f"{sorted(df.loc[rows, 'patient'].unique())} (rows {rows_text(rows)})", skippable=False))
+        out.append(
+            r.problem(
+                rows[0],
+                "slide-patient",
+                f"slide {slide!r} is assigned to several patients "
+                f"{sorted(df.loc[rows, 'patient'].unique())} (rows {rows_text(rows)})",
+                skippable=False,
+            )
+        )
     return out
 
 
@@ -185,11 +227,19 @@ def split_leak(r: Rows) -> list[Problem]:
         sp = df[df[key] != ""].groupby(key)["split"].nunique()
         for g in sp[sp > 1].index:
             rows = df.index[df[key] == g]
-            by = ", ".join(f"{s or '(empty)'}: rows {rows_text(df.index[(df[key] == g) & (df['split'] == s)])}"
-                           for s in sorted(df.loc[rows, "split"].unique()))
-            out.append(r.problem(rows[0], "split-leak", f"{key} {g!r} is in more than one split ({by}); all images "
-                                 f"of one {key} must be in the same split, or its images leak into the test set",
-                                 skippable=False))
+            by = ", ".join(
+                f"{s or '(empty)'}: rows {rows_text(df.index[(df[key] == g) & (df['split'] == s)])}"
+                for s in sorted(df.loc[rows, "split"].unique())
+            )
+            out.append(
+                r.problem(
+                    rows[0],
+                    "split-leak",
+                    f"{key} {g!r} is in more than one split ({by}); all images "
+                    f"of one {key} must be in the same split, or its images leak into the test set",
+                    skippable=False,
+                )
+            )
     return out
 
 

@@ -28,15 +28,15 @@ def read_dataset_info(manifest: str | os.PathLike) -> dict:
     try:
         info = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{p} is not valid JSON ({e}); it should hold e.g. "
-                            '{"positive_label": "GS", "negative_label": "nonGS"}.') from None
+        raise ManifestError(
+            f'{p} is not valid JSON ({e}); it should hold e.g. {{"positive_label": "GS", "negative_label": "nonGS"}}.'
+        ) from None
     if not isinstance(info, dict):
-        raise ManifestError(f"{p} must hold a JSON object, e.g. {{\"positive_label\": \"GS\"}}.")
+        raise ManifestError(f'{p} must hold a JSON object, e.g. {{"positive_label": "GS"}}.')
     return info
 
 
-def write_dataset_info(manifest: str | os.PathLike, positive_label: str, negative_label: str = "",
-                       **extra) -> Path:
+def write_dataset_info(manifest: str | os.PathLike, positive_label: str, negative_label: str = "", **extra) -> Path:
     """Write ``dataset.json`` beside ``manifest`` (atomically). Identical content is left as is; a sidecar
     naming another positive or negative label is never overwritten (an error says which file)."""
     p = dataset_info_path(manifest)
@@ -45,9 +45,11 @@ def write_dataset_info(manifest: str | os.PathLike, positive_label: str, negativ
     if p.exists():
         old = read_dataset_info(manifest)
         if [old.get(k) for k in _PAIR] != [info[k] for k in _PAIR]:
-            raise FileExistsError(f"{p} already names positive_label={old.get('positive_label')!r}, "
-                                  f"negative_label={old.get('negative_label')!r}; refusing to overwrite it with "
-                                  f"{positive_label!r}/{negative_label!r}. Edit or remove it yourself.")
+            raise FileExistsError(
+                f"{p} already names positive_label={old.get('positive_label')!r}, "
+                f"negative_label={old.get('negative_label')!r}; refusing to overwrite it with "
+                f"{positive_label!r}/{negative_label!r}. Edit or remove it yourself."
+            )
         if p.read_text() == text:
             return p
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -67,10 +69,12 @@ def no_positive_label_message(manifest: str | os.PathLike, name_manifest: bool =
     mpath = Path(manifest).expanduser().resolve()
     side = dataset_info_path(mpath)
     which = f"which label of {mpath} is positive?" if name_manifest else "which label is positive?"
-    return (f"{which} No positive_label was given and {side} "
-            f"{'names none' if side.exists() else 'does not exist'}; labels found: {_labels_text(mpath)}. "
-            f"Pass positive_label=<label> (--positive-label <label>), or write {side} with "
-            '{"positive_label": "<label>"} (glomlib data fetch writes it for public datasets).')
+    return (
+        f"{which} No positive_label was given and {side} "
+        f"{'names none' if side.exists() else 'does not exist'}; labels found: {_labels_text(mpath)}. "
+        f"Pass positive_label=<label> (--positive-label <label>), or write {side} with "
+        '{"positive_label": "<label>"} (glomlib data fetch writes it for public datasets).'
+    )
 
 
 def resolve_positive_label(manifest: str | os.PathLike, positive_label: str = "") -> str:

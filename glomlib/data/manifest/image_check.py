@@ -41,7 +41,9 @@ def _png(head: bytes, tail: bytes, size: int) -> list[tuple[str, str, str]]:
     if tail != _PNG_IEND:
         return [("error", "truncated", f"PNG is truncated (no end marker; {size} bytes); re-export or re-download it")]
     depth, ctype = struct.unpack(">BB", head[24:26])
-    notes = [f"{_PNG_COLOR.get(ctype)} image, converted to RGB by repeating the grey channel"] if ctype in (0, 4) else []
+    notes = (
+        [f"{_PNG_COLOR.get(ctype)} image, converted to RGB by repeating the grey channel"] if ctype in (0, 4) else []
+    )
     notes += ["alpha channel dropped"] * (ctype in (4, 6)) + ["palette image, converted to RGB"] * (ctype == 3)
     notes += ["16-bit image, scaled to 8-bit"] * (depth == 16)
     return [("warning", "mode", "; ".join(notes))] if notes else []

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import pandas as pd
 
@@ -79,6 +79,8 @@ def write_skipped(problems: Sequence[Problem], df: pd.DataFrame, out: str | os.P
         if p.row:
             reasons.setdefault(p.row, []).append(f"{p.kind}: {p.message}")
     cols = ["row", "path", "label", "slide", "reason"]
-    rows = [{"row": r, **{c: df.iloc[r - 1].get(c, "") for c in cols[1:4]}, "reason": " | ".join(rs)}
-            for r, rs in sorted(reasons.items())]
+    rows = [
+        {"row": r, **{c: df.iloc[r - 1].get(c, "") for c in cols[1:4]}, "reason": " | ".join(rs)}
+        for r, rs in sorted(reasons.items())
+    ]
     return write_csv_atomic(pd.DataFrame(rows, columns=cols), out)

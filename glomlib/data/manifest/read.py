@@ -12,7 +12,13 @@ import pandas as pd
 from glomlib.core.io import write_text_atomic
 from glomlib.data.manifest.checks import CHECKS, Rows
 from glomlib.data.manifest.problems import (
-    ManifestError, ManifestWarning, Problem, errors_of, format_problems, write_skipped)
+    ManifestError,
+    ManifestWarning,
+    Problem,
+    errors_of,
+    format_problems,
+    write_skipped,
+)
 
 REQUIRED_COLUMNS = ("path", "label", "slide")
 OPTIONAL_COLUMNS = ("patient", "center", "split", "mask")
@@ -21,14 +27,18 @@ BASE_COLUMNS = ["path", "label", "y", "slide", "patient", "center", "split", "ma
 
 
 def _empty(path: Path, what: str, kind: str) -> ManifestError:
-    return ManifestError(f"Manifest {path} is empty{what}: it needs a header line 'path,label,slide' and one row "
-                         "per image.", [Problem(0, str(path), "empty-manifest", kind, skippable=False)])
+    return ManifestError(
+        f"Manifest {path} is empty{what}: it needs a header line 'path,label,slide' and one row per image.",
+        [Problem(0, str(path), "empty-manifest", kind, skippable=False)],
+    )
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
     if not path.exists():
-        raise ManifestError(f"Manifest {path} does not exist. Create one (see data/README.md) or run "
-                            f"'glomlib data fetch glomeruli-pas' / 'glomlib data from-folder ROOT --out {path}'.")
+        raise ManifestError(
+            f"Manifest {path} does not exist. Create one (see data/README.md) or run "
+            f"'glomlib data fetch glomeruli-pas' / 'glomlib data from-folder ROOT --out {path}'."
+        )
     if path.stat().st_size == 0:
         raise _empty(path, " (0 bytes)", "file is empty")
     try:
@@ -77,22 +87,46 @@ def _label_source(df: pd.DataFrame, label_source: str) -> list[int]:
 
 
 def _frame_problems(mpath: Path, raw: pd.DataFrame, require_labels: bool, label_source: str) -> list[Problem]:
-    missing = [c for c in ("path", "slide") + (("label",) if require_labels and not label_source else ())
-               if c not in raw.columns]
+    missing = [
+        c
+        for c in ("path", "slide") + (("label",) if require_labels and not label_source else ())
+        if c not in raw.columns
+    ]
     out = []
     if missing:
-        out.append(Problem(0, str(mpath), "missing-column", f"missing required column(s) {missing}; the header has "
-                           f"{list(raw.columns)}. Required: path,label,slide; optional: {','.join(OPTIONAL_COLUMNS)}.",
-                           skippable=False))
+        out.append(
+            Problem(
+                0,
+                str(mpath),
+                "missing-column",
+                f"missing required column(s) {missing}; the header has "
+                f"{list(raw.columns)}. Required: path,label,slide; optional: {','.join(OPTIONAL_COLUMNS)}.",
+                skippable=False,
+            )
+        )
     if len(raw) == 0:
-        out.append(Problem(0, str(mpath), "empty-manifest", "the manifest has a header but no rows; add one row "
-                                                             "per image.", skippable=False))
+        out.append(
+            Problem(
+                0,
+                str(mpath),
+                "empty-manifest",
+                "the manifest has a header but no rows; add one row per image.",
+                skippable=False,
+            )
+        )
     return out
 
 
-def validate_manifest(path: str | os.PathLike, *, positive_label: str = DEFAULT_POSITIVE,
-                      negative_label: str | None = None, require_labels: bool = True, full: bool = False,
-                      workers: int | None = None, label_source: str = "") -> tuple[pd.DataFrame, list[Problem]]:
+def validate_manifest(
+    path: str | os.PathLike,
+    *,
+    positive_label: str = DEFAULT_POSITIVE,
+    negative_label: str | None = None,
+    require_labels: bool = True,
+    full: bool = False,
+    workers: int | None = None,
+    label_source: str = "",
+) -> tuple[pd.DataFrame, list[Problem]]:
     """Read a manifest and run every check of :data:`~glomlib.data.manifest.checks.CHECKS`; never raises for
     data problems. Returns ``(df, problems)``: df has the normalised columns (see :func:`read_manifest`) plus
     ``sha256`` of every readable file; ``full=True`` decodes every image (``glomlib data check`` does)."""
@@ -107,8 +141,9 @@ def validate_manifest(path: str | os.PathLike, *, positive_label: str = DEFAULT_
         try:
             ties = _label_source(df, label_source)
         except ValueError as e:
-            return raw, [Problem(0, str(mpath), "missing-column", f"label_source={label_source!r}: {e}",
-                                 skippable=False)]
+            return raw, [
+                Problem(0, str(mpath), "missing-column", f"label_source={label_source!r}: {e}", skippable=False)
+            ]
     df.attrs.update(label_source=label_source or "label", label_ties=[i + 1 for i in ties])
     rows = Rows(mpath, raw, df, list(raw["path"]), positive_label, negative_label, require_labels, full, workers, ties)
     for check in CHECKS:
@@ -121,16 +156,27 @@ def _skip(df: pd.DataFrame, errors: list[Problem], problems: list[Problem], mpat
     bad = sorted({p.row for p in errors})
     write_skipped(errors, df, skipped_out)
     df = df[~df["row"].isin(bad)].reset_index(drop=True)
-    warnings.warn(f"{len(bad)} bad row(s) of {mpath} skipped; rows and reasons written to {skipped_out}",
-                  ManifestWarning, stacklevel=3)
+    warnings.warn(
+        f"{len(bad)} bad row(s) of {mpath} skipped; rows and reasons written to {skipped_out}",
+        ManifestWarning,
+        stacklevel=3,
+    )
     if len(df) == 0:
         raise ManifestError(f"every row of {mpath} was bad; nothing left to use (see {skipped_out})", problems)
     return df
 
 
-def read_manifest(path: str | os.PathLike, *, positive_label: str = DEFAULT_POSITIVE, require_labels: bool = True,
-                  on_error: str = "raise", skipped_out: str | os.PathLike | None = None,
-                  negative_label: str | None = None, full: bool = False, label_source: str = "") -> pd.DataFrame:
+def read_manifest(
+    path: str | os.PathLike,
+    *,
+    positive_label: str = DEFAULT_POSITIVE,
+    require_labels: bool = True,
+    on_error: str = "raise",
+    skipped_out: str | os.PathLike | None = None,
+    negative_label: str | None = None,
+    full: bool = False,
+    label_source: str = "",
+) -> pd.DataFrame:
     """Read and validate a manifest; return one row per image (see ``data/README.md``).
 
     Columns: ``path`` (absolute), ``label`` ("" = unlabeled), ``y`` (1 positive, 0 negative, -1 unlabeled),
@@ -149,19 +195,31 @@ def read_manifest(path: str | os.PathLike, *, positive_label: str = DEFAULT_POSI
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     if on_error == "skip" and skipped_out is None:
-        raise ValueError("on_error='skip' needs skipped_out=<csv path> so that skipped rows and their reasons "
-                         "are recorded (nothing is dropped silently).")
+        raise ValueError(
+            "on_error='skip' needs skipped_out=<csv path> so that skipped rows and their reasons "
+            "are recorded (nothing is dropped silently)."
+        )
     mpath = Path(path).expanduser().resolve()
-    df, problems = validate_manifest(mpath, positive_label=positive_label, negative_label=negative_label,
-                                     require_labels=require_labels, full=full, label_source=label_source)
+    df, problems = validate_manifest(
+        mpath,
+        positive_label=positive_label,
+        negative_label=negative_label,
+        require_labels=require_labels,
+        full=full,
+        label_source=label_source,
+    )
     attrs = {k: df.attrs.get(k) for k in ("positive_label", "negative_label", "label_source", "label_ties")}
     errors = errors_of(problems)
     fatal = [p for p in errors if not p.skippable or not p.row]
     if errors and (on_error == "raise" or fatal):
         what = "" if on_error == "raise" else " (these cannot be skipped)"
-        raise ManifestError(format_problems(errors if on_error == "raise" else fatal, mpath) + what
-                            + "\nFix the rows above, or pass on_error='skip' (glomlib data check --skip-bad) to "
-                              "drop bad rows and record them.", problems)
+        raise ManifestError(
+            format_problems(errors if on_error == "raise" else fatal, mpath)
+            + what
+            + "\nFix the rows above, or pass on_error='skip' (glomlib data check --skip-bad) to "
+            "drop bad rows and record them.",
+            problems,
+        )
     if errors:  # skip mode, all skippable
         df = _skip(df, errors, problems, mpath, skipped_out)
     elif on_error == "skip":
@@ -170,8 +228,9 @@ def read_manifest(path: str | os.PathLike, *, positive_label: str = DEFAULT_POSI
     if warns:
         warnings.warn(format_problems(warns, mpath), ManifestWarning, stacklevel=2)
     df = df[BASE_COLUMNS + [c for c in df.columns if c not in BASE_COLUMNS]]
-    df.attrs.update(attrs, manifest=str(mpath), warnings=[p.format() for p in warns],
-                    skipped=len({p.row for p in errors}))
+    df.attrs.update(
+        attrs, manifest=str(mpath), warnings=[p.format() for p in warns], skipped=len({p.row for p in errors})
+    )
     return df
 
 
@@ -187,6 +246,8 @@ def write_manifest(df: pd.DataFrame, out: str | os.PathLike, *, relative: bool =
     if out.exists():
         if out.read_text() == text:
             return out
-        raise FileExistsError(f"{out} already exists with different content; refusing to overwrite it. "
-                              f"Remove it or choose another output path.")
+        raise FileExistsError(
+            f"{out} already exists with different content; refusing to overwrite it. "
+            f"Remove it or choose another output path."
+        )
     return write_text_atomic(out, text)
