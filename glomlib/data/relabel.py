@@ -1,22 +1,12 @@
-"""Apply a pathologist's label review (a filled ``review.csv``) to a manifest, writing a NEW manifest with a record.
+"""Apply a pathologist's label review (a filled ``review.csv`` of ``glomlib review``) to a manifest -> a NEW manifest.
 
-``glomlib review`` writes ``review.csv`` with empty ``reviewed_label`` and ``comment`` columns. The
-pathologist fills ``reviewed_label`` (a label of the manifest, or ``unsure``; empty = not reviewed) and
-optionally ``comment`` (and ``reviewer`` per row). :func:`apply_review` then writes a new manifest:
-
-- every column of the old manifest is kept (paths re-written relative to the new manifest's folder);
-- reviewed rows get the new label (in ``label``, or in ``label_<rater>`` with ``rater=``) and the record columns
-  ``review_label_before``, ``review_decision`` (``changed`` / ``confirmed`` / ``unsure``), ``review_reviewer``,
-  ``review_date`` and ``review_comment``;
-- a sidecar ``<new manifest>.review.json`` lists the same changes, the review file and the sha256 of the old
-  manifest (which is never modified; an existing output is never overwritten).
-
-Rows are matched by ``path`` (absolute, or relative to the review file's folder) when the review has one, else
-by ``image_id`` (the leading hex digits of the image file's sha256), which survives pseudonymised review sheets.
-Every problem (unknown image, ambiguous id, a label outside the label set, one image reviewed twice with
-different labels, no reviewer) is reported at once with its review-file row; nothing is applied then.
-
-This module does not import torch.
+``reviewed_label`` holds a label of the manifest, ``unsure`` or nothing (not reviewed); ``comment`` and a per-row
+``reviewer`` are optional. The new manifest keeps every column (paths re-written relative to its folder), puts the
+new labels in ``label`` (or ``label_<rater>``) and records ``review_label_before``, ``review_decision``
+(changed / confirmed / unsure), ``review_reviewer``, ``review_date`` and ``review_comment``; ``<new>.review.json``
+lists the changes and the old manifest's sha256. The old manifest is never modified, an output never overwritten.
+Rows are matched by ``path``, else by ``image_id`` (leading hex digits of the file's sha256, which survives
+pseudonymised sheets). Every problem is reported at once with its review row; nothing is applied then.
 """
 
 from __future__ import annotations

@@ -1,27 +1,16 @@
 """Slide-grouped (patient-grouped) stratified cross-validation folds.
 
-Patches of one slide are near-duplicates in stain and tissue; a slide (or a patient) on both sides of a
-split inflates every metric. So folds are built over groups:
-
-* group = patient when the manifest's ``patient`` column differs from ``slide`` anywhere, else slide
-  (slides sharing a patient, and patients sharing a slide, are merged into one group);
-* :class:`sklearn.model_selection.StratifiedGroupKFold` (``shuffle=True, random_state=seed``) balances the
-  positive rate across folds; the result is deterministic for a given seed and data;
-* an assertion checks that no group appears in two folds.
-
-The ``split`` column of the manifest (optional) is honoured:
-
-* ``""``, ``train``, ``val``: the row takes part in the K-fold cross-validation;
-  :func:`inner_validation` uses the ``val`` rows (when there are any) as the inner validation set;
-* ``test``: a fixed held-out test set: the row gets fold ``-1`` and is never in any CV fold
-  (evaluate on it once, at the end);
-* a number ``k`` (0 <= k < n_folds): the row is placed in fold ``k`` as given. Either all CV rows carry a
-  fold number or none do.
-
-Unlabeled rows (``y == -1``) also get fold ``-1`` (they are for self-supervised pretraining, not CV).
+Patches of one slide are near-duplicates in stain and tissue, so a slide (or patient) on both sides of a split
+inflates every metric: folds are built over groups (slides and patients that share rows merged into one) with
+:class:`sklearn.model_selection.StratifiedGroupKFold`, deterministic for a seed. The manifest's ``split`` column
+is honoured: ``""``/``train``/``val`` rows are cross-validated (``val`` rows are the inner validation set when
+present), ``test`` rows and unlabeled rows get fold ``-1``, and a number puts the row in that fold (all CV rows
+or none).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -32,30 +21,29 @@ class SplitError(ValueError):
 
 
 def groups_of(df: pd.DataFrame) -> np.ndarray:
-    """Group label per row: connected components of (slide, patient) pairs, as strings."""
+    """Group label per row: connected components of (slide, patient) pairs, named after their first patient."""
     slides = df["slide"].astype(str).to_numpy()
     patients = df["patient"].astype(str).to_numpy() if "patient" in df.columns else slides
     patients = np.where(patients == "", slides, patients)
     if np.array_equal(slides, patients):
         return slides.astype(object)
-    parent: dict[str, str] = {}
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def find(a: str) -> str:
-        while parent.setdefault(a, a) != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
+    s_code, s_names = pd.factorize(slides)
+    p_code = pd.factorize(patients)[0] + len(s_names)
+    n = p_code.max() + 1
+    _, comp = connected_components(coo_matrix((np.ones(len(slides)), (s_code, p_code)), shape=(n, n)), directed=False)
+    first = pd.Series(patients).groupby(comp[s_code]).transform("first")
+    return first.to_numpy(dtype=object)
 
-    for s, p in zip(slides, patients):
-        ra, rb = find("s:" + s), find("p:" + p)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    roots = {}
-    out = []
-    for s, p in zip(slides, patients):
-        r = find("s:" + s)
-        out.append(roots.setdefault(r, p))  # name the group after its first patient
-    return np.array(out, dtype=object)
+
+def _y_split(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``y`` (0 when absent), ``split`` (lower case, "" when absent) and the cross-validated rows."""
+    n = len(df)
+    y = df["y"].to_numpy().astype(int) if "y" in df.columns else np.zeros(n, dtype=int)
+    split = df["split"].astype(str).str.strip().str.lower().to_numpy() if "split" in df.columns else np.full(n, "")
+    return y, split, (split != "test") & (y >= 0)
 
 
 def _group_kind(df: pd.DataFrame) -> str:
@@ -99,10 +87,7 @@ def fold_problems(df: pd.DataFrame, n_folds: int) -> list[str]:
     """Why slide-grouped ``n_folds``-fold cross-validation of ``df`` is impossible (empty list: it is possible):
     one class only, fewer slides (patients) than folds, a class on fewer slides than folds. ``glomlib data
     check`` reports these before any training; :func:`assign_folds` raises them."""
-    n = len(df)
-    y = df["y"].to_numpy().astype(int) if "y" in df.columns else np.zeros(n, dtype=int)
-    split = df["split"].astype(str).str.strip().str.lower().to_numpy() if "split" in df.columns else np.full(n, "")
-    cv = (split != "test") & (y >= 0)
+    y, split, cv = _y_split(df)
     if not cv.any():
         return ["no labeled rows outside split=test; nothing to cross-validate"]
     if (np.array([s.isdigit() for s in split]) & cv).any():
@@ -125,13 +110,9 @@ def assign_folds(df: pd.DataFrame, n_folds: int = 5, seed: int = 0, by: str = "s
         return _centre_folds(df, n_folds)
     if n_folds < 2:
         raise SplitError(f"n_folds must be at least 2, not {n_folds}")
-    n = len(df)
-    folds = np.full(n, -1, dtype=int)
-    y = df["y"].to_numpy().astype(int) if "y" in df.columns else np.zeros(n, dtype=int)
-    split = df["split"].astype(str).str.strip().str.lower().to_numpy() if "split" in df.columns else np.full(n, "")
-    groups = groups_of(df)
-    kind = _group_kind(df)
-    cv = (split != "test") & (y >= 0)
+    folds = np.full(len(df), -1, dtype=int)
+    y, split, cv = _y_split(df)
+    groups, kind = groups_of(df), _group_kind(df)
     if not cv.any():
         raise SplitError("no labeled rows outside split=test; nothing to cross-validate")
     explicit = np.array([s.isdigit() for s in split]) & cv
@@ -175,11 +156,8 @@ def _centre_folds(df: pd.DataFrame, n_folds: int) -> np.ndarray:
     """Leave-one-centre-out folds (see :func:`assign_folds`)."""
     if "center" not in df.columns or df["center"].astype(str).str.strip().eq("").all():
         raise SplitError("cv by centre needs a 'center' column in the manifest (centre / scanner / lab of each row)")
-    n = len(df)
-    y = df["y"].to_numpy().astype(int) if "y" in df.columns else np.zeros(n, dtype=int)
-    split = df["split"].astype(str).str.strip().str.lower().to_numpy() if "split" in df.columns else np.full(n, "")
+    y, split, cv = _y_split(df)
     centre = df["center"].astype(str).str.strip().to_numpy()
-    cv = (split != "test") & (y >= 0)
     empty = np.flatnonzero(cv & (centre == ""))
     if len(empty):
         raise SplitError(
@@ -201,7 +179,7 @@ def _centre_folds(df: pd.DataFrame, n_folds: int) -> np.ndarray:
             f"{_group_kind(df)}(s) {list(per_group[per_group > 1].index)[:10]} have rows in several "
             "centres; a slide or patient belongs to one centre"
         )
-    folds = np.full(n, -1, dtype=int)
+    folds = np.full(len(df), -1, dtype=int)
     folds[cv] = [names.index(c) for c in centre[cv]]
     return folds
 
@@ -212,11 +190,9 @@ def inner_validation(df_train: pd.DataFrame, fraction: float = 0.2, seed: int = 
     Rows with ``split == "val"`` are used when present; otherwise about ``fraction`` of the groups are drawn
     with StratifiedGroupKFold (deterministic by seed). Never puts one group on both sides.
     """
-    n = len(df_train)
-    if "split" in df_train.columns:
-        val = df_train["split"].astype(str).str.strip().str.lower().to_numpy() == "val"
-        if val.any():
-            return val
+    y, split, _ = _y_split(df_train)
+    if (split == "val").any():
+        return split == "val"
     if not 0 < fraction < 1:
         raise SplitError(f"fraction must be between 0 and 1, not {fraction}")
     groups = groups_of(df_train)
@@ -228,9 +204,7 @@ def inner_validation(df_train: pd.DataFrame, fraction: float = 0.2, seed: int = 
     from sklearn.model_selection import StratifiedGroupKFold
 
     k = int(min(max(2, round(1 / fraction)), len(ug)))
-    y = df_train["y"].to_numpy().astype(int) if "y" in df_train.columns else np.zeros(n, dtype=int)
-    import warnings
-
+    n = len(df_train)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "least populated class has only ... members"
         _, te = next(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(n), y, groups))

@@ -1,21 +1,11 @@
-"""Stain normalisation of uint8 RGB patches: Reinhard (OpenCV LAB) or Macenko (torchstain), torch-free.
+"""Stain normalisation of uint8 RGB patches: Reinhard (OpenCV LAB) or Macenko (torchstain's numpy backend).
 
-* **Reinhard** et al. (2001): each image's LAB channels are standardised and mapped to a target mean and standard
-  deviation, so that a dark, strongly stained centre and a pale one look alike to the network.
-* **Macenko** et al. (2009), through torchstain's numpy backend: each image's two dominant stain vectors are
-  estimated in optical-density space (the plane of the two largest eigenvectors of tissue pixels, extremes of
-  the angle), the stain concentrations are scaled to a target's 99th percentile and the image is re-composed
-  with the target's stain vectors — it changes the stain colours, not the brightness statistics Reinhard matches.
-  An image with too little stained tissue to estimate two stains (fewer than :data:`MACENKO_MIN_TISSUE` of its
-  pixels above the optical-density floor, or a degenerate fit) is **left unchanged and reported**
-  (:class:`StainReport`), never dropped.
-
-Both are stateless given their target, so the same call is applied when training (``stain_normalize`` in 02/03)
-and when a saved model predicts (the model file records ``stain_normalize``). The default targets are fixed in
-code like ImageNet's mean/std, so that no test image ever shapes them: :data:`REINHARD_TARGET` is the median
-per-patch LAB mean/std (OpenCV 8-bit LAB) and :data:`MACENKO_TARGET` the median per-patch stain matrix
-(columns normalised) and 99th-percentile concentrations of the glomeruli-pas patches of SAS and VUHSK at 64 px
-— a generic PAS look. (SESCAM's median lightness is 111 against 168 there.)
+Reinhard et al. (2001) map each image's LAB mean and standard deviation to a target's; Macenko et al. (2009)
+estimate each image's two stain vectors in optical-density space and re-compose it with the target's stains. An
+image with too little stained tissue for Macenko (:data:`MACENKO_MIN_TISSUE`) is left unchanged and reported
+(:class:`StainReport`), never dropped. Both are stateless given their target, so training and a saved model's
+predictions apply the same call. The targets are fixed in code (like ImageNet's mean/std, so no test image shapes
+them): medians over the glomeruli-pas patches of SAS and VUHSK at 64 px, a generic PAS look.
 """
 
 from __future__ import annotations
