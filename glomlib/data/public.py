@@ -54,10 +54,6 @@ class DatasetError(RuntimeError):
     """Fetching or verifying a dataset failed; the message names the file and says what to do."""
 
 
-def default_mirror() -> Path:
-    return shared_data_dir() / NAME
-
-
 def find_mirror(mirror: str | os.PathLike | None = None) -> Path | None:
     """The mirror to use: ``mirror``, else ``$GLOMLIB_MIRROR``, else ``../shared/data/glomeruli-pas`` if present.
 
@@ -75,7 +71,7 @@ def find_mirror(mirror: str | os.PathLike | None = None) -> Path | None:
                     f"the {NAME} data (the folder holding {SUBDIR}/Images/GS)"
                 )
             return p
-    p = default_mirror()
+    p = shared_data_dir() / NAME
     return p if (p / SUBDIR).is_dir() else None
 
 
@@ -99,74 +95,64 @@ def download(url: str, dest: Path, progress: bool = True) -> Path:
     from tqdm.auto import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    tmp = Path(tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)[1])
     try:
-        with urllib.request.urlopen(url, timeout=60) as r, os.fdopen(fd, "wb") as f:
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
             total = int(r.headers.get("Content-Length") or 0) or None
             with tqdm(
                 total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}", disable=not progress
             ) as bar:
                 for chunk in iter(lambda: r.read(1 << 20), b""):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-        os.replace(tmp, dest)
-    except Exception as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise DatasetError(
-                f"could not download {url}: {e}. Without internet, point --mirror (or "
-                f"$GLOMLIB_MIRROR) at a local copy of the {NAME} data."
-            ) from e
-        raise
-    return dest
+                    bar.update(f.write(chunk))
+        return tmp.replace(dest)
+    except OSError as e:
+        raise DatasetError(
+            f"could not download {url}: {e}. Without internet, point --mirror (or $GLOMLIB_MIRROR) at a local copy of the {NAME} data."
+        ) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _members(zf: zipfile.ZipFile, archive: Path) -> tuple[str, list[str]]:
+    """The archive's top folder ("" or ``name/``) and the members to extract (``Patches/Raw/**``, ``LICENSE*``)."""
+    names = zf.namelist()
+    tops = {n.split("/", 1)[0] for n in names if "/" in n}
+    top = ""
+    if not any(n.startswith(SUBDIR + "/") for n in names):
+        if len(tops) != 1:
+            raise DatasetError(f"{archive}: expected one top-level folder holding {SUBDIR}/, found {sorted(tops)[:5]}")
+        top = tops.pop() + "/"
+    wanted = [
+        n
+        for n in names
+        if n.startswith(top)
+        and not n.endswith("/")
+        and (n.startswith(top + SUBDIR + "/") or n[len(top) :].upper().startswith("LICENSE"))
+    ]
+    if not any(n.startswith(top + SUBDIR + "/") for n in wanted):
+        raise DatasetError(f"{archive} has no {SUBDIR}/ folder; is it the {REPO} archive?")
+    return top, wanted
 
 
 def extract_archive(archive: Path, dest: Path) -> Path:
-    """Extract ``<top>/Patches/Raw/**`` and ``<top>/LICENSE*`` of a GitHub archive into ``dest``; return
-    the folder holding ``Patches/Raw``. Extraction goes to a temp folder renamed into place when complete."""
+    """Extract ``<top>/Patches/Raw/**`` and ``<top>/LICENSE*`` of a GitHub archive into ``dest``; return the folder
+    holding ``Patches/Raw``. It goes to a temp folder renamed into place when complete; zipfile drops absolute and
+    ``..`` member paths, so nothing lands outside it."""
     try:
         zf = zipfile.ZipFile(archive)
     except zipfile.BadZipFile as e:
         raise DatasetError(f"{archive} is not a valid zip archive ({e}); delete it and fetch again") from e
-    with zf:
-        names = zf.namelist()
-        tops = {n.split("/", 1)[0] for n in names if "/" in n}
-        top = ""
-        if not any(n.startswith(SUBDIR + "/") for n in names):
-            if len(tops) != 1:
-                raise DatasetError(
-                    f"{archive}: expected one top-level folder holding {SUBDIR}/, found {sorted(tops)[:5]}"
-                )
-            top = tops.pop() + "/"
-        wanted = [
-            n
-            for n in names
-            if not n.endswith("/")
-            and (n.startswith(top + SUBDIR + "/") or n[len(top) :].upper().startswith("LICENSE"))
-            and n.startswith(top)
-        ]
-        if not any(n.startswith(top + SUBDIR + "/") for n in wanted):
-            raise DatasetError(f"{archive} has no {SUBDIR}/ folder; is it the {REPO} archive?")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-        try:
-            for n in wanted:
-                rel = n[len(top) :]
-                target = (tmp / rel).resolve()
-                if not str(target).startswith(str(tmp.resolve()) + os.sep):
-                    raise DatasetError(f"{archive}: unsafe member path {n!r}")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(n) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out, 1 << 20)
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        with zf:
+            top, wanted = _members(zf, archive)
+            zf.extractall(tmp, members=wanted)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp / top, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -178,14 +164,13 @@ def verify(root: Path, sums: dict[str, str]) -> tuple[list[str], list[str], list
     missing = [rel for rel in sorted(sums) if rel not in present_set]
     got = hash_files([str(root / rel) for rel in present])
     bad = [(rel, h) for rel, h in zip(present, got) if h != sums[rel]]
+    lfs = " (a Git LFS pointer, not the image: the archive did not include LFS files)"
     if bad:
-        lines = []
-        for rel, h in bad:
-            note = ""
-            with open(root / rel, "rb") as f:
-                if f.read(40).startswith(b"version https://git-lfs"):
-                    note = " (a Git LFS pointer, not the image: the archive did not include LFS files)"
-            lines.append(f"  {root / rel}: sha256 {h[:16]}... expected {sums[rel][:16]}...{note}")
+        lines = [
+            f"  {root / rel}: sha256 {h[:16]}... expected {sums[rel][:16]}..."
+            + (lfs if (root / rel).read_bytes()[:40].startswith(b"version https://git-lfs") else "")
+            for rel, h in bad
+        ]
         raise DatasetError(
             f"{len(bad)} file(s) of {root} do not match the upstream sha256 list (corrupted or "
             f"modified; re-download or restore them):\n" + "\n".join(lines)

@@ -9,57 +9,14 @@ Unusual image modes are accepted, converted by :mod:`glomlib.data.images` and re
 positive is said once, by a ``dataset.json`` beside the manifest (:mod:`.dataset`). No torch import here.
 """
 
-from glomlib.data.manifest.checks import CHECKS, DEFAULT_NEGATIVE, SPLIT_WORDS, Check
-from glomlib.data.manifest.dataset import (
-    DATASET_SIDECAR,
-    dataset_info_path,
-    no_positive_label_message,
-    read_dataset_info,
-    resolve_positive_label,
-    write_dataset_info,
-)
+from glomlib.data.manifest.dataset import read_dataset_info, resolve_positive_label, write_dataset_info
 from glomlib.data.manifest.hashing import _HASH_MEMO, data_fingerprint, file_sha256, hash_files
-from glomlib.data.manifest.image_check import check_image
 from glomlib.data.manifest.problems import ManifestError, ManifestWarning, Problem, format_problems, write_skipped
-from glomlib.data.manifest.read import (
-    DEFAULT_POSITIVE,
-    OPTIONAL_COLUMNS,
-    REQUIRED_COLUMNS,
-    _read_csv,
-    read_manifest,
-    validate_manifest,
-    write_manifest,
-)
+from glomlib.data.manifest.read import DEFAULT_POSITIVE, _read_csv, read_manifest, validate_manifest, write_manifest
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-__all__ = [
-    "CHECKS",
-    "DATASET_SIDECAR",
-    "DEFAULT_NEGATIVE",
-    "DEFAULT_POSITIVE",
-    "IMAGE_EXTENSIONS",
-    "OPTIONAL_COLUMNS",
-    "REQUIRED_COLUMNS",
-    "SPLIT_WORDS",
-    "_HASH_MEMO",
-    "_read_csv",
-    "Check",
-    "ManifestError",
-    "ManifestWarning",
-    "Problem",
-    "check_image",
-    "data_fingerprint",
-    "dataset_info_path",
-    "file_sha256",
-    "format_problems",
-    "hash_files",
-    "no_positive_label_message",
-    "read_dataset_info",
-    "read_manifest",
-    "resolve_positive_label",
-    "validate_manifest",
-    "write_dataset_info",
-    "write_manifest",
-    "write_skipped",
-]
+# fmt: off
+__all__ = ["DEFAULT_POSITIVE", "IMAGE_EXTENSIONS", "_HASH_MEMO", "_read_csv", "ManifestError", "ManifestWarning",
+           "Problem", "data_fingerprint", "file_sha256", "format_problems", "hash_files", "read_dataset_info",
+           "read_manifest", "resolve_positive_label", "validate_manifest", "write_dataset_info", "write_manifest",
+           "write_skipped"]
