@@ -55,8 +55,9 @@ def check(args) -> int:
     if errors and not args.skip_bad:
         rows = len({p.row for p in errors if p.row})
         _err(
-            f"\n{len(errors)} error(s)" + (f" in {rows} row(s)" if rows else "") + "; fix them, or re-run with "
-            "--skip-bad to drop bad rows (they are written with their reasons to a CSV file)."
+            f"\n{len(errors)} error(s)"
+            + (f" in {rows} row(s)" if rows else "")
+            + "; fix them, or re-run with --skip-bad to drop bad rows (they are written with their reasons to a CSV file)."
         )
         return 1
     if fatal:
@@ -100,9 +101,7 @@ def check(args) -> int:
 
     labels = good["label"].value_counts().to_dict()
     _err(
-        f"OK: {len(good)} images, labels {labels}, {good['slide'].nunique()} slides, "
-        f"{good['patient'].nunique()} patients, centres {sorted(set(good['center']) - {''}) or '-'}, "
-        f"fingerprint {data_fingerprint(good)}"
+        f"OK: {len(good)} images, labels {labels}, {good['slide'].nunique()} slides, {good['patient'].nunique()} patients, centres {sorted(set(good['center']) - {''}) or '-'}, fingerprint {data_fingerprint(good)}"
     )
     return 0
 
@@ -151,8 +150,7 @@ def manifest_from_folder(
             rows.append(row)
     if bad:
         raise ValueError(
-            f"{len(bad)} file name(s) do not match the slide pattern {slide_regex!r} "
-            f"(default: '<slide>-<index>'):\n"
+            f"{len(bad)} file name(s) do not match the slide pattern {slide_regex!r} (default: '<slide>-<index>'):\n"
             + "\n".join("  " + b for b in bad)
             + "\nRename them or pass --slide-regex with a (?P<slide>...) group."
         )
@@ -264,8 +262,7 @@ def register(subparsers) -> None:
         "--folds",
         type=int,
         default=5,
-        help="check that slide-grouped cross-validation with this many folds is possible: two classes, "
-        "at least this many slides, each class on at least this many slides (default 5; 0 = skip)",
+        help="check that slide-grouped cross-validation with this many folds is possible: two classes, at least this many slides, each class on at least this many slides (default 5; 0 = skip)",
     )
     c.add_argument("--quick", action="store_true", help="check file headers/trailers only, do not decode pixels")
     c.add_argument(
@@ -287,8 +284,7 @@ def register(subparsers) -> None:
     f.add_argument(
         "--slide-regex",
         default=DEFAULT_SLIDE_REGEX,
-        help="regex on the file name without extension; group 'slide' (or 1) is the slide ID "
-        f"(default {DEFAULT_SLIDE_REGEX!r}: '<slide>-<index>')",
+        help=f"regex on the file name without extension; group 'slide' (or 1) is the slide ID (default {DEFAULT_SLIDE_REGEX!r}: '<slide>-<index>')",
     )
     f.add_argument(
         "--center-regex",

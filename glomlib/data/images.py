@@ -49,11 +49,7 @@ def over_budget(path: str | os.PathLike, limit: int | None = None) -> str | None
         return None
     if w * h <= limit:
         return None
-    return (
-        f"the image declares {w}x{h} pixels ({w * h / 1e6:.0f} Mpx), over the pixel budget of "
-        f"{limit / 1e6:g} Mpx; it was not decoded (a decompression bomb, or a whole-slide image instead of a "
-        f"patch). Cut it into patches, or raise the budget with {ENV}=<pixels> if it is genuine"
-    )
+    return f"the image declares {w}x{h} pixels ({w * h / 1e6:.0f} Mpx), over the pixel budget of {limit / 1e6:g} Mpx; it was not decoded (a decompression bomb, or a whole-slide image instead of a patch). Cut it into patches, or raise the budget with {ENV}=<pixels> if it is genuine"
 
 
 def check_pixel_budget(path: str | os.PathLike, limit: int | None = None, row: int | None = None) -> None:

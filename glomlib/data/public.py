@@ -67,8 +67,7 @@ def find_mirror(mirror: str | os.PathLike | None = None) -> Path | None:
             p = Path(cand).expanduser().resolve()
             if not (p / SUBDIR).is_dir():
                 raise DatasetError(
-                    f"mirror {p} (from {src}) has no {SUBDIR}/ folder; point it at a copy of "
-                    f"the {NAME} data (the folder holding {SUBDIR}/Images/GS)"
+                    f"mirror {p} (from {src}) has no {SUBDIR}/ folder; point it at a copy of the {NAME} data (the folder holding {SUBDIR}/Images/GS)"
                 )
             return p
     p = shared_data_dir() / NAME
@@ -172,8 +171,8 @@ def verify(root: Path, sums: dict[str, str]) -> tuple[list[str], list[str], list
             for rel, h in bad
         ]
         raise DatasetError(
-            f"{len(bad)} file(s) of {root} do not match the upstream sha256 list (corrupted or "
-            f"modified; re-download or restore them):\n" + "\n".join(lines)
+            f"{len(bad)} file(s) of {root} do not match the upstream sha256 list (corrupted or modified; re-download or restore them):\n"
+            + "\n".join(lines)
         )
     listed = set(sums)
     unlisted = sorted(
@@ -282,14 +281,11 @@ def _write_records(outp: Path, root: Path, df, source: str, files: tuple[list, l
 
 def _say_summary(say, report: dict, outp: Path) -> None:
     say(
-        f"{NAME}: {report['images']} verified images "
-        f"({', '.join(f'{k} {v}' for k, v in report['labels'].items())}), "
-        f"{report['slides']} slides, {len(report['centers'])} centres {report['centers']}"
+        f"{NAME}: {report['images']} verified images ({', '.join(f'{k} {v}' for k, v in report['labels'].items())}), {report['slides']} slides, {len(report['centers'])} centres {report['centers']}"
     )
     if report["missing_files"]:
         say(
-            f"{NAME}: {report['missing_files']} file(s) listed upstream are absent ({report['missing_images']} "
-            f"images; a partial mirror); list in {outp / 'missing_files.txt'}"
+            f"{NAME}: {report['missing_files']} file(s) listed upstream are absent ({report['missing_images']} images; a partial mirror); list in {outp / 'missing_files.txt'}"
         )
     unlisted = report["unlisted_files_ignored"]
     if unlisted:

@@ -40,8 +40,7 @@ def _read_review(path: Path) -> pd.DataFrame:
     r.columns = [str(c).strip().lower() for c in r.columns]
     if "reviewed_label" not in r.columns or not ({"path", "image_id"} & set(r.columns)):
         raise ReviewError(
-            f"review file {path} needs a 'reviewed_label' column and a 'path' or 'image_id' column "
-            f"(as written by glomlib review); its columns are {list(r.columns)}."
+            f"review file {path} needs a 'reviewed_label' column and a 'path' or 'image_id' column (as written by glomlib review); its columns are {list(r.columns)}."
         )
     return r
 
@@ -60,8 +59,7 @@ def _manifest_row(r: pd.Series, row: int, by_path: dict, sha: list, review_csv: 
     if len(hits) == 1:
         return hits[0], None
     return None, (
-        f"review row {row}: image_id {iid} matches {len(hits)} images of {manifest} "
-        f"({'none' if not hits else 'identical files: ' + ', '.join(str(j + 1) for j in hits)})"
+        f"review row {row}: image_id {iid} matches {len(hits)} images of {manifest} ({'none' if not hits else 'identical files: ' + ', '.join(str(j + 1) for j in hits)})"
     )
 
 
@@ -84,17 +82,11 @@ def _decisions(
         lab = UNSURE if lab.lower() == UNSURE else lab
         who = str(r.get("reviewer", "")).strip() or reviewer
         if why is None and lab != UNSURE and lab not in label_set:
-            why = (
-                f"review row {row}: reviewed_label {lab!r} is not a label of the manifest "
-                f"({', '.join(label_set)}) nor '{UNSURE}'"
-            )
+            why = f"review row {row}: reviewed_label {lab!r} is not a label of the manifest ({', '.join(label_set)}) nor '{UNSURE}'"
         elif why is None and not who:
             why = f"review row {row}: no reviewer; pass --reviewer NAME or fill the 'reviewer' column"
         elif why is None and i in decided and decided[i][1] != lab:
-            why = (
-                f"review row {row}: the same image was reviewed as {decided[i][1]!r} in review row "
-                f"{decided[i][0]} and as {lab!r} here"
-            )
+            why = f"review row {row}: the same image was reviewed as {decided[i][1]!r} in review row {decided[i][0]} and as {lab!r} here"
         if why:
             errors.append(why)
         else:
@@ -217,9 +209,4 @@ def apply_review(
 def summary_text(s: dict) -> str:
     """A few lines for the terminal."""
     moves = ", ".join(f"{k}: {v}" for k, v in s["label_moves"].items()) or "none"
-    return (
-        f"wrote {s['out']} ({s['rows']} rows; the old manifest is unchanged)\n"
-        f"review {s['review']}: {s['review_rows']} rows, {s['not_reviewed']} not reviewed\n"
-        f"{s['changed']} label(s) changed in column {s['column']!r} ({moves}), {s['confirmed']} confirmed, "
-        f"{s['unsure']} unsure\nrecord: columns {', '.join(RECORD_COLUMNS)} and {s['out']}.review.json"
-    )
+    return f"wrote {s['out']} ({s['rows']} rows; the old manifest is unchanged)\nreview {s['review']}: {s['review_rows']} rows, {s['not_reviewed']} not reviewed\n{s['changed']} label(s) changed in column {s['column']!r} ({moves}), {s['confirmed']} confirmed, {s['unsure']} unsure\nrecord: columns {', '.join(RECORD_COLUMNS)} and {s['out']}.review.json"

@@ -61,24 +61,21 @@ def _fold_problems(g: np.ndarray, yc: np.ndarray, n_folds: int, kind: str) -> li
     if len(classes) < 2:
         name = {1: "positive", 0: "negative"}.get(int(classes[0]), "?") if len(classes) else ""
         out.append(
-            f"only one class: every labeled row is {name} (y={int(classes[0])}); a classifier needs both "
-            "the positive and the negative label. Check the labels and positive_label."
+            f"only one class: every labeled row is {name} (y={int(classes[0])}); a classifier needs both the positive and the negative label. Check the labels and positive_label."
             if len(classes)
             else "no labeled rows."
         )
     n_groups = len(set(g))
     if n_groups < n_folds:
         out.append(
-            f"only {n_groups} {kind}s to split into {n_folds} folds; every fold needs its own "
-            f"{kind}s. Use n_folds <= {n_groups} or add data from more {kind}s."
+            f"only {n_groups} {kind}s to split into {n_folds} folds; every fold needs its own {kind}s. Use n_folds <= {n_groups} or add data from more {kind}s."
         )
     for cls in classes if len(classes) > 1 else ():
         k = len(set(g[yc == cls]))
         if k < n_folds:
             name = "positive" if cls == 1 else "negative"
             out.append(
-                f"the {name} class (y={cls}) occurs in only {k} {kind}(s), fewer than "
-                f"n_folds={n_folds}: some test folds would have none. Use n_folds <= {k}."
+                f"the {name} class (y={cls}) occurs in only {k} {kind}(s), fewer than n_folds={n_folds}: some test folds would have none. Use n_folds <= {k}."
             )
     return out
 
@@ -120,8 +117,7 @@ def assign_folds(df: pd.DataFrame, n_folds: int = 5, seed: int = 0, by: str = "s
         if not explicit[cv].all():
             bad = np.flatnonzero(cv & ~explicit)[:10]
             raise SplitError(
-                f"the split column gives fold numbers for some rows but not others (e.g. rows "
-                f"{[int(i) + 1 for i in bad]}); give every CV row a fold number or none"
+                f"the split column gives fold numbers for some rows but not others (e.g. rows {[int(i) + 1 for i in bad]}); give every CV row a fold number or none"
             )
         given = np.array([int(s) for s in split[cv]])
         if given.max() >= n_folds:
@@ -146,8 +142,7 @@ def assign_folds(df: pd.DataFrame, n_folds: int = 5, seed: int = 0, by: str = "s
     leaked = test_groups & set(groups[cv])
     if leaked:
         raise SplitError(
-            f"{kind}(s) {sorted(leaked)[:10]} have rows in split=test and in the CV data; "
-            f"all rows of a {kind} must be in the same split"
+            f"{kind}(s) {sorted(leaked)[:10]} have rows in split=test and in the CV data; all rows of a {kind} must be in the same split"
         )
     return folds
 
@@ -161,23 +156,20 @@ def _centre_folds(df: pd.DataFrame, n_folds: int) -> np.ndarray:
     empty = np.flatnonzero(cv & (centre == ""))
     if len(empty):
         raise SplitError(
-            f"{len(empty)} row(s) have no center (e.g. rows {[int(i) + 1 for i in empty[:10]]}); "
-            "every row needs its centre for leave-one-centre-out cross-validation"
+            f"{len(empty)} row(s) have no center (e.g. rows {[int(i) + 1 for i in empty[:10]]}); every row needs its centre for leave-one-centre-out cross-validation"
         )
     names = sorted(set(centre[cv]))
     if len(names) < 2:
         raise SplitError(f"leave-one-centre-out needs at least 2 centres; the manifest has {names}")
     if n_folds != len(names):
         raise SplitError(
-            f"leave-one-centre-out makes one fold per centre: {len(names)} centres {names}, but "
-            f"n_folds={n_folds}; set folds={len(names)}"
+            f"leave-one-centre-out makes one fold per centre: {len(names)} centres {names}, but n_folds={n_folds}; set folds={len(names)}"
         )
     groups = groups_of(df)
     per_group = pd.Series(centre[cv]).groupby(groups[cv]).nunique()
     if (per_group > 1).any():
         raise SplitError(
-            f"{_group_kind(df)}(s) {list(per_group[per_group > 1].index)[:10]} have rows in several "
-            "centres; a slide or patient belongs to one centre"
+            f"{_group_kind(df)}(s) {list(per_group[per_group > 1].index)[:10]} have rows in several centres; a slide or patient belongs to one centre"
         )
     folds = np.full(len(df), -1, dtype=int)
     folds[cv] = [names.index(c) for c in centre[cv]]

@@ -87,8 +87,7 @@ def _macenko_normalizer(target: dict[str, Any] | None):
         import torchstain
     except ImportError as e:  # pragma: no cover - a declared dependency
         raise ImportError(
-            "stain_normalize='macenko' needs torchstain (pip install torchstain; it is in "
-            "glomlib's dependencies: `make setup`)."
+            "stain_normalize='macenko' needs torchstain (pip install torchstain; it is in glomlib's dependencies: `make setup`)."
         ) from e
     t = target or MACENKO_TARGET
     n = torchstain.normalizers.MacenkoNormalizer(backend="numpy")
@@ -156,8 +155,7 @@ def write_stain_report(folder: Any, report: StainReport, df: Any = None) -> None
     write_json_atomic(Path(folder) / "stain.json", doc)
     if report.unchanged:
         print(
-            f"stain_normalize={report.method}: {len(report.unchanged)} of {report.n_images} image(s) left "
-            f"unchanged (too little stained tissue to estimate the stains); listed in {Path(folder) / 'stain.json'}",
+            f"stain_normalize={report.method}: {len(report.unchanged)} of {report.n_images} image(s) left unchanged (too little stained tissue to estimate the stains); listed in {Path(folder) / 'stain.json'}",
             file=sys.stderr,
         )
 

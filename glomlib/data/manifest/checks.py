@@ -76,9 +76,7 @@ def label_ties(r: Rows) -> list[Problem]:
             r.problem(
                 i,
                 "label-tie",
-                f"the raters' majority is a tie ({votes}); no consensus label. Decide "
-                "it (e.g. a further rater), or skip such rows with on_error='skip' "
-                "(they are recorded)",
+                f"the raters' majority is a tie ({votes}); no consensus label. Decide it (e.g. a further rater), or skip such rows with on_error='skip' (they are recorded)",
             )
         )
     return out
@@ -109,8 +107,7 @@ def labels(r: Rows) -> list[Problem]:
             r.problem(
                 i,
                 "label",
-                "empty label (labels are required here; use require_labels=False / "
-                "--unlabeled for an unlabeled manifest)",
+                "empty label (labels are required here; use require_labels=False / --unlabeled for an unlabeled manifest)",
             )
             for i in np.flatnonzero(labels == "")
         ]
@@ -119,8 +116,7 @@ def labels(r: Rows) -> list[Problem]:
         out.append(
             r.whole(
                 "label",
-                f"the positive label {pos!r} occurs in no row; labels found: {found}. "
-                f"Pass positive_label=... (--positive-label) naming the positive class.",
+                f"the positive label {pos!r} occurs in no row; labels found: {found}. Pass positive_label=... (--positive-label) naming the positive class.",
             )
         )
     elif pos:
@@ -129,8 +125,7 @@ def labels(r: Rows) -> list[Problem]:
             r.problem(
                 i,
                 "label",
-                f"label {labels.iat[i]!r} is not in the label set {{{pos!r} (positive), "
-                f"{neg!r} (negative)}}; fix the row or set negative_label / --negative-label",
+                f"label {labels.iat[i]!r} is not in the label set {{{pos!r} (positive), {neg!r} (negative)}}; fix the row or set negative_label / --negative-label",
             )
             for i in np.flatnonzero(~labels.isin({pos, neg, ""}))
         ]
@@ -190,9 +185,7 @@ def duplicate_content(r: Rows) -> list[Problem]:
                 r.problem(
                     i,
                     "duplicate-content",
-                    f"same image bytes as row {first[h] + 1} "
-                    f"({r.shown[first[h]]}); remove one copy so it cannot land "
-                    "in both training and test data",
+                    f"same image bytes as row {first[h] + 1} ({r.shown[first[h]]}); remove one copy so it cannot land in both training and test data",
                 )
             )
         elif h:
@@ -211,8 +204,7 @@ def slide_patient(r: Rows) -> list[Problem]:
             r.problem(
                 rows[0],
                 "slide-patient",
-                f"slide {slide!r} is assigned to several patients "
-                f"{sorted(df.loc[rows, 'patient'].unique())} (rows {rows_text(rows)})",
+                f"slide {slide!r} is assigned to several patients {sorted(df.loc[rows, 'patient'].unique())} (rows {rows_text(rows)})",
                 skippable=False,
             )
         )
@@ -235,8 +227,7 @@ def split_leak(r: Rows) -> list[Problem]:
                 r.problem(
                     rows[0],
                     "split-leak",
-                    f"{key} {g!r} is in more than one split ({by}); all images "
-                    f"of one {key} must be in the same split, or its images leak into the test set",
+                    f"{key} {g!r} is in more than one split ({by}); all images of one {key} must be in the same split, or its images leak into the test set",
                     skippable=False,
                 )
             )

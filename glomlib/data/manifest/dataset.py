@@ -46,9 +46,7 @@ def write_dataset_info(manifest: str | os.PathLike, positive_label: str, negativ
         old = read_dataset_info(manifest)
         if [old.get(k) for k in _PAIR] != [info[k] for k in _PAIR]:
             raise FileExistsError(
-                f"{p} already names positive_label={old.get('positive_label')!r}, "
-                f"negative_label={old.get('negative_label')!r}; refusing to overwrite it with "
-                f"{positive_label!r}/{negative_label!r}. Edit or remove it yourself."
+                f"{p} already names positive_label={old.get('positive_label')!r}, negative_label={old.get('negative_label')!r}; refusing to overwrite it with {positive_label!r}/{negative_label!r}. Edit or remove it yourself."
             )
         if p.read_text() == text:
             return p

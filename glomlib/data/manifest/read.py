@@ -36,8 +36,7 @@ def _empty(path: Path, what: str, kind: str) -> ManifestError:
 def _read_csv(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise ManifestError(
-            f"Manifest {path} does not exist. Create one (see data/README.md) or run "
-            f"'glomlib data fetch glomeruli-pas' / 'glomlib data from-folder ROOT --out {path}'."
+            f"Manifest {path} does not exist. Create one (see data/README.md) or run 'glomlib data fetch glomeruli-pas' / 'glomlib data from-folder ROOT --out {path}'."
         )
     if path.stat().st_size == 0:
         raise _empty(path, " (0 bytes)", "file is empty")
@@ -99,8 +98,7 @@ def _frame_problems(mpath: Path, raw: pd.DataFrame, require_labels: bool, label_
                 0,
                 str(mpath),
                 "missing-column",
-                f"missing required column(s) {missing}; the header has "
-                f"{list(raw.columns)}. Required: path,label,slide; optional: {','.join(OPTIONAL_COLUMNS)}.",
+                f"missing required column(s) {missing}; the header has {list(raw.columns)}. Required: path,label,slide; optional: {','.join(OPTIONAL_COLUMNS)}.",
                 skippable=False,
             )
         )
@@ -196,8 +194,7 @@ def read_manifest(
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     if on_error == "skip" and skipped_out is None:
         raise ValueError(
-            "on_error='skip' needs skipped_out=<csv path> so that skipped rows and their reasons "
-            "are recorded (nothing is dropped silently)."
+            "on_error='skip' needs skipped_out=<csv path> so that skipped rows and their reasons are recorded (nothing is dropped silently)."
         )
     mpath = Path(path).expanduser().resolve()
     df, problems = validate_manifest(
@@ -216,8 +213,7 @@ def read_manifest(
         raise ManifestError(
             format_problems(errors if on_error == "raise" else fatal, mpath)
             + what
-            + "\nFix the rows above, or pass on_error='skip' (glomlib data check --skip-bad) to "
-            "drop bad rows and record them.",
+            + "\nFix the rows above, or pass on_error='skip' (glomlib data check --skip-bad) to drop bad rows and record them.",
             problems,
         )
     if errors:  # skip mode, all skippable
@@ -247,7 +243,6 @@ def write_manifest(df: pd.DataFrame, out: str | os.PathLike, *, relative: bool =
         if out.read_text() == text:
             return out
         raise FileExistsError(
-            f"{out} already exists with different content; refusing to overwrite it. "
-            f"Remove it or choose another output path."
+            f"{out} already exists with different content; refusing to overwrite it. Remove it or choose another output path."
         )
     return write_text_atomic(out, text)
