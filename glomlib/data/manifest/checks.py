@@ -72,13 +72,8 @@ def label_ties(r: Rows) -> list[Problem]:
     df, out = r.df, []
     for i in r.tie_rows:
         votes = ", ".join(f"{c}={df.at[i, c]}" for c in df.columns if str(c).startswith("label_") and df.at[i, c])
-        out.append(
-            r.problem(
-                i,
-                "label-tie",
-                f"the raters' majority is a tie ({votes}); no consensus label. Decide it (e.g. a further rater), or skip such rows with on_error='skip' (they are recorded)",
-            )
-        )
+        msg = f"the raters' majority is a tie ({votes}); no consensus label. Decide it (e.g. a further rater), or skip such rows with on_error='skip' (they are recorded)"
+        out.append(r.problem(i, "label-tie", msg))
     return out
 
 
@@ -103,22 +98,12 @@ def labels(r: Rows) -> list[Problem]:
     if not pos and len(counts):
         out.append(r.whole("label", no_positive_label_message(r.mpath, False)))
     if r.require_labels:
-        out += [
-            r.problem(
-                i,
-                "label",
-                "empty label (labels are required here; use require_labels=False / --unlabeled for an unlabeled manifest)",
-            )
-            for i in np.flatnonzero(labels == "")
-        ]
+        msg = "empty label (labels are required here; use require_labels=False / --unlabeled for an unlabeled manifest)"
+        out += [r.problem(i, "label", msg) for i in np.flatnonzero(labels == "")]
     if pos and len(counts) and pos not in counts.index:
         found = ", ".join(f"{k} ({v})" for k, v in counts.items())
-        out.append(
-            r.whole(
-                "label",
-                f"the positive label {pos!r} occurs in no row; labels found: {found}. Pass positive_label=... (--positive-label) naming the positive class.",
-            )
-        )
+        msg = f"the positive label {pos!r} occurs in no row; labels found: {found}. Pass positive_label=... (--positive-label) naming the positive class."
+        out.append(r.whole("label", msg))
     elif pos:
         neg = _negative(counts, pos) if neg is None else neg
         out += [
@@ -181,13 +166,8 @@ def duplicate_content(r: Rows) -> list[Problem]:
     for i in r.first_row.values():
         h = r.df.at[i, "sha256"]
         if h and h in first:
-            out.append(
-                r.problem(
-                    i,
-                    "duplicate-content",
-                    f"same image bytes as row {first[h] + 1} ({r.shown[first[h]]}); remove one copy so it cannot land in both training and test data",
-                )
-            )
+            msg = f"same image bytes as row {first[h] + 1} ({r.shown[first[h]]}); remove one copy so it cannot land in both training and test data"
+            out.append(r.problem(i, "duplicate-content", msg))
         elif h:
             first[h] = i
     return out
@@ -200,14 +180,8 @@ def slide_patient(r: Rows) -> list[Problem]:
     pats = df.groupby("slide")["patient"].nunique()
     for slide in pats[pats > 1].index:
         rows = df.index[df["slide"] == slide]
-        out.append(
-            r.problem(
-                rows[0],
-                "slide-patient",
-                f"slide {slide!r} is assigned to several patients {sorted(df.loc[rows, 'patient'].unique())} (rows {rows_text(rows)})",
-                skippable=False,
-            )
-        )
+        msg = f"slide {slide!r} is assigned to several patients {sorted(df.loc[rows, 'patient'].unique())} (rows {rows_text(rows)})"
+        out.append(r.problem(rows[0], "slide-patient", msg, skippable=False))
     return out
 
 
@@ -223,14 +197,8 @@ def split_leak(r: Rows) -> list[Problem]:
                 f"{s or '(empty)'}: rows {rows_text(df.index[(df[key] == g) & (df['split'] == s)])}"
                 for s in sorted(df.loc[rows, "split"].unique())
             )
-            out.append(
-                r.problem(
-                    rows[0],
-                    "split-leak",
-                    f"{key} {g!r} is in more than one split ({by}); all images of one {key} must be in the same split, or its images leak into the test set",
-                    skippable=False,
-                )
-            )
+            msg = f"{key} {g!r} is in more than one split ({by}); all images of one {key} must be in the same split, or its images leak into the test set"
+            out.append(r.problem(rows[0], "split-leak", msg, skippable=False))
     return out
 
 

@@ -93,25 +93,11 @@ def _frame_problems(mpath: Path, raw: pd.DataFrame, require_labels: bool, label_
     ]
     out = []
     if missing:
-        out.append(
-            Problem(
-                0,
-                str(mpath),
-                "missing-column",
-                f"missing required column(s) {missing}; the header has {list(raw.columns)}. Required: path,label,slide; optional: {','.join(OPTIONAL_COLUMNS)}.",
-                skippable=False,
-            )
-        )
+        msg = f"missing required column(s) {missing}; the header has {list(raw.columns)}. Required: path,label,slide; optional: {','.join(OPTIONAL_COLUMNS)}."
+        out.append(Problem(0, str(mpath), "missing-column", msg, skippable=False))
     if len(raw) == 0:
-        out.append(
-            Problem(
-                0,
-                str(mpath),
-                "empty-manifest",
-                "the manifest has a header but no rows; add one row per image.",
-                skippable=False,
-            )
-        )
+        msg = "the manifest has a header but no rows; add one row per image."
+        out.append(Problem(0, str(mpath), "empty-manifest", msg, skippable=False))
     return out
 
 
