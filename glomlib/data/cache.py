@@ -29,15 +29,6 @@ from glomlib.data.stain import STAIN_METHODS, StainReport, normalize_stain
 
 CACHE_VERSION = 1
 decode_image = read_rgb  # the name the cache calls (tests replace it to watch or break decoding)
-__all__ = [
-    "ImageReadError",
-    "cache_path",
-    "decode_image",
-    "default_cache_dir",
-    "load_images",
-    "load_masks",
-    "stain_report",
-]
 
 
 def default_cache_dir() -> Path:

@@ -1,15 +1,10 @@
 """Public datasets. ``glomeruli-pas``: PAS-stained human glomerulus patches, GS (globally sclerotic) vs nonGS.
 
-:func:`fetch_glomeruli_pas` finds the images in a local mirror (``mirror=``, ``$GLOMLIB_MIRROR``, or
-``../shared/data/glomeruli-pas`` beside the project root) or else downloads the GitHub archive of the
-pinned upstream commit (with a progress bar) and extracts ``Patches/Raw``; verifies every file against the
-project's own copy of the upstream sha256 list (``glomlib/resources/glomeruli_pas.sha256``); and writes
-``manifest.csv`` (path, label, slide, center, mask; paths relative to the manifest's folder, images stay
-where they are), ``dataset.json`` (positive label ``GS``, negative ``nonGS``: the steps read it), ``LICENSE``,
-``CITATION.txt``, ``missing_files.txt`` (files listed upstream but absent from a partial mirror) and
-``fetch.json`` into ``out``. A checksum mismatch is an error naming the file; absent
-files are reported, not fatal. Re-running is idempotent; an existing manifest with different content is
-never overwritten.
+:func:`fetch_glomeruli_pas` takes the images from a local mirror, else downloads the pinned upstream commit's
+archive; verifies every file against the project's copy of the upstream sha256 list (a mismatch is an error naming
+the file, absent files are reported); and writes ``manifest.csv`` (images stay where they are), ``dataset.json``,
+``LICENSE``, ``CITATION.txt``, ``missing_files.txt`` and ``fetch.json``. Re-running is idempotent; a manifest with
+different content is never overwritten.
 """
 
 from __future__ import annotations

@@ -158,16 +158,3 @@ def write_stain_report(folder: Any, report: StainReport, df: Any = None) -> None
             f"stain_normalize={report.method}: {len(report.unchanged)} of {report.n_images} image(s) left unchanged (too little stained tissue to estimate the stains); listed in {Path(folder) / 'stain.json'}",
             file=sys.stderr,
         )
-
-
-__all__ = [
-    "STAIN_METHODS",
-    "REINHARD_TARGET",
-    "MACENKO_TARGET",
-    "MACENKO_MIN_TISSUE",
-    "StainReport",
-    "reinhard",
-    "macenko",
-    "normalize_stain",
-    "write_stain_report",
-]
