@@ -16,10 +16,12 @@ import re
 import sys
 from pathlib import Path
 
+from glomlib.core.paths import DEFAULT_MANIFEST
 from glomlib.data.manifest import (
     DEFAULT_POSITIVE,
     IMAGE_EXTENSIONS,
     ManifestError,
+    data_fingerprint,
     format_problems,
     read_dataset_info,
     validate_manifest,
@@ -27,12 +29,72 @@ from glomlib.data.manifest import (
     write_manifest,
     write_skipped,
 )
+from glomlib.data.manifest.problems import errors_of
 
 DEFAULT_SLIDE_REGEX = r"^(?P<slide>.+)-[^-]+$"
 
 
 def _err(*a) -> None:
     print(*a, file=sys.stderr)
+
+
+def _problems_exit(problems: list, skip_bad: bool) -> int | None:
+    """1 when the errors found stop the check (all of them without --skip-bad, else the unskippable ones)."""
+    errors = errors_of(problems)
+    fatal = [p for p in errors if not p.skippable or not p.row]
+    if errors and not skip_bad:
+        rows = len({p.row for p in errors if p.row})
+        _err(
+            f"\n{len(errors)} error(s)"
+            + (f" in {rows} row(s)" if rows else "")
+            + "; fix them, or re-run with --skip-bad to drop bad rows (they are written with their reasons to a CSV file)."
+        )
+        return 1
+    if fatal:
+        _err(f"\n{len(fatal)} problem(s) above concern the whole manifest or several rows and cannot be skipped.")
+        return 1
+    return None
+
+
+def _skip_bad(args, path: Path, df, errors: list):
+    """The rows without errors; the others written with their reasons beside --out (or the manifest)."""
+    out_dir = Path(args.out).resolve().parent if args.out else path.resolve().parent
+    stem = Path(args.out).stem if args.out else path.stem
+    skipped_out = Path(args.skipped_out) if args.skipped_out else out_dir / f"{stem}.skipped.csv"
+    write_skipped(errors, df, skipped_out)
+    bad = {p.row for p in errors}
+    _err(f"skipped {len(bad)} bad row(s) of {len(df)}; rows and reasons written to {skipped_out}")
+    return df[~df["row"].isin(bad)].reset_index(drop=True)
+
+
+def _folds_exit(args, path: Path, good) -> int | None:
+    folds = int(getattr(args, "folds", 0) or 0)
+    if args.unlabeled or not folds:
+        return None
+    from glomlib.data.splits import fold_problems
+
+    why = fold_problems(good, folds)
+    if why:
+        _err(
+            f"error: {path} cannot be used for slide-grouped {folds}-fold cross-validation (fine-tuning):\n  - "
+            + "\n  - ".join(why)
+            + "\n(--folds N checks another number of folds; --unlabeled for SSL-only data)"
+        )
+        return 1
+    return None
+
+
+def _write_out(args, path: Path, good) -> int | None:
+    try:
+        out = write_manifest(good, args.out)
+        info = read_dataset_info(path)
+        if info:  # the cleaned manifest is the same dataset: its dataset.json travels along
+            write_dataset_info(out, **info)
+    except FileExistsError as e:
+        _err(f"error: {e}")
+        return 3  # the documented "output exists" code (glomlib --help)
+    _err(f"wrote {len(good)} rows to {out}")
+    return None
 
 
 def check(args) -> int:
@@ -48,57 +110,18 @@ def check(args) -> int:
     except ManifestError as e:
         _err(f"error: {e}")
         return 1
-    errors = [p for p in problems if p.severity == "error"]
     if problems:
         _err(format_problems(problems, path))
-    fatal = [p for p in errors if not p.skippable or not p.row]
-    if errors and not args.skip_bad:
-        rows = len({p.row for p in errors if p.row})
-        _err(
-            f"\n{len(errors)} error(s)"
-            + (f" in {rows} row(s)" if rows else "")
-            + "; fix them, or re-run with --skip-bad to drop bad rows (they are written with their reasons to a CSV file)."
-        )
+    stop = _problems_exit(problems, args.skip_bad)
+    if stop:
+        return stop
+    good = _skip_bad(args, path, df, errors_of(problems)) if args.skip_bad else df
+    if len(good) == 0:
+        _err("nothing left after skipping bad rows")
         return 1
-    if fatal:
-        _err(f"\n{len(fatal)} problem(s) above concern the whole manifest or several rows and cannot be skipped.")
-        return 1
-    good = df
-    if args.skip_bad:
-        out_dir = Path(args.out).resolve().parent if args.out else path.resolve().parent
-        stem = Path(args.out).stem if args.out else path.stem
-        skipped_out = Path(args.skipped_out) if args.skipped_out else out_dir / f"{stem}.skipped.csv"
-        write_skipped(errors, df, skipped_out)
-        bad = {p.row for p in errors}
-        good = df[~df["row"].isin(bad)].reset_index(drop=True)
-        _err(f"skipped {len(bad)} bad row(s) of {len(df)}; rows and reasons written to {skipped_out}")
-        if len(good) == 0:
-            _err("nothing left after skipping bad rows")
-            return 1
-    folds = int(getattr(args, "folds", 0) or 0)
-    if not args.unlabeled and folds:
-        from glomlib.data.splits import fold_problems
-
-        why = fold_problems(good, folds)
-        if why:
-            _err(
-                f"error: {path} cannot be used for slide-grouped {folds}-fold cross-validation (fine-tuning):\n  - "
-                + "\n  - ".join(why)
-                + "\n(--folds N checks another number of folds; --unlabeled for SSL-only data)"
-            )
-            return 1
-    if args.out:
-        try:
-            out = write_manifest(good, args.out)
-            info = read_dataset_info(path)
-            if info:  # the cleaned manifest is the same dataset: its dataset.json travels along
-                write_dataset_info(out, **info)
-        except FileExistsError as e:
-            _err(f"error: {e}")
-            return 3  # the documented "output exists" code (glomlib --help)
-        _err(f"wrote {len(good)} rows to {out}")
-    from glomlib.data.manifest import data_fingerprint
-
+    stop = _folds_exit(args, path, good) or (_write_out(args, path, good) if args.out else None)
+    if stop:
+        return stop
     labels = good["label"].value_counts().to_dict()
     _err(
         f"OK: {len(good)} images, labels {labels}, {good['slide'].nunique()} slides, {good['patient'].nunique()} patients, centres {sorted(set(good['center']) - {''}) or '-'}, fingerprint {data_fingerprint(good)}"
@@ -244,7 +267,11 @@ def register(subparsers) -> None:
     )
     sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    for add in (_register_check, _register_from_folder, _register_fetch, _register_apply_review):
+        add(sub)
 
+
+def _register_check(sub) -> None:
     c = sub.add_parser("check", help="validate a manifest; report every problem with its row and file")
     c.add_argument("manifest", help="manifest CSV (columns path,label,slide[,patient,center,split,mask])")
     c.add_argument(
@@ -278,6 +305,8 @@ def register(subparsers) -> None:
     c.add_argument("--out", default=None, help="write the checked (cleaned with --skip-bad) manifest here")
     c.set_defaults(func=check)
 
+
+def _register_from_folder(sub) -> None:
     f = sub.add_parser("from-folder", help="build a manifest from <root>/<label>/*.png")
     f.add_argument("root", help="folder with one sub-folder per label")
     f.add_argument("--out", required=True, help="manifest CSV to write (never overwritten)")
@@ -299,6 +328,8 @@ def register(subparsers) -> None:
     )
     f.set_defaults(func=from_folder)
 
+
+def _register_fetch(sub) -> None:
     g = sub.add_parser("fetch", help="fetch a public dataset (mirror or download), verify it, write a manifest")
     g.add_argument("dataset", choices=["glomeruli-pas"])
     g.add_argument(
@@ -307,11 +338,15 @@ def register(subparsers) -> None:
         help="local copy (else $GLOMLIB_MIRROR, else ../shared/data/glomeruli-pas, else download)",
     )
     g.add_argument("--no-mirror", action="store_true", help="ignore mirrors and download")
-    g.add_argument("--out", default="data/glomeruli-pas", help="output folder for manifest.csv (default %(default)s)")
+    g.add_argument(
+        "--out", default=str(DEFAULT_MANIFEST.parent), help="output folder for manifest.csv (default %(default)s)"
+    )
     g.add_argument("--url", default=None, help="archive URL (default: GitHub archive of the pinned commit)")
     g.add_argument("--sums", default=None, help="sha256sum-format list (default: the project's upstream list)")
     g.set_defaults(func=fetch)
 
+
+def _register_apply_review(sub) -> None:
     r = sub.add_parser(
         "apply-review", help="apply a filled review.csv (glomlib review) to a manifest -> a NEW manifest"
     )

@@ -150,6 +150,19 @@ def _skip(df: pd.DataFrame, errors: list[Problem], problems: list[Problem], mpat
     return df
 
 
+def _raise_errors(errors: list[Problem], problems: list[Problem], on_error: str, mpath: Path) -> None:
+    """Any error with ``on_error="raise"``, else the ones that cannot be skipped: a :class:`ManifestError`."""
+    fatal = [p for p in errors if not p.skippable or not p.row]
+    if errors and (on_error == "raise" or fatal):
+        what = "" if on_error == "raise" else " (these cannot be skipped)"
+        msg = format_problems(errors if on_error == "raise" else fatal, mpath) + what
+        raise ManifestError(
+            msg
+            + "\nFix the rows above, or pass on_error='skip' (glomlib data check --skip-bad) to drop bad rows and record them.",
+            problems,
+        )
+
+
 def read_manifest(
     path: str | os.PathLike,
     *,
@@ -193,15 +206,7 @@ def read_manifest(
     )
     attrs = {k: df.attrs.get(k) for k in ("positive_label", "negative_label", "label_source", "label_ties")}
     errors = errors_of(problems)
-    fatal = [p for p in errors if not p.skippable or not p.row]
-    if errors and (on_error == "raise" or fatal):
-        what = "" if on_error == "raise" else " (these cannot be skipped)"
-        raise ManifestError(
-            format_problems(errors if on_error == "raise" else fatal, mpath)
-            + what
-            + "\nFix the rows above, or pass on_error='skip' (glomlib data check --skip-bad) to drop bad rows and record them.",
-            problems,
-        )
+    _raise_errors(errors, problems, on_error, mpath)
     if errors:  # skip mode, all skippable
         df = _skip(df, errors, problems, mpath, skipped_out)
     elif on_error == "skip":
