@@ -17,6 +17,7 @@ from glomlib.data.pixels import DEFAULT_MAX_PIXELS, ImageTooLargeError
 
 def write_bomb_png(path: Path, w: int = 30000, h: int = 30000) -> Path:
     """A tiny PNG (a few hundred bytes) whose header declares w x h RGB pixels (its IDAT holds only a sliver)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -58,8 +59,7 @@ def test_image_size_from_headers(tmp_path, write_png):
     assert over_budget(tmp_path / "x.txt") is None  # not an image: left to the decoder, which names the file
 
 
-def test_data_check_refuses_the_bomb_naming_row_file_and_size_without_decoding(bomb_manifest, capsys,
-                                                                               monkeypatch):
+def test_data_check_refuses_the_bomb_naming_row_file_and_size_without_decoding(bomb_manifest, capsys, monkeypatch):
     import cv2
 
     from glomlib.cli import EXIT_DATA, main
@@ -113,8 +113,11 @@ def test_predict_refuses_the_bomb(bomb_manifest, tmp_path, capsys):
     m, bomb = bomb_manifest
     torch.manual_seed(0)
     model = tmp_path / "model.safetensors"
-    save_model(build_classifier("resnet18").eval(), {"backbone": "resnet18", "image_size": 16, "mean": [0.5] * 3,
-                                                     "std": [0.25] * 3, "positive_label": "M1"}, model)
+    save_model(
+        build_classifier("resnet18").eval(),
+        {"backbone": "resnet18", "image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3, "positive_label": "M1"},
+        model,
+    )
     rc = main(["predict", "--model", str(model), "--manifest", str(m), "--out", str(tmp_path / "p.csv")])
     err = capsys.readouterr().err
     assert rc == EXIT_DATA and "row 2" in err and str(bomb) in err and "30000x30000" in err
