@@ -13,7 +13,7 @@ This module does not import torch.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,7 @@ def rater_columns(df: pd.DataFrame) -> list[str]:
 
 
 def rater_name(column: str) -> str:
-    return column[len(RATER_PREFIX) :] if column.startswith(RATER_PREFIX) else column
+    return column[len(RATER_PREFIX):] if column.startswith(RATER_PREFIX) else column
 
 
 def rater_column(df: pd.DataFrame, rater: str) -> str:
@@ -36,10 +36,8 @@ def rater_column(df: pd.DataFrame, rater: str) -> str:
     for c in (rater, RATER_PREFIX + rater):
         if c in cols:
             return c
-    raise ValueError(
-        f"no label column for rater {rater!r}; the manifest's rater columns are {cols or 'none'} "
-        f"(name them '{RATER_PREFIX}<rater>')."
-    )
+    raise ValueError(f"no label column for rater {rater!r}; the manifest's rater columns are {cols or 'none'} "
+                     f"(name them '{RATER_PREFIX}<rater>').")
 
 
 def _labels(df: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
@@ -71,9 +69,8 @@ def consensus(df: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.Data
         major.append(int(top))
         tie.append(bool(is_tie))
         unan.append(len(counts) == 1)
-    return pd.DataFrame(
-        {"consensus": cons, "votes": votes, "majority": major, "tie": tie, "unanimous": unan}, index=df.index
-    )
+    return pd.DataFrame({"consensus": cons, "votes": votes, "majority": major, "tie": tie, "unanimous": unan},
+                        index=df.index)
 
 
 def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
@@ -91,7 +88,7 @@ def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
         m[idx[x], idx[y]] += 1
     n = m.sum()
     po = np.trace(m) / n
-    pe = float((m.sum(0) * m.sum(1)).sum()) / n**2
+    pe = float((m.sum(0) * m.sum(1)).sum()) / n ** 2
     if pe == 1.0:
         return 1.0 if po == 1.0 else float("nan")
     return float((po - pe) / (1 - pe))
@@ -113,13 +110,11 @@ def fleiss_kappa(counts: np.ndarray | pd.DataFrame) -> float:
         raise ValueError("fleiss_kappa needs a non-empty items x categories count table")
     n = t.sum(axis=1)
     if not np.all(n == n[0]) or n[0] < 2:
-        raise ValueError(
-            f"fleiss_kappa needs the same number (>= 2) of ratings per item; got {sorted(set(n.tolist()))}"
-        )
+        raise ValueError(f"fleiss_kappa needs the same number (>= 2) of ratings per item; got {sorted(set(n.tolist()))}")
     n0, N = n[0], t.shape[0]
     p_j = t.sum(axis=0) / (N * n0)
     P_i = ((t * t).sum(axis=1) - n0) / (n0 * (n0 - 1))
-    P_bar, P_e = P_i.mean(), float((p_j**2).sum())
+    P_bar, P_e = P_i.mean(), float((p_j ** 2).sum())
     if P_e == 1.0:
         return float("nan")
     return float((P_bar - P_e) / (1 - P_e))
@@ -132,15 +127,9 @@ def pairwise_kappas(df: pd.DataFrame, columns: Sequence[str] | None = None) -> p
     for ca, cb in itertools.combinations(columns, 2):
         a, b = df[ca].astype(str).str.strip(), df[cb].astype(str).str.strip()
         both = (a != "") & (b != "")
-        rows.append(
-            {
-                "rater_a": rater_name(ca),
-                "rater_b": rater_name(cb),
-                "n": int(both.sum()),
-                "agreement": float((a[both] == b[both]).mean()) if both.any() else float("nan"),
-                "kappa": cohen_kappa(a, b),
-            }
-        )
+        rows.append({"rater_a": rater_name(ca), "rater_b": rater_name(cb), "n": int(both.sum()),
+                     "agreement": float((a[both] == b[both]).mean()) if both.any() else float("nan"),
+                     "kappa": cohen_kappa(a, b)})
     return pd.DataFrame(rows, columns=["rater_a", "rater_b", "n", "agreement", "kappa"])
 
 
@@ -167,22 +156,9 @@ def agreement_report(df: pd.DataFrame, columns: Sequence[str] | None = None, by:
         sub = df.loc[idx]
         gk, gn = _fleiss_complete(sub, columns)
         pk = pairwise_kappas(sub, columns)
-        per.append(
-            {
-                by: g,
-                "images": len(sub),
-                "unanimous": float(cons.loc[idx, "unanimous"].mean()),
-                "fleiss_kappa": gk,
-                "n_complete": gn,
-                "mean_pairwise_kappa": float(pk["kappa"].mean()),
-            }
-        )
+        per.append({by: g, "images": len(sub), "unanimous": float(cons.loc[idx, "unanimous"].mean()),
+                    "fleiss_kappa": gk, "n_complete": gn, "mean_pairwise_kappa": float(pk["kappa"].mean())})
     ties = df.loc[cons["tie"]]
-    return {
-        "raters": [rater_name(c) for c in columns],
-        "pairwise": pairwise_kappas(df, columns),
-        "fleiss": {"kappa": fk, "n": n_complete},
-        "per_group": pd.DataFrame(per),
-        "ties": ties,
-        "consensus": cons,
-    }
+    return {"raters": [rater_name(c) for c in columns], "pairwise": pairwise_kappas(df, columns),
+            "fleiss": {"kappa": fk, "n": n_complete}, "per_group": pd.DataFrame(per), "ties": ties,
+            "consensus": cons}
