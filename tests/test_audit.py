@@ -1,4 +1,4 @@
-"""Tests for glomlib.evaluate.audit: quality flags, duplicates, stain statistics, on generated images and real patches."""
+"""Tests for glomlib.review.audit: quality flags, duplicates, stain statistics, on generated images and real patches."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from glomlib.evaluate import audit
+from glomlib.review import audit
 from glomlib.core.config import ConfigError
 
 S = 64  # generated image size

@@ -1,4 +1,4 @@
-"""Tests for glomlib.evaluate.explain: predictions -> outcomes, Grad-CAM and its share inside the mask, embeddings,
+"""Tests for glomlib.review.explain: predictions -> outcomes, Grad-CAM and its share inside the mask, embeddings,
 neighbours, the error browser's static/interactive switch, on constructed cases and real patches."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glomlib.evaluate import explain
+from glomlib.review import explain
 
 META = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "image_size": 32, "backbone": "tiny"}
 

@@ -1,4 +1,4 @@
-"""Tests for several raters (glomlib.data.raters, read_manifest(label_source=...), glomlib.evaluate.agreement):
+"""Tests for several raters (glomlib.data.raters, read_manifest(label_source=...), glomlib.review.agreement):
 kappas against scikit-learn and the published worked example, consensus with ties reported, training labels
 from a chosen rater or the consensus, and the model measured against each rater, on real glomeruli-pas labels
 with planted disagreements."""
@@ -12,7 +12,7 @@ from sklearn.metrics import cohen_kappa_score
 
 from glomlib.data import raters
 from glomlib.data.manifest import ManifestError, read_manifest
-from glomlib.evaluate import agreement
+from glomlib.review import agreement
 
 
 def test_fleiss_kappa_worked_example():
@@ -98,7 +98,7 @@ def test_multi_rater_real_labels_kappas_consensus_and_training_labels(real_manif
     for i in planted["r2"] - planted["shared"] - planted["unrated"]:
         assert cons[i] == df.at[i, "label_rater1"]
 
-    from glomlib.evaluate.audit import show_labels
+    from glomlib.review.audit import show_labels
 
     shown = show_labels(read_manifest(path, positive_label="GS"), tmp_path)  # notebook 01's section
     assert shown["raters"]["fleiss"]["kappa"] == pytest.approx(rep["fleiss"]["kappa"])

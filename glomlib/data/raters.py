@@ -3,9 +3,8 @@
 A manifest may carry one label column per rater, named ``label_<rater>`` (e.g. ``label_rater1``,
 ``label_rater2``); an empty cell means that rater did not label that image. :func:`consensus` takes the
 majority of the labels given; an image whose top two labels have equal votes is a tie and is reported, never
-resolved silently. :func:`cohen_kappa` and :func:`fleiss_kappa` are the textbook statistics (Cohen 1960;
-Fleiss 1971), written out here so the data layer stays light; tests check them against scikit-learn and the
-published worked examples. :func:`agreement_report` gives the tables the audit (notebook 01) shows.
+resolved silently. Kappas come from scikit-learn (Cohen) and statsmodels (Fleiss); :func:`agreement_report`
+gives the tables the audit (notebook 01) shows.
 
 This module does not import torch.
 """
@@ -74,24 +73,17 @@ def consensus(df: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.Data
 
 
 def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
-    """Cohen's kappa of two raters over the items both labelled (empty = not labelled): (p_o - p_e)/(1 - p_e).
-    NaN when fewer than one shared item; 1.0 when both use one and the same single label throughout."""
+    """Cohen's kappa (scikit-learn) over the items both raters labelled (empty = not labelled); NaN without a
+    shared item, 1.0 when both use one and the same label throughout."""
+    from sklearn.metrics import cohen_kappa_score
+
     a, b = np.asarray([str(x) for x in a], object), np.asarray([str(x) for x in b], object)
     both = (a != "") & (b != "")
-    a, b = a[both], b[both]
-    if len(a) == 0:
+    if not both.any():
         return float("nan")
-    cats = sorted(set(a) | set(b))
-    idx = {c: k for k, c in enumerate(cats)}
-    m = np.zeros((len(cats), len(cats)))
-    for x, y in zip(a, b):
-        m[idx[x], idx[y]] += 1
-    n = m.sum()
-    po = np.trace(m) / n
-    pe = float((m.sum(0) * m.sum(1)).sum()) / n ** 2
-    if pe == 1.0:
-        return 1.0 if po == 1.0 else float("nan")
-    return float((po - pe) / (1 - pe))
+    if len(set(a[both]) | set(b[both])) == 1:
+        return 1.0  # chance agreement 1: kappa undefined, the raters agree perfectly
+    return float(cohen_kappa_score(a[both], b[both]))
 
 
 def category_counts(df: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -103,21 +95,19 @@ def category_counts(df: pd.DataFrame, columns: Sequence[str] | None = None) -> p
 
 
 def fleiss_kappa(counts: np.ndarray | pd.DataFrame) -> float:
-    """Fleiss' kappa from an items x categories count table; every item must have the same number of ratings
-    (rows with another count raise ValueError; drop or complete them first). NaN when chance agreement is 1."""
+    """Fleiss' kappa (statsmodels) of an items x categories count table with the same number (>= 2) of ratings per
+    item (ValueError otherwise); NaN when chance agreement is 1."""
+    from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss
+
     t = np.asarray(counts, float)
     if t.ndim != 2 or t.shape[0] == 0:
         raise ValueError("fleiss_kappa needs a non-empty items x categories count table")
     n = t.sum(axis=1)
     if not np.all(n == n[0]) or n[0] < 2:
         raise ValueError(f"fleiss_kappa needs the same number (>= 2) of ratings per item; got {sorted(set(n.tolist()))}")
-    n0, N = n[0], t.shape[0]
-    p_j = t.sum(axis=0) / (N * n0)
-    P_i = ((t * t).sum(axis=1) - n0) / (n0 * (n0 - 1))
-    P_bar, P_e = P_i.mean(), float((p_j ** 2).sum())
-    if P_e == 1.0:
+    if np.isclose(((t.sum(axis=0) / t.sum()) ** 2).sum(), 1.0):
         return float("nan")
-    return float((P_bar - P_e) / (1 - P_e))
+    return float(sm_fleiss(t, method="fleiss"))
 
 
 def pairwise_kappas(df: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
