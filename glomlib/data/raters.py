@@ -12,7 +12,7 @@ This module does not import torch.
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ def rater_columns(df: pd.DataFrame) -> list[str]:
 
 
 def rater_name(column: str) -> str:
-    return column[len(RATER_PREFIX):] if column.startswith(RATER_PREFIX) else column
+    return column[len(RATER_PREFIX) :] if column.startswith(RATER_PREFIX) else column
 
 
 def rater_column(df: pd.DataFrame, rater: str) -> str:
@@ -35,8 +35,10 @@ def rater_column(df: pd.DataFrame, rater: str) -> str:
     for c in (rater, RATER_PREFIX + rater):
         if c in cols:
             return c
-    raise ValueError(f"no label column for rater {rater!r}; the manifest's rater columns are {cols or 'none'} "
-                     f"(name them '{RATER_PREFIX}<rater>').")
+    raise ValueError(
+        f"no label column for rater {rater!r}; the manifest's rater columns are {cols or 'none'} "
+        f"(name them '{RATER_PREFIX}<rater>')."
+    )
 
 
 def _labels(df: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
@@ -68,8 +70,9 @@ def consensus(df: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.Data
         major.append(int(top))
         tie.append(bool(is_tie))
         unan.append(len(counts) == 1)
-    return pd.DataFrame({"consensus": cons, "votes": votes, "majority": major, "tie": tie, "unanimous": unan},
-                        index=df.index)
+    return pd.DataFrame(
+        {"consensus": cons, "votes": votes, "majority": major, "tie": tie, "unanimous": unan}, index=df.index
+    )
 
 
 def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
@@ -104,7 +107,9 @@ def fleiss_kappa(counts: np.ndarray | pd.DataFrame) -> float:
         raise ValueError("fleiss_kappa needs a non-empty items x categories count table")
     n = t.sum(axis=1)
     if not np.all(n == n[0]) or n[0] < 2:
-        raise ValueError(f"fleiss_kappa needs the same number (>= 2) of ratings per item; got {sorted(set(n.tolist()))}")
+        raise ValueError(
+            f"fleiss_kappa needs the same number (>= 2) of ratings per item; got {sorted(set(n.tolist()))}"
+        )
     if np.isclose(((t.sum(axis=0) / t.sum()) ** 2).sum(), 1.0):
         return float("nan")
     return float(sm_fleiss(t, method="fleiss"))
@@ -117,9 +122,15 @@ def pairwise_kappas(df: pd.DataFrame, columns: Sequence[str] | None = None) -> p
     for ca, cb in itertools.combinations(columns, 2):
         a, b = df[ca].astype(str).str.strip(), df[cb].astype(str).str.strip()
         both = (a != "") & (b != "")
-        rows.append({"rater_a": rater_name(ca), "rater_b": rater_name(cb), "n": int(both.sum()),
-                     "agreement": float((a[both] == b[both]).mean()) if both.any() else float("nan"),
-                     "kappa": cohen_kappa(a, b)})
+        rows.append(
+            {
+                "rater_a": rater_name(ca),
+                "rater_b": rater_name(cb),
+                "n": int(both.sum()),
+                "agreement": float((a[both] == b[both]).mean()) if both.any() else float("nan"),
+                "kappa": cohen_kappa(a, b),
+            }
+        )
     return pd.DataFrame(rows, columns=["rater_a", "rater_b", "n", "agreement", "kappa"])
 
 
@@ -146,9 +157,22 @@ def agreement_report(df: pd.DataFrame, columns: Sequence[str] | None = None, by:
         sub = df.loc[idx]
         gk, gn = _fleiss_complete(sub, columns)
         pk = pairwise_kappas(sub, columns)
-        per.append({by: g, "images": len(sub), "unanimous": float(cons.loc[idx, "unanimous"].mean()),
-                    "fleiss_kappa": gk, "n_complete": gn, "mean_pairwise_kappa": float(pk["kappa"].mean())})
+        per.append(
+            {
+                by: g,
+                "images": len(sub),
+                "unanimous": float(cons.loc[idx, "unanimous"].mean()),
+                "fleiss_kappa": gk,
+                "n_complete": gn,
+                "mean_pairwise_kappa": float(pk["kappa"].mean()),
+            }
+        )
     ties = df.loc[cons["tie"]]
-    return {"raters": [rater_name(c) for c in columns], "pairwise": pairwise_kappas(df, columns),
-            "fleiss": {"kappa": fk, "n": n_complete}, "per_group": pd.DataFrame(per), "ties": ties,
-            "consensus": cons}
+    return {
+        "raters": [rater_name(c) for c in columns],
+        "pairwise": pairwise_kappas(df, columns),
+        "fleiss": {"kappa": fk, "n": n_complete},
+        "per_group": pd.DataFrame(per),
+        "ties": ties,
+        "consensus": cons,
+    }

@@ -8,8 +8,8 @@ wide) with fonts of at least 9 pt.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -34,8 +34,15 @@ def save_figure(fig, out: str | Path, name: str, dpi: int = DPI) -> Path:
     return path
 
 
-def bar_counts(table, title: str, xlabel: str = "", ylabel: str = "images", stacked: bool = True,
-               rotate: int = 0, height: float = 4.0):
+def bar_counts(
+    table,
+    title: str,
+    xlabel: str = "",
+    ylabel: str = "images",
+    stacked: bool = True,
+    rotate: int = 0,
+    height: float = 4.0,
+):
     """Stacked bar chart of a (group x class) count table (pandas DataFrame, index = groups)."""
     plt = _plt()
     width = min(REPORT_WIDTH, max(5.0, 0.45 * len(table) + 3))
@@ -54,9 +61,16 @@ def bar_counts(table, title: str, xlabel: str = "", ylabel: str = "images", stac
     return fig
 
 
-def montage(images: Sequence[np.ndarray], captions: Sequence[str] | None = None, ncols: int = 8,
-            title: str | None = None, tile_inches: float | None = None, caption_size: int = 8,
-            masks: Sequence[np.ndarray | None] | None = None, caption_colours: Sequence[str] | None = None):
+def montage(
+    images: Sequence[np.ndarray],
+    captions: Sequence[str] | None = None,
+    ncols: int = 8,
+    title: str | None = None,
+    tile_inches: float | None = None,
+    caption_size: int = 8,
+    masks: Sequence[np.ndarray | None] | None = None,
+    caption_colours: Sequence[str] | None = None,
+):
     """A grid of RGB images with a caption under each; optional mask outlines drawn in yellow."""
     plt = _plt()
     n = len(images)
@@ -70,8 +84,9 @@ def montage(images: Sequence[np.ndarray], captions: Sequence[str] | None = None,
     tile = tile_inches or REPORT_WIDTH / ncols
     n_caption_lines = max((c.count("\n") + 1 for c in captions), default=0) if captions else 0
     cap_h = 0.16 * n_caption_lines * caption_size / 8
-    fig, axes = plt.subplots(nrows, ncols, figsize=(tile * ncols, (tile + cap_h) * nrows + (0.4 if title else 0)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(tile * ncols, (tile + cap_h) * nrows + (0.4 if title else 0)), squeeze=False
+    )
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:

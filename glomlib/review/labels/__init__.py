@@ -5,7 +5,8 @@ PCA-whitened encoder embeddings) carrying the other label. Images with more reas
 ``1 - p(given label)``. Outputs: review.html (self-contained), review.csv (fill ``reviewed_label`` and run
 ``glomlib data apply-review``), pairs.csv."""
 
-from glomlib.review.labels.browser import record_decision, register, review_browser, show_review
+from glomlib.review.labels.browser import record_decision, review_browser, show_review
+from glomlib.review.labels.cli import register
 from glomlib.review.labels.config import ID_DIGITS, ReviewConfig, load_review_inputs, run_manifest
 from glomlib.review.labels.page import (
     REVIEW_COLUMNS,

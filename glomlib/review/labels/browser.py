@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import html
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
-from glomlib.core.config import add_config_arguments, config_from_args
 from glomlib.review.explain.browser import live_frontend
-from glomlib.review.labels.config import ReviewConfig
-from glomlib.review.labels.page import _thumbs, run_review
-from glomlib.review.labels.reasons import REASONS, Review
+from glomlib.review.labels.page import _thumbs
+from glomlib.review.labels.reasons import Review
 
 
 def record_decision(
@@ -35,6 +32,36 @@ def record_decision(
     return t
 
 
+def _item_html(r: pd.Series, rr: pd.Series, thumb_size: int) -> tuple[str, str]:
+    """(thumbnails, text) of one sheet row ``r`` (``rr``: its ranked row, for the paths and the partner)."""
+    esc, size = html.escape, f'width="{thumb_size}" height="{thumb_size}"'
+    imgs = f'<img src="{_thumbs([rr["path"]], [rr["mask"]], thumb_size)[0]}" {size}>'
+    if str(rr["partner_path"]):
+        pt = _thumbs([rr["partner_path"]], [rr["partner_mask"]], thumb_size)[0]
+        imgs += f'<img src="{pt}" {size} style="margin-left:6px" title="similar image labelled {esc(str(rr["partner_label"]))}">'
+    text = (
+        f"<b>#{esc(str(r['rank']))}</b> label <b>{esc(r['label'])}</b>, prob {float(r['prob']):.2f}, slide "
+        f"{esc(r['slide'])}<br>{esc(r['reasons'].replace(';', ', ').replace('_', ' '))}<br><small>{esc(r['detail'])}</small>"
+    )
+    return imgs, text
+
+
+def _item(w, r: pd.Series, rr: pd.Series, options: list, thumb_size: int, save):
+    """One image's box: thumbnails, text, label buttons and comment box; ``save(iid, **decision)`` on change."""
+    iid = r["image_id"]
+    imgs, text = _item_html(r, rr, thumb_size)
+    value = r["reviewed_label"] if r["reviewed_label"] in dict(options).values() else ""
+    buttons = w.ToggleButtons(options=options, value=value, description="your label", style={"button_width": "80px"})
+    note = w.Text(value=r["comment"], placeholder="comment", continuous_update=False, layout=w.Layout(width="420px"))
+    buttons.observe(lambda change: save(iid, reviewed_label=change["new"]), names="value")
+    note.observe(lambda change: save(iid, comment=change["new"]), names="value")
+    layout = w.Layout(border="1px solid #ddd", padding="6px", margin="4px 0")
+    box = w.HBox([w.HTML(imgs), w.VBox([w.HTML(text), buttons, note])], layout=layout)
+    box.add_class("glomlib-review-item")
+    box.add_class(f"glomlib-review-{iid}")
+    return box
+
+
 def review_browser(review: Review, csv_path: str | Path, page_size: int = 8, thumb_size: int = 160):
     """An ipywidgets browser over the review sheet: per image the thumbnail (with the similar image of the other
     label, if any), its label, probability and reasons, one button per label (plus ``unsure`` and ``-`` to
@@ -43,77 +70,33 @@ def review_browser(review: Review, csv_path: str | Path, page_size: int = 8, thu
     import ipywidgets as w
 
     csv_path = Path(csv_path)
-    sheet = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     ranked = review.ranked.set_index("image_id")
-    labels = [str(review.items.attrs.get("positive_label", "")), str(review.items.attrs.get("negative_label", ""))]
+    labels = [str(review.items.attrs.get(k, "")) for k in ("positive_label", "negative_label")]
     labels = [x for x in labels if x] or sorted(set(review.items["label"].astype(str)))
     options = [("-", ""), *[(x, x) for x in labels], ("unsure", "unsure")]
-    status = w.HTML()
-    out = w.VBox()
-    state = {"page": 0}
-    pages = max(1, -(-len(sheet) // page_size))
+    status, out, info, state = w.HTML(), w.VBox(), w.Label(), {"page": 0}
+    pages = max(1, -(-len(pd.read_csv(csv_path, dtype=str, keep_default_na=False)) // page_size))
 
-    def item(r: pd.Series) -> w.Widget:
-        iid = r["image_id"]
-        rr = ranked.loc[iid]
-        thumb = _thumbs([rr["path"]], [rr["mask"]], thumb_size)[0]
-        imgs = f'<img src="{thumb}" width="{thumb_size}" height="{thumb_size}">'
-        if str(rr["partner_path"]):
-            pt = _thumbs([rr["partner_path"]], [rr["partner_mask"]], thumb_size)[0]
-            imgs += (
-                f'<img src="{pt}" width="{thumb_size}" height="{thumb_size}" style="margin-left:6px" '
-                f'title="similar image labelled {html.escape(str(rr["partner_label"]))}">'
-            )
-        text = (
-            f"<b>#{html.escape(str(r['rank']))}</b> label <b>{html.escape(r['label'])}</b>, "
-            f"prob {float(r['prob']):.2f}, slide {html.escape(r['slide'])}<br>"
-            f"{html.escape(r['reasons'].replace(';', ', ').replace('_', ' '))}<br>"
-            f"<small>{html.escape(r['detail'])}</small>"
+    def save(iid: str, reviewed_label: str | None = None, comment: str | None = None) -> None:
+        record_decision(csv_path, iid, reviewed_label=reviewed_label, comment=comment)
+        esc = html.escape
+        status.value = (
+            f"saved comment for {esc(iid)}"
+            if comment is not None
+            else f"saved: {esc(iid)} &rarr; {esc(reviewed_label or '(cleared)')}"
         )
-        buttons = w.ToggleButtons(
-            options=options,
-            value=r["reviewed_label"] if r["reviewed_label"] in dict(options).values() else "",
-            description="your label",
-            style={"button_width": "80px"},
-        )
-        note = w.Text(
-            value=r["comment"], placeholder="comment", continuous_update=False, layout=w.Layout(width="420px")
-        )
-
-        def on_label(change, iid=iid):
-            record_decision(csv_path, iid, reviewed_label=change["new"])
-            status.value = f"saved: {html.escape(iid)} &rarr; {html.escape(change['new'] or '(cleared)')}"
-
-        def on_note(change, iid=iid):
-            record_decision(csv_path, iid, comment=change["new"])
-            status.value = f"saved comment for {html.escape(iid)}"
-
-        buttons.observe(on_label, names="value")
-        note.observe(on_note, names="value")
-        box = w.HBox(
-            [w.HTML(imgs), w.VBox([w.HTML(text), buttons, note])],
-            layout=w.Layout(border="1px solid #ddd", padding="6px", margin="4px 0"),
-        )
-        box.add_class("glomlib-review-item")
-        box.add_class(f"glomlib-review-{iid}")
-        return box
-
-    prev_b, next_b, info = w.Button(description="< previous"), w.Button(description="next >"), w.Label()
 
     def render() -> None:
         cur = pd.read_csv(csv_path, dtype=str, keep_default_na=False)  # decisions already made show as set
         chunk = cur.iloc[state["page"] * page_size : (state["page"] + 1) * page_size]
-        out.children = [item(r) for _, r in chunk.iterrows()]
+        out.children = [_item(w, r, ranked.loc[r["image_id"]], options, thumb_size, save) for _, r in chunk.iterrows()]
         done = int((cur["reviewed_label"] != "").sum())
         info.value = f"page {state['page'] + 1}/{pages} - {done} of {len(cur)} reviewed - saving to {csv_path.name}"
 
     def step(delta: int):
-        def f(_):
-            state["page"] = min(pages - 1, max(0, state["page"] + delta))
-            render()
+        return lambda _: (state.update(page=min(pages - 1, max(0, state["page"] + delta))), render())
 
-        return f
-
+    prev_b, next_b = w.Button(description="< previous"), w.Button(description="next >")
     prev_b.on_click(step(-1))
     next_b.on_click(step(+1))
     render()
@@ -136,21 +119,3 @@ def show_review(review: Review, paths: Mapping[str, Path], interactive: bool = T
         )
     )
     return "static"
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "review", help="label review sheet (HTML + CSV) from a fine-tune run", description=__doc__.splitlines()[0]
-    )
-    add_config_arguments(p, ReviewConfig)
-
-    def _run(args: argparse.Namespace) -> int:
-        cfg = config_from_args(ReviewConfig, args)
-        review, paths = run_review(cfg)
-        counts = {x: int(review.ranked["reasons"].str.contains(x).sum()) for x in REASONS}
-        print(f"{len(review.ranked)} of {len(review.items)} images flagged: {counts}")
-        for k, v in paths.items():
-            print(f"{k:>5}: {v}")
-        return 0
-
-    p.set_defaults(func=_run)

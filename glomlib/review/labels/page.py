@@ -12,30 +12,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from glomlib.core import io as runs
+from glomlib.core.io import publish_new, write_csv_new
 from glomlib.data.images import read_mask, read_rgb
 from glomlib.review.explain.inputs import resolve_run
 from glomlib.review.labels.config import ReviewConfig, load_review_inputs
 from glomlib.review.labels.reasons import REASON_TEXT, REASONS, Review, build_review
 
-REVIEW_COLUMNS = [
-    "rank",
-    "image_id",
-    "path",
-    "slide",
-    "center",
-    "label",
-    "prob",
-    "p_given_label",
-    "score",
-    "reasons",
-    "detail",
-    "partner_image_id",
-    "partner_path",
-    "partner_label",
-    "similarity",
-    "reviewed_label",
-    "comment",
-]
+REVIEW_COLUMNS = (
+    "rank image_id path slide center label prob p_given_label score reasons detail partner_image_id partner_path "
+    "partner_label similarity reviewed_label comment"
+).split()
 
 
 def thumbnail_png(image: np.ndarray, mask: np.ndarray | None = None, colour=(255, 221, 0)) -> str:
@@ -86,6 +73,36 @@ td.fill{min-width:120px;color:#aaa}
 """
 
 
+def _partner_html(r: pd.Series, items: pd.DataFrame, thumb: str, size: str, slide_names) -> str:
+    esc, pid = html.escape, r["partner_image_id"]
+    pslide = str(items.at[pid, "slide"]) if pid in items.index else ""
+    pslide = slide_names.get(pslide, pslide) if slide_names is not None else pslide
+    return (
+        f'<img src="{thumb}" {size} alt="partner {esc(pid)}"><div class="small">{esc(pid)}<br>labelled <span '
+        f'class="lab">{esc(str(r["partner_label"]))}</span><br>slide {esc(pslide)}<br>similarity '
+        f"{float(r['similarity']):.3f}</div>"
+    )
+
+
+def _row_html(t, thumb: str, partner: str, size: str) -> str:
+    """One table row: rank, image, label, probability, reasons, slide, the similar image, an empty cell."""
+    esc = html.escape
+    reasons = "".join(
+        f'<span class="reason" title="{esc(REASON_TEXT[x])}">{esc(x.replace("_", " "))}</span>'
+        for x in str(t.reasons).split(";")
+        if x
+    )
+    name = f"<br>{esc(Path(str(t.path)).name)}" if t.path else ""
+    return (
+        f'<tr><td>{t.rank}</td><td class="img"><img src="{thumb}" {size} alt="image {esc(t.image_id)}">'
+        f'<div class="small">{esc(t.image_id)}{name}</div></td><td><span class="lab">{esc(str(t.label))}</span></td>'
+        f'<td>{float(t.prob):.2f}<div class="small">p(given label) {float(t.p_given_label):.2f}</div></td>'
+        f'<td>{reasons}<div class="small">{esc(str(t.detail))}</div></td>'
+        f'<td>{esc(str(t.slide))}<div class="small">{esc(str(t.center))}</div></td>'
+        f'<td class="img">{partner}</td><td class="fill"></td></tr>'
+    )
+
+
 def review_html(
     review: Review,
     table: pd.DataFrame,
@@ -96,52 +113,23 @@ def review_html(
     slide_names: Mapping[str, str] | None = None,
 ) -> str:
     """A self-contained HTML page (inline CSS, base64 thumbnails, no scripts) listing ``table``'s rows."""
-    ranked = review.ranked.set_index("image_id")
-    ids = list(table["image_id"])
-    rows = ranked.loc[ids]
+    rows = review.ranked.set_index("image_id").loc[list(table["image_id"])]
+    size, esc, items = f'width="{thumb_size}" height="{thumb_size}"', html.escape, review.items.set_index("image_id")
     thumbs = _thumbs(rows["path"].tolist(), rows["mask"].tolist(), thumb_size)
-    has_partner = rows["partner_path"].astype(str) != ""
-    pthumbs = iter(
-        _thumbs(
-            rows.loc[has_partner, "partner_path"].tolist(), rows.loc[has_partner, "partner_mask"].tolist(), thumb_size
+    partner = (rows["partner_path"].astype(str) != "").to_numpy()
+    pthumbs = iter(_thumbs(rows["partner_path"][partner].tolist(), rows["partner_mask"][partner].tolist(), thumb_size))
+    body = [
+        _row_html(
+            t,
+            thumbs[k],
+            _partner_html(rows.iloc[k], items, next(pthumbs), size, slide_names) if partner[k] else "",
+            size,
         )
-    )
-    items = review.items.set_index("image_id")
-    esc = html.escape
-    body = []
-    for k, (iid, t) in enumerate(zip(ids, table.itertuples(index=False))):
-        r = rows.iloc[k]
-        reasons = "".join(
-            f'<span class="reason" title="{esc(REASON_TEXT[x])}">{esc(x.replace("_", " "))}</span>'
-            for x in str(t.reasons).split(";")
-            if x
-        )
-        partner = ""
-        if has_partner.iloc[k]:
-            pid = r["partner_image_id"]
-            pslide = str(items.at[pid, "slide"]) if pid in items.index else ""
-            if slide_names is not None:
-                pslide = slide_names.get(pslide, pslide)
-            partner = (
-                f'<img src="{next(pthumbs)}" width="{thumb_size}" height="{thumb_size}" alt="partner {esc(pid)}">'
-                f'<div class="small">{esc(pid)}<br>labelled <span class="lab">{esc(str(r["partner_label"]))}'
-                f"</span><br>slide {esc(pslide)}<br>similarity {float(r['similarity']):.3f}</div>"
-            )
-        name = f"<br>{esc(Path(str(t.path)).name)}" if t.path else ""
-        body.append(
-            f"<tr><td>{t.rank}</td>"
-            f'<td class="img"><img src="{thumbs[k]}" width="{thumb_size}" height="{thumb_size}" alt="image {esc(iid)}">'
-            f'<div class="small">{esc(iid)}{name}</div></td>'
-            f'<td><span class="lab">{esc(str(t.label))}</span></td>'
-            f'<td>{float(t.prob):.2f}<div class="small">p(given label) {float(t.p_given_label):.2f}</div></td>'
-            f'<td>{reasons}<div class="small">{esc(str(t.detail))}</div></td>'
-            f'<td>{esc(str(t.slide))}<div class="small">{esc(str(t.center))}</div></td>'
-            f'<td class="img">{partner}</td><td class="fill"></td></tr>'
-        )
+        for k, t in enumerate(table.itertuples(index=False))
+    ]
     legend = "; ".join(f"<b>{k.replace('_', ' ')}</b>: {esc(v)}" for k, v in REASON_TEXT.items())
     pos = review.items.attrs.get("positive_label", "positive")
-    n_reason = {x: int(review.ranked["reasons"].str.contains(x).sum()) for x in REASONS}
-    summary = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in n_reason.items())
+    summary = ", ".join(f"{int(review.ranked['reasons'].str.contains(x).sum())} {x.replace('_', ' ')}" for x in REASONS)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title><style>{_CSS}</style></head>
 <body><h1>{esc(title)}</h1>
@@ -169,8 +157,6 @@ def write_review(
     subtitle: str = "",
 ) -> dict[str, Path]:
     """Write ``review.html``, ``review.csv`` and ``pairs.csv`` into ``out`` (new files only)."""
-    from glomlib.core.io import publish_new, write_csv_new
-
     cfg = cfg or ReviewConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,8 +179,6 @@ def run_review(
     cfg: ReviewConfig | None = None, slide_names: Mapping[str, str] | None = None, **params: Any
 ) -> tuple[Review, dict[str, Path]]:
     """The whole review from a fine-tune run: inputs, reasons, ranking, and the files in a new ``out`` folder."""
-    from glomlib.core import io as runs
-
     cfg = cfg if cfg is not None else ReviewConfig.from_params(**params)
     cfg.validate()
     run_dir = resolve_run(cfg.run)
