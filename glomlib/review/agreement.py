@@ -15,8 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
+from glomlib.data.manifest import read_manifest
 from glomlib.data.raters import cohen_kappa, consensus, rater_columns, rater_name
+from glomlib.review.explain.inputs import load_predictions
+from glomlib.review.labels.config import run_manifest
 
 MODEL = "model"
 CONSENSUS = "consensus"
@@ -56,8 +60,6 @@ def kappa_matrix(table: pd.DataFrame) -> pd.DataFrame:
 def model_vs_raters(table: pd.DataFrame) -> pd.DataFrame:
     """Per reference (each rater, then consensus): images, the model's kappa / accuracy / AUC against it, and
     for a rater the mean kappa with the other raters (the agreement the model should be judged against)."""
-    from sklearn.metrics import roc_auc_score
-
     raters = table.attrs["raters"]
     pos = table.attrs["positive_label"]
     rows = []
@@ -85,10 +87,6 @@ def run_agreement(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """For a fine-tune run and a manifest with rater columns (``data``; "" = the run's manifest): the
     :func:`model_vs_raters` table and the :func:`kappa_matrix`, from the run's out-of-fold predictions."""
-    from glomlib.data.manifest import read_manifest
-    from glomlib.review.explain.inputs import load_predictions
-    from glomlib.review.labels.config import run_manifest
-
     pred = load_predictions(run_dir, label_fraction, threshold)
     pos = str(pred.loc[pred["y"] == 1, "label"].iloc[0])
     neg = str(pred.loc[pred["y"] == 0, "label"].iloc[0])

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from glomlib.core import io as runs
 from glomlib.core.config import ConfigError, StepConfig
-from glomlib.data.manifest import read_dataset_info
+from glomlib.data.manifest import data_fingerprint, read_dataset_info, read_manifest, validate_manifest
+from glomlib.data.public import ensure_default_manifest
 
 FLAG_COLUMNS = ["row", "path", "slide", "center", "label", "reason", "value", "threshold", "detail"]
 
@@ -58,13 +60,8 @@ def prepare(cfg: AuditConfig):
     :func:`manifest_flags`), except exact byte-duplicates, which are kept so the duplicate analysis shows
     them (with their folds). The config and provenance are written into ``out_dir``.
     """
-    from glomlib.core import io as runs
-    from glomlib.data.manifest import data_fingerprint, read_manifest
-
     data = Path(cfg.data)
     if not data.exists() and cfg.data == AuditConfig.data:
-        from glomlib.data.public import ensure_default_manifest
-
         ensure_default_manifest(data)
     if not data.exists():
         raise FileNotFoundError(
@@ -115,8 +112,6 @@ def _readd_content_duplicates(df: pd.DataFrame, manifest: Path, positive_label: 
     }
     if not dup_rows:
         return df
-    from glomlib.data.manifest import validate_manifest
-
     full, _ = validate_manifest(manifest, positive_label=positive_label, require_labels=False)
     add = full[full["row"].isin(dup_rows)].copy()
     add["y"] = [1 if lab == positive_label else (-1 if lab == "" else 0) for lab in add["label"]]

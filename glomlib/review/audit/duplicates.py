@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from glomlib.data.splits import assign_folds
 from glomlib.review.audit.scan import ImageScan
 
 
@@ -118,8 +119,6 @@ def duplicate_groups(pairs: pd.DataFrame) -> list[list[str]]:
 
 def folds_for(df: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> np.ndarray | None:
     """The fine-tuning folds (glomlib.data.splits.assign_folds); None when the manifest cannot be split."""
-    from glomlib.data.splits import assign_folds
-
     labelled = df["y"].to_numpy() >= 0 if "y" in df else np.ones(len(df), bool)
     if labelled.sum() < 2 or df["slide"].nunique() < n_folds:
         return None

@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from IPython.display import Markdown, display
+
+from glomlib.data.raters import agreement_report, rater_columns
 
 
 def label_changes(df: pd.DataFrame) -> pd.DataFrame:
@@ -36,10 +39,6 @@ def show_labels(df: pd.DataFrame, out: str | Path | None = None) -> dict[str, An
     """Notebook 01's label section: the review record (which labels changed, by whom, when) and, with several
     ``label_<rater>`` columns, the raters' agreement (pairwise Cohen's kappa, Fleiss' kappa, per centre, ties).
     Displays the tables, writes ``label_changes.csv`` / ``rater_*.csv`` into ``out``; returns what it found."""
-    from IPython.display import Markdown, display
-
-    from glomlib.data.raters import agreement_report, rater_columns
-
     res: dict[str, Any] = {"changes": label_changes(df)}
     ch = res["changes"]
     if len(ch):

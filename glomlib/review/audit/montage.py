@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
@@ -112,8 +113,6 @@ def duplicate_gallery(pairs: pd.DataFrame, max_pairs: int = 8, size: int = 140):
 
 def channel_boxplots(table: pd.DataFrame):
     """Box plots per centre: RGB means (top) and tissue OD per channel (bottom)."""
-    import matplotlib.pyplot as plt
-
     t = table[table["error"] == ""].assign(center=_centre(table))
     centres = sorted(t["center"].unique())
     fig, axes = plt.subplots(2, 3, figsize=(plots.REPORT_WIDTH, 6.5), sharey="row")
@@ -138,8 +137,6 @@ def channel_boxplots(table: pd.DataFrame):
 
 def od_histogram_figure(hists: dict[str, np.ndarray]):
     """Per-channel OD distributions of tissue pixels, one line per centre."""
-    import matplotlib.pyplot as plt
-
     centres_ = (OD_BINS[:-1] + OD_BINS[1:]) / 2
     fig, axes = plt.subplots(1, 3, figsize=(plots.REPORT_WIDTH, 3.6), sharey=True)
     for k, c in enumerate(CHANNELS):
@@ -158,8 +155,6 @@ def od_histogram_figure(hists: dict[str, np.ndarray]):
 
 def quality_histograms(table: pd.DataFrame, cfg: AuditConfig):
     """Distributions of the quality measures with the flag thresholds marked."""
-    import matplotlib.pyplot as plt
-
     t = table[table["error"] == ""].assign(center=_centre(table))
     fig, axes = plt.subplots(1, 3, figsize=(plots.REPORT_WIDTH, 3.6))
     specs = [
@@ -186,8 +181,6 @@ def quality_histograms(table: pd.DataFrame, cfg: AuditConfig):
 
 def mask_area_figure(df: pd.DataFrame, area: pd.Series):
     """Distribution of the glomerulus share of the patch, per class and per centre."""
-    import matplotlib.pyplot as plt
-
     d = df.assign(area=area.to_numpy(), center=_centre(df), label=_label(df))
     d = d[d["area"] >= 0]
     fig, axes = plt.subplots(1, 2, figsize=(plots.REPORT_WIDTH, 3.6), sharey=True)

@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -44,8 +45,6 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
 
 def laplacian_variance(grey: np.ndarray) -> float:
     """Variance of the Laplacian of a grey uint8 image: low = blurred / featureless."""
-    import cv2
-
     return float(cv2.Laplacian(grey, cv2.CV_64F).var())
 
 
@@ -70,8 +69,6 @@ def _tissue(rgb: np.ndarray, white_level: int) -> tuple[np.ndarray, np.ndarray, 
 
 def image_stats(rgb: np.ndarray, white_level: int = 215) -> dict[str, float]:
     """Colour, stain, background and sharpness statistics of one RGB uint8 image (already resized)."""
-    import cv2
-
     background, od, tissue = _tissue(rgb, white_level)
     rec: dict[str, float] = {"background_frac": float(background.mean()), "tissue_frac": float(tissue.mean())}
     for c, name in enumerate(CHANNELS):

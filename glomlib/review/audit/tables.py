@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from glomlib.core.io import write_json_atomic
 from glomlib.review.audit.scan import CHANNELS, ImageScan
 
 
@@ -78,8 +79,6 @@ def write_outputs(
     summary: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``flags.csv``, ``image_stats.csv``, ``duplicates.csv`` and ``audit_summary.json`` into ``out``."""
-    from glomlib.core.io import write_json_atomic
-
     out = Path(out)
     paths = {"flags": out / "flags.csv", "image_stats": out / "image_stats.csv", "duplicates": out / "duplicates.csv"}
     flags.to_csv(paths["flags"], index=False)

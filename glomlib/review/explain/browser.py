@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import display
 
 from glomlib.evaluate import plots
 from glomlib.review.explain.galleries import caption, load_display_images, load_display_masks
@@ -71,8 +73,6 @@ def static_gallery(pred: pd.DataFrame, max_images: int = 48, size: int = 140):
 def error_browser(pred: pd.DataFrame, page_size: int = 12, size: int = 160):
     """An ipywidgets browser: filter by outcome/class, centre and confidence; page through the images."""
     import ipywidgets as w
-    import matplotlib.pyplot as plt
-    from IPython.display import display
 
     labels = sorted(set(pred["label"].astype(str)) - {""})
     kind = w.Dropdown(options=["errors", "FP", "FN", "all", *labels], value="errors", description="show")
@@ -131,13 +131,9 @@ def error_browser(pred: pd.DataFrame, page_size: int = 12, size: int = 160):
 def show_error_browser(pred: pd.DataFrame, out: str | Path | None = None, interactive: bool = True) -> str:
     """Widget browser in a live kernel; otherwise the static gallery (saved as ``error_gallery``).
     Returns "widget" or "static"."""
-    from IPython.display import display
-
     if live_frontend(interactive):
         display(error_browser(pred))
         if out is not None:  # the figures folder stays complete in interactive sessions too
-            import matplotlib.pyplot as plt
-
             fig = static_gallery(pred)
             plots.save_figure(fig, out, "error_gallery")
             plt.close(fig)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from glomlib.data.cache import load_images
 from glomlib.data.images import read_mask
 from glomlib.evaluate import plots
 from glomlib.review.explain.inputs import error_rates, ranked_errors
@@ -14,8 +16,6 @@ from glomlib.review.explain.inputs import error_rates, ranked_errors
 
 def load_display_images(paths: Sequence[str], size: int) -> np.ndarray:
     """uint8 (N,size,size,3) via the shared cache (decoded once)."""
-    from glomlib.data.cache import load_images
-
     return np.asarray(load_images([str(p) for p in paths], size))
 
 
@@ -58,8 +58,6 @@ def error_gallery(pred: pd.DataFrame, kind: str, n: int = 16, size: int = 160, n
 
 def confidence_figure(pred: pd.DataFrame, threshold: float = 0.5, labels: tuple[str, str] = ("positive", "negative")):
     """Left: predicted probability per true class; right: confidence of correct calls vs errors."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(plots.REPORT_WIDTH, 3.8))
     bins = np.linspace(0, 1, 26)
     for y, name, colour in ((1, labels[0], "#d95f02"), (0, labels[1], "#1b9e77")):
@@ -91,8 +89,6 @@ def confidence_figure(pred: pd.DataFrame, threshold: float = 0.5, labels: tuple[
 
 def error_rate_figure(pred: pd.DataFrame):
     """Error rate per centre (left) and per slide (right), annotated with the number of images."""
-    import matplotlib.pyplot as plt
-
     by_c, by_s = error_rates(pred, "center"), error_rates(pred, "slide")
     fig, axes = plt.subplots(
         1, 2, figsize=(plots.REPORT_WIDTH, max(3.6, 0.22 * len(by_s) + 1)), gridspec_kw={"width_ratios": [1, 2]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -74,8 +75,6 @@ def mask_share(cam: np.ndarray, mask: np.ndarray | None) -> float:
     if m.ndim == 3:
         m = m[..., 0]
     if m.shape != cam.shape:
-        import cv2
-
         m = cv2.resize(m.astype(np.uint8), cam.shape[::-1], interpolation=cv2.INTER_NEAREST)
     total = cam.sum()
     if total <= 0 or not np.any(m):

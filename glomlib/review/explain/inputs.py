@@ -10,7 +10,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from glomlib.core import io as runs
 from glomlib.core.config import ConfigError, StepConfig
+from glomlib.data.manifest import read_manifest
+from glomlib.data.public import ensure_default_manifest
 
 OUTCOMES = ("TP", "TN", "FP", "FN")
 
@@ -132,22 +135,16 @@ def prepare(cfg: ExplainConfig):
 
     Returns ``(pred, run_dir, out_dir)``.
     """
-    from glomlib.core import io as runs
-
     run_dir = resolve_run(cfg.run)
     pred = load_predictions(run_dir, cfg.label_fraction, cfg.threshold)
     manifest = None
     data = Path(cfg.data)
     if not data.exists() and cfg.data == ExplainConfig.data:
         try:
-            from glomlib.data.public import ensure_default_manifest
-
             ensure_default_manifest(data)
         except Exception as e:  # masks are optional: say so, carry on
             print(f"No manifest for masks ({e}); Grad-CAM shown without mask outlines.")
     if data.exists():
-        from glomlib.data.manifest import read_manifest
-
         pos = pred.loc[pred["y"] == 1, "label"]
         positive = str(pos.iloc[0]) if len(pos) and str(pos.iloc[0]) else ""  # "": dataset.json names it
         try:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from glomlib.core import runtime
 from glomlib.evaluate.runs import fold_models
 from glomlib.models.files import load_model
 from glomlib.review.explain.inputs import chosen_fraction
@@ -101,16 +102,12 @@ def explain_models(
 
 def _plan(model, precision: str):
     """The runtime plan on the model's device (embeddings: ``auto``; Grad-CAM keeps its gradients in fp32)."""
-    from glomlib.core import runtime
-
     p = next(iter(model.parameters()), None)
     return runtime.plan(str(p.device) if p is not None else "cpu", precision)
 
 
 def _normalise(images: np.ndarray, meta: dict[str, Any], plan=None):
     """uint8 NHWC images -> normalised float NCHW on the plan's device and memory format."""
-    from glomlib.core import runtime
-
     return runtime.to_input(
         np.asarray(images, dtype=np.uint8),
         meta.get("mean", [0.485, 0.456, 0.406]),
@@ -132,8 +129,6 @@ def head_layer(model):
 def embeddings(model, meta: dict[str, Any], images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Penultimate features (input of the last linear layer) and logits for uint8 NHWC images -> (N, D)."""
     import torch
-
-    from glomlib.core import runtime
 
     p = _plan(model, "auto")
     feats: list[np.ndarray] = []

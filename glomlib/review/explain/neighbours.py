@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from sklearn.manifold import TSNE
+from sklearn.preprocessing import StandardScaler
 
 from glomlib.evaluate import plots
 from glomlib.review.explain.galleries import caption, load_display_images
@@ -49,8 +52,6 @@ def neighbours_by_model(
 
 def embed_2d(emb: np.ndarray, method: str = "umap", seed: int = 0) -> tuple[np.ndarray, str]:
     """2-D map of the embeddings: UMAP (cosine) or t-SNE (also the fallback when UMAP fails or is missing)."""
-    from sklearn.preprocessing import StandardScaler
-
     x = StandardScaler().fit_transform(emb)
     if method == "umap" and len(x) > 15:
         try:
@@ -61,16 +62,12 @@ def embed_2d(emb: np.ndarray, method: str = "umap", seed: int = 0) -> tuple[np.n
             ), "UMAP"
         except Exception as e:  # fall back, but say so
             print(f"UMAP failed ({type(e).__name__}: {e}); using t-SNE.")
-    from sklearn.manifold import TSNE
-
     perplexity = float(min(30, max(2, (len(x) - 1) / 3)))
     return TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(x), "t-SNE"
 
 
 def embedding_figure(xy: np.ndarray, pred: pd.DataFrame, method: str = "UMAP"):
     """2x2 maps coloured by true label, prediction, correctness (outcome) and centre; errors drawn on top."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(2, 2, figsize=(plots.REPORT_WIDTH, 10))
     lab = pred["label"].astype(str).where(pred["label"].astype(str) != "", pred["y"].astype(str))
     predicted = np.where(pred["pred"] == 1, "called positive", "called negative")

@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
+from IPython.display import Markdown, display
 
+from glomlib.core.io import write_csv_atomic
 from glomlib.review.explain.browser import live_frontend
 from glomlib.review.labels.page import _thumbs
 from glomlib.review.labels.reasons import Review
@@ -18,8 +20,6 @@ def record_decision(
 ) -> pd.DataFrame:
     """Write one decision into the review CSV at once (atomic rewrite): the row with ``image_id`` gets
     ``reviewed_label`` and/or ``comment`` (None = leave as is). KeyError when the id is not in the sheet."""
-    from glomlib.core.io import write_csv_atomic
-
     t = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     hit = t["image_id"] == image_id
     if not hit.any():
@@ -106,8 +106,6 @@ def review_browser(review: Review, csv_path: str | Path, page_size: int = 8, thu
 def show_review(review: Review, paths: Mapping[str, Path], interactive: bool = True) -> str:
     """The widget browser in a live JupyterLab kernel; otherwise (papermill, HTML report) a pointer to the
     self-contained page and the CSV. Returns "widget" or "static"."""
-    from IPython.display import Markdown, display
-
     if live_frontend(interactive):
         display(review_browser(review, paths["csv"]))
         return "widget"

@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from glomlib.core.config import ConfigError, StepConfig
+from glomlib.core.paths import project_root
+from glomlib.data.manifest import read_manifest
 from glomlib.review.explain.inputs import load_predictions
 
 ID_DIGITS = 16  # hex digits of the sha256 used as image_id
@@ -59,8 +61,6 @@ def run_manifest(run_dir: Path, data: str = "") -> Path:
             )
         p = Path(json.loads(cfg_path.read_text()).get("data", ""))
         if not p.is_absolute() and not p.exists():
-            from glomlib.core.paths import project_root
-
             p = project_root() / p
     if not p.is_file():
         raise FileNotFoundError(f"manifest {p} does not exist; pass data=<the manifest the run was trained on>.")
@@ -70,8 +70,6 @@ def run_manifest(run_dir: Path, data: str = "") -> Path:
 def load_review_inputs(run_dir: str | Path, data: str = "", label_fraction: float = 1.0) -> pd.DataFrame:
     """Out-of-fold predictions of a run joined with its manifest: one row per labelled image with
     path, slide, center, label, y, prob, mask, sha256, image_id, manifest_row."""
-    from glomlib.data.manifest import read_manifest
-
     run_dir = Path(run_dir)
     pred = load_predictions(run_dir, label_fraction)
     pos = pred.loc[pred["y"] == 1, "label"]

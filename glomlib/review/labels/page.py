@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -27,8 +28,6 @@ REVIEW_COLUMNS = (
 
 def thumbnail_png(image: np.ndarray, mask: np.ndarray | None = None, colour=(255, 221, 0)) -> str:
     """A uint8 RGB thumbnail as a base64 PNG data URI, with the mask outline drawn when a mask is given."""
-    import cv2
-
     img = np.ascontiguousarray(np.asarray(image, np.uint8)).copy()
     if mask is not None and np.any(mask):
         m = (np.asarray(mask) > 0).astype(np.uint8)

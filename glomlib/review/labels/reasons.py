@@ -8,6 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from glomlib.core import runtime
+from glomlib.data.cache import load_images
+from glomlib.models.backbones import build_backbone
+from glomlib.models.files import load_encoder_into
+from glomlib.models.inference import extract_features
 from glomlib.review.labels.config import ReviewConfig
 
 REASONS = ("confident_error", "confident_learning", "duplicate_conflict")
@@ -55,12 +60,8 @@ def dihedral_variants(images: np.ndarray) -> list[np.ndarray]:
 
 def build_encoder(encoder: str = "imagenet", backbone: str = "efficientnet_lite0"):
     """The embedding encoder: ImageNet or random weights, or an SSL ``encoder.safetensors`` (or its run folder)."""
-    from glomlib.models.backbones import build_backbone
-
     if encoder in ("imagenet", "scratch"):
         return build_backbone(backbone, encoder)[0]
-    from glomlib.models.files import load_encoder_into
-
     path = Path(encoder)
     if path.is_dir():
         path = path / "encoder.safetensors"
@@ -74,9 +75,6 @@ def build_encoder(encoder: str = "imagenet", backbone: str = "efficientnet_lite0
 def tta_embeddings(backbone, images: np.ndarray, *, batch_size: int = 64, device: str = "auto") -> np.ndarray:
     """L2-normalised mean of the L2-normalised features of the 8 flips/rotations: (N, D), the same for an image
     and any rotated or flipped copy of it."""
-    from glomlib.core import runtime
-    from glomlib.models.inference import extract_features
-
     plan = runtime.plan(device, "fp32")
     backbone.to(plan.device)
     acc = None
@@ -201,8 +199,6 @@ def build_review(items: pd.DataFrame, cfg: ReviewConfig | None = None, embedding
     cfg = cfg or ReviewConfig()
     items = items.reset_index(drop=True)
     if embeddings is None and cfg.n_pairs > 0:
-        from glomlib.data.cache import load_images
-
         imgs = np.asarray(load_images(list(items["path"]), cfg.feature_size, hashes=list(items["sha256"])))
         embeddings = tta_embeddings(
             build_encoder(cfg.encoder, cfg.backbone), imgs, batch_size=cfg.batch_size, device=cfg.device
