@@ -86,10 +86,8 @@ def chosen_fraction(fractions: Sequence[float], label_fraction: float) -> float:
 
 
 def load_predictions(run_dir: str | Path, label_fraction: float = 1.0, threshold: float = 0.5) -> pd.DataFrame:
-    """One row per image: path, slide, center, label, y, prob (mean over seeds), pred, outcome, confidence, error.
-
-    ``confidence`` is the model's confidence in its own call (prob for a positive call, 1-prob for a negative one).
-    """
+    """One row per image: path, slide, center, label, y, prob (mean over seeds), pred, outcome, error, and
+    ``confidence``, the model's confidence in its own call (prob for a positive call, 1-prob for a negative one)."""
     p = pd.read_csv(Path(run_dir) / "predictions.csv", keep_default_na=False)
     need = {"path", "y", "prob"}
     if not need <= set(p.columns):
@@ -131,10 +129,7 @@ def attach_masks(pred: pd.DataFrame, manifest: pd.DataFrame | None) -> pd.DataFr
 
 
 def prepare(cfg: ExplainConfig):
-    """Resolve the run, read predictions (+ masks from the manifest when readable), create ``out``.
-
-    Returns ``(pred, run_dir, out_dir)``.
-    """
+    """``(pred, run_dir, out_dir)``: the run, its predictions (+ masks from the manifest when readable), ``out``."""
     run_dir = resolve_run(cfg.run)
     pred = load_predictions(run_dir, cfg.label_fraction, cfg.threshold)
     manifest = None
@@ -161,15 +156,8 @@ def prepare(cfg: ExplainConfig):
 def error_rates(pred: pd.DataFrame, by: str = "center") -> pd.DataFrame:
     """Per group: images, positives, errors, error rate, false positives and false negatives (worst first)."""
     g = pred.groupby(by)
-    res = pd.DataFrame(
-        {
-            "images": g.size(),
-            "positives": g["y"].sum(),
-            "errors": g["error"].sum(),
-            "FP": g["outcome"].apply(lambda s: int((s == "FP").sum())),
-            "FN": g["outcome"].apply(lambda s: int((s == "FN").sum())),
-        }
-    )
+    res = g.agg(images=("y", "size"), positives=("y", "sum"), errors=("error", "sum"))
+    res["FP"], res["FN"] = (g["outcome"].apply(lambda s, k=k: int((s == k).sum())) for k in ("FP", "FN"))
     res["error_rate"] = (res["errors"] / res["images"]).round(3)
     return res.sort_values(["error_rate", "images"], ascending=[False, False])
 
@@ -180,12 +168,7 @@ def ranked_errors(pred: pd.DataFrame, kind: str, n: int | None = None) -> pd.Dat
     return e if n is None else e.head(n)
 
 
-def write_outputs(
-    out: str | Path,
-    pred: pd.DataFrame,
-    gradcam_rows: pd.DataFrame | None = None,
-    neighbours: pd.DataFrame | None = None,
-) -> dict[str, Path]:
+def write_outputs(out: str | Path, pred: pd.DataFrame, gradcam_rows=None, neighbours=None) -> dict[str, Path]:
     """``errors.csv`` (every misclassified image with outcome, prob, confidence, mask share when computed),
     ``error_rates_by_center.csv``, ``error_rates_by_slide.csv`` and ``neighbours.csv``."""
     out = Path(out)
@@ -193,11 +176,8 @@ def write_outputs(
     if gradcam_rows is not None and len(gradcam_rows):
         cols = [c for c in ("path", "mask_share", "mask_area", "mask_enrichment") if c in gradcam_rows]
         e = e.merge(gradcam_rows[cols], on="path", how="left")
-    paths = {
-        "errors": out / "errors.csv",
-        "by_center": out / "error_rates_by_center.csv",
-        "by_slide": out / "error_rates_by_slide.csv",
-    }
+    names = {"errors": "errors.csv", "by_center": "error_rates_by_center.csv", "by_slide": "error_rates_by_slide.csv"}
+    paths = {k: out / v for k, v in names.items()}
     e.to_csv(paths["errors"], index=False)
     error_rates(pred, "center").to_csv(paths["by_center"])
     error_rates(pred, "slide").to_csv(paths["by_slide"])
