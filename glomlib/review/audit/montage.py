@@ -8,26 +8,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from glomlib.data.images import read_mask, read_rgb
 from glomlib.evaluate import plots
 from glomlib.review.audit.config import AuditConfig
 from glomlib.review.audit.scan import CHANNELS, OD_BINS
 from glomlib.review.audit.tables import _centre, _label
-
-
-def _tile(path: str, size: int) -> np.ndarray:
-    """An image for display; grey placeholder when unreadable."""
-    try:
-        return read_rgb(path, size)
-    except Exception:
-        return np.full((size, size, 3), 128, np.uint8)
-
-
-def _mask(path: str, size: int) -> np.ndarray | None:
-    try:
-        return read_mask(path, size) if path else None
-    except Exception:
-        return None
+from glomlib.review.display import mask_or_none, tile
 
 
 def sample_rows(df: pd.DataFrame, by: str, n: int, seed: int = 0) -> dict[str, pd.DataFrame]:
@@ -38,14 +23,13 @@ def sample_rows(df: pd.DataFrame, by: str, n: int, seed: int = 0) -> dict[str, p
 
 def montage_by(df: pd.DataFrame, by: str, n: int = 8, seed: int = 0, size: int = 160):
     """One montage figure with a row of ``n`` examples per group (class or centre); captions = slide."""
-
     samples = sample_rows(df, by, n, seed)
     images, captions = [], []
     for g, rows in samples.items():
         for k in range(n):
             if k < len(rows):
                 r = rows.iloc[k]
-                images.append(_tile(r["path"], size))
+                images.append(tile(r["path"], size))
                 other = r["label"] if by == "center" else (r["center"] or "")
                 head = f"[{g}]  " if k == 0 else ""
                 captions.append(f"{head}{other}\n{r['slide']}".strip())
@@ -60,7 +44,6 @@ def flagged_gallery(
     flags: pd.DataFrame, df: pd.DataFrame, max_per_reason: int = 8, size: int = 160, reasons: list[str] | None = None
 ):
     """Montage of flagged images, one row per reason (worst first), captioned with reason and value."""
-
     masks = dict(zip(df["path"], df["mask"])) if "mask" in df else {}
     images, captions, mks = [], [], []
     reasons = reasons or sorted(flags["reason"].unique())
@@ -76,8 +59,8 @@ def flagged_gallery(
         for k in range(max_per_reason):
             if k < len(f):
                 r = f.iloc[k]
-                images.append(_tile(r["path"], size))
-                mks.append(_mask(masks.get(r["path"], ""), size) if reason == "mask_small" else None)
+                images.append(tile(r["path"], size))
+                mks.append(mask_or_none(masks.get(r["path"], ""), size) if reason == "mask_small" else None)
                 val = r["value"]
                 vtxt = f"{val:g}" if isinstance(val, (int, float, np.floating, np.integer)) and np.isfinite(val) else ""
                 captions.append(f"{reason} {vtxt}\n{Path(r['path']).stem}")
@@ -92,12 +75,11 @@ def flagged_gallery(
 
 def duplicate_gallery(pairs: pd.DataFrame, max_pairs: int = 8, size: int = 140):
     """Side-by-side duplicate pairs (two tiles per pair), closest first."""
-
     p = pairs.sort_values(["distance"]).head(max_pairs)
     images, captions = [], []
     for _, r in p.iterrows():
         for s in ("a", "b"):
-            images.append(_tile(r[f"path_{s}"], size))
+            images.append(tile(r[f"path_{s}"], size))
             extra = f" · fold {r[f'fold_{s}']}" if f"fold_{s}" in r else ""
             captions.append(
                 f"{r['kind']} d={r['distance']}\n{Path(r[f'path_{s}']).stem}\n{r.get(f'label_{s}', '')}{extra}"

@@ -53,7 +53,6 @@ def filter_errors(
 
 def static_gallery(pred: pd.DataFrame, max_images: int = 48, size: int = 140):
     """All errors (up to ``max_images``), most confident first: the report's stand-in for the browser."""
-
     d = filter_errors(pred).head(max_images)
     imgs = load_display_images(d["path"].tolist(), size) if len(d) else []
     masks = load_display_masks(d["mask"].tolist(), size) if "mask" in d and len(d) else None

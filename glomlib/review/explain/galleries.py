@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from glomlib.data.cache import load_images
-from glomlib.data.images import read_mask
 from glomlib.evaluate import plots
+from glomlib.review.display import mask_or_none
 from glomlib.review.explain.inputs import error_rates, ranked_errors
 
 
@@ -20,13 +20,7 @@ def load_display_images(paths: Sequence[str], size: int) -> np.ndarray:
 
 
 def load_display_masks(mask_paths: Sequence[str], size: int) -> list[np.ndarray | None]:
-    def one(m: str) -> np.ndarray | None:
-        try:
-            return read_mask(m, size) if m else None
-        except Exception:
-            return None
-
-    return [one(m) for m in mask_paths]
+    return [mask_or_none(m, size) for m in mask_paths]
 
 
 def caption(r: pd.Series, extra: str = "") -> str:
@@ -38,7 +32,6 @@ def caption(r: pd.Series, extra: str = "") -> str:
 
 def error_gallery(pred: pd.DataFrame, kind: str, n: int = 16, size: int = 160, ncols: int = 8):
     """Gallery of the ``n`` most confident false positives or negatives with mask outlines."""
-
     e = ranked_errors(pred, kind, n)
     imgs = load_display_images(e["path"].tolist(), size) if len(e) else []
     masks = load_display_masks(e["mask"].tolist(), size) if "mask" in e and len(e) else None

@@ -127,7 +127,6 @@ def gradcam_figure(
 ):
     """Image and Grad-CAM overlay side by side (yellow = glomerulus mask outline), captioned with the share of
     attribution inside the mask."""
-
     tiles, caps, mks = [], [], []
     for (_, r), img, cam, m in zip(rows.iterrows(), images, cams, masks):
         share = (

@@ -109,7 +109,6 @@ def nearest_neighbours(emb: np.ndarray, query: Sequence[int], k: int = 5) -> np.
 def neighbour_gallery(pred: pd.DataFrame, nn_idx: np.ndarray, errors: Sequence[int], size: int = 140):
     """One row per error: the error, then its nearest neighbours ``nn_idx`` (from :func:`neighbours_by_model`;
     label and probability in the caption; red caption = neighbour of the other class than the error's true label)."""
-
     nn_idx = np.asarray(nn_idx, int).reshape(len(errors), -1)
     k = nn_idx.shape[1]
     order = [i for row, e in zip(nn_idx, errors) for i in (e, *row)]
