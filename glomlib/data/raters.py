@@ -52,27 +52,16 @@ def consensus(df: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.Data
     columns = list(columns) if columns is not None else rater_columns(df)
     if not columns:
         raise ValueError(f"no rater columns ('{RATER_PREFIX}<rater>') in the manifest; columns are {list(df.columns)}")
-    lab = _labels(df, columns)
-    cons, votes, major, tie, unan = [], [], [], [], []
-    for row in lab:
-        given = [v for v in row if v]
-        counts = pd.Series(given, dtype=object).value_counts() if given else pd.Series(dtype=int)
-        votes.append(len(given))
-        if not given:
-            cons.append("")
-            major.append(0)
-            tie.append(False)
-            unan.append(False)
-            continue
-        top = counts.iloc[0]
-        is_tie = len(counts) > 1 and counts.iloc[1] == top
-        cons.append("" if is_tie else str(counts.index[0]))
-        major.append(int(top))
-        tie.append(bool(is_tie))
-        unan.append(len(counts) == 1)
-    return pd.DataFrame(
-        {"consensus": cons, "votes": votes, "majority": major, "tie": tie, "unanimous": unan}, index=df.index
-    )
+
+    def one(row) -> tuple[str, int, int, bool, bool]:
+        counts = pd.Series([v for v in row if v], dtype=object).value_counts()
+        if not len(counts):
+            return "", 0, 0, False, False
+        tie = len(counts) > 1 and counts.iloc[1] == counts.iloc[0]
+        return "" if tie else str(counts.index[0]), int(counts.sum()), int(counts.iloc[0]), bool(tie), len(counts) == 1
+
+    cols = ["consensus", "votes", "majority", "tie", "unanimous"]
+    return pd.DataFrame([one(r) for r in _labels(df, columns)], columns=cols, index=df.index)
 
 
 def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
@@ -122,15 +111,8 @@ def pairwise_kappas(df: pd.DataFrame, columns: Sequence[str] | None = None) -> p
     for ca, cb in itertools.combinations(columns, 2):
         a, b = df[ca].astype(str).str.strip(), df[cb].astype(str).str.strip()
         both = (a != "") & (b != "")
-        rows.append(
-            {
-                "rater_a": rater_name(ca),
-                "rater_b": rater_name(cb),
-                "n": int(both.sum()),
-                "agreement": float((a[both] == b[both]).mean()) if both.any() else float("nan"),
-                "kappa": cohen_kappa(a, b),
-            }
-        )
+        agreement = float((a[both] == b[both]).mean()) if both.any() else float("nan")
+        rows.append((rater_name(ca), rater_name(cb), int(both.sum()), agreement, cohen_kappa(a, b)))
     return pd.DataFrame(rows, columns=["rater_a", "rater_b", "n", "agreement", "kappa"])
 
 
@@ -157,22 +139,15 @@ def agreement_report(df: pd.DataFrame, columns: Sequence[str] | None = None, by:
         sub = df.loc[idx]
         gk, gn = _fleiss_complete(sub, columns)
         pk = pairwise_kappas(sub, columns)
-        per.append(
-            {
-                by: g,
-                "images": len(sub),
-                "unanimous": float(cons.loc[idx, "unanimous"].mean()),
-                "fleiss_kappa": gk,
-                "n_complete": gn,
-                "mean_pairwise_kappa": float(pk["kappa"].mean()),
-            }
-        )
+        per.append((g, len(sub), float(cons.loc[idx, "unanimous"].mean()), gk, gn, float(pk["kappa"].mean())))
     ties = df.loc[cons["tie"]]
     return {
         "raters": [rater_name(c) for c in columns],
         "pairwise": pairwise_kappas(df, columns),
         "fleiss": {"kappa": fk, "n": n_complete},
-        "per_group": pd.DataFrame(per),
+        "per_group": pd.DataFrame(
+            per, columns=[by, "images", "unanimous", "fleiss_kappa", "n_complete", "mean_pairwise_kappa"]
+        ),
         "ties": ties,
         "consensus": cons,
     }
