@@ -6,4 +6,4 @@ with a printed warning, to the final model, which did see the images."""
 
 from glomlib.review import lazy_exports
 
-__getattr__, __dir__ = lazy_exports(__name__, ("inputs", "models", "galleries", "gradcam", "neighbours", "browser"))
+__getattr__, __dir__ = lazy_exports(__name__, ("inputs", "models", "galleries", "heatmaps", "neighbours", "browser"))
