@@ -28,9 +28,9 @@ class AuditConfig(StepConfig):
     background_max: float = 0.5  # flag an image when more than this share of its pixels is background
     blur_min: float = 50.0  # flag an image when the variance of its Laplacian (grey, stats_size) is below this
     stain_z: float = 4.0  # flag an image when its tissue OD (any channel) is > stain_z robust SDs from its centre
-    near_dup_distance: int = (
-        8  # perceptual-hash Hamming distance (of 64 bits) at or below which images are near-duplicates
-    )
+    # fmt: off
+    near_dup_distance: int = 8  # perceptual-hash Hamming distance (of 64 bits) at or below which images are near-duplicates
+    # fmt: on
     rotated_dup_distance: int = 4  # same, between an image and rotated/flipped copies of another; -1 = skip rotations
     mask_area_min: float = 0.05  # flag a mask covering less than this share of its patch (includes empty masks)
     folds: int = 5  # folds used to check duplicates across folds (same grouping as fine-tuning)
