@@ -16,12 +16,12 @@ import yaml
 
 import glomlib
 from glomlib.core.config import PROFILES_DIR, StepConfig, field_defaults, field_help
-from glomlib.evaluate.audit import AuditConfig
+from glomlib.review.audit import AuditConfig
 from glomlib.evaluate.compare import CompareConfig
-from glomlib.evaluate.explain import ExplainConfig
+from glomlib.review.explain import ExplainConfig
 from glomlib.evaluate.predict import PredictConfig
 from glomlib.evaluate.probe import ProbeConfig
-from glomlib.evaluate.review import ReviewConfig
+from glomlib.review.labels import ReviewConfig
 from glomlib.publish.pipeline import notebook_parameters
 from glomlib.train.finetune import FinetuneConfig
 from glomlib.train.simclr import SSLConfig

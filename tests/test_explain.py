@@ -1,4 +1,4 @@
-"""Tests for glomlib.evaluate.explain: predictions -> outcomes, Grad-CAM and its share inside the mask, embeddings,
+"""Tests for glomlib.review.explain: predictions -> outcomes, Grad-CAM and its share inside the mask, embeddings,
 neighbours, the error browser's static/interactive switch, on constructed cases and real patches."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glomlib.evaluate import explain
+from glomlib.review import explain
+import glomlib.review.audit  # noqa: F401  (the re-export test walks every review package)
+import glomlib.review.labels  # noqa: F401
 
 META = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "image_size": 32, "backbone": "tiny"}
 
@@ -332,3 +334,19 @@ def test_old_run_without_fold_models_falls_back_with_a_message(fold_run, tmp_pat
     models = explain.explain_models(old, pred)
     assert models.source == "final" and set(models.files) == {old / "model.safetensors"}
     assert "trained on these very images" in capsys.readouterr().out
+
+
+def test_review_packages_re_export_every_public_function():
+    """A submodule named like a function (explain.gradcam once) would hide it: every name resolves to its object."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import glomlib.review
+
+    for pkg in (glomlib.review.audit, glomlib.review.explain, glomlib.review.labels):
+        for info in pkgutil.iter_modules(pkg.__path__):
+            mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+            for name, obj in vars(mod).items():
+                if not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == mod.__name__:
+                    assert getattr(pkg, name) is obj, f"{pkg.__name__}.{name}"

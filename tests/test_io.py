@@ -293,7 +293,7 @@ def test_a_failed_step_releases_its_empty_claim_so_the_same_out_works_again(tmp_
 def test_confident_errors_treat_both_classes_alike_at_the_boundary():
     import numpy as np
 
-    from glomlib.evaluate.review import confident_errors
+    from glomlib.review.labels import confident_errors
 
     y = np.array([1, 0, 1, 0])
     prob = np.array([0.2, 0.8, 0.21, 0.79])

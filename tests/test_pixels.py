@@ -125,7 +125,7 @@ def test_predict_refuses_the_bomb(bomb_manifest, tmp_path, capsys):
 
 
 def test_audit_lists_the_bomb_as_a_skipped_row(bomb_manifest, tmp_path):
-    from glomlib.evaluate.audit import AuditConfig, prepare
+    from glomlib.review.audit import AuditConfig, prepare
 
     m, bomb = bomb_manifest
     df, out = prepare(AuditConfig.from_params(data=str(m), out=str(tmp_path / "audit"), positive_label="M1"))

@@ -1,4 +1,4 @@
-"""Tests for several raters (glomlib.data.raters, read_manifest(label_source=...), glomlib.evaluate.agreement):
+"""Tests for several raters (glomlib.data.raters, read_manifest(label_source=...), glomlib.review.agreement):
 kappas against scikit-learn and the published worked example, consensus with ties reported, training labels
 from a chosen rater or the consensus, and the model measured against each rater, on real glomeruli-pas labels
 with planted disagreements."""
@@ -12,7 +12,7 @@ from sklearn.metrics import cohen_kappa_score
 
 from glomlib.data import raters
 from glomlib.data.manifest import ManifestError, read_manifest
-from glomlib.evaluate import agreement
+from glomlib.review import agreement
 
 
 def test_fleiss_kappa_worked_example():
@@ -98,7 +98,7 @@ def test_multi_rater_real_labels_kappas_consensus_and_training_labels(real_manif
     for i in planted["r2"] - planted["shared"] - planted["unrated"]:
         assert cons[i] == df.at[i, "label_rater1"]
 
-    from glomlib.evaluate.audit import show_labels
+    from glomlib.review.audit import show_labels
 
     shown = show_labels(read_manifest(path, positive_label="GS"), tmp_path)  # notebook 01's section
     assert shown["raters"]["fleiss"]["kappa"] == pytest.approx(rep["fleiss"]["kappa"])
@@ -164,3 +164,49 @@ def test_run_agreement_from_a_run_folder(make_manifest, tmp_path):
         assert res.at[r, "model_kappa"] == pytest.approx(cohen_kappa_score(calls, df[f"label_{r}"]))
     assert km.loc["r1", "r2"] == pytest.approx(cohen_kappa_score(df["label_r1"], df["label_r2"]))
     assert res.at["r1", "rater_kappa_with_other_raters"] == pytest.approx(km.loc["r1", "r2"])
+
+
+def _cohen_reference(a, b) -> float:
+    """The hand-written Cohen's kappa raters.py had before scikit-learn's replaced it."""
+    a, b = np.asarray([str(x) for x in a], object), np.asarray([str(x) for x in b], object)
+    both = (a != "") & (b != "")
+    a, b = a[both], b[both]
+    if len(a) == 0:
+        return float("nan")
+    cats = sorted(set(a) | set(b))
+    idx = {c: k for k, c in enumerate(cats)}
+    m = np.zeros((len(cats), len(cats)))
+    for x, y in zip(a, b):
+        m[idx[x], idx[y]] += 1
+    n = m.sum()
+    po, pe = np.trace(m) / n, float((m.sum(0) * m.sum(1)).sum()) / n**2
+    if pe == 1.0:
+        return 1.0 if po == 1.0 else float("nan")
+    return float((po - pe) / (1 - pe))
+
+
+def _fleiss_reference(counts) -> float:
+    """The hand-written Fleiss' kappa raters.py had before statsmodels' replaced it."""
+    t = np.asarray(counts, float)
+    n0, n_items = t.sum(axis=1)[0], t.shape[0]
+    p_j = t.sum(axis=0) / (n_items * n0)
+    p_i = ((t * t).sum(axis=1) - n0) / (n0 * (n0 - 1))
+    p_bar, p_e = p_i.mean(), float((p_j**2).sum())
+    return float("nan") if p_e == 1.0 else float((p_bar - p_e) / (1 - p_e))
+
+
+@pytest.mark.realdata
+def test_library_kappas_match_the_hand_written_ones_on_real_labels(real_manifest, tmp_path):
+    _, df, _ = _multi_rater_manifest(real_manifest, tmp_path)
+    cols = raters.rater_columns(df)
+    for ca in cols:
+        for cb in cols:
+            assert raters.cohen_kappa(df[ca], df[cb]) == pytest.approx(_cohen_reference(df[ca], df[cb]), abs=1e-9)
+    for sub in (df, df[df["center"] == df["center"].iloc[0]], df.iloc[:50]):
+        complete = sub[(sub[cols] != "").all(axis=1)]
+        table = raters.category_counts(complete, cols)
+        k = raters.fleiss_kappa(table)
+        assert np.isfinite(k) and k == pytest.approx(_fleiss_reference(table), abs=1e-9)
+    one = pd.DataFrame({"label_a": ["x"] * 4, "label_b": ["x"] * 4})
+    assert raters.cohen_kappa(one["label_a"], one["label_b"]) == _cohen_reference(one["label_a"], one["label_b"]) == 1.0
+    assert np.isnan(raters.fleiss_kappa(raters.category_counts(one))) and np.isnan(_fleiss_reference(raters.category_counts(one)))

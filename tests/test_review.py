@@ -1,4 +1,4 @@
-"""Tests for the label review (glomlib.evaluate.review) and applying it (glomlib.data.relabel, glomlib data
+"""Tests for the label review (glomlib.review.labels) and applying it (glomlib.data.relabel, glomlib data
 apply-review): planted label errors are ranked first with their reasons, a shifted + rotated crop of a real
 glomerulus with the other label is caught as a conflicting duplicate, the page is self-contained and loads in
 headless Chromium, and the round trip review sheet -> filled CSV -> apply-review changes exactly the planted rows."""
@@ -26,7 +26,7 @@ from glomlib.cli import main  # noqa: E402
 from glomlib.data.manifest import read_manifest  # noqa: E402
 from glomlib.data.relabel import RECORD_COLUMNS as RECORD  # noqa: E402
 from glomlib.data.relabel import ReviewError, apply_review  # noqa: E402
-from glomlib.evaluate import review as R  # noqa: E402
+from glomlib.review import labels as R  # noqa: E402
 
 PLANTED = (3, 10, 5, 16)  # manifest rows (0-based) whose out-of-fold call confidently contradicts their label
 
@@ -145,7 +145,7 @@ def test_round_trip_review_apply(tmp_path, capsys, show_paths):
     assert list(new.index[new["review_decision"] == "unsure"]) == [16]
     assert list(new.index[new["review_decision"] == "confirmed"]) == [5]
     assert (new.loc[~new.index.isin([3, 5, 10, 16]), RECORD] == "").all().all()
-    from glomlib.evaluate.audit import label_changes, show_labels
+    from glomlib.review.audit import label_changes, show_labels
 
     ch = label_changes(new)  # the audit (notebook 01) shows which labels changed
     assert list(ch.loc[ch["decision"] == "changed", "row"]) == [4, 11]

@@ -3,9 +3,8 @@
 A manifest may carry one label column per rater, named ``label_<rater>`` (e.g. ``label_rater1``,
 ``label_rater2``); an empty cell means that rater did not label that image. :func:`consensus` takes the
 majority of the labels given; an image whose top two labels have equal votes is a tie and is reported, never
-resolved silently. :func:`cohen_kappa` and :func:`fleiss_kappa` are the textbook statistics (Cohen 1960;
-Fleiss 1971), written out here so the data layer stays light; tests check them against scikit-learn and the
-published worked examples. :func:`agreement_report` gives the tables the audit (notebook 01) shows.
+resolved silently. Kappas come from scikit-learn (Cohen) and statsmodels (Fleiss); :func:`agreement_report`
+gives the tables the audit (notebook 01) shows.
 
 This module does not import torch.
 """
@@ -13,7 +12,7 @@ This module does not import torch.
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,7 +26,7 @@ def rater_columns(df: pd.DataFrame) -> list[str]:
 
 
 def rater_name(column: str) -> str:
-    return column[len(RATER_PREFIX):] if column.startswith(RATER_PREFIX) else column
+    return column[len(RATER_PREFIX) :] if column.startswith(RATER_PREFIX) else column
 
 
 def rater_column(df: pd.DataFrame, rater: str) -> str:
@@ -36,8 +35,10 @@ def rater_column(df: pd.DataFrame, rater: str) -> str:
     for c in (rater, RATER_PREFIX + rater):
         if c in cols:
             return c
-    raise ValueError(f"no label column for rater {rater!r}; the manifest's rater columns are {cols or 'none'} "
-                     f"(name them '{RATER_PREFIX}<rater>').")
+    raise ValueError(
+        f"no label column for rater {rater!r}; the manifest's rater columns are {cols or 'none'} "
+        f"(name them '{RATER_PREFIX}<rater>')."
+    )
 
 
 def _labels(df: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
@@ -51,47 +52,30 @@ def consensus(df: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.Data
     columns = list(columns) if columns is not None else rater_columns(df)
     if not columns:
         raise ValueError(f"no rater columns ('{RATER_PREFIX}<rater>') in the manifest; columns are {list(df.columns)}")
-    lab = _labels(df, columns)
-    cons, votes, major, tie, unan = [], [], [], [], []
-    for row in lab:
-        given = [v for v in row if v]
-        counts = pd.Series(given, dtype=object).value_counts() if given else pd.Series(dtype=int)
-        votes.append(len(given))
-        if not given:
-            cons.append("")
-            major.append(0)
-            tie.append(False)
-            unan.append(False)
-            continue
-        top = counts.iloc[0]
-        is_tie = len(counts) > 1 and counts.iloc[1] == top
-        cons.append("" if is_tie else str(counts.index[0]))
-        major.append(int(top))
-        tie.append(bool(is_tie))
-        unan.append(len(counts) == 1)
-    return pd.DataFrame({"consensus": cons, "votes": votes, "majority": major, "tie": tie, "unanimous": unan},
-                        index=df.index)
+
+    def one(row) -> tuple[str, int, int, bool, bool]:
+        counts = pd.Series([v for v in row if v], dtype=object).value_counts()
+        if not len(counts):
+            return "", 0, 0, False, False
+        tie = len(counts) > 1 and counts.iloc[1] == counts.iloc[0]
+        return "" if tie else str(counts.index[0]), int(counts.sum()), int(counts.iloc[0]), bool(tie), len(counts) == 1
+
+    cols = ["consensus", "votes", "majority", "tie", "unanimous"]
+    return pd.DataFrame([one(r) for r in _labels(df, columns)], columns=cols, index=df.index)
 
 
 def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
-    """Cohen's kappa of two raters over the items both labelled (empty = not labelled): (p_o - p_e)/(1 - p_e).
-    NaN when fewer than one shared item; 1.0 when both use one and the same single label throughout."""
+    """Cohen's kappa (scikit-learn) over the items both raters labelled (empty = not labelled); NaN without a
+    shared item, 1.0 when both use one and the same label throughout."""
+    from sklearn.metrics import cohen_kappa_score
+
     a, b = np.asarray([str(x) for x in a], object), np.asarray([str(x) for x in b], object)
     both = (a != "") & (b != "")
-    a, b = a[both], b[both]
-    if len(a) == 0:
+    if not both.any():
         return float("nan")
-    cats = sorted(set(a) | set(b))
-    idx = {c: k for k, c in enumerate(cats)}
-    m = np.zeros((len(cats), len(cats)))
-    for x, y in zip(a, b):
-        m[idx[x], idx[y]] += 1
-    n = m.sum()
-    po = np.trace(m) / n
-    pe = float((m.sum(0) * m.sum(1)).sum()) / n ** 2
-    if pe == 1.0:
-        return 1.0 if po == 1.0 else float("nan")
-    return float((po - pe) / (1 - pe))
+    if len(set(a[both]) | set(b[both])) == 1:
+        return 1.0  # chance agreement 1: kappa undefined, the raters agree perfectly
+    return float(cohen_kappa_score(a[both], b[both]))
 
 
 def category_counts(df: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -103,21 +87,21 @@ def category_counts(df: pd.DataFrame, columns: Sequence[str] | None = None) -> p
 
 
 def fleiss_kappa(counts: np.ndarray | pd.DataFrame) -> float:
-    """Fleiss' kappa from an items x categories count table; every item must have the same number of ratings
-    (rows with another count raise ValueError; drop or complete them first). NaN when chance agreement is 1."""
+    """Fleiss' kappa (statsmodels) of an items x categories count table with the same number (>= 2) of ratings per
+    item (ValueError otherwise); NaN when chance agreement is 1."""
+    from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss
+
     t = np.asarray(counts, float)
     if t.ndim != 2 or t.shape[0] == 0:
         raise ValueError("fleiss_kappa needs a non-empty items x categories count table")
     n = t.sum(axis=1)
     if not np.all(n == n[0]) or n[0] < 2:
-        raise ValueError(f"fleiss_kappa needs the same number (>= 2) of ratings per item; got {sorted(set(n.tolist()))}")
-    n0, N = n[0], t.shape[0]
-    p_j = t.sum(axis=0) / (N * n0)
-    P_i = ((t * t).sum(axis=1) - n0) / (n0 * (n0 - 1))
-    P_bar, P_e = P_i.mean(), float((p_j ** 2).sum())
-    if P_e == 1.0:
+        raise ValueError(
+            f"fleiss_kappa needs the same number (>= 2) of ratings per item; got {sorted(set(n.tolist()))}"
+        )
+    if np.isclose(((t.sum(axis=0) / t.sum()) ** 2).sum(), 1.0):
         return float("nan")
-    return float((P_bar - P_e) / (1 - P_e))
+    return float(sm_fleiss(t, method="fleiss"))
 
 
 def pairwise_kappas(df: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -127,9 +111,8 @@ def pairwise_kappas(df: pd.DataFrame, columns: Sequence[str] | None = None) -> p
     for ca, cb in itertools.combinations(columns, 2):
         a, b = df[ca].astype(str).str.strip(), df[cb].astype(str).str.strip()
         both = (a != "") & (b != "")
-        rows.append({"rater_a": rater_name(ca), "rater_b": rater_name(cb), "n": int(both.sum()),
-                     "agreement": float((a[both] == b[both]).mean()) if both.any() else float("nan"),
-                     "kappa": cohen_kappa(a, b)})
+        agreement = float((a[both] == b[both]).mean()) if both.any() else float("nan")
+        rows.append((rater_name(ca), rater_name(cb), int(both.sum()), agreement, cohen_kappa(a, b)))
     return pd.DataFrame(rows, columns=["rater_a", "rater_b", "n", "agreement", "kappa"])
 
 
@@ -156,9 +139,15 @@ def agreement_report(df: pd.DataFrame, columns: Sequence[str] | None = None, by:
         sub = df.loc[idx]
         gk, gn = _fleiss_complete(sub, columns)
         pk = pairwise_kappas(sub, columns)
-        per.append({by: g, "images": len(sub), "unanimous": float(cons.loc[idx, "unanimous"].mean()),
-                    "fleiss_kappa": gk, "n_complete": gn, "mean_pairwise_kappa": float(pk["kappa"].mean())})
+        per.append((g, len(sub), float(cons.loc[idx, "unanimous"].mean()), gk, gn, float(pk["kappa"].mean())))
     ties = df.loc[cons["tie"]]
-    return {"raters": [rater_name(c) for c in columns], "pairwise": pairwise_kappas(df, columns),
-            "fleiss": {"kappa": fk, "n": n_complete}, "per_group": pd.DataFrame(per), "ties": ties,
-            "consensus": cons}
+    return {
+        "raters": [rater_name(c) for c in columns],
+        "pairwise": pairwise_kappas(df, columns),
+        "fleiss": {"kappa": fk, "n": n_complete},
+        "per_group": pd.DataFrame(
+            per, columns=[by, "images", "unanimous", "fleiss_kappa", "n_complete", "mean_pairwise_kappa"]
+        ),
+        "ties": ties,
+        "consensus": cons,
+    }

@@ -1,15 +1,11 @@
-"""Figures shared by the audit (01) and error-analysis (05) notebooks.
+"""Figures shared by the notebooks: report-column sized (12 inches, fonts >= 9 pt), saved legibly for HTML.
 
-Every function returns a matplotlib Figure; :func:`save_figure` writes it to ``<out>/figures/<name>.png``
-at a resolution that stays legible in an HTML report. Figures are sized for a report column (about 12 inches
-wide) with fonts of at least 9 pt.
-"""
+Both rooms draw with it: the measurements (:mod:`glomlib.evaluate`) and the review (:mod:`glomlib.review`)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -34,16 +30,14 @@ def save_figure(fig, out: str | Path, name: str, dpi: int = DPI) -> Path:
     return path
 
 
-def bar_counts(table, title: str, xlabel: str = "", ylabel: str = "images", stacked: bool = True,
-               rotate: int = 0, height: float = 4.0):
+def bar_counts(table, title: str, xlabel="", ylabel="images", stacked=True, rotate: int = 0, height: float = 4.0):
     """Stacked bar chart of a (group x class) count table (pandas DataFrame, index = groups)."""
     plt = _plt()
     width = min(REPORT_WIDTH, max(5.0, 0.45 * len(table) + 3))
     fig, ax = plt.subplots(figsize=(width, height))
     table.plot(kind="bar", stacked=stacked, ax=ax, width=0.8, edgecolor="white")
     ax.set_title(title, fontsize=12)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.tick_params(axis="x", labelrotation=rotate, labelsize=9)
     if rotate:
         for lab in ax.get_xticklabels():
@@ -54,10 +48,10 @@ def bar_counts(table, title: str, xlabel: str = "", ylabel: str = "images", stac
     return fig
 
 
-def montage(images: Sequence[np.ndarray], captions: Sequence[str] | None = None, ncols: int = 8,
-            title: str | None = None, tile_inches: float | None = None, caption_size: int = 8,
-            masks: Sequence[np.ndarray | None] | None = None, caption_colours: Sequence[str] | None = None):
-    """A grid of RGB images with a caption under each; optional mask outlines drawn in yellow."""
+def montage(
+    images, captions=None, ncols=8, title=None, tile_inches=None, caption_size=8, masks=None, caption_colours=None
+):
+    """A grid of RGB images with a caption under each; optional mask outlines (one per image or None) in yellow."""
     plt = _plt()
     n = len(images)
     if n == 0:
@@ -70,8 +64,9 @@ def montage(images: Sequence[np.ndarray], captions: Sequence[str] | None = None,
     tile = tile_inches or REPORT_WIDTH / ncols
     n_caption_lines = max((c.count("\n") + 1 for c in captions), default=0) if captions else 0
     cap_h = 0.16 * n_caption_lines * caption_size / 8
-    fig, axes = plt.subplots(nrows, ncols, figsize=(tile * ncols, (tile + cap_h) * nrows + (0.4 if title else 0)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(tile * ncols, (tile + cap_h) * nrows + (0.4 if title else 0)), squeeze=False
+    )
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
@@ -100,9 +95,7 @@ def draw_mask_outline(ax, mask: np.ndarray, colour: str = "yellow", linewidth: f
 
 def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """Blend a [0,1] heat map (H,W) over an RGB uint8 image; returns uint8 RGB."""
-    import matplotlib
-
-    cmap = matplotlib.colormaps["jet"]
+    cmap = _plt().colormaps["jet"]
     heat = (cmap(np.clip(cam, 0, 1))[..., :3] * 255).astype(np.float32)
     out = (1 - alpha) * image.astype(np.float32) + alpha * heat
     return np.clip(out, 0, 255).astype(np.uint8)
@@ -110,8 +103,6 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.n
 
 def show(fig, out: str | Path | None, name: str, caption: str = "") -> None:
     """Save ``fig`` to ``<out>/figures/<name>.png``, show it inline with its caption, and close it."""
-    import matplotlib.pyplot as plt
-
     if out is not None:
         save_figure(fig, out, name)
     try:
@@ -124,4 +115,4 @@ def show(fig, out: str | Path | None, name: str, caption: str = "") -> None:
                 display(Markdown(f"*Figure `{name}`: {caption}*"))
     except ImportError:  # pragma: no cover
         pass
-    plt.close(fig)
+    _plt().close(fig)

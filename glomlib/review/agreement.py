@@ -15,15 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
+from glomlib.data.manifest import read_manifest
 from glomlib.data.raters import cohen_kappa, consensus, rater_columns, rater_name
+from glomlib.review.explain.inputs import load_predictions
+from glomlib.review.labels.config import run_manifest
 
 MODEL = "model"
 CONSENSUS = "consensus"
 
 
-def readers(pred: pd.DataFrame, manifest: pd.DataFrame, positive_label: str, negative_label: str,
-            threshold: float = 0.5) -> pd.DataFrame:
+def readers(
+    pred: pd.DataFrame, manifest: pd.DataFrame, positive_label: str, negative_label: str, threshold: float = 0.5
+) -> pd.DataFrame:
     """One column of labels per reader (model, each rater, consensus; "" = no label), one row per image
     of ``pred`` (joined with ``manifest`` on ``path``), plus the model's ``prob``."""
     cols = rater_columns(manifest)
@@ -55,8 +60,6 @@ def kappa_matrix(table: pd.DataFrame) -> pd.DataFrame:
 def model_vs_raters(table: pd.DataFrame) -> pd.DataFrame:
     """Per reference (each rater, then consensus): images, the model's kappa / accuracy / AUC against it, and
     for a rater the mean kappa with the other raters (the agreement the model should be judged against)."""
-    from sklearn.metrics import roc_auc_score
-
     raters = table.attrs["raters"]
     pos = table.attrs["positive_label"]
     rows = []
@@ -66,24 +69,27 @@ def model_vs_raters(table: pd.DataFrame) -> pd.DataFrame:
         y = (lab[ok] == pos).astype(int)
         auc = roc_auc_score(y, table.loc[ok, "prob"]) if y.nunique() == 2 else float("nan")
         others = [cohen_kappa(table[ref], table[o]) for o in raters if o != ref] if ref != CONSENSUS else []
-        rows.append({"reference": ref, "images": int(ok.sum()), "model_kappa": cohen_kappa(table[MODEL], lab),
-                     "model_accuracy": float((table.loc[ok, MODEL] == lab[ok]).mean()), "model_auc": float(auc),
-                     "rater_kappa_with_other_raters": float(np.mean(others)) if others else float("nan")})
+        rows.append(
+            {
+                "reference": ref,
+                "images": int(ok.sum()),
+                "model_kappa": cohen_kappa(table[MODEL], lab),
+                "model_accuracy": float((table.loc[ok, MODEL] == lab[ok]).mean()),
+                "model_auc": float(auc),
+                "rater_kappa_with_other_raters": float(np.mean(others)) if others else float("nan"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def run_agreement(run_dir, data: str = "", threshold: float = 0.5,
-                  label_fraction: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_agreement(
+    run_dir, data: str = "", threshold: float = 0.5, label_fraction: float = 1.0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """For a fine-tune run and a manifest with rater columns (``data``; "" = the run's manifest): the
     :func:`model_vs_raters` table and the :func:`kappa_matrix`, from the run's out-of-fold predictions."""
-    from glomlib.data.manifest import read_manifest
-    from glomlib.evaluate.explain import load_predictions
-    from glomlib.evaluate.review import run_manifest
-
     pred = load_predictions(run_dir, label_fraction, threshold)
     pos = str(pred.loc[pred["y"] == 1, "label"].iloc[0])
     neg = str(pred.loc[pred["y"] == 0, "label"].iloc[0])
-    man = read_manifest(run_manifest(Path(run_dir), data), positive_label=pos, negative_label=neg,
-                        require_labels=False)
+    man = read_manifest(run_manifest(Path(run_dir), data), positive_label=pos, negative_label=neg, require_labels=False)
     table = readers(pred, man, pos, neg, threshold)
     return model_vs_raters(table), kappa_matrix(table)
