@@ -24,8 +24,8 @@ import pandas as pd
 
 from glomlib.core.config import ConfigError, StepConfig
 from glomlib.core.io import ensure_new_dir, new_run_dir, write_json_atomic, write_provenance
-from glomlib.evaluate.metrics import (METRIC_LABELS, METRICS, auc, expected_calibration_error, pairwise_comparisons,
-                                     reliability_table)
+from glomlib.evaluate.metrics import METRIC_LABELS, METRICS, auc, expected_calibration_error, reliability_table
+from glomlib.evaluate.uncertainty import pairwise_comparisons
 from glomlib.evaluate.runs import INITS, fraction_view, label_fractions, load_run
 
 #: The study's numbers (KSN 2025 abstract), M1 vs M0, for reference next to ours.

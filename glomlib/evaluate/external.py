@@ -32,6 +32,7 @@ from glomlib.data.manifest import data_fingerprint, read_manifest
 from glomlib.evaluate import biopsy as B
 from glomlib.evaluate import calibrate as CAL
 from glomlib.evaluate import metrics as M
+from glomlib.evaluate import uncertainty as U
 from glomlib.evaluate.plots import save_figure
 from glomlib.evaluate.predict import predict
 from glomlib.models.calibration import apply_calibration
@@ -140,7 +141,7 @@ def rule_for(meta: Mapping[str, Any], rule: str) -> B.BiopsyRule:
 # ------------------------------------------------------------------------------------------------ metrics
 def metrics_with_ci(y: Any, prob: Any, groups: Any, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict:
     """Every metric of :data:`glomlib.evaluate.metrics.METRICS` at ``threshold`` with slide-bootstrap 95 % CIs."""
-    ci = M.bootstrap_ci(y, prob, groups=groups, n_boot=n_boot, seed=seed, threshold=threshold)
+    ci = U.bootstrap_ci(y, prob, groups=groups, n_boot=n_boot, seed=seed, threshold=threshold)
     full = M.binary_metrics(y, prob, threshold=threshold)
     return {"n": full["n"], "n_pos": full["n_pos"], "n_groups": int(len(set(map(str, groups)))),
             **{m: ci[m] for m in M.METRICS}}

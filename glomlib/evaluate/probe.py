@@ -25,17 +25,10 @@ from glomlib.core.io import write_json_atomic
 from glomlib.data.cache import load_images
 from glomlib.data.manifest import read_manifest
 from glomlib.data.splits import assign_folds
+from glomlib.evaluate.metrics import auc
 from glomlib.models.backbones import build_backbone
 from glomlib.models.files import load_encoder_into
 from glomlib.models.inference import extract_features
-
-
-def _auc(y: np.ndarray, score: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    return float(roc_auc_score(y, score))
 
 
 def linear_probe_cv(features: np.ndarray, y: Any, folds: Any, C: float = 1.0, max_iter: int = 3000,
@@ -70,7 +63,7 @@ def linear_probe_cv(features: np.ndarray, y: Any, folds: Any, C: float = 1.0, ma
         clf.fit(X[tr], y[tr])
         p = clf.predict_proba(X[te])[:, 1]
         pooled[te] = p
-        per_fold.append({"fold": int(k), "n_test": int(te.sum()), "auc": _auc(y[te], p),
+        per_fold.append({"fold": int(k), "n_test": int(te.sum()), "auc": auc(y[te], p),
                          "acc": float(((p >= 0.5).astype(int) == y[te]).mean())})
     aucs = np.array([f["auc"] for f in per_fold], dtype=float)
     accs = np.array([f["acc"] for f in per_fold], dtype=float)
@@ -79,7 +72,7 @@ def linear_probe_cv(features: np.ndarray, y: Any, folds: Any, C: float = 1.0, ma
         "auc_mean": float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan"),
         "auc_std": float(np.nanstd(aucs)) if np.isfinite(aucs).any() else float("nan"),
         "acc_mean": float(np.nanmean(accs)) if np.isfinite(accs).any() else float("nan"),
-        "pooled_auc": _auc(y[ok], pooled[ok]) if ok.any() else float("nan"),
+        "pooled_auc": auc(y[ok], pooled[ok]) if ok.any() else float("nan"),
         "per_fold": per_fold,
     }
 
@@ -109,7 +102,7 @@ def knn_cv(features: np.ndarray, y: Any, folds: Any, k: int = 20, temperature: f
         score[te] = votes
     ok = ~np.isnan(score)
     return {"knn_acc": float(((score[ok] >= 0.5).astype(int) == y[ok]).mean()) if ok.any() else float("nan"),
-            "knn_auc": _auc(y[ok], score[ok]) if ok.any() else float("nan")}
+            "knn_auc": auc(y[ok], score[ok]) if ok.any() else float("nan")}
 
 
 @dataclasses.dataclass
