@@ -34,15 +34,11 @@ from glomlib.core import runtime
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-BACKBONES = ("resnet18", "resnet50", "efficientnet_lite0")
+#: backbone -> (library, its model name). The ResNets stay torchvision's (their random init and IMAGENET1K_V1
+#: weights, so scratch and ImageNet runs repeat bit for bit); timm knows EfficientNet-Lite0.
+BACKBONES = {"resnet18": ("torchvision", "resnet18"), "resnet50": ("torchvision", "resnet50"),
+             "efficientnet_lite0": ("timm", "tf_efficientnet_lite0")}
 INITS = ("scratch", "imagenet")
-
-# torchvision's file names for the IMAGENET1K_V1 weights (what torchvision would download into its cache).
-_TORCHVISION_FILES = {
-    "resnet18": ("resnet18-f37072fd.pth", "ResNet18_Weights.IMAGENET1K_V1"),
-    "resnet50": ("resnet50-0676ba61.pth", "ResNet50_Weights.IMAGENET1K_V1"),
-}
-_TIMM_NAMES = {"efficientnet_lite0": "tf_efficientnet_lite0"}
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -53,14 +49,27 @@ class WeightsMismatchError(ValueError):
     """A weights file does not fit the architecture; the message names the first mismatching tensor."""
 
 
-def _check_name(name: str) -> None:
+def _create(name: str) -> nn.Module:
+    """The library's model with its classifier (random weights)."""
     if name not in BACKBONES:
         raise ValueError(f"Unknown backbone {name!r}; choose one of {list(BACKBONES)} (parameter 'backbone').")
+    lib, arch = BACKBONES[name]
+    if lib == "timm":
+        import timm
+
+        return timm.create_model(arch, pretrained=False)
+    import torchvision
+
+    return torchvision.models.get_model(arch, weights=None)
+
+
+def _num_features(model: nn.Module) -> int:
+    return int(model.num_features if hasattr(model, "num_features") else model.fc.in_features)
 
 
 def feature_dim_of(name: str) -> int:
-    _check_name(name)
-    return {"resnet18": 512, "resnet50": 2048, "efficientnet_lite0": 1280}[name]
+    with torch.device("meta"):  # the registry's architecture, no weights allocated
+        return _num_features(_create(name))
 
 
 def torch_hub_checkpoint_dir() -> Path:
@@ -76,37 +85,35 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(path))
     sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
         raise WeightsMismatchError(f"{path} does not hold a state dict (got {type(sd).__name__}).")
     return sd
 
 
-# ----------------------------------------------------------------------------------------------- resnets
-def _resnet(name: str, init: str, weights_path: str | Path | None) -> tuple[nn.Module, int]:
+def _load_checked(model: nn.Module, sd: dict, head: str, what: str) -> None:
+    """Load ``sd`` without the classifier ``head``; every other tensor must fit."""
+    sd = {k: v for k, v in sd.items() if not k.startswith(head)}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.startswith(head)]
+    if missing or unexpected:
+        raise WeightsMismatchError(f"{what}: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+
+
+def _torchvision_imagenet(model: nn.Module, name: str, weights_path: str | Path | None) -> None:
     import torchvision
 
-    model = getattr(torchvision.models, name)(weights=None)
-    if init == "imagenet":
-        fname, enum = _TORCHVISION_FILES[name]
-        path = Path(weights_path) if weights_path else torch_hub_checkpoint_dir() / fname
-        if weights_path and not path.is_file():
-            raise WeightsNotFoundError(f"ImageNet weights file {path} (imagenet_weights / weights_path) does not "
-                                       f"exist; give the path of a torchvision {name} state dict (.pth or "
-                                       ".safetensors), or leave it empty to use torchvision's cache.")
-        if not path.is_file():
-            path = _download_torchvision_weights(name, fname, enum)
-        sd = _load_state_dict_file(path)
-        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing or unexpected:
-            raise WeightsMismatchError(
-                f"{path} does not fit torchvision {name}: missing {missing[:5]}, unexpected {unexpected[:5]}."
-            )
-    model.fc = nn.Identity()
-    return model, feature_dim_of(name)
+    weights = torchvision.models.get_model_weights(BACKBONES[name][1]).IMAGENET1K_V1
+    fname, enum = Path(weights.url).name, f"{type(weights).__name__}.IMAGENET1K_V1"
+    path = Path(weights_path) if weights_path else torch_hub_checkpoint_dir() / fname
+    if weights_path and not path.is_file():
+        raise WeightsNotFoundError(f"ImageNet weights file {path} (imagenet_weights / weights_path) does not "
+                                   f"exist; give the path of a torchvision {name} state dict (.pth or "
+                                   ".safetensors), or leave it empty to use torchvision's cache.")
+    if not path.is_file():
+        path = _download_torchvision_weights(name, fname, enum)
+    _load_checked(model, _load_state_dict_file(path), "fc.", f"{path} does not fit torchvision {name}")
 
 
 def offline() -> bool:
@@ -194,31 +201,19 @@ def map_state_dict_in_order(src: "OrderedDict[str, torch.Tensor] | dict[str, tor
     return out
 
 
-def _efficientnet_lite0(init: str, weights_path: str | Path | None) -> tuple[nn.Module, int]:
-    import timm
-
-    model = timm.create_model(_TIMM_NAMES["efficientnet_lite0"], pretrained=False)  # keep classifier to map
-    if init == "imagenet":
-        path = Path(weights_path) if weights_path else efficientnet_lite0_weights_file()
-        src = _load_state_dict_file(path)
-        target = model.state_dict()
-        if set(src) <= set(target) or set(src) == set(target) - {"classifier.weight", "classifier.bias"}:
-            sd = {k: v for k, v in src.items() if not k.startswith("classifier.")}  # already timm naming
-        else:
-            sd = map_state_dict_in_order(src, target, source_name=str(path))
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        missing = [k for k in missing if not k.startswith("classifier.")]
-        if missing or unexpected:
-            raise WeightsMismatchError(f"{path}: missing {missing[:5]}, unexpected {unexpected[:5]}.")
-    model.reset_classifier(0)
-    return model, feature_dim_of("efficientnet_lite0")
+def _efficientnet_imagenet(model: nn.Module, weights_path: str | Path | None) -> None:
+    path = Path(weights_path) if weights_path else efficientnet_lite0_weights_file()
+    src, target = _load_state_dict_file(path), model.state_dict()
+    if not set(src) <= set(target) and set(src) != set(target) - {"classifier.weight", "classifier.bias"}:
+        src = map_state_dict_in_order(src, target, source_name=str(path))  # lukemelas naming -> timm's
+    _load_checked(model, src, "classifier.", str(path))
 
 
 def efficientnet_lite0_imagenet_classifier() -> nn.Module:
     """The full ImageNet efficientnet_lite0 *with* its 1000-class head (for checking the weight mapping)."""
     import timm
 
-    model = timm.create_model(_TIMM_NAMES["efficientnet_lite0"], pretrained=False)
+    model = timm.create_model(BACKBONES["efficientnet_lite0"][1], pretrained=False)
     path = efficientnet_lite0_weights_file()
     model.load_state_dict(map_state_dict_in_order(_load_state_dict_file(path), model.state_dict(),
                                                   source_name=str(path)))
@@ -233,14 +228,21 @@ def build_backbone(name: str, init: str = "scratch", weights_path: str | Path | 
     ``init``: ``"scratch"`` (random) or ``"imagenet"`` (offline weights, see module docstring).
     ``weights_path``: an explicit ImageNet state-dict file (overrides the default location).
     """
-    _check_name(name)
     if init not in INITS:
         raise ValueError(f"Unknown init {init!r} for build_backbone; choose one of {list(INITS)}. "
                          "(To start from an SSL encoder, build with init='scratch' and call "
                          "glomlib.models.files.load_encoder_into.)")
-    if name.startswith("resnet"):
-        return _resnet(name, init, weights_path)
-    return _efficientnet_lite0(init, weights_path)
+    model = _create(name)
+    dim = _num_features(model)
+    if init == "imagenet" and BACKBONES[name][0] == "timm":
+        _efficientnet_imagenet(model, weights_path)
+    elif init == "imagenet":
+        _torchvision_imagenet(model, name, weights_path)
+    if BACKBONES[name][0] == "timm":
+        model.reset_classifier(0)
+    else:
+        model.fc = nn.Identity()
+    return model, dim
 
 
 def to_tensor_batch(images: Any, *, device: str | torch.device | None = None, channels_last: bool = False
