@@ -24,8 +24,12 @@ from glomlib.evaluate import uncertainty as U
 
 # ------------------------------------------------------------------ the replaced implementations (reference)
 def old_confusion(y, pred):
-    return (int(np.sum((pred == 1) & (y == 1))), int(np.sum((pred == 0) & (y == 0))),
-            int(np.sum((pred == 1) & (y == 0))), int(np.sum((pred == 0) & (y == 1))))
+    return (
+        int(np.sum((pred == 1) & (y == 1))),
+        int(np.sum((pred == 0) & (y == 0))),
+        int(np.sum((pred == 1) & (y == 0))),
+        int(np.sum((pred == 0) & (y == 1))),
+    )
 
 
 def old_midrank(x):
@@ -107,15 +111,19 @@ def test_swapped_functions_give_the_old_figures_on_real_data(real_scores):
     old_aucs, old_cov, old_p = old_delong_p(y, a, b)
     new = U.delong_test(y, a, b)
     var_new = U.delong_auc_variance(y, a)[1]
-    print(f"\nDeLong AUC(red) old {old_aucs[0]:.12f} new {new['auc_a']:.12f}; AUC(green) old {old_aucs[1]:.12f} "
-          f"new {new['auc_b']:.12f}; p old {old_p:.12g} new {new['p']:.12g}; var old {old_cov[0, 0]:.6g} new "
-          f"{var_new:.6g}")
+    print(
+        f"\nDeLong AUC(red) old {old_aucs[0]:.12f} new {new['auc_a']:.12f}; AUC(green) old {old_aucs[1]:.12f} "
+        f"new {new['auc_b']:.12f}; p old {old_p:.12g} new {new['p']:.12g}; var old {old_cov[0, 0]:.6g} new "
+        f"{var_new:.6g}"
+    )
     assert abs(old_aucs[0] - new["auc_a"]) < 1e-9 and abs(old_aucs[1] - new["auc_b"]) < 1e-9
     assert abs(old_p - new["p"]) < 1e-9 and abs(old_cov[0, 0] - var_new) < 1e-12
     for s in (a, b, -a):
         assert abs(old_probe_auc(y, s) - M.auc(y, s)) < 1e-12
     (lo, hi), n_valid = old_bootstrap_auc_difference(y, a, b, slides, 300, 0)
     bs = U.bootstrap_auc_difference(y, a, b, groups=slides, n_boot=300, seed=0)
-    print(f"slide-bootstrap CI old [{lo:.9f}, {hi:.9f}] ({n_valid}) new [{bs['ci_low']:.9f}, {bs['ci_high']:.9f}] "
-          f"({bs['n_valid']})")
+    print(
+        f"slide-bootstrap CI old [{lo:.9f}, {hi:.9f}] ({n_valid}) new [{bs['ci_low']:.9f}, {bs['ci_high']:.9f}] "
+        f"({bs['n_valid']})"
+    )
     assert abs(lo - bs["ci_low"]) < 1e-9 and abs(hi - bs["ci_high"]) < 1e-9 and n_valid == bs["n_valid"]

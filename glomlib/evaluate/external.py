@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,18 +44,18 @@ from glomlib.models.files import load_model, read_model_meta
 class EvaluateConfig(StepConfig):
     """Parameters of notebook 06 (``notebooks/06_external_validation.ipynb``) and of ``glomlib evaluate``."""
 
-    model: str = "latest"           # model.safetensors, a fine-tune run folder, or "latest" (newest under runs/; with manifest auto the newest fold model)
-    manifest: str = "auto"          # labelled manifest CSV to evaluate on (path, label, slide[, patient, center]); auto: the test slides of a fold model of the run (see data)
+    model: str = "latest"  # model.safetensors, a fine-tune run folder, or "latest" (newest under runs/; with manifest auto the newest fold model)
+    manifest: str = "auto"  # labelled manifest CSV to evaluate on (path, label, slide[, patient, center]); auto: the test slides of a fold model of the run (see data)
     data: str = "data/glomeruli-pas/manifest.csv"  # the model's own training manifest, used only by manifest auto
-    out: str = "auto"               # new output folder; "auto" = runs/<stamp>-evaluate
-    by: str = "slide"               # biopsy unit: slide | patient
-    biopsy_rule: str = "auto"       # oxford_m | gs_bands | cuts:0.1,0.2 | auto (gs_bands for GS, else oxford_m)
-    n_boot: int = 1000              # slide-bootstrap resamples for the 95-percent CIs
-    seed: int = 0                   # bootstrap seed
-    n_bins: int = 10                # bins of the reliability diagram and ECE
-    device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
-    batch_size: int = 64            # images per forward pass
-    cache_dir: str = ""             # image cache folder ("" = glomlib.data.cache default)
+    out: str = "auto"  # new output folder; "auto" = runs/<stamp>-evaluate
+    by: str = "slide"  # biopsy unit: slide | patient
+    biopsy_rule: str = "auto"  # oxford_m | gs_bands | cuts:0.1,0.2 | auto (gs_bands for GS, else oxford_m)
+    n_boot: int = 1000  # slide-bootstrap resamples for the 95-percent CIs
+    seed: int = 0  # bootstrap seed
+    n_bins: int = 10  # bins of the reliability diagram and ECE
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    batch_size: int = 64  # images per forward pass
+    cache_dir: str = ""  # image cache folder ("" = glomlib.data.cache default)
 
     def validate(self) -> None:
         if self.by not in ("slide", "patient"):
@@ -73,8 +74,10 @@ def find_latest_model(root: str | Path = "runs") -> Path:
     root = Path(root)
     found = sorted(root.glob("**/model.safetensors"), key=lambda p: p.stat().st_mtime) if root.exists() else []
     if not found:
-        raise FileNotFoundError(f"model='latest' but no model.safetensors exists under {root.resolve()}. Run a "
-                                "fine-tune first (notebook 03 or `glomlib finetune`), or pass --model PATH.")
+        raise FileNotFoundError(
+            f"model='latest' but no model.safetensors exists under {root.resolve()}. Run a "
+            "fine-tune first (notebook 03 or `glomlib finetune`), or pass --model PATH."
+        )
     return found[-1]
 
 
@@ -101,9 +104,11 @@ def latest_fold_model(root: str | Path = "runs") -> tuple[Path, list[str]]:
             continue
         if m.get("test_slides") and float(m.get("label_fraction", 1.0)) >= 1:
             return f, [str(s) for s in m["test_slides"]]
-    raise FileNotFoundError(f"model latest with manifest auto: no fold model (checkpoints/<fold>/model.safetensors with "
-                            f"test slides) under {root.resolve()}. Run a fine-tune first (notebook 03 or `glomlib "
-                            "finetune`), or pass model and a labelled manifest of slides the model never saw.")
+    raise FileNotFoundError(
+        f"model latest with manifest auto: no fold model (checkpoints/<fold>/model.safetensors with "
+        f"test slides) under {root.resolve()}. Run a fine-tune first (notebook 03 or `glomlib "
+        "finetune`), or pass model and a labelled manifest of slides the model never saw."
+    )
 
 
 def held_out_slides(model_path: Path) -> tuple[Path, list[str]]:
@@ -117,19 +122,27 @@ def held_out_slides(model_path: Path) -> tuple[Path, list[str]]:
         m = read_model_meta(f)
         if m.get("test_slides") and float(m.get("label_fraction", 1.0)) >= 1:
             return f, [str(s) for s in m["test_slides"]]
-    raise ConfigError(f"manifest auto: {model_path} was trained on every slide of its data and no fold model with "
-                      "test slides lies beside it; pass a labelled manifest of slides it never saw (manifest PATH).")
+    raise ConfigError(
+        f"manifest auto: {model_path} was trained on every slide of its data and no fold model with "
+        "test slides lies beside it; pass a labelled manifest of slides it never saw (manifest PATH)."
+    )
 
 
 def held_out_rows(data: str | Path, slides: list[str], meta: Mapping[str, Any]) -> pd.DataFrame:
     """The rows of the manifest ``data`` (read and validated) whose slide is in ``slides``."""
-    df = read_manifest(data, positive_label=meta["positive_label"], negative_label=meta.get("negative_label") or None,
-                       require_labels=True)
+    df = read_manifest(
+        data,
+        positive_label=meta["positive_label"],
+        negative_label=meta.get("negative_label") or None,
+        require_labels=True,
+    )
     sub = df[df["slide"].astype(str).isin(set(slides))].reset_index(drop=True)
     missing = sorted(set(slides) - set(sub["slide"].astype(str)))
     if missing or sub.empty:
-        raise ConfigError(f"manifest auto: the model's held-out slides {missing or slides} are not in {data}; pass "
-                          "data (the model's training manifest) or a manifest PATH.")
+        raise ConfigError(
+            f"manifest auto: the model's held-out slides {missing or slides} are not in {data}; pass "
+            "data (the model's training manifest) or a manifest PATH."
+        )
     return sub
 
 
@@ -143,8 +156,12 @@ def metrics_with_ci(y: Any, prob: Any, groups: Any, threshold: float, n_boot: in
     """Every metric of :data:`glomlib.evaluate.metrics.METRICS` at ``threshold`` with slide-bootstrap 95 % CIs."""
     ci = U.bootstrap_ci(y, prob, groups=groups, n_boot=n_boot, seed=seed, threshold=threshold)
     full = M.binary_metrics(y, prob, threshold=threshold)
-    return {"n": full["n"], "n_pos": full["n_pos"], "n_groups": int(len(set(map(str, groups)))),
-            **{m: ci[m] for m in M.METRICS}}
+    return {
+        "n": full["n"],
+        "n_pos": full["n_pos"],
+        "n_groups": int(len(set(map(str, groups)))),
+        **{m: ci[m] for m in M.METRICS},
+    }
 
 
 def _clean(obj: Any) -> Any:
@@ -175,8 +192,16 @@ def per_group_table(pred: pd.DataFrame, by: str, threshold: float) -> pd.DataFra
     rows = []
     for key, g in pred.groupby(by, sort=True):
         m = M.binary_metrics(g["y"], g["prob"], threshold=threshold)
-        rows.append({by: key, "n": m.pop("n"), "n_pos": m.pop("n_pos"), "mean_prob": float(g["prob"].mean()),
-                     "share_pred_pos": float((g["prob"] >= threshold).mean()), **m})
+        rows.append(
+            {
+                by: key,
+                "n": m.pop("n"),
+                "n_pos": m.pop("n_pos"),
+                "mean_prob": float(g["prob"].mean()),
+                "share_pred_pos": float((g["prob"] >= threshold).mean()),
+                **m,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -204,11 +229,11 @@ def reliability_figure(y: Any, probs: Mapping[str, Any], n_bins: int = 10, title
 class EvaluateResult:
     out: Path
     predictions: pd.DataFrame
-    metrics: dict                 # the content of metrics.json
+    metrics: dict  # the content of metrics.json
     per_slide: pd.DataFrame
     per_center: pd.DataFrame
     biopsy: B.BiopsyReadout
-    meta: dict                    # the model file's metadata
+    meta: dict  # the model file's metadata
 
     def table(self) -> pd.DataFrame:
         """Overall and per-centre metrics with 95 % CIs (and before/after calibration when present)."""
@@ -225,34 +250,46 @@ def _prepare_out(out: str) -> Path:
     return ensure_new_dir(out)
 
 
-def evaluate_predictions(pred: pd.DataFrame, meta: Mapping[str, Any], *, by: str = "slide",
-                         biopsy_rule: str = "auto", n_boot: int = 1000, seed: int = 0) -> dict:
+def evaluate_predictions(
+    pred: pd.DataFrame,
+    meta: Mapping[str, Any],
+    *,
+    by: str = "slide",
+    biopsy_rule: str = "auto",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
     """The metrics.json document for a predictions table (``y``, ``prob``, ``prob_raw``, ``slide``, ``center``)."""
     thr = float(meta.get("threshold", 0.5))
     groups = pred["slide"].astype(str).to_numpy()
     doc: dict[str, Any] = {
-        "threshold": thr, "threshold_rule": meta.get("threshold_rule", "fixed:0.5 (default)"),
-        "calibration": meta.get("calibration"), "positive_label": meta.get("positive_label"),
-        "negative_label": meta.get("negative_label"), "bootstrap": {"n_boot": int(n_boot), "unit": "slide",
-                                                                    "seed": int(seed)},
+        "threshold": thr,
+        "threshold_rule": meta.get("threshold_rule", "fixed:0.5 (default)"),
+        "calibration": meta.get("calibration"),
+        "positive_label": meta.get("positive_label"),
+        "negative_label": meta.get("negative_label"),
+        "bootstrap": {"n_boot": int(n_boot), "unit": "slide", "seed": int(seed)},
         "overall": metrics_with_ci(pred["y"], pred["prob"], groups, thr, n_boot, seed),
-        "per_center_ci": {}, "before_calibration": None,
+        "per_center_ci": {},
+        "before_calibration": None,
     }
     if pred["center"].astype(str).ne("").any():
         for c, g in pred.groupby("center", sort=True):
-            doc["per_center_ci"][str(c)] = metrics_with_ci(g["y"], g["prob"], g["slide"].astype(str), thr, n_boot,
-                                                           seed)
+            doc["per_center_ci"][str(c)] = metrics_with_ci(g["y"], g["prob"], g["slide"].astype(str), thr, n_boot, seed)
     src = meta.get("calibrated_from")
     if meta.get("calibration") and isinstance(src, Mapping):
         thr0 = float(src.get("threshold", 0.5))
-        doc["before_calibration"] = {**metrics_with_ci(pred["y"], pred["prob_raw"], groups, thr0, n_boot, seed),
-                                     "threshold": thr0}
+        doc["before_calibration"] = {
+            **metrics_with_ci(pred["y"], pred["prob_raw"], groups, thr0, n_boot, seed),
+            "threshold": thr0,
+        }
     rule = rule_for(meta, biopsy_rule)
     ro = B.readouts(pred, threshold=thr, rule=rule, by=by)
     doc["biopsy"] = ro.to_dict()
     if doc["before_calibration"] is not None:
-        ro0 = B.readouts(pred.assign(prob=pred["prob_raw"]), threshold=doc["before_calibration"]["threshold"],
-                         rule=rule, by=by)
+        ro0 = B.readouts(
+            pred.assign(prob=pred["prob_raw"]), threshold=doc["before_calibration"]["threshold"], rule=rule, by=by
+        )
         doc["biopsy_before_calibration"] = ro0.to_dict()
     return doc
 
@@ -262,9 +299,11 @@ def run_evaluate(cfg: EvaluateConfig | None = None, **params: Any) -> EvaluateRe
     cfg = cfg if cfg is not None else EvaluateConfig.from_params(**params)
     cfg.validate()
     if not cfg.manifest:
-        raise ConfigError("manifest is empty: pass a labelled manifest CSV (path, label, slide[, center]) to "
-                          "evaluate on, e.g. --manifest other_hospital.csv (or manifest auto: the slides a fold "
-                          "model of the fine-tune run never saw).")
+        raise ConfigError(
+            "manifest is empty: pass a labelled manifest CSV (path, label, slide[, center]) to "
+            "evaluate on, e.g. --manifest other_hospital.csv (or manifest auto: the slides a fold "
+            "model of the fine-tune run never saw)."
+        )
     held_out: list[str] | None = None
     if cfg.manifest == "auto" and cfg.model in ("latest", ""):
         model_path, held_out = latest_fold_model("runs")
@@ -276,16 +315,24 @@ def run_evaluate(cfg: EvaluateConfig | None = None, **params: Any) -> EvaluateRe
     if held_out is not None:
         df = held_out_rows(cfg.data, held_out, meta)
     else:
-        df = read_manifest(cfg.manifest, positive_label=meta["positive_label"],
-                           negative_label=meta.get("negative_label") or None, require_labels=True)
+        df = read_manifest(
+            cfg.manifest,
+            positive_label=meta["positive_label"],
+            negative_label=meta.get("negative_label") or None,
+            require_labels=True,
+        )
     if int((df["y"] == 1).sum()) == 0 and int((df["y"] == 0).sum()) == 0:
-        raise ConfigError(f"{cfg.manifest}: no image is labelled {meta['positive_label']!r} or "
-                          f"{meta.get('negative_label')!r} (the model's labels); found {sorted(set(df['label']))}.")
+        raise ConfigError(
+            f"{cfg.manifest}: no image is labelled {meta['positive_label']!r} or "
+            f"{meta.get('negative_label')!r} (the model's labels); found {sorted(set(df['label']))}."
+        )
     unlabeled = df.index[df["y"] < 0]
     if len(unlabeled):
-        raise ConfigError(f"{cfg.manifest}: {len(unlabeled)} row(s) have no label (e.g. data rows "
-                          f"{df.loc[unlabeled[:5], 'row'].tolist()}); evaluation needs every image labelled — "
-                          "use `glomlib predict` for unlabelled patches.")
+        raise ConfigError(
+            f"{cfg.manifest}: {len(unlabeled)} row(s) have no label (e.g. data rows "
+            f"{df.loc[unlabeled[:5], 'row'].tolist()}); evaluation needs every image labelled — "
+            "use `glomlib predict` for unlabelled patches."
+        )
     out = _prepare_out(cfg.out)  # claimed only once model and data are known to be usable
     manifest = cfg.manifest
     if held_out is not None:  # record exactly which rows were evaluated
@@ -300,12 +347,28 @@ def run_evaluate(cfg: EvaluateConfig | None = None, **params: Any) -> EvaluateRe
     raw = predict(model, meta, images, batch_size=cfg.batch_size, calibrated=False)
     prob = apply_calibration(raw, meta.get("calibration"))
     thr = float(meta.get("threshold", 0.5))
-    pred = pd.DataFrame({"path": df["path"], "slide": df["slide"].astype(str), "patient": df["patient"].astype(str),
-                         "center": df["center"].astype(str), "label": df["label"], "y": df["y"].astype(int),
-                         "prob": prob, "prob_raw": raw, "pred": (prob >= thr).astype(int)})
+    pred = pd.DataFrame(
+        {
+            "path": df["path"],
+            "slide": df["slide"].astype(str),
+            "patient": df["patient"].astype(str),
+            "center": df["center"].astype(str),
+            "label": df["label"],
+            "y": df["y"].astype(int),
+            "prob": prob,
+            "prob_raw": raw,
+            "pred": (prob >= thr).astype(int),
+        }
+    )
     doc = evaluate_predictions(pred, meta, by=cfg.by, biopsy_rule=cfg.biopsy_rule, n_boot=cfg.n_boot, seed=cfg.seed)
-    doc.update({"model": str(model_path), "manifest": str(Path(manifest).resolve()), "data_fingerprint": fp,
-                "held_out_slides": held_out})
+    doc.update(
+        {
+            "model": str(model_path),
+            "manifest": str(Path(manifest).resolve()),
+            "data_fingerprint": fp,
+            "held_out_slides": held_out,
+        }
+    )
     per_slide = per_group_table(pred, "slide", thr)
     per_center = per_group_table(pred, "center", thr)
     ro = B.readouts(pred, threshold=thr, rule=rule_for(meta, cfg.biopsy_rule), by=cfg.by)
@@ -323,8 +386,9 @@ def run_evaluate(cfg: EvaluateConfig | None = None, **params: Any) -> EvaluateRe
     fig = B.bland_altman_figure(ro.table, positive_label=str(meta["positive_label"]))
     save_figure(fig, out, "bland_altman")
     plt.close(fig)
-    return EvaluateResult(out=out, predictions=pred, metrics=doc, per_slide=per_slide, per_center=per_center,
-                          biopsy=ro, meta=meta)
+    return EvaluateResult(
+        out=out, predictions=pred, metrics=doc, per_slide=per_slide, per_center=per_center, biopsy=ro, meta=meta
+    )
 
 
 def centre_table(runs: Mapping[str, pd.DataFrame], threshold: float = 0.5) -> pd.DataFrame:
@@ -337,10 +401,18 @@ def centre_table(runs: Mapping[str, pd.DataFrame], threshold: float = 0.5) -> pd
         for c, g in img.groupby("center", sort=True):
             m = M.binary_metrics(g["y"], g["prob"], threshold=threshold)
             t = B.biopsy_table(g, threshold=threshold)
-            rows.append({"run": name, "centre": c, "n": m["n"], "n_pos": m["n_pos"], "auc": m["auc"],
-                         "balanced_accuracy": m["balanced_accuracy"],
-                         "biopsy_mae_prob": float(t["diff_prob"].abs().mean()),
-                         "biopsy_mae_hard": float(t["diff_hard"].abs().mean())})
+            rows.append(
+                {
+                    "run": name,
+                    "centre": c,
+                    "n": m["n"],
+                    "n_pos": m["n_pos"],
+                    "auc": m["auc"],
+                    "balanced_accuracy": m["balanced_accuracy"],
+                    "biopsy_mae_prob": float(t["diff_prob"].abs().mean()),
+                    "biopsy_mae_hard": float(t["diff_hard"].abs().mean()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -375,9 +447,11 @@ def show_summary(result: EvaluateResult) -> pd.DataFrame:
     lines = [f"**Threshold used: {m['threshold']:.3f}** — rule `{m['threshold_rule']}`, read from the model file."]
     if m.get("before_calibration"):
         cal = m["calibration"]
-        lines.append(f"The model file carries a **{cal['method']}** calibration fitted on local labels; 'before "
-                     f"calibration' is the network's own probability with its original threshold "
-                     f"{m['before_calibration']['threshold']:.3f}.")
+        lines.append(
+            f"The model file carries a **{cal['method']}** calibration fitted on local labels; 'before "
+            f"calibration' is the network's own probability with its original threshold "
+            f"{m['before_calibration']['threshold']:.3f}."
+        )
     lines.append(f"95 % CIs: percentile bootstrap over whole slides ({m['bootstrap']['n_boot']} resamples).")
     display(Markdown("\n\n".join(lines)))
     return result.table().T
@@ -390,16 +464,17 @@ def show_reliability(result: EvaluateResult):
     return Image(filename=str(result.out / "figures" / "reliability.png"))
 
 
-
 @dataclasses.dataclass
 class ExternalValidationConfig(EvaluateConfig):
     """Parameters of notebook 06: :class:`EvaluateConfig` plus the threshold-transfer experiment."""
 
-    local_sizes: list = dataclasses.field(default_factory=lambda: [10, 20, 50, 100])  # local labelled glomeruli to re-fit on
-    repeats: int = 20               # random draws per size
-    calibration: str = "platt"      # platt | isotonic
+    local_sizes: list = dataclasses.field(
+        default_factory=lambda: [10, 20, 50, 100]
+    )  # local labelled glomeruli to re-fit on
+    repeats: int = 20  # random draws per size
+    calibration: str = "platt"  # platt | isotonic
     threshold_rule: str = "youden"  # youden | sensitivity:0.9 | fixed:0.5
-    pool_fraction: float = 0.5      # share of the external slides that may give local labels; the rest are the test slides
+    pool_fraction: float = 0.5  # share of the external slides that may give local labels; the rest are the test slides
 
     def validate(self) -> None:
         super().validate()
@@ -424,17 +499,27 @@ def label_curve(result: EvaluateResult, cfg: ExternalValidationConfig) -> pd.Dat
         return None
     src = result.meta.get("calibrated_from") if result.meta.get("calibration") else None
     thr0 = float(src["threshold"]) if isinstance(src, Mapping) else float(result.meta.get("threshold", 0.5))
-    curve = CAL.local_label_curve(pred, sizes=cfg.local_sizes, repeats=cfg.repeats, method=cfg.calibration,
-                                  threshold_rule=cfg.threshold_rule, pool_fraction=cfg.pool_fraction, seed=cfg.seed,
-                                  source_threshold=thr0)
+    curve = CAL.local_label_curve(
+        pred,
+        sizes=cfg.local_sizes,
+        repeats=cfg.repeats,
+        method=cfg.calibration,
+        threshold_rule=cfg.threshold_rule,
+        pool_fraction=cfg.pool_fraction,
+        seed=cfg.seed,
+        source_threshold=thr0,
+    )
     write_csv_atomic(curve, result.out / "local_label_curve.csv")
     return curve
 
 
 # ------------------------------------------------------------------------------------------------- CLI
 def register(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="measure a saved model on a labelled manifest (external validation)",
-                              description=__doc__.splitlines()[0])
+    p = subparsers.add_parser(
+        "evaluate",
+        help="measure a saved model on a labelled manifest (external validation)",
+        description=__doc__.splitlines()[0],
+    )
     add_config_arguments(p, EvaluateConfig)
 
     def _run(args: argparse.Namespace) -> int:
@@ -446,11 +531,31 @@ def register(subparsers) -> None:
             print(res.biopsy.agreement.round(3).to_string())
             before = res.metrics.get("biopsy_before_calibration")
             if before:
-                print("before calibration: " + ", ".join(f"{k} MAE {v['mae']:.3f}" for k, v in before["agreement"].items()))
+                print(
+                    "before calibration: "
+                    + ", ".join(f"{k} MAE {v['mae']:.3f}" for k, v in before["agreement"].items())
+                )
         return 0
 
     p.set_defaults(func=_run)
 
 
-__all__ = ["EvaluateConfig", "EvaluateResult", "run_evaluate", "evaluate_predictions", "metrics_with_ci", "centre_summary",
-           "resolve_model", "find_latest_model", "ExternalValidationConfig", "label_curve", "centre_table", "held_out_slides", "held_out_rows", "reliability_figure", "ci_table", "per_group_table", "register"]
+__all__ = [
+    "EvaluateConfig",
+    "EvaluateResult",
+    "run_evaluate",
+    "evaluate_predictions",
+    "metrics_with_ci",
+    "centre_summary",
+    "resolve_model",
+    "find_latest_model",
+    "ExternalValidationConfig",
+    "label_curve",
+    "centre_table",
+    "held_out_slides",
+    "held_out_rows",
+    "reliability_figure",
+    "ci_table",
+    "per_group_table",
+    "register",
+]

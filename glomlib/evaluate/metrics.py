@@ -139,8 +139,7 @@ def summarise(per_fold: Any, metrics: Sequence[str] = METRICS, digits: int = 3) 
     return out
 
 
-def per_group_metrics(df: Any, by: Iterable[str], y_col: str = "y", prob_col: str = "prob",
-                      threshold: float = 0.5):
+def per_group_metrics(df: Any, by: Iterable[str], y_col: str = "y", prob_col: str = "prob", threshold: float = 0.5):
     """``binary_metrics`` per group of a predictions DataFrame (e.g. ``by=["seed", "fold"]``)."""
     import pandas as pd
 
@@ -177,8 +176,10 @@ def choose_threshold(y: Any, prob: Any, rule: str = "youden") -> float:
         return float(rule.split(":", 1)[1])
     y, prob = _as_arrays(y, prob)
     if len(np.unique(y)) < 2:
-        raise ValueError(f"threshold rule {rule!r} needs both positive and negative images; got only class "
-                         f"{int(y[0]) if y.size else 'none'}. Label more images or use rule='fixed:0.5'.")
+        raise ValueError(
+            f"threshold rule {rule!r} needs both positive and negative images; got only class "
+            f"{int(y[0]) if y.size else 'none'}. Label more images or use rule='fixed:0.5'."
+        )
     from sklearn.metrics import roc_curve
 
     fpr, tpr, thr = roc_curve(y, prob, drop_intermediate=False)

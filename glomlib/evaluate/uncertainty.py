@@ -38,8 +38,16 @@ def _interval(draws: list[float], alpha: float) -> tuple[float, float]:
     return tuple(float(v) for v in np.quantile(d, [alpha / 2, 1 - alpha / 2])) if d.size else (math.nan, math.nan)
 
 
-def bootstrap_ci(y: Any, prob: Any, metric: Any = None, groups: Any = None, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05, threshold: float = 0.5) -> dict[str, dict[str, float]]:
+def bootstrap_ci(
+    y: Any,
+    prob: Any,
+    metric: Any = None,
+    groups: Any = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    threshold: float = 0.5,
+) -> dict[str, dict[str, float]]:
     """Percentile bootstrap ``1 - alpha`` CIs of a metric over :func:`group_resamples`.
 
     ``metric``: ``None`` (every metric of :func:`binary_metrics` at ``threshold``), a name of :data:`METRICS`, or a
@@ -68,8 +76,9 @@ def bootstrap_ci(y: Any, prob: Any, metric: Any = None, groups: Any = None, n_bo
     return out
 
 
-def bootstrap_auc_difference(y: Any, prob_a: Any, prob_b: Any, groups: Any = None, n_boot: int = 2000,
-                             seed: int = 0, alpha: float = 0.05) -> dict[str, float]:
+def bootstrap_auc_difference(
+    y: Any, prob_a: Any, prob_b: Any, groups: Any = None, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05
+) -> dict[str, float]:
     """Percentile bootstrap CI of ``AUC(a) - AUC(b)`` on the same images (single-class resamples skipped)."""
     y, pa = _as_arrays(y, prob_a)
     _, pb = _as_arrays(y, prob_b)
@@ -77,8 +86,15 @@ def bootstrap_auc_difference(y: Any, prob_a: Any, prob_b: Any, groups: Any = Non
     diffs = [d for d in diffs if math.isfinite(d)]
     lo, hi = _interval(diffs, alpha)
     se = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan
-    return {"diff": auc(y, pa) - auc(y, pb), "ci_low": lo, "ci_high": hi, "se": se, "n_valid": len(diffs),
-            "n_boot": int(n_boot), "grouped": groups is not None}
+    return {
+        "diff": auc(y, pa) - auc(y, pb),
+        "ci_low": lo,
+        "ci_high": hi,
+        "se": se,
+        "n_valid": len(diffs),
+        "n_boot": int(n_boot),
+        "grouped": groups is not None,
+    }
 
 
 def _fast_delong(preds_sorted: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,19 +142,39 @@ def delong_test(y: Any, prob_a: Any, prob_b: Any) -> dict[str, float]:
         z = diff / se
         p = float(2 * norm.sf(abs(z)))
     q = norm.ppf(0.975)
-    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff, "se": float(se), "z": float(z),
-            "p": float(p), "ci_low": diff - q * se, "ci_high": diff + q * se}
+    return {
+        "auc_a": float(aucs[0]),
+        "auc_b": float(aucs[1]),
+        "diff": diff,
+        "se": float(se),
+        "z": float(z),
+        "p": float(p),
+        "ci_low": diff - q * se,
+        "ci_high": diff + q * se,
+    }
 
 
-def pairwise_comparisons(y: Any, probs: Mapping[str, Any], groups: Any = None, n_boot: int = 2000,
-                         seed: int = 0) -> pd.DataFrame:
+def pairwise_comparisons(
+    y: Any, probs: Mapping[str, Any], groups: Any = None, n_boot: int = 2000, seed: int = 0
+) -> pd.DataFrame:
     """For every pair of models: AUC difference, grouped-bootstrap 95% CI and DeLong p."""
     rows = []
     for a, b in itertools.combinations(list(probs), 2):
         bs = bootstrap_auc_difference(y, probs[a], probs[b], groups=groups, n_boot=n_boot, seed=seed)
         dl = delong_test(y, probs[a], probs[b])
-        rows.append({"a": a, "b": b, "auc_a": dl["auc_a"], "auc_b": dl["auc_b"], "diff": dl["diff"],
-                     "boot_ci_low": bs["ci_low"], "boot_ci_high": bs["ci_high"], "boot_n_valid": bs["n_valid"],
-                     "delong_z": dl["z"], "delong_p": dl["p"],
-                     "text": f"{dl['diff']:+.3f} [{bs['ci_low']:+.3f}, {bs['ci_high']:+.3f}], DeLong p = {dl['p']:.3g}"})
+        rows.append(
+            {
+                "a": a,
+                "b": b,
+                "auc_a": dl["auc_a"],
+                "auc_b": dl["auc_b"],
+                "diff": dl["diff"],
+                "boot_ci_low": bs["ci_low"],
+                "boot_ci_high": bs["ci_high"],
+                "boot_n_valid": bs["n_valid"],
+                "delong_z": dl["z"],
+                "delong_p": dl["p"],
+                "text": f"{dl['diff']:+.3f} [{bs['ci_low']:+.3f}, {bs['ci_high']:+.3f}], DeLong p = {dl['p']:.3g}",
+            }
+        )
     return pd.DataFrame(rows)

@@ -36,8 +36,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: backbone -> (library, its model name). The ResNets stay torchvision's (their random init and IMAGENET1K_V1
 #: weights, so scratch and ImageNet runs repeat bit for bit); timm knows EfficientNet-Lite0.
-BACKBONES = {"resnet18": ("torchvision", "resnet18"), "resnet50": ("torchvision", "resnet50"),
-             "efficientnet_lite0": ("timm", "tf_efficientnet_lite0")}
+BACKBONES = {
+    "resnet18": ("torchvision", "resnet18"),
+    "resnet50": ("torchvision", "resnet50"),
+    "efficientnet_lite0": ("timm", "tf_efficientnet_lite0"),
+}
 INITS = ("scratch", "imagenet")
 
 
@@ -108,9 +111,11 @@ def _torchvision_imagenet(model: nn.Module, name: str, weights_path: str | Path 
     fname, enum = Path(weights.url).name, f"{type(weights).__name__}.IMAGENET1K_V1"
     path = Path(weights_path) if weights_path else torch_hub_checkpoint_dir() / fname
     if weights_path and not path.is_file():
-        raise WeightsNotFoundError(f"ImageNet weights file {path} (imagenet_weights / weights_path) does not "
-                                   f"exist; give the path of a torchvision {name} state dict (.pth or "
-                                   ".safetensors), or leave it empty to use torchvision's cache.")
+        raise WeightsNotFoundError(
+            f"ImageNet weights file {path} (imagenet_weights / weights_path) does not "
+            f"exist; give the path of a torchvision {name} state dict (.pth or "
+            ".safetensors), or leave it empty to use torchvision's cache."
+        )
     if not path.is_file():
         path = _download_torchvision_weights(name, fname, enum)
     _load_checked(model, _load_state_dict_file(path), "fc.", f"{path} does not fit torchvision {name}")
@@ -130,23 +135,29 @@ def _download_torchvision_weights(name: str, fname: str, enum: str, timeout_s: f
     import torchvision
 
     target = torch_hub_checkpoint_dir() / fname
-    how = (f"Provide a local file instead: the fine-tune parameter imagenet_weights=<file> (profile: steps: "
-           f"03_finetune: per_init: {{imagenet: {{imagenet_weights: PATH}}}}; Python: weights_path=<file>), a "
-           f"torchvision {name} state dict (.pth or .safetensors); or copy {fname} (from a machine with internet: "
-           f"python -c \"import torchvision; torchvision.models.{name}(weights=torchvision.models.{enum})\") "
-           f"into {torch_hub_checkpoint_dir()} (or set TORCH_HOME).")
+    how = (
+        f"Provide a local file instead: the fine-tune parameter imagenet_weights=<file> (profile: steps: "
+        f"03_finetune: per_init: {{imagenet: {{imagenet_weights: PATH}}}}; Python: weights_path=<file>), a "
+        f"torchvision {name} state dict (.pth or .safetensors); or copy {fname} (from a machine with internet: "
+        f'python -c "import torchvision; torchvision.models.{name}(weights=torchvision.models.{enum})") '
+        f"into {torch_hub_checkpoint_dir()} (or set TORCH_HOME)."
+    )
     if offline():
-        raise WeightsNotFoundError(f"ImageNet weights for {name} are not in torchvision's cache ({target}) and "
-                                   f"GLOMLIB_OFFLINE=1 forbids downloading them. {how}")
+        raise WeightsNotFoundError(
+            f"ImageNet weights for {name} are not in torchvision's cache ({target}) and "
+            f"GLOMLIB_OFFLINE=1 forbids downloading them. {how}"
+        )
     weights = getattr(torchvision.models, enum.split(".")[0]).IMAGENET1K_V1
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout_s)  # an air-gapped network fails fast instead of hanging
     try:
         weights.get_state_dict(progress=False, check_hash=True)
     except Exception as e:  # no route, proxy, DNS, hash mismatch...
-        raise WeightsNotFoundError(f"Downloading ImageNet weights for {name} from {weights.url} failed "
-                                   f"({type(e).__name__}: {e}). {how} Set GLOMLIB_OFFLINE=1 to skip the download "
-                                   "attempt on air-gapped machines.") from e
+        raise WeightsNotFoundError(
+            f"Downloading ImageNet weights for {name} from {weights.url} failed "
+            f"({type(e).__name__}: {e}). {how} Set GLOMLIB_OFFLINE=1 to skip the download "
+            "attempt on air-gapped machines."
+        ) from e
     finally:
         socket.setdefaulttimeout(old)
     if not target.is_file():
@@ -173,9 +184,13 @@ def efficientnet_lite0_weights_file() -> Path:
     return path
 
 
-def map_state_dict_in_order(src: "OrderedDict[str, torch.Tensor] | dict[str, torch.Tensor]",
-                            target: dict[str, torch.Tensor], *, source_name: str = "source",
-                            skip_prefixes: tuple[str, ...] = ()) -> "OrderedDict[str, torch.Tensor]":
+def map_state_dict_in_order(
+    src: OrderedDict[str, torch.Tensor] | dict[str, torch.Tensor],
+    target: dict[str, torch.Tensor],
+    *,
+    source_name: str = "source",
+    skip_prefixes: tuple[str, ...] = (),
+) -> OrderedDict[str, torch.Tensor]:
     """Map ``src`` tensors one-to-one, in order, onto ``target``'s keys; every shape must match.
 
     Both state dicts must list the same layers in the same order (true for lukemelas' EfficientNet vs timm's).
@@ -215,23 +230,25 @@ def efficientnet_lite0_imagenet_classifier() -> nn.Module:
 
     model = timm.create_model(BACKBONES["efficientnet_lite0"][1], pretrained=False)
     path = efficientnet_lite0_weights_file()
-    model.load_state_dict(map_state_dict_in_order(_load_state_dict_file(path), model.state_dict(),
-                                                  source_name=str(path)))
+    model.load_state_dict(
+        map_state_dict_in_order(_load_state_dict_file(path), model.state_dict(), source_name=str(path))
+    )
     return model
 
 
 # --------------------------------------------------------------------------------------------- public
-def build_backbone(name: str, init: str = "scratch", weights_path: str | Path | None = None
-                   ) -> tuple[nn.Module, int]:
+def build_backbone(name: str, init: str = "scratch", weights_path: str | Path | None = None) -> tuple[nn.Module, int]:
     """Build an encoder: ``(module, feature_dim)``; ``module(x)`` -> ``(B, feature_dim)``.
 
     ``init``: ``"scratch"`` (random) or ``"imagenet"`` (offline weights, see module docstring).
     ``weights_path``: an explicit ImageNet state-dict file (overrides the default location).
     """
     if init not in INITS:
-        raise ValueError(f"Unknown init {init!r} for build_backbone; choose one of {list(INITS)}. "
-                         "(To start from an SSL encoder, build with init='scratch' and call "
-                         "glomlib.models.files.load_encoder_into.)")
+        raise ValueError(
+            f"Unknown init {init!r} for build_backbone; choose one of {list(INITS)}. "
+            "(To start from an SSL encoder, build with init='scratch' and call "
+            "glomlib.models.files.load_encoder_into.)"
+        )
     model = _create(name)
     dim = _num_features(model)
     if init == "imagenet" and BACKBONES[name][0] == "timm":
@@ -245,8 +262,9 @@ def build_backbone(name: str, init: str = "scratch", weights_path: str | Path | 
     return model, dim
 
 
-def to_tensor_batch(images: Any, *, device: str | torch.device | None = None, channels_last: bool = False
-                    ) -> torch.Tensor:
+def to_tensor_batch(
+    images: Any, *, device: str | torch.device | None = None, channels_last: bool = False
+) -> torch.Tensor:
     """uint8 NHWC images (one HWC image or a batch; numpy, memmap or tensor) -> ImageNet-normalised float NCHW."""
     if isinstance(images, np.ndarray) and images.ndim == 3 or isinstance(images, torch.Tensor) and images.ndim == 3:
         images = images[None]

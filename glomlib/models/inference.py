@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,9 +20,16 @@ def _plan(p: runtime.Plan | None, device: Any) -> runtime.Plan:
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, images: Any, *, mean: Sequence[float] = IMAGENET_MEAN,
-                  std: Sequence[float] = IMAGENET_STD, plan: runtime.Plan | None = None, device: Any = None,
-                  batch_size: int = 128) -> np.ndarray:
+def predict_probs(
+    model: nn.Module,
+    images: Any,
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    plan: runtime.Plan | None = None,
+    device: Any = None,
+    batch_size: int = 128,
+) -> np.ndarray:
     """Positive-class probabilities (sigmoid of the one logit) for uint8 NHWC images (tensor or numpy)."""
     p = _plan(plan, device)
     was_training = model.training
@@ -32,7 +40,7 @@ def predict_probs(model: nn.Module, images: Any, *, mean: Sequence[float] = IMAG
     try:
         with torch.inference_mode():
             for i in range(0, len(images), batch_size):
-                x = runtime.to_input(images[i:i + batch_size], mean, std, p)
+                x = runtime.to_input(images[i : i + batch_size], mean, std, p)
                 with runtime.autocast(p):
                     logits = model(x)
                 out.append(torch.sigmoid(logits.float()).cpu().numpy())
@@ -42,9 +50,17 @@ def predict_probs(model: nn.Module, images: Any, *, mean: Sequence[float] = IMAG
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, images_uint8: Any, batch_size: int = 64, *,
-                     plan: runtime.Plan | None = None, device: Any = None, image_size: int | None = None,
-                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+def extract_features(
+    backbone: nn.Module,
+    images_uint8: Any,
+    batch_size: int = 64,
+    *,
+    plan: runtime.Plan | None = None,
+    device: Any = None,
+    image_size: int | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> np.ndarray:
     """Features ``(N, D)`` (float32 numpy) of uint8 NHWC images through ``backbone`` in eval mode.
 
     ``image_size``: resize (bilinear, antialiased) to this size first when the images differ.
@@ -59,10 +75,11 @@ def extract_features(backbone: nn.Module, images_uint8: Any, batch_size: int = 6
     feats = []
     try:
         for i in range(0, len(images_uint8), batch_size):
-            x = runtime.to_input(np.asarray(images_uint8[i:i + batch_size]), mean, std, p)
+            x = runtime.to_input(np.asarray(images_uint8[i : i + batch_size]), mean, std, p)
             if image_size is not None and x.shape[-1] != image_size:
-                x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
-                                                    antialias=True, align_corners=False)
+                x = torch.nn.functional.interpolate(
+                    x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+                )
             with runtime.autocast(p):
                 f = backbone(x)
             feats.append(f.float().cpu().numpy())
