@@ -2,20 +2,9 @@
 
 A pathologist reports per biopsy, not per glomerulus: the Oxford M score is M1 when more than half of the
 glomeruli show mesangial hypercellularity; the share of globally sclerotic glomeruli (%GS) is read in bands.
-From a predictions table (one row per glomerulus: ``slide`` or ``patient``, ``y`` (0/1 truth), ``prob``):
-
-* :func:`biopsy_table` — per biopsy: number of glomeruli, true share of positives, the predicted share
-  estimated two ways — the **mean probability** and the **share of hard calls** (``prob >= threshold``) —
-  and their differences from the truth.
-* :func:`agreement` — mean absolute error, Bland–Altman bias and 95 % limits of agreement, and the intraclass
-  correlation ICC(A,1) (two-way random, absolute agreement, single rater) with its 95 % CI, from pingouin.
-* :func:`biopsy_calls` / :func:`call_metrics` — a biopsy-level call with a configurable rule
-  (``"oxford_m"``: share > 0.5 ⇒ M1; ``"gs_bands"``: %GS ≤ 10 / 10–20 / > 20; ``"cuts:0.1,0.25,0.5"``),
-  and its accuracy and (weighted) Cohen's kappa against the call from the true labels.
-* :func:`readouts` bundles these; :func:`bland_altman_figure` draws both estimates.
-
-The mean probability is usually the better estimate of a share: hard calls turn every uncertain glomerulus into
-0 or 1, and with a threshold that does not suit the data they shift every biopsy the same way.
+The predicted share is estimated two ways, the mean probability and the share of hard calls (``prob >=
+threshold``); the mean probability is usually the better estimate: hard calls turn every uncertain glomerulus
+into 0 or 1, and with a threshold that does not suit the data they shift every biopsy the same way.
 """
 
 from __future__ import annotations
@@ -162,13 +151,8 @@ def icc(true: Any, pred: Any) -> dict[str, float]:
     nan = {"icc": float("nan"), "icc_ci_low": float("nan"), "icc_ci_high": float("nan")}
     if t.size < 3 or np.ptp(np.r_[t, p]) == 0:
         return nan  # fewer than 3 biopsies, or every share identical: the ICC is undefined
-    long = pd.DataFrame(
-        {
-            "biopsy": np.r_[np.arange(t.size), np.arange(t.size)],
-            "rater": ["true"] * t.size + ["model"] * t.size,
-            "share": np.r_[t, p],
-        }
-    )
+    raters = ["true"] * t.size + ["model"] * t.size
+    long = pd.DataFrame({"biopsy": np.r_[np.arange(t.size), np.arange(t.size)], "rater": raters, "share": np.r_[t, p]})
     with warnings.catch_warnings():  # zero residual variance (perfect agreement) divides by zero inside pingouin
         warnings.simplefilter("ignore", RuntimeWarning)
         res = pg.intraclass_corr(data=long, targets="biopsy", raters="rater", ratings="share")
@@ -185,18 +169,11 @@ def agreement(table: pd.DataFrame) -> pd.DataFrame:
         diff = table[f"diff_{key}"].to_numpy(dtype=float)
         sd = float(diff.std(ddof=1)) if diff.size > 1 else float("nan")
         bias = float(diff.mean()) if diff.size else float("nan")
-        rows.append(
-            {
-                "estimate": label,
-                "n_biopsies": int(diff.size),
-                "mae": float(np.abs(diff).mean()),
-                "max_abs_error": float(np.abs(diff).max()),
-                "bias": bias,
-                "loa_low": bias - 1.96 * sd,
-                "loa_high": bias + 1.96 * sd,
-                **icc(table["true_share"], table[f"pred_share_{key}"]),
-            }
+        row = {"estimate": label, "n_biopsies": int(diff.size), "mae": float(np.abs(diff).mean())}
+        row.update(
+            max_abs_error=float(np.abs(diff).max()), bias=bias, loa_low=bias - 1.96 * sd, loa_high=bias + 1.96 * sd
         )
+        rows.append({**row, **icc(table["true_share"], table[f"pred_share_{key}"])})
     return pd.DataFrame(rows).set_index("estimate")
 
 
@@ -229,16 +206,10 @@ def call_metrics(calls: pd.DataFrame, rule: str | BiopsyRule | None = None) -> p
             kappa = float(
                 cohen_kappa_score(t, p, labels=list(range(len(labels))), weights="linear" if len(labels) > 2 else None)
             )
+        row = {"estimate": label, "n_biopsies": int(t.size), "accuracy": float(np.mean(t == p)), "kappa": kappa}
+        row["kappa_weights"] = "linear" if len(labels) > 2 else "none"
         rows.append(
-            {
-                "estimate": label,
-                "n_biopsies": int(t.size),
-                "accuracy": float(np.mean(t == p)),
-                "kappa": kappa,
-                "kappa_weights": "linear" if len(labels) > 2 else "none",
-                "n_true_positive_calls": int(np.sum(t > 0)),
-                "n_predicted_positive_calls": int(np.sum(p > 0)),
-            }
+            {**row, "n_true_positive_calls": int(np.sum(t > 0)), "n_predicted_positive_calls": int(np.sum(p > 0))}
         )
     return pd.DataFrame(rows).set_index("estimate")
 
@@ -268,15 +239,17 @@ class BiopsyReadout:
         def clean(d):
             return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
-        return {
+        r = self.rule
+        doc = {
             "by": self.by,
             "threshold": self.threshold,
-            "rule": self.rule.name,
-            "cuts": list(self.rule.cuts),
-            "labels": list(self.rule.labels),
-            "agreement": {k: clean(v) for k, v in self.agreement.to_dict(orient="index").items()},
-            "call_metrics": {k: clean(v) for k, v in self.call_metrics.to_dict(orient="index").items()},
+            "rule": r.name,
+            "cuts": list(r.cuts),
+            "labels": list(r.labels),
         }
+        for name in ("agreement", "call_metrics"):
+            doc[name] = {k: clean(v) for k, v in getattr(self, name).to_dict(orient="index").items()}
+        return doc
 
 
 def readouts(
@@ -291,15 +264,7 @@ def readouts(
     table = biopsy_table(predictions, threshold=threshold, by=by, y_col=y_col, prob_col=prob_col)
     r = parse_rule(rule)
     calls = biopsy_calls(table, r)
-    return BiopsyReadout(
-        table=table,
-        agreement=agreement(table),
-        calls=calls,
-        call_metrics=call_metrics(calls, r),
-        rule=r,
-        threshold=float(threshold),
-        by=by,
-    )
+    return BiopsyReadout(table, agreement(table), calls, call_metrics(calls, r), r, float(threshold), by)
 
 
 def runs_table(
@@ -316,18 +281,9 @@ def runs_table(
         ro = readouts(pred, threshold=threshold, rule=r, by=by)
         for est in ro.agreement.index:
             a, c = ro.agreement.loc[est], ro.call_metrics.loc[est]
-            rows.append(
-                {
-                    "run": name,
-                    "estimate": est,
-                    "biopsies": int(a["n_biopsies"]),
-                    "mae": a["mae"],
-                    "bias": a["bias"],
-                    "icc": a["icc"],
-                    f"call accuracy ({r.name})": c["accuracy"],
-                    "kappa": c["kappa"],
-                }
-            )
+            row = {"run": name, "estimate": est, "biopsies": int(a["n_biopsies"])}
+            row.update({k: a[k] for k in ("mae", "bias", "icc")})
+            rows.append({**row, f"call accuracy ({r.name})": c["accuracy"], "kappa": c["kappa"]})
     return pd.DataFrame(rows).set_index(["run", "estimate"])
 
 
@@ -417,24 +373,3 @@ def show(
 
     plt.close(fig)
     return ro
-
-
-__all__ = [
-    "BiopsyRule",
-    "BiopsyReadout",
-    "parse_rule",
-    "rule_for_label",
-    "largest_fraction",
-    "per_image",
-    "biopsy_table",
-    "icc",
-    "agreement",
-    "biopsy_calls",
-    "call_metrics",
-    "call_confusion",
-    "readouts",
-    "runs_table",
-    "bland_altman_figure",
-    "show",
-    "ESTIMATES",
-]

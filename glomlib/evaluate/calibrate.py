@@ -91,12 +91,8 @@ def calibrate_model(
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"method={method!r}: choose one of {list(CALIBRATION_METHODS)}.")
     net, meta = load_model(src, device=device)
-    df = read_manifest(
-        manifest,
-        positive_label=meta["positive_label"],
-        negative_label=meta.get("negative_label") or None,
-        require_labels=True,
-    )
+    neg = meta.get("negative_label") or None
+    df = read_manifest(manifest, positive_label=meta["positive_label"], negative_label=neg, require_labels=True)
     if (df["y"] < 0).any():
         rows = df.loc[df["y"] < 0, "row"].tolist()[:5]
         raise ConfigError(f"{manifest}: every local glomerulus needs a label (unlabelled data rows e.g. {rows}).")
@@ -105,30 +101,15 @@ def calibrate_model(
     raw = predict(net, meta, images, batch_size=batch_size, calibrated=False)
     y = df["y"].to_numpy().astype(int)
     cal, thr = refit(y, raw, method, threshold_rule)
+    src_thr = float(meta.get("threshold", 0.5))
+    if meta.get("calibration"):  # re-calibrating: the source is the network's own threshold
+        src_thr = float(meta.get("calibrated_from", {}).get("threshold", src_thr))
     new_meta = {k: v for k, v in meta.items() if k not in ("format", "weights_dtype")}  # saved in float32
-    prev_thr = (
-        float(meta.get("calibrated_from", {}).get("threshold", meta.get("threshold", 0.5)))
-        if meta.get("calibration")
-        else float(meta.get("threshold", 0.5))
-    )
-    new_meta.update(
-        {
-            "calibration": cal,
-            "threshold": thr,
-            "threshold_rule": threshold_rule,
-            "calibrated_from": {
-                "model": str(src.resolve()),
-                "model_sha256": file_sha256(src),
-                "threshold": prev_thr,
-                "threshold_rule": meta.get("threshold_rule", "fixed:0.5 (default)"),
-                "manifest": str(Path(manifest).resolve()),
-                "data_fingerprint": data_fingerprint(df),
-                "n": int(y.size),
-                "n_pos": int(y.sum()),
-                "n_slides": int(df["slide"].nunique()),
-            },
-        }
-    )
+    new_meta.update(calibration=cal, threshold=thr, threshold_rule=threshold_rule)
+    how = {"model": str(src.resolve()), "model_sha256": file_sha256(src), "threshold": src_thr}
+    how.update(threshold_rule=meta.get("threshold_rule", "fixed:0.5 (default)"), manifest=str(Path(manifest).resolve()))
+    how.update(data_fingerprint=data_fingerprint(df), n=int(y.size), n_pos=int(y.sum()))
+    new_meta["calibrated_from"] = {**how, "n_slides": int(df["slide"].nunique())}
     save_model(net, new_meta, out)
     return new_meta
 
@@ -167,51 +148,37 @@ def local_label_curve(
     in_pool = pred["slide"].astype(str).isin(pool_slides).to_numpy()
     pool, test = pred[in_pool].reset_index(drop=True), pred[~in_pool].reset_index(drop=True)
     rng = np.random.default_rng(seed + 1)
-
-    def measure(prob: np.ndarray, thr: float) -> dict[str, float]:
-        m = M.binary_metrics(test["y"], prob, threshold=thr)
-        t = B.biopsy_table(test.assign(prob=prob), threshold=thr)
-        return {
-            k: m[k] for k in ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "brier", "ece")
-        } | {
-            "threshold": thr,
-            "biopsy_mae_prob": float(t["diff_prob"].abs().mean()),
-            "biopsy_mae_hard": float(t["diff_hard"].abs().mean()),
-        }
-
-    rows = [{"n": 0, "repeat": 0, "n_pos": 0, **measure(test[col].to_numpy(float), float(source_threshold))}]
+    rows = [{"n": 0, "repeat": 0, "n_pos": 0, **_measure(test, test[col].to_numpy(float), float(source_threshold))}]
     yp = pool["y"].to_numpy().astype(int)
-    for n in sizes:
-        if n > len(pool):
-            continue
+    for n in (n for n in sizes if n <= len(pool)):
         for r in range(repeats):
-            for _ in range(100):
-                idx = rng.choice(len(pool), size=int(n), replace=False)
-                if 0 < yp[idx].sum() < n:
-                    break
-            else:
+            idx = _draw_both_classes(rng, yp, int(n))
+            if idx is None:
                 continue
             cal, thr = refit(yp[idx], pool[col].to_numpy(float)[idx], method, threshold_rule)
-            rows.append(
-                {
-                    "n": int(n),
-                    "repeat": r,
-                    "n_pos": int(yp[idx].sum()),
-                    **measure(apply_calibration(test[col].to_numpy(float), cal), thr),
-                }
-            )
+            prob = apply_calibration(test[col].to_numpy(float), cal)
+            rows.append({"n": int(n), "repeat": r, "n_pos": int(yp[idx].sum()), **_measure(test, prob, thr)})
     out = pd.DataFrame(rows)
-    out.attrs.update(
-        {
-            "pool_slides": sorted(pool_slides),
-            "test_slides": sorted(set(test["slide"].astype(str))),
-            "n_pool": int(len(pool)),
-            "n_test": int(len(test)),
-            "method": method,
-            "threshold_rule": threshold_rule,
-        }
-    )
+    out.attrs.update(pool_slides=sorted(pool_slides), test_slides=sorted(set(test["slide"].astype(str))))
+    out.attrs.update(n_pool=int(len(pool)), n_test=int(len(test)), method=method, threshold_rule=threshold_rule)
     return out
+
+
+def _draw_both_classes(rng: np.random.Generator, y: np.ndarray, n: int, tries: int = 100) -> np.ndarray | None:
+    """``n`` indices of ``y`` drawn without replacement, redrawn until both classes occur (None after ``tries``)."""
+    for _ in range(tries):
+        idx = rng.choice(len(y), size=n, replace=False)
+        if 0 < y[idx].sum() < n:
+            return idx
+    return None
+
+
+def _measure(test: pd.DataFrame, prob: np.ndarray, thr: float) -> dict[str, float]:
+    m = M.binary_metrics(test["y"], prob, threshold=thr)
+    t = B.biopsy_table(test.assign(prob=prob), threshold=thr)
+    keys = ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "brier", "ece")
+    mae = {f"biopsy_mae_{k}": float(t[f"diff_{k}"].abs().mean()) for k in ("prob", "hard")}
+    return {k: m[k] for k in keys} | {"threshold": thr, **mae}
 
 
 def summarise_curve(curve: pd.DataFrame) -> pd.DataFrame:
@@ -311,16 +278,3 @@ def register(subparsers) -> None:
         return 0
 
     p.set_defaults(func=_run)
-
-
-__all__ = [
-    "fit_calibration",
-    "refit",
-    "calibrate_model",
-    "local_split",
-    "local_label_curve",
-    "summarise_curve",
-    "curve_figure",
-    "show_curve",
-    "register",
-]

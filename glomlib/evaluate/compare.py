@@ -1,14 +1,7 @@
 """Compare fine-tuning initialisations honestly (notebook 04); reads notebook 03's runs, trains nothing.
 
-* :func:`collect_runs` finds the finished fine-tune runs to compare: ``<runs>/<init>/`` (what ``glomlib run``
-  writes), a comma-separated list of run folders, or ``latest`` (the newest finished run of each init).
-* :func:`main_runs` — every run restricted to its largest label fraction (the comparison's headline).
-* :func:`comparison_table` — the study's table: mean ± sample std over slide-grouped test folds (and seeds).
-* :func:`pairwise_tests` — for every pair of inits, the AUC difference on the same out-of-fold images with a
-  slide-grouped bootstrap 95% CI and a paired DeLong p-value.
-* :func:`label_efficiency` — AUC (mean ± std over seeds × folds) vs the label fractions the runs hold
-  (notebook 03's ``label_fractions``: one protocol, one step budget for every point).
-* :func:`plot_roc`, :func:`plot_reliability`, :func:`plot_label_efficiency`, :func:`plot_fold_aucs` — figures.
+The study's table (mean ± sample std over slide-grouped test folds and seeds), pairwise AUC differences on the
+same out-of-fold images (slide-bootstrap 95% CI, paired DeLong p), label efficiency, and figures.
 """
 
 from __future__ import annotations
@@ -80,15 +73,9 @@ def collect_runs(
     spec = str(runs)
     found: dict[str, Path] = {}
     if spec in ("latest", "auto", ""):
-        cands = sorted(
-            (
-                p.parent
-                for p in Path(root).glob("**/metrics.json")
-                if (p.parent / "predictions.csv").is_file() and (p.parent / "folds.csv").is_file()
-            ),
-            key=lambda d: (d / "metrics.json").stat().st_mtime,
-        )
-        for d in cands:  # newest last wins
+        done = [p.parent for p in Path(root).glob("**/metrics.json") if (p.parent / "predictions.csv").is_file()]
+        done = [d for d in done if (d / "folds.csv").is_file()]
+        for d in sorted(done, key=lambda d: (d / "metrics.json").stat().st_mtime):  # newest last wins
             init = _run_init(d)
             if init in inits:
                 found[init] = d
@@ -190,7 +177,7 @@ def paired_oof(runs: dict[str, dict[str, Any]]):
     if merged is None:
         raise ValueError("no runs to compare")
     if len(merged) < max(len(r["predictions"]["path"].unique()) for r in runs.values()):
-        warnings.warn("the runs predicted different images; only the images common to all are compared.")
+        warnings.warn("the runs predicted different images; only the images common to all are compared.", stacklevel=2)
     return merged.reset_index()
 
 
@@ -387,24 +374,3 @@ def save_results(out: Path, table, pairwise, le=None, runs: dict | None = None) 
         data_fingerprint=next(iter(fps.values()), None),
         extra={"run_fingerprints": fps},
     )
-
-
-__all__ = [
-    "CompareConfig",
-    "collect_runs",
-    "check_same_data",
-    "main_fraction",
-    "main_runs",
-    "comparison_table",
-    "paired_oof",
-    "pairwise_tests",
-    "label_efficiency",
-    "per_center_auc",
-    "plot_roc",
-    "plot_reliability",
-    "plot_label_efficiency",
-    "plot_fold_aucs",
-    "save_results",
-    "prepare_out",
-    "STUDY_REFERENCE",
-]

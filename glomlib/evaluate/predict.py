@@ -26,7 +26,7 @@ from glomlib.data.cache import load_images
 from glomlib.data.manifest import read_manifest
 from glomlib.data.stain import normalize_stain
 from glomlib.models.calibration import apply_calibration
-from glomlib.models.files import ModelFileError, load_model, read_model_meta, save_model
+from glomlib.models.files import ModelFileError, load_model, save_model
 from glomlib.models.inference import predict_probs
 
 
@@ -126,13 +126,4 @@ def register(subparsers) -> None:
     p.set_defaults(func=_run)
 
 
-__all__ = [
-    "PredictConfig",
-    "load_model",
-    "predict",
-    "predict_manifest",
-    "save_model",
-    "read_model_meta",
-    "ModelFileError",
-    "register",
-]
+__all__ = ["PredictConfig", "predict", "predict_manifest", "load_model", "save_model", "ModelFileError", "register"]

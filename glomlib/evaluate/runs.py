@@ -92,6 +92,3 @@ def fold_models(run_dir: str | Path, label_fraction: float | None = None) -> pd.
         )
     cols = ["label_fraction", "seed", "fold", "model", "test_slides"]
     return pd.DataFrame(rows, columns=cols).sort_values(["label_fraction", "seed", "fold"]).reset_index(drop=True)
-
-
-__all__ = ["INITS", "load_run", "label_fractions", "fraction_view", "fold_models"]
