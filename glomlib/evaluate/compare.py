@@ -197,15 +197,8 @@ def per_center_auc(runs: dict[str, dict[str, Any]]):
         p = r["predictions"]
         for c, g in p.groupby("center", sort=True):
             img = g.drop_duplicates("path")  # one row per image and seed: count images once
-            rows.append(
-                {
-                    "init": init,
-                    "center": c or "(none)",
-                    "n": len(img),
-                    "n_pos": int(img["y"].sum()),
-                    "auc": auc(g["y"], g["prob"]),
-                }
-            )
+            row = {"init": init, "center": c or "(none)", "n": len(img), "n_pos": int(img["y"].sum())}
+            rows.append({**row, "auc": auc(g["y"], g["prob"])})
     t = pd.DataFrame(rows)
     wide = t.pivot(index="center", columns="init", values="auc")[list(runs)]
     counts = t.drop_duplicates("center").set_index("center")[["n", "n_pos"]]
@@ -220,19 +213,10 @@ def label_efficiency(runs: dict[str, dict[str, Any]]):
             v = fraction_view(r, f)
             pf = pd.DataFrame(v["metrics"]["per_fold"])
             s = v["metrics"]["summary"]["auc"]
-            rows.append(
-                {
-                    "init": init,
-                    "fraction": f,
-                    "auc_mean": s["mean"],
-                    "auc_std": s["std"],
-                    "auc_text": s["text"],
-                    "n_folds": len(pf),
-                    "n_seeds": int(pf["seed"].nunique()) if "seed" in pf else 1,
-                    "n_train_median": float(pf["n_train"].median()) if "n_train" in pf else np.nan,
-                    "run": str(r["dir"]),
-                }
-            )
+            row = {"init": init, "fraction": f, "auc_mean": s["mean"], "auc_std": s["std"], "auc_text": s["text"]}
+            row.update(n_folds=len(pf), n_seeds=int(pf["seed"].nunique()) if "seed" in pf else 1)
+            n_train = float(pf["n_train"].median()) if "n_train" in pf else np.nan
+            rows.append({**row, "n_train_median": n_train, "run": str(r["dir"])})
     return pd.DataFrame(rows)
 
 
@@ -255,11 +239,8 @@ def plot_roc(runs: dict[str, dict[str, Any]], out: Path | None = None, name: str
         fpr, tpr, _ = roc_curve(p["y"], p["prob"])
         ax.plot(fpr, tpr, color=COLORS.get(init), label=f"{init}: AUC {r['metrics']['summary']['auc']['text']}")
     ax.plot([0, 1], [0, 1], ls=":", color="k", lw=0.8)
-    ax.set(
-        xlabel="1 - specificity (false-positive rate)",
-        ylabel="sensitivity (true-positive rate)",
-        title="ROC, out-of-fold predictions (slide-grouped CV)",
-    )
+    ax.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity (true-positive rate)")
+    ax.set_title("ROC, out-of-fold predictions (slide-grouped CV)")
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, out, name)
 
@@ -276,26 +257,14 @@ def plot_reliability(
         t = reliability_table(p["y"], p["prob"], n_bins=n_bins)
         ok = t["count"] > 0
         centers = (t["bin_lo"] + t["bin_hi"]) / 2
-        ax.bar(
-            centers[ok],
-            t["frac_pos"][ok],
-            width=1 / n_bins,
-            alpha=0.5,
-            color=COLORS.get(init),
-            edgecolor="k",
-            label="observed",
-        )
+        bar = {"width": 1 / n_bins, "alpha": 0.5, "color": COLORS.get(init), "edgecolor": "k", "label": "observed"}
+        ax.bar(centers[ok], t["frac_pos"][ok], **bar)
         ax.plot([0, 1], [0, 1], ls=":", color="k", lw=0.8, label="perfect calibration")
         for c, n, fp in zip(centers[ok], t["count"][ok], t["frac_pos"][ok]):
             ax.text(c, min(fp + 0.02, 0.95), f"{int(n)}", ha="center", fontsize=6)
         ece = expected_calibration_error(p["y"], p["prob"], n_bins=n_bins)
-        ax.set(
-            xlim=(0, 1),
-            ylim=(0, 1),
-            xlabel="predicted probability",
-            ylabel="observed positive fraction",
-            title=f"{init} (pooled ECE {ece:.3f})",
-        )
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed positive fraction")
+        ax.set_title(f"{init} (pooled ECE {ece:.3f})")
         ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     return _save(fig, out, name)
@@ -308,15 +277,8 @@ def plot_label_efficiency(le, out: Path | None = None, name: str = "label_effici
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for init, g in le.groupby("init", sort=False):
         g = g.sort_values("fraction")
-        ax.errorbar(
-            g["fraction"] * 100,
-            g["auc_mean"],
-            yerr=g["auc_std"],
-            marker="o",
-            capsize=3,
-            color=COLORS.get(init),
-            label=init,
-        )
+        style = {"marker": "o", "capsize": 3, "color": COLORS.get(init), "label": init}
+        ax.errorbar(g["fraction"] * 100, g["auc_mean"], yerr=g["auc_std"], **style)
     ax.set_xscale("log")
     ticks = sorted(le["fraction"].unique() * 100)
     ax.set_xticks(ticks)
@@ -325,11 +287,8 @@ def plot_label_efficiency(le, out: Path | None = None, name: str = "label_effici
 
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_ylim(top=min(1.02, ax.get_ylim()[1]))
-    ax.set(
-        xlabel="training labels used (% of the training folds)",
-        ylabel="AUC (mean ± std over test folds)",
-        title="Label efficiency",
-    )
+    ax.set(xlabel="training labels used (% of the training folds)", ylabel="AUC (mean ± std over test folds)")
+    ax.set_title("Label efficiency")
     ax.legend()
     return _save(fig, out, name)
 
@@ -353,24 +312,15 @@ def save_results(out: Path, table, pairwise, le=None, runs: dict | None = None) 
     """comparison.csv, pairwise.csv, label_efficiency.csv, comparison.json and provenance.json in ``out``."""
     table.to_csv(out / "comparison.csv")
     pairwise.to_csv(out / "pairwise.csv", index=False)
-    doc = {
-        "table": json.loads(table.to_json(orient="index")),
-        "pairwise": json.loads(pairwise.to_json(orient="records")),
-    }
+    doc = {"table": json.loads(table.to_json(orient="index"))}
+    doc["pairwise"] = json.loads(pairwise.to_json(orient="records"))
     if le is not None:
         le.to_csv(out / "label_efficiency.csv", index=False)
         doc["label_efficiency"] = json.loads(le.to_json(orient="records"))
     if runs:
         doc["runs"] = {i: str(r["dir"]) for i, r in runs.items()}
     write_json_atomic(out / "comparison.json", doc)
-    fps = {
-        i: json.loads((Path(r["dir"]) / "provenance.json").read_text()).get("data_fingerprint")
-        for i, r in (runs or {}).items()
-        if (Path(r["dir"]) / "provenance.json").exists()
-    }
-    write_provenance(
-        out,
-        json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else None,
-        data_fingerprint=next(iter(fps.values()), None),
-        extra={"run_fingerprints": fps},
-    )
+    provs = {i: Path(r["dir"]) / "provenance.json" for i, r in (runs or {}).items()}
+    fps = {i: json.loads(p.read_text()).get("data_fingerprint") for i, p in provs.items() if p.exists()}
+    cfg = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else None
+    write_provenance(out, cfg, data_fingerprint=next(iter(fps.values()), None), extra={"run_fingerprints": fps})
