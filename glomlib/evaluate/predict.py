@@ -1,12 +1,5 @@
-"""Apply a fine-tuned model to new glomerulus patches.
-
-A fine-tune run saves ``model.safetensors``: the classifier's weights plus metadata that describe how to use
-them (``backbone``, ``image_size``, normalisation ``mean``/``std``, ``positive_label``, ``negative_label``,
-``init``, ``threshold``...). Loading needs no pickle: safetensors holds only tensors and strings.
-
-* :func:`load_model` -> ``(model, meta)``; :func:`predict` -> probability of the positive label per image.
-* ``glomlib predict --model MODEL --manifest CSV --out CSV`` writes ``path, prob, pred_label`` (+ ``label``
-  when the manifest has labels); the manifest may be unlabeled. It never overwrites an existing ``--out``.
+"""Apply a fine-tuned ``model.safetensors`` (weights plus the metadata that says how to use them; no pickle) to
+new patches: :func:`predict` per image, ``glomlib predict`` per manifest (never overwriting ``--out``).
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
 """Frozen-feature evaluation of an encoder: feature extraction, linear probe and kNN with grouped folds.
 
-A linear probe (logistic regression on frozen features) and a kNN classifier are the standard ways to ask
-"did self-supervised pretraining learn something useful?" without fine-tuning. Folds must be grouped by
-slide (or patient): patches of one slide look alike, and letting them straddle train and test inflates
-every number. Pass folds from :func:`glomlib.data.splits.assign_folds`.
-
-``glomlib probe`` (:class:`ProbeConfig`) runs :func:`probe_encoder` on a manifest, e.g.
-``glomlib probe --encoder runs/<ssl run>/encoder.safetensors --image-size 96``.
+``glomlib probe`` runs them on a manifest. Folds are grouped by slide: patches of one slide look alike, and letting
+them straddle train and test inflates every number.
 """
 
 from __future__ import annotations

@@ -96,21 +96,23 @@ def save_safetensors_atomic(module, meta: dict[str, Any], path: str | Path, dtyp
     return write_with(path, lambda tmp: save_file(sd, str(tmp), metadata=_meta_to_strings(meta)), fsync=True)
 
 
+def _read_meta(path: Path, error: type[Exception], missing: str, kind: str) -> dict[str, Any]:
+    """A safetensors file's metadata (without its tensors); ``error`` with ``missing`` when there is no file."""
+    if not path.is_file():
+        raise error(missing)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return meta_from_strings(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error types
+        raise error(f"{path} is not a readable {kind}: {e}") from e
+
+
 def read_encoder_meta(path: str | Path) -> dict[str, Any]:
     """The metadata of an encoder file (without loading its tensors)."""
 
-    path = Path(path)
-    if not path.is_file():
-        raise EncoderFileError(
-            f"Encoder file {path} does not exist. Run SSL pretraining first (notebook 02 or `glomlib ssl`), "
-            "which writes <run>/encoder.safetensors, and pass that path."
-        )
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types
-        raise EncoderFileError(f"{path} is not a readable safetensors encoder file: {e}") from e
-    return meta_from_strings(meta)
+    how = "Run SSL pretraining first (notebook 02 or `glomlib ssl`), which writes <run>/encoder.safetensors"
+    missing = f"Encoder file {path} does not exist. {how}, and pass that path."
+    return _read_meta(Path(path), EncoderFileError, missing, "safetensors encoder file")
 
 
 def load_encoder_into(
@@ -166,18 +168,8 @@ def save_model(model, meta: dict[str, Any], path: str | Path, dtype: torch.dtype
 
 def read_model_meta(path: str | Path) -> dict[str, Any]:
 
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(
-            f"Model file {path} does not exist. A fine-tune run (notebook 03 or `glomlib "
-            "finetune`) writes <run>/model.safetensors; pass that path."
-        )
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-    except Exception as e:
-        raise ModelFileError(f"{path} is not a readable safetensors file: {e}") from e
-    meta = meta_from_strings(raw)
+    how = "A fine-tune run (notebook 03 or `glomlib finetune`) writes <run>/model.safetensors; pass that path."
+    meta = _read_meta(Path(path), ModelFileError, f"Model file {path} does not exist. {how}", "safetensors file")
     if meta.get("format") != MODEL_FORMAT:
         raise ModelFileError(
             f"{path} is not a glomlib fine-tuned model (format={meta.get('format')!r}; expected "
