@@ -178,16 +178,8 @@ def label_curve(result: EvaluateResult, cfg: ExternalValidationConfig) -> pd.Dat
         return None
     src = result.meta.get("calibrated_from") if result.meta.get("calibration") else None
     thr0 = float(src["threshold"]) if isinstance(src, Mapping) else float(result.meta.get("threshold", 0.5))
-    curve = CAL.local_label_curve(
-        pred,
-        sizes=cfg.local_sizes,
-        repeats=cfg.repeats,
-        method=cfg.calibration,
-        threshold_rule=cfg.threshold_rule,
-        pool_fraction=cfg.pool_fraction,
-        seed=cfg.seed,
-        source_threshold=thr0,
-    )
+    how = {"method": cfg.calibration, "threshold_rule": cfg.threshold_rule, "pool_fraction": cfg.pool_fraction}
+    curve = CAL.local_label_curve(pred, cfg.local_sizes, cfg.repeats, **how, seed=cfg.seed, source_threshold=thr0)
     write_csv_atomic(curve, result.out / "local_label_curve.csv")
     return curve
 

@@ -104,35 +104,25 @@ def evaluate_predictions(
     """The metrics.json document for a predictions table (``y``, ``prob``, ``prob_raw``, ``slide``, ``center``)."""
     thr = float(meta.get("threshold", 0.5))
     groups = pred["slide"].astype(str).to_numpy()
-    doc: dict[str, Any] = {
-        "threshold": thr,
-        "threshold_rule": meta.get("threshold_rule", "fixed:0.5 (default)"),
-        "calibration": meta.get("calibration"),
-        "positive_label": meta.get("positive_label"),
-        "negative_label": meta.get("negative_label"),
-        "bootstrap": {"n_boot": int(n_boot), "unit": "slide", "seed": int(seed)},
-        "overall": metrics_with_ci(pred["y"], pred["prob"], groups, thr, n_boot, seed),
-        "per_center_ci": {},
-        "before_calibration": None,
-    }
+    doc: dict[str, Any] = {k: meta.get(k) for k in ("calibration", "positive_label", "negative_label")}
+    doc = {"threshold": thr, "threshold_rule": meta.get("threshold_rule", "fixed:0.5 (default)"), **doc}
+    doc["bootstrap"] = {"n_boot": int(n_boot), "unit": "slide", "seed": int(seed)}
+    doc["overall"] = metrics_with_ci(pred["y"], pred["prob"], groups, thr, n_boot, seed)
+    doc["per_center_ci"], doc["before_calibration"] = {}, None
     if pred["center"].astype(str).ne("").any():
         for c, g in pred.groupby("center", sort=True):
             doc["per_center_ci"][str(c)] = metrics_with_ci(g["y"], g["prob"], g["slide"].astype(str), thr, n_boot, seed)
     src = meta.get("calibrated_from")
     if meta.get("calibration") and isinstance(src, Mapping):
         thr0 = float(src.get("threshold", 0.5))
-        doc["before_calibration"] = {
-            **metrics_with_ci(pred["y"], pred["prob_raw"], groups, thr0, n_boot, seed),
-            "threshold": thr0,
-        }
+        doc["before_calibration"] = {**metrics_with_ci(pred["y"], pred["prob_raw"], groups, thr0, n_boot, seed)}
+        doc["before_calibration"]["threshold"] = thr0
     rule = rule_for(meta, biopsy_rule)
     ro = B.readouts(pred, threshold=thr, rule=rule, by=by)
     doc["biopsy"] = ro.to_dict()
     if doc["before_calibration"] is not None:
-        ro0 = B.readouts(
-            pred.assign(prob=pred["prob_raw"]), threshold=doc["before_calibration"]["threshold"], rule=rule, by=by
-        )
-        doc["biopsy_before_calibration"] = ro0.to_dict()
+        thr0 = doc["before_calibration"]["threshold"]
+        doc["biopsy_before_calibration"] = B.readouts(pred.assign(prob=pred["prob_raw"]), thr0, rule, by).to_dict()
     return doc
 
 
