@@ -16,6 +16,7 @@ from glomlib.cli import main
 from glomlib.data.cache import load_images
 from glomlib.evaluate import biopsy as B
 from glomlib.evaluate import metrics as M
+from glomlib.evaluate import uncertainty as U
 from glomlib.evaluate.calibrate import calibrate_model, fit_calibration, local_label_curve
 from glomlib.evaluate.external import EvaluateConfig, run_evaluate
 from glomlib.evaluate.predict import load_model, predict
@@ -208,18 +209,18 @@ def test_local_label_curve_is_slide_disjoint():
 def test_bootstrap_ci_resamples_whole_slides():
     y = np.array([0, 1, 0, 1, 0, 1])
     p = np.array([0.1, 0.9, 0.2, 0.8, 0.4, 0.6])
-    one = M.bootstrap_ci(y, p, metric="auc", groups=["a"] * 6, n_boot=50)
+    one = U.bootstrap_ci(y, p, metric="auc", groups=["a"] * 6, n_boot=50)
     assert one["auc"]["ci_low"] == one["auc"]["ci_high"] == one["auc"]["value"] == 1.0  # one slide: no spread
-    acc = M.bootstrap_ci(y, p, metric=lambda yy, pp: float(np.mean((pp >= 0.5) == yy)), groups=list("aabbcc"),
+    acc = U.bootstrap_ci(y, p, metric=lambda yy, pp: float(np.mean((pp >= 0.5) == yy)), groups=list("aabbcc"),
                          n_boot=50)
     assert acc["value"]["value"] == 1.0 and acc["value"]["n_valid"] == 50
     y2 = np.r_[np.zeros(20), np.ones(20)].astype(int)
     p2 = np.random.default_rng(0).random(40)
-    ci = M.bootstrap_ci(y2, p2, groups=np.repeat(np.arange(8), 5), n_boot=300)
+    ci = U.bootstrap_ci(y2, p2, groups=np.repeat(np.arange(8), 5), n_boot=300)
     assert set(M.METRICS) <= set(ci)
     assert ci["accuracy"]["ci_low"] < ci["accuracy"]["value"] < ci["accuracy"]["ci_high"]
     with pytest.raises(ValueError, match="one per image"):
-        M.bootstrap_ci(y2, p2, groups=[0, 1])
+        U.bootstrap_ci(y2, p2, groups=[0, 1])
 
 
 def test_choose_threshold_rules():

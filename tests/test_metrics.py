@@ -11,6 +11,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, brier_scor
                              roc_auc_score)
 
 from glomlib.evaluate import metrics as M
+from glomlib.evaluate import uncertainty as U
 
 
 def _synthetic(n=300, seed=0, shift=1.0):
@@ -105,7 +106,7 @@ def _delong_direct(y, a, b):
 def test_delong_matches_direct_definition_with_ties():
     y, a, b = _synthetic(n=120, seed=3)
     a = np.round(a, 1)  # many ties
-    d = M.delong_test(y, a, b)
+    d = U.delong_test(y, a, b)
     aa, ab, var = _delong_direct(y, a, b)
     assert d["auc_a"] == pytest.approx(aa) and d["auc_a"] == pytest.approx(roc_auc_score(y, a))
     assert d["auc_b"] == pytest.approx(ab)
@@ -119,20 +120,20 @@ def test_delong_single_auc_hand_case():
     # pos scores [0.9, 0.4], neg [0.6, 0.2, 0.1]: V10 = [1, 2/3], V01 = [1/2, 1, 1]
     y = np.array([1, 1, 0, 0, 0])
     p = np.array([0.9, 0.4, 0.6, 0.2, 0.1])
-    a, v = M.delong_auc_variance(y, p)
+    a, v = U.delong_auc_variance(y, p)
     expected = np.var([1, 2 / 3], ddof=1) / 2 + np.var([0.5, 1, 1], ddof=1) / 3
     assert a == pytest.approx(5 / 6) and v == pytest.approx(expected)
 
 
 def test_delong_se_agrees_with_bootstrap():
     y, a, b = _synthetic(n=400, seed=1)
-    d = M.delong_test(y, a, b)
-    bs = M.bootstrap_auc_difference(y, a, b, n_boot=600, seed=0)
+    d = U.delong_test(y, a, b)
+    bs = U.bootstrap_auc_difference(y, a, b, n_boot=600, seed=0)
     assert bs["diff"] == pytest.approx(d["diff"])
     assert bs["se"] == pytest.approx(d["se"], rel=0.2)
     assert bs["ci_low"] < d["diff"] < bs["ci_high"]
     assert d["p"] < 0.05  # a is clearly better by construction
-    same = M.delong_test(y, a, a)
+    same = U.delong_test(y, a, a)
     assert same["p"] == 1.0 and same["diff"] == 0.0
 
 
@@ -143,15 +144,15 @@ def test_grouped_bootstrap_is_wider_for_clustered_data():
     y = (rng.random(slides.size) < 0.3).astype(int)
     a = y * 1.0 + slide_effect + rng.normal(size=slides.size) * 0.5
     b = y * 0.5 + slide_effect * 1.5 + rng.normal(size=slides.size) * 0.5
-    g = M.bootstrap_auc_difference(y, a, b, groups=slides, n_boot=400, seed=0)
-    i = M.bootstrap_auc_difference(y, a, b, n_boot=400, seed=0)
+    g = U.bootstrap_auc_difference(y, a, b, groups=slides, n_boot=400, seed=0)
+    i = U.bootstrap_auc_difference(y, a, b, n_boot=400, seed=0)
     assert g["grouped"] and not i["grouped"]
     assert g["ci_high"] - g["ci_low"] > i["ci_high"] - i["ci_low"]
 
 
 def test_pairwise_comparisons_table():
     y, a, b = _synthetic(n=200, seed=2)
-    t = M.pairwise_comparisons(y, {"glom": a, "imagenet": b, "scratch": 1 - b}, groups=np.arange(200) // 10,
+    t = U.pairwise_comparisons(y, {"glom": a, "imagenet": b, "scratch": 1 - b}, groups=np.arange(200) // 10,
                                n_boot=100)
     assert list(zip(t["a"], t["b"])) == [("glom", "imagenet"), ("glom", "scratch"), ("imagenet", "scratch")]
     assert {"diff", "boot_ci_low", "boot_ci_high", "delong_p", "text"} <= set(t.columns)

@@ -2,20 +2,9 @@
 
 A pathologist reports per biopsy, not per glomerulus: the Oxford M score is M1 when more than half of the
 glomeruli show mesangial hypercellularity; the share of globally sclerotic glomeruli (%GS) is read in bands.
-From a predictions table (one row per glomerulus: ``slide`` or ``patient``, ``y`` (0/1 truth), ``prob``):
-
-* :func:`biopsy_table` — per biopsy: number of glomeruli, true share of positives, the predicted share
-  estimated two ways — the **mean probability** and the **share of hard calls** (``prob >= threshold``) —
-  and their differences from the truth.
-* :func:`agreement` — mean absolute error, Bland–Altman bias and 95 % limits of agreement, and the intraclass
-  correlation ICC(A,1) (two-way random, absolute agreement, single rater) with its 95 % CI, from pingouin.
-* :func:`biopsy_calls` / :func:`call_metrics` — a biopsy-level call with a configurable rule
-  (``"oxford_m"``: share > 0.5 ⇒ M1; ``"gs_bands"``: %GS ≤ 10 / 10–20 / > 20; ``"cuts:0.1,0.25,0.5"``),
-  and its accuracy and (weighted) Cohen's kappa against the call from the true labels.
-* :func:`readouts` bundles these; :func:`bland_altman_figure` draws both estimates.
-
-The mean probability is usually the better estimate of a share: hard calls turn every uncertain glomerulus into
-0 or 1, and with a threshold that does not suit the data they shift every biopsy the same way.
+The predicted share is estimated two ways, the mean probability and the share of hard calls (``prob >=
+threshold``); the mean probability is usually the better estimate: hard calls turn every uncertain glomerulus
+into 0 or 1, and with a threshold that does not suit the data they shift every biopsy the same way.
 """
 
 from __future__ import annotations
@@ -80,8 +69,11 @@ def parse_rule(rule: str | BiopsyRule) -> BiopsyRule:
     else:
         raise ValueError(f"unknown biopsy rule {rule!r}; use 'oxford_m', 'gs_bands' or 'cuts:0.1,0.2'.")
     edges = (0.0,) + cuts + (1.0,)
-    labels = [f"≤{_pct(cuts[0])}"] + [f"{_pct(a)}–{_pct(b)}" for a, b in zip(edges[1:-2], edges[2:-1])] \
+    labels = (
+        [f"≤{_pct(cuts[0])}"]
+        + [f"{_pct(a)}–{_pct(b)}" for a, b in zip(edges[1:-2], edges[2:-1])]
         + [f">{_pct(cuts[-1])}"]
+    )
     return BiopsyRule(r if r.startswith("cuts:") else "gs_bands", cuts, tuple(labels))
 
 
@@ -99,11 +91,15 @@ def per_image(predictions: pd.DataFrame, y_col: str = "y", prob_col: str = "prob
     trained on different label fractions are never averaged together: select one first (:func:`largest_fraction`)."""
     missing = [c for c in (y_col, prob_col) if c not in predictions.columns]
     if missing:
-        raise ValueError(f"predictions lack column(s) {missing}; they need {y_col!r} (0/1 truth) and "
-                         f"{prob_col!r} (probability of the positive label). Columns: {list(predictions.columns)}.")
+        raise ValueError(
+            f"predictions lack column(s) {missing}; they need {y_col!r} (0/1 truth) and "
+            f"{prob_col!r} (probability of the positive label). Columns: {list(predictions.columns)}."
+        )
     if "label_fraction" in predictions.columns and predictions["label_fraction"].nunique() > 1:
-        raise ValueError(f"predictions of {predictions['label_fraction'].nunique()} label fractions "
-                         f"({sorted(predictions['label_fraction'].unique())}); select one, e.g. with largest_fraction().")
+        raise ValueError(
+            f"predictions of {predictions['label_fraction'].nunique()} label fractions "
+            f"({sorted(predictions['label_fraction'].unique())}); select one, e.g. with largest_fraction()."
+        )
     if "path" not in predictions.columns or not predictions["path"].duplicated().any():
         return predictions.reset_index(drop=True)
     keep = {c: "first" for c in predictions.columns if c not in ("path", prob_col)}
@@ -111,8 +107,9 @@ def per_image(predictions: pd.DataFrame, y_col: str = "y", prob_col: str = "prob
     return predictions.groupby("path", sort=False).agg(keep).reset_index()
 
 
-def biopsy_table(predictions: pd.DataFrame, threshold: float = 0.5, by: str = "slide", y_col: str = "y",
-                 prob_col: str = "prob") -> pd.DataFrame:
+def biopsy_table(
+    predictions: pd.DataFrame, threshold: float = 0.5, by: str = "slide", y_col: str = "y", prob_col: str = "prob"
+) -> pd.DataFrame:
     """One row per biopsy (``by``: ``slide`` or ``patient``): ``n``, ``n_pos``, ``true_share``,
     ``pred_share_prob`` (mean probability), ``pred_share_hard`` (share with ``prob >= threshold``),
     ``diff_prob`` and ``diff_hard`` (predicted - true), and ``center`` when known."""
@@ -121,13 +118,22 @@ def biopsy_table(predictions: pd.DataFrame, threshold: float = 0.5, by: str = "s
         raise ValueError(f"predictions have no {by!r} column to group biopsies by; columns: {list(df.columns)}.")
     if df[by].astype(str).eq("").any():
         bad = df.index[df[by].astype(str).eq("")][:5].tolist()
-        raise ValueError(f"{int(df[by].astype(str).eq('').sum())} prediction row(s) have an empty {by!r} "
-                         f"(e.g. rows {bad}); every glomerulus needs its biopsy.")
+        raise ValueError(
+            f"{int(df[by].astype(str).eq('').sum())} prediction row(s) have an empty {by!r} "
+            f"(e.g. rows {bad}); every glomerulus needs its biopsy."
+        )
     d = pd.DataFrame({by: df[by].astype(str), "y": df[y_col].astype(float), "prob": df[prob_col].astype(float)})
     d["hard"] = (d["prob"] >= float(threshold)).astype(float)
     g = d.groupby(by, sort=True)
-    t = pd.DataFrame({"n": g.size(), "n_pos": g["y"].sum().astype(int), "true_share": g["y"].mean(),
-                      "pred_share_prob": g["prob"].mean(), "pred_share_hard": g["hard"].mean()})
+    t = pd.DataFrame(
+        {
+            "n": g.size(),
+            "n_pos": g["y"].sum().astype(int),
+            "true_share": g["y"].mean(),
+            "pred_share_prob": g["prob"].mean(),
+            "pred_share_hard": g["hard"].mean(),
+        }
+    )
     t["diff_prob"] = t["pred_share_prob"] - t["true_share"]
     t["diff_hard"] = t["pred_share_hard"] - t["true_share"]
     if "center" in df.columns:
@@ -145,8 +151,8 @@ def icc(true: Any, pred: Any) -> dict[str, float]:
     nan = {"icc": float("nan"), "icc_ci_low": float("nan"), "icc_ci_high": float("nan")}
     if t.size < 3 or np.ptp(np.r_[t, p]) == 0:
         return nan  # fewer than 3 biopsies, or every share identical: the ICC is undefined
-    long = pd.DataFrame({"biopsy": np.r_[np.arange(t.size), np.arange(t.size)],
-                         "rater": ["true"] * t.size + ["model"] * t.size, "share": np.r_[t, p]})
+    raters = ["true"] * t.size + ["model"] * t.size
+    long = pd.DataFrame({"biopsy": np.r_[np.arange(t.size), np.arange(t.size)], "rater": raters, "share": np.r_[t, p]})
     with warnings.catch_warnings():  # zero residual variance (perfect agreement) divides by zero inside pingouin
         warnings.simplefilter("ignore", RuntimeWarning)
         res = pg.intraclass_corr(data=long, targets="biopsy", raters="rater", ratings="share")
@@ -163,10 +169,11 @@ def agreement(table: pd.DataFrame) -> pd.DataFrame:
         diff = table[f"diff_{key}"].to_numpy(dtype=float)
         sd = float(diff.std(ddof=1)) if diff.size > 1 else float("nan")
         bias = float(diff.mean()) if diff.size else float("nan")
-        rows.append({"estimate": label, "n_biopsies": int(diff.size), "mae": float(np.abs(diff).mean()),
-                     "max_abs_error": float(np.abs(diff).max()), "bias": bias,
-                     "loa_low": bias - 1.96 * sd, "loa_high": bias + 1.96 * sd,
-                     **icc(table["true_share"], table[f"pred_share_{key}"])})
+        row = {"estimate": label, "n_biopsies": int(diff.size), "mae": float(np.abs(diff).mean())}
+        row.update(
+            max_abs_error=float(np.abs(diff).max()), bias=bias, loa_low=bias - 1.96 * sd, loa_high=bias + 1.96 * sd
+        )
+        rows.append({**row, **icc(table["true_share"], table[f"pred_share_{key}"])})
     return pd.DataFrame(rows).set_index("estimate")
 
 
@@ -196,11 +203,14 @@ def call_metrics(calls: pd.DataFrame, rule: str | BiopsyRule | None = None) -> p
         if len(set(t) | set(p)) < 2:
             kappa = float("nan")  # one category everywhere: kappa is undefined
         else:
-            kappa = float(cohen_kappa_score(t, p, labels=list(range(len(labels))),
-                                            weights="linear" if len(labels) > 2 else None))
-        rows.append({"estimate": label, "n_biopsies": int(t.size), "accuracy": float(np.mean(t == p)),
-                     "kappa": kappa, "kappa_weights": "linear" if len(labels) > 2 else "none",
-                     "n_true_positive_calls": int(np.sum(t > 0)), "n_predicted_positive_calls": int(np.sum(p > 0))})
+            kappa = float(
+                cohen_kappa_score(t, p, labels=list(range(len(labels))), weights="linear" if len(labels) > 2 else None)
+            )
+        row = {"estimate": label, "n_biopsies": int(t.size), "accuracy": float(np.mean(t == p)), "kappa": kappa}
+        row["kappa_weights"] = "linear" if len(labels) > 2 else "none"
+        rows.append(
+            {**row, "n_true_positive_calls": int(np.sum(t > 0)), "n_predicted_positive_calls": int(np.sum(p > 0))}
+        )
     return pd.DataFrame(rows).set_index("estimate")
 
 
@@ -208,17 +218,18 @@ def call_confusion(calls: pd.DataFrame, estimate: str = "prob") -> pd.DataFrame:
     """Biopsies per (true call, predicted call) for one estimate (``prob`` or ``hard``)."""
     r = calls.attrs.get("rule")
     labels = list(r.labels) if r is not None else sorted(set(calls["true_call"]) | set(calls[f"call_{estimate}"]))
-    ct = pd.crosstab(pd.Categorical(calls["true_call"], labels), pd.Categorical(calls[f"call_{estimate}"], labels),
-                     dropna=False)
+    ct = pd.crosstab(
+        pd.Categorical(calls["true_call"], labels), pd.Categorical(calls[f"call_{estimate}"], labels), dropna=False
+    )
     ct.index.name, ct.columns.name = "true call", f"call from {ESTIMATES[estimate]}"
     return ct
 
 
 @dataclasses.dataclass
 class BiopsyReadout:
-    table: pd.DataFrame        # one row per biopsy
-    agreement: pd.DataFrame    # MAE, Bland–Altman, ICC per estimate
-    calls: pd.DataFrame        # true and predicted calls per biopsy
+    table: pd.DataFrame  # one row per biopsy
+    agreement: pd.DataFrame  # MAE, Bland–Altman, ICC per estimate
+    calls: pd.DataFrame  # true and predicted calls per biopsy
     call_metrics: pd.DataFrame  # accuracy, kappa per estimate
     rule: BiopsyRule
     threshold: float
@@ -228,24 +239,37 @@ class BiopsyReadout:
         def clean(d):
             return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
-        return {"by": self.by, "threshold": self.threshold, "rule": self.rule.name, "cuts": list(self.rule.cuts),
-                "labels": list(self.rule.labels),
-                "agreement": {k: clean(v) for k, v in self.agreement.to_dict(orient="index").items()},
-                "call_metrics": {k: clean(v) for k, v in self.call_metrics.to_dict(orient="index").items()}}
+        r = self.rule
+        doc = {
+            "by": self.by,
+            "threshold": self.threshold,
+            "rule": r.name,
+            "cuts": list(r.cuts),
+            "labels": list(r.labels),
+        }
+        for name in ("agreement", "call_metrics"):
+            doc[name] = {k: clean(v) for k, v in getattr(self, name).to_dict(orient="index").items()}
+        return doc
 
 
-def readouts(predictions: pd.DataFrame, threshold: float = 0.5, rule: str | BiopsyRule = "oxford_m",
-             by: str = "slide", y_col: str = "y", prob_col: str = "prob") -> BiopsyReadout:
+def readouts(
+    predictions: pd.DataFrame,
+    threshold: float = 0.5,
+    rule: str | BiopsyRule = "oxford_m",
+    by: str = "slide",
+    y_col: str = "y",
+    prob_col: str = "prob",
+) -> BiopsyReadout:
     """Every biopsy-level read-out of ``predictions`` (see the module docstring)."""
     table = biopsy_table(predictions, threshold=threshold, by=by, y_col=y_col, prob_col=prob_col)
     r = parse_rule(rule)
     calls = biopsy_calls(table, r)
-    return BiopsyReadout(table=table, agreement=agreement(table), calls=calls, call_metrics=call_metrics(calls, r),
-                         rule=r, threshold=float(threshold), by=by)
+    return BiopsyReadout(table, agreement(table), calls, call_metrics(calls, r), r, float(threshold), by)
 
 
-def runs_table(runs: dict[str, pd.DataFrame], threshold: float = 0.5, rule: str | BiopsyRule = "auto",
-               by: str = "slide") -> pd.DataFrame:
+def runs_table(
+    runs: dict[str, pd.DataFrame], threshold: float = 0.5, rule: str | BiopsyRule = "auto", by: str = "slide"
+) -> pd.DataFrame:
     """Biopsy-level agreement of several runs (e.g. one per init) side by side: per run and estimate, MAE, bias,
     ICC(A,1) and the biopsy-call accuracy and kappa. ``runs``: name -> out-of-fold predictions (the largest
     label fraction is used when several are present)."""
@@ -257,9 +281,9 @@ def runs_table(runs: dict[str, pd.DataFrame], threshold: float = 0.5, rule: str 
         ro = readouts(pred, threshold=threshold, rule=r, by=by)
         for est in ro.agreement.index:
             a, c = ro.agreement.loc[est], ro.call_metrics.loc[est]
-            rows.append({"run": name, "estimate": est, "biopsies": int(a["n_biopsies"]), "mae": a["mae"],
-                         "bias": a["bias"], "icc": a["icc"], f"call accuracy ({r.name})": c["accuracy"],
-                         "kappa": c["kappa"]})
+            row = {"run": name, "estimate": est, "biopsies": int(a["n_biopsies"])}
+            row.update({k: a[k] for k in ("mae", "bias", "icc")})
+            rows.append({**row, f"call accuracy ({r.name})": c["accuracy"], "kappa": c["kappa"]})
     return pd.DataFrame(rows).set_index(["run", "estimate"])
 
 
@@ -272,8 +296,13 @@ def bland_altman_figure(table: pd.DataFrame, title: str = "", positive_label: st
     ax0.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
     for key, marker in (("prob", "o"), ("hard", "x")):
         ax0.scatter(table["true_share"], table[f"pred_share_{key}"], marker=marker, s=28, label=ESTIMATES[key])
-    ax0.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel=f"true share of {positive_label}",
-            ylabel="predicted share", title="predicted vs true share per biopsy")
+    ax0.set(
+        xlim=(-0.02, 1.02),
+        ylim=(-0.02, 1.02),
+        xlabel=f"true share of {positive_label}",
+        ylabel="predicted share",
+        title="predicted vs true share per biopsy",
+    )
     ax0.legend(fontsize=8, frameon=False)
     for ax, key in zip(axes[1:], ESTIMATES):
         mean = (table["true_share"] + table[f"pred_share_{key}"]) / 2
@@ -286,8 +315,11 @@ def bland_altman_figure(table: pd.DataFrame, title: str = "", positive_label: st
         for v in (bias - 1.96 * sd, bias + 1.96 * sd):
             ax.axhline(v, color="k", lw=0.8, ls=":")
         ax.axhline(0, color="grey", lw=0.6)
-        ax.set(xlabel="mean of predicted and true share", ylabel="predicted − true",
-               title=f"Bland–Altman: {ESTIMATES[key]}\n(dotted: 95% limits of agreement)")
+        ax.set(
+            xlabel="mean of predicted and true share",
+            ylabel="predicted − true",
+            title=f"Bland–Altman: {ESTIMATES[key]}\n(dotted: 95% limits of agreement)",
+        )
         ax.legend(fontsize=8, frameon=False, loc="upper left")
     for ax in axes[1:]:
         ax.set_ylim(min(-0.3, *(a.get_ylim()[0] for a in axes[1:])), max(0.3, *(a.get_ylim()[1] for a in axes[1:])))
@@ -297,8 +329,15 @@ def bland_altman_figure(table: pd.DataFrame, title: str = "", positive_label: st
     return fig
 
 
-def show(predictions: pd.DataFrame, threshold: float = 0.5, rule: str | BiopsyRule = "auto", by: str = "slide",
-         out: Any = None, positive_label: str | None = None, name: str = "biopsy") -> BiopsyReadout:
+def show(
+    predictions: pd.DataFrame,
+    threshold: float = 0.5,
+    rule: str | BiopsyRule = "auto",
+    by: str = "slide",
+    out: Any = None,
+    positive_label: str | None = None,
+    name: str = "biopsy",
+) -> BiopsyReadout:
     """Notebook cell helper (``rule="auto"``: see :func:`rule_for_label`): compute :func:`readouts`, display the tables and the Bland–Altman figure, and
     (with ``out``) save ``<out>/<name>_table.csv``, ``<name>_readouts.json`` and ``figures/<name>_bland_altman.png``."""
     from IPython.display import Markdown, display
@@ -311,8 +350,12 @@ def show(predictions: pd.DataFrame, threshold: float = 0.5, rule: str | BiopsyRu
         labels = predictions.loc[predictions["y"] == 1, "label"] if "label" in predictions.columns else []
         positive_label = str(labels.iloc[0]) if len(labels) else "positive"
     ro = readouts(predictions, threshold=threshold, rule=rule_for_label(positive_label, rule), by=by)
-    display(Markdown(f"**Per {by}** (threshold for hard calls: {ro.threshold:.3f}; rule `{ro.rule.name}`: "
-                     f"{', '.join(ro.rule.labels)})"))
+    display(
+        Markdown(
+            f"**Per {by}** (threshold for hard calls: {ro.threshold:.3f}; rule `{ro.rule.name}`: "
+            f"{', '.join(ro.rule.labels)})"
+        )
+    )
     display(ro.table.round(3))
     display(Markdown("**Agreement of the predicted with the true share** (MAE, Bland–Altman, ICC(A,1))"))
     display(ro.agreement.round(3))
@@ -330,7 +373,3 @@ def show(predictions: pd.DataFrame, threshold: float = 0.5, rule: str | BiopsyRu
 
     plt.close(fig)
     return ro
-
-
-__all__ = ["BiopsyRule", "BiopsyReadout", "parse_rule", "rule_for_label", "largest_fraction", "per_image", "biopsy_table", "icc", "agreement",
-           "biopsy_calls", "call_metrics", "call_confusion", "readouts", "runs_table", "bland_altman_figure", "show", "ESTIMATES"]

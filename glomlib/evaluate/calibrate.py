@@ -16,8 +16,9 @@ drawn from some slides of a local set and measures on its other slides, for seve
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,8 +42,10 @@ def fit_calibration(y: Any, prob: Any, method: str = "platt") -> dict[str, Any]:
         raise ValueError(f"{y.size} labels but {p.size} probabilities.")
     n_pos, n_neg = int(y.sum()), int((y == 0).sum())
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"calibration needs positive and negative glomeruli; the local set has {n_pos} positive "
-                         f"and {n_neg} negative. Label a few of the missing class.")
+        raise ValueError(
+            f"calibration needs positive and negative glomeruli; the local set has {n_pos} positive "
+            f"and {n_neg} negative. Label a few of the missing class."
+        )
     if method == "platt":
         from sklearn.linear_model import LogisticRegression
 
@@ -52,8 +55,11 @@ def fit_calibration(y: Any, prob: Any, method: str = "platt") -> dict[str, Any]:
         from sklearn.isotonic import IsotonicRegression
 
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y)
-        return {"method": "isotonic", "x": [float(v) for v in iso.X_thresholds_],
-                "y": [float(v) for v in iso.y_thresholds_]}
+        return {
+            "method": "isotonic",
+            "x": [float(v) for v in iso.X_thresholds_],
+            "y": [float(v) for v in iso.y_thresholds_],
+        }
     raise ValueError(f"method={method!r}: choose one of {list(CALIBRATION_METHODS)}.")
 
 
@@ -64,21 +70,29 @@ def refit(y: Any, raw_prob: Any, method: str = "platt", threshold_rule: str = "y
     return cal, float(thr)
 
 
-def calibrate_model(model: str | Path, manifest: str | Path, out: str | Path, method: str = "platt",
-                    threshold_rule: str = "youden", device: str = "auto", batch_size: int = 64,
-                    cache_dir: str = "") -> dict[str, Any]:
+def calibrate_model(
+    model: str | Path,
+    manifest: str | Path,
+    out: str | Path,
+    method: str = "platt",
+    threshold_rule: str = "youden",
+    device: str = "auto",
+    batch_size: int = 64,
+    cache_dir: str = "",
+) -> dict[str, Any]:
     """Write ``out``: ``model`` with a calibration and threshold re-fitted on ``manifest``. Returns the new metadata."""
     src, out = Path(model), Path(out)
     if out.exists():
-        raise FileExistsError(f"--out {out} already exists; choose a new file name (model files are never "
-                              "overwritten).")
+        raise FileExistsError(
+            f"--out {out} already exists; choose a new file name (model files are never overwritten)."
+        )
     if out.resolve() == src.resolve():
         raise FileExistsError("--out must differ from --model: the source model file is never changed.")
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"method={method!r}: choose one of {list(CALIBRATION_METHODS)}.")
     net, meta = load_model(src, device=device)
-    df = read_manifest(manifest, positive_label=meta["positive_label"],
-                       negative_label=meta.get("negative_label") or None, require_labels=True)
+    neg = meta.get("negative_label") or None
+    df = read_manifest(manifest, positive_label=meta["positive_label"], negative_label=neg, require_labels=True)
     if (df["y"] < 0).any():
         rows = df.loc[df["y"] < 0, "row"].tolist()[:5]
         raise ConfigError(f"{manifest}: every local glomerulus needs a label (unlabelled data rows e.g. {rows}).")
@@ -87,16 +101,15 @@ def calibrate_model(model: str | Path, manifest: str | Path, out: str | Path, me
     raw = predict(net, meta, images, batch_size=batch_size, calibrated=False)
     y = df["y"].to_numpy().astype(int)
     cal, thr = refit(y, raw, method, threshold_rule)
+    src_thr = float(meta.get("threshold", 0.5))
+    if meta.get("calibration"):  # re-calibrating: the source is the network's own threshold
+        src_thr = float(meta.get("calibrated_from", {}).get("threshold", src_thr))
     new_meta = {k: v for k, v in meta.items() if k not in ("format", "weights_dtype")}  # saved in float32
-    prev_thr = float(meta.get("calibrated_from", {}).get("threshold", meta.get("threshold", 0.5))) \
-        if meta.get("calibration") else float(meta.get("threshold", 0.5))
-    new_meta.update({
-        "calibration": cal, "threshold": thr, "threshold_rule": threshold_rule,
-        "calibrated_from": {"model": str(src.resolve()), "model_sha256": file_sha256(src), "threshold": prev_thr,
-                            "threshold_rule": meta.get("threshold_rule", "fixed:0.5 (default)"),
-                            "manifest": str(Path(manifest).resolve()), "data_fingerprint": data_fingerprint(df),
-                            "n": int(y.size), "n_pos": int(y.sum()), "n_slides": int(df["slide"].nunique())},
-    })
+    new_meta.update(calibration=cal, threshold=thr, threshold_rule=threshold_rule)
+    how = {"model": str(src.resolve()), "model_sha256": file_sha256(src), "threshold": src_thr}
+    how.update(threshold_rule=meta.get("threshold_rule", "fixed:0.5 (default)"), manifest=str(Path(manifest).resolve()))
+    how.update(data_fingerprint=data_fingerprint(df), n=int(y.size), n_pos=int(y.sum()))
+    new_meta["calibrated_from"] = {**how, "n_slides": int(df["slide"].nunique())}
     save_model(net, new_meta, out)
     return new_meta
 
@@ -111,9 +124,16 @@ def local_split(slides: Sequence[str], fraction: float = 0.5, seed: int = 0) -> 
     return set(np.random.default_rng(seed).choice(u, size=k, replace=False).tolist())
 
 
-def local_label_curve(pred: pd.DataFrame, sizes: Sequence[int] = (10, 20, 50, 100), repeats: int = 20,
-                      method: str = "platt", threshold_rule: str = "youden", pool_fraction: float = 0.5,
-                      seed: int = 0, source_threshold: float = 0.5) -> pd.DataFrame:
+def local_label_curve(
+    pred: pd.DataFrame,
+    sizes: Sequence[int] = (10, 20, 50, 100),
+    repeats: int = 20,
+    method: str = "platt",
+    threshold_rule: str = "youden",
+    pool_fraction: float = 0.5,
+    seed: int = 0,
+    source_threshold: float = 0.5,
+) -> pd.DataFrame:
     """Fit on ``n`` glomeruli of some slides, measure on the other slides, for each ``n`` in ``sizes``.
 
     ``pred``: predictions of the *uncalibrated* model on a labelled local set (``slide``, ``y``, ``prob_raw`` or
@@ -128,34 +148,37 @@ def local_label_curve(pred: pd.DataFrame, sizes: Sequence[int] = (10, 20, 50, 10
     in_pool = pred["slide"].astype(str).isin(pool_slides).to_numpy()
     pool, test = pred[in_pool].reset_index(drop=True), pred[~in_pool].reset_index(drop=True)
     rng = np.random.default_rng(seed + 1)
-
-    def measure(prob: np.ndarray, thr: float) -> dict[str, float]:
-        m = M.binary_metrics(test["y"], prob, threshold=thr)
-        t = B.biopsy_table(test.assign(prob=prob), threshold=thr)
-        return {k: m[k] for k in ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "brier",
-                                  "ece")} | {"threshold": thr, "biopsy_mae_prob": float(t["diff_prob"].abs().mean()),
-                                             "biopsy_mae_hard": float(t["diff_hard"].abs().mean())}
-
-    rows = [{"n": 0, "repeat": 0, "n_pos": 0, **measure(test[col].to_numpy(float), float(source_threshold))}]
+    rows = [{"n": 0, "repeat": 0, "n_pos": 0, **_measure(test, test[col].to_numpy(float), float(source_threshold))}]
     yp = pool["y"].to_numpy().astype(int)
-    for n in sizes:
-        if n > len(pool):
-            continue
+    for n in (n for n in sizes if n <= len(pool)):
         for r in range(repeats):
-            for _ in range(100):
-                idx = rng.choice(len(pool), size=int(n), replace=False)
-                if 0 < yp[idx].sum() < n:
-                    break
-            else:
+            idx = _draw_both_classes(rng, yp, int(n))
+            if idx is None:
                 continue
             cal, thr = refit(yp[idx], pool[col].to_numpy(float)[idx], method, threshold_rule)
-            rows.append({"n": int(n), "repeat": r, "n_pos": int(yp[idx].sum()),
-                         **measure(apply_calibration(test[col].to_numpy(float), cal), thr)})
+            prob = apply_calibration(test[col].to_numpy(float), cal)
+            rows.append({"n": int(n), "repeat": r, "n_pos": int(yp[idx].sum()), **_measure(test, prob, thr)})
     out = pd.DataFrame(rows)
-    out.attrs.update({"pool_slides": sorted(pool_slides), "test_slides": sorted(set(test["slide"].astype(str))),
-                      "n_pool": int(len(pool)), "n_test": int(len(test)), "method": method,
-                      "threshold_rule": threshold_rule})
+    out.attrs.update(pool_slides=sorted(pool_slides), test_slides=sorted(set(test["slide"].astype(str))))
+    out.attrs.update(n_pool=int(len(pool)), n_test=int(len(test)), method=method, threshold_rule=threshold_rule)
     return out
+
+
+def _draw_both_classes(rng: np.random.Generator, y: np.ndarray, n: int, tries: int = 100) -> np.ndarray | None:
+    """``n`` indices of ``y`` drawn without replacement, redrawn until both classes occur (None after ``tries``)."""
+    for _ in range(tries):
+        idx = rng.choice(len(y), size=n, replace=False)
+        if 0 < y[idx].sum() < n:
+            return idx
+    return None
+
+
+def _measure(test: pd.DataFrame, prob: np.ndarray, thr: float) -> dict[str, float]:
+    m = M.binary_metrics(test["y"], prob, threshold=thr)
+    t = B.biopsy_table(test.assign(prob=prob), threshold=thr)
+    keys = ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "brier", "ece")
+    mae = {f"biopsy_mae_{k}": float(t[f"diff_{k}"].abs().mean()) for k in ("prob", "hard")}
+    return {k: m[k] for k in keys} | {"threshold": thr, **mae}
 
 
 def summarise_curve(curve: pd.DataFrame) -> pd.DataFrame:
@@ -175,11 +198,14 @@ def curve_figure(curve: pd.DataFrame, title: str = "How many local labelled glom
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    panels = (("balanced_accuracy", "balanced accuracy"), ("ece", "ECE"),
-              (("biopsy_mae_prob", "biopsy_mae_hard"), "biopsy share error (MAE)"))
+    panels = (
+        ("balanced_accuracy", "balanced accuracy"),
+        ("ece", "ECE"),
+        (("biopsy_mae_prob", "biopsy_mae_hard"), "biopsy share error (MAE)"),
+    )
     g = curve.groupby("n")
     for ax, (cols, label) in zip(axes, panels):
-        for c in (cols if isinstance(cols, tuple) else (cols,)):
+        for c in cols if isinstance(cols, tuple) else (cols,):
             med, lo, hi = g[c].median(), g[c].quantile(0.1), g[c].quantile(0.9)
             x = np.arange(len(med))
             ax.plot(x, med.to_numpy(), marker="o", label=c.replace("biopsy_mae_", "from ") if "mae" in c else None)
@@ -210,30 +236,45 @@ def show_curve(curve: pd.DataFrame | None, out: str | Path | None = None) -> Non
 
 # ------------------------------------------------------------------------------------------------- CLI
 def register(subparsers) -> None:
-    p = subparsers.add_parser("calibrate", help="re-fit threshold + probability calibration on local labels "
-                                                "-> a new model file", description=__doc__.splitlines()[0])
+    p = subparsers.add_parser(
+        "calibrate",
+        help="re-fit threshold + probability calibration on local labels -> a new model file",
+        description=__doc__.splitlines()[0],
+    )
     p.add_argument("--model", required=True, help="model.safetensors to adapt (left untouched)")
     p.add_argument("--manifest", required=True, help="labelled local manifest CSV (path, label, slide)")
     p.add_argument("--out", required=True, help="new model file to write (must not exist)")
-    p.add_argument("--method", default="platt", choices=list(CALIBRATION_METHODS),
-                   help="probability calibration (default platt; isotonic needs more labels)")
-    p.add_argument("--threshold-rule", default="youden",
-                   help="youden | sensitivity:0.9 | fixed:0.5 (default youden), on the calibrated probabilities")
+    p.add_argument(
+        "--method",
+        default="platt",
+        choices=list(CALIBRATION_METHODS),
+        help="probability calibration (default platt; isotonic needs more labels)",
+    )
+    p.add_argument(
+        "--threshold-rule",
+        default="youden",
+        help="youden | sensitivity:0.9 | fixed:0.5 (default youden), on the calibrated probabilities",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--batch-size", type=int, default=64)
 
     def _run(args: argparse.Namespace) -> int:
-        meta = calibrate_model(args.model, args.manifest, args.out, method=args.method,
-                               threshold_rule=args.threshold_rule, device=args.device, batch_size=args.batch_size)
+        meta = calibrate_model(
+            args.model,
+            args.manifest,
+            args.out,
+            method=args.method,
+            threshold_rule=args.threshold_rule,
+            device=args.device,
+            batch_size=args.batch_size,
+        )
         src = meta["calibrated_from"]
-        print(f"wrote {args.out}: {meta['calibration']['method']} calibration and threshold {meta['threshold']:.3f} "
-              f"({meta['threshold_rule']}) fitted on {src['n']} local glomeruli ({src['n_pos']} positive, "
-              f"{src['n_slides']} slides); the source model's threshold was {src['threshold']:.3f}. "
-              f"{args.model} is unchanged.")
+        print(
+            f"wrote {args.out}: {meta['calibration']['method']} calibration and threshold {meta['threshold']:.3f} "
+            f"({meta['threshold_rule']}) fitted on {src['n']} local glomeruli ({src['n_pos']} positive, "
+            f"{src['n_slides']} slides); the source model's threshold was {src['threshold']:.3f}. "
+            f"{args.model} is unchanged."
+        )
         return 0
 
     p.set_defaults(func=_run)
-
-
-__all__ = ["fit_calibration", "refit", "calibrate_model", "local_split", "local_label_curve", "summarise_curve",
-           "curve_figure", "show_curve", "register"]

@@ -1,14 +1,7 @@
 """Compare fine-tuning initialisations honestly (notebook 04); reads notebook 03's runs, trains nothing.
 
-* :func:`collect_runs` finds the finished fine-tune runs to compare: ``<runs>/<init>/`` (what ``glomlib run``
-  writes), a comma-separated list of run folders, or ``latest`` (the newest finished run of each init).
-* :func:`main_runs` — every run restricted to its largest label fraction (the comparison's headline).
-* :func:`comparison_table` — the study's table: mean ± sample std over slide-grouped test folds (and seeds).
-* :func:`pairwise_tests` — for every pair of inits, the AUC difference on the same out-of-fold images with a
-  slide-grouped bootstrap 95% CI and a paired DeLong p-value.
-* :func:`label_efficiency` — AUC (mean ± std over seeds × folds) vs the label fractions the runs hold
-  (notebook 03's ``label_fractions``: one protocol, one step budget for every point).
-* :func:`plot_roc`, :func:`plot_reliability`, :func:`plot_label_efficiency`, :func:`plot_fold_aucs` — figures.
+The study's table (mean ± sample std over slide-grouped test folds and seeds), pairwise AUC differences on the
+same out-of-fold images (slide-bootstrap 95% CI, paired DeLong p), label efficiency, and figures.
 """
 
 from __future__ import annotations
@@ -24,9 +17,9 @@ import pandas as pd
 
 from glomlib.core.config import ConfigError, StepConfig
 from glomlib.core.io import ensure_new_dir, new_run_dir, write_json_atomic, write_provenance
-from glomlib.evaluate.metrics import (METRIC_LABELS, METRICS, auc, expected_calibration_error, pairwise_comparisons,
-                                     reliability_table)
+from glomlib.evaluate.metrics import METRIC_LABELS, METRICS, auc, expected_calibration_error, reliability_table
 from glomlib.evaluate.runs import INITS, fraction_view, label_fractions, load_run
+from glomlib.evaluate.uncertainty import pairwise_comparisons
 
 #: The study's numbers (KSN 2025 abstract), M1 vs M0, for reference next to ours.
 STUDY_REFERENCE = {
@@ -41,12 +34,12 @@ COLORS = {"glom": "tab:green", "imagenet": "tab:blue", "scratch": "tab:grey"}
 class CompareConfig(StepConfig):
     """Parameters of notebook 04 (``notebooks/04_baseline_comparison.ipynb``)."""
 
-    runs: str = "latest"                    # folder with <init>/ fine-tune runs, comma-separated run folders, or "latest" (newest finished run of each init under runs/)
-    out: str = "auto"                       # output folder; "auto" = runs/<stamp>-comparison
-    data: str = ""                          # manifest the runs must have been trained on ("" = only check that the runs used the same data)
+    runs: str = "latest"  # folder with <init>/ fine-tune runs, comma-separated run folders, or "latest" (newest finished run of each init under runs/)
+    out: str = "auto"  # output folder; "auto" = runs/<stamp>-comparison
+    data: str = ""  # manifest the runs must have been trained on ("" = only check that the runs used the same data)
     inits: list = dataclasses.field(default_factory=lambda: list(INITS))  # initialisations to compare
-    n_boot: int = 2000                      # bootstrap resamples (slide-grouped) per pairwise difference
-    label_efficiency: bool = True           # AUC vs label fraction, from the fractions the runs hold
+    n_boot: int = 2000  # bootstrap resamples (slide-grouped) per pairwise difference
+    label_efficiency: bool = True  # AUC vs label fraction, from the fractions the runs hold
 
     def validate(self) -> None:
         if isinstance(self.inits, str):  # "a,b" or "[a, b]" from the shell / papermill -p
@@ -70,8 +63,9 @@ def _run_init(d: Path) -> str:
     return str(m.get("init") or json.loads((d / "config.json").read_text()).get("init"))
 
 
-def collect_runs(runs: str | Path = "latest", inits=INITS, root: str | Path = "runs",
-                 data: str | Path = "") -> dict[str, dict[str, Any]]:
+def collect_runs(
+    runs: str | Path = "latest", inits=INITS, root: str | Path = "runs", data: str | Path = ""
+) -> dict[str, dict[str, Any]]:
     """``{init: load_run(...)}`` for the finished fine-tune runs named by ``runs`` (see :class:`CompareConfig`).
 
     Raises FileNotFoundError naming what is missing and how to make it (notebook 03 / ``glomlib finetune``), and
@@ -79,9 +73,9 @@ def collect_runs(runs: str | Path = "latest", inits=INITS, root: str | Path = "r
     spec = str(runs)
     found: dict[str, Path] = {}
     if spec in ("latest", "auto", ""):
-        cands = sorted((p.parent for p in Path(root).glob("**/metrics.json") if (p.parent / "predictions.csv").is_file()
-                        and (p.parent / "folds.csv").is_file()), key=lambda d: (d / "metrics.json").stat().st_mtime)
-        for d in cands:  # newest last wins
+        done = [p.parent for p in Path(root).glob("**/metrics.json") if (p.parent / "predictions.csv").is_file()]
+        done = [d for d in done if (d / "folds.csv").is_file()]
+        for d in sorted(done, key=lambda d: (d / "metrics.json").stat().st_mtime):  # newest last wins
             init = _run_init(d)
             if init in inits:
                 found[init] = d
@@ -103,8 +97,10 @@ def collect_runs(runs: str | Path = "latest", inits=INITS, root: str | Path = "r
         where = f"in {Path(spec).resolve()} (expected <init>/metrics.json)"
     missing = [i for i in inits if i not in found]
     if missing:
-        raise FileNotFoundError(f"no finished fine-tune run for init(s) {missing} {where}. Run notebook 03 (or "
-                                f"`glomlib finetune --init {missing[0]}`) for each, then pass runs=<folder>.")
+        raise FileNotFoundError(
+            f"no finished fine-tune run for init(s) {missing} {where}. Run notebook 03 (or "
+            f"`glomlib finetune --init {missing[0]}`) for each, then pass runs=<folder>."
+        )
     loaded = {i: load_run(found[i]) for i in inits}
     check_same_data(loaded, data)
     return loaded
@@ -119,11 +115,15 @@ def check_same_data(runs: dict[str, dict[str, Any]], data: str | Path = "") -> N
         if prov.is_file():
             fps[init] = json.loads(prov.read_text()).get("data_fingerprint")
     if len({v for v in fps.values() if v}) > 1:
-        raise ValueError(f"the runs were trained on different data (fingerprints {fps}); fine-tune every init on "
-                         "the same manifest before comparing them.")
+        raise ValueError(
+            f"the runs were trained on different data (fingerprints {fps}); fine-tune every init on "
+            "the same manifest before comparing them."
+        )
     if str(data):
         want = Path(data).resolve()
-        other = {i: r["config"].get("data") for i, r in runs.items() if Path(str(r["config"].get("data"))).resolve() != want}
+        other = {
+            i: r["config"].get("data") for i, r in runs.items() if Path(str(r["config"].get("data"))).resolve() != want
+        }
         if other:
             raise ValueError(f"data={str(data)!r} but these runs were trained on other manifests: {other}.")
 
@@ -177,7 +177,7 @@ def paired_oof(runs: dict[str, dict[str, Any]]):
     if merged is None:
         raise ValueError("no runs to compare")
     if len(merged) < max(len(r["predictions"]["path"].unique()) for r in runs.values()):
-        warnings.warn("the runs predicted different images; only the images common to all are compared.")
+        warnings.warn("the runs predicted different images; only the images common to all are compared.", stacklevel=2)
     return merged.reset_index()
 
 
@@ -197,8 +197,8 @@ def per_center_auc(runs: dict[str, dict[str, Any]]):
         p = r["predictions"]
         for c, g in p.groupby("center", sort=True):
             img = g.drop_duplicates("path")  # one row per image and seed: count images once
-            rows.append({"init": init, "center": c or "(none)", "n": len(img), "n_pos": int(img["y"].sum()),
-                         "auc": auc(g["y"], g["prob"])})
+            row = {"init": init, "center": c or "(none)", "n": len(img), "n_pos": int(img["y"].sum())}
+            rows.append({**row, "auc": auc(g["y"], g["prob"])})
     t = pd.DataFrame(rows)
     wide = t.pivot(index="center", columns="init", values="auc")[list(runs)]
     counts = t.drop_duplicates("center").set_index("center")[["n", "n_pos"]]
@@ -213,11 +213,10 @@ def label_efficiency(runs: dict[str, dict[str, Any]]):
             v = fraction_view(r, f)
             pf = pd.DataFrame(v["metrics"]["per_fold"])
             s = v["metrics"]["summary"]["auc"]
-            rows.append({"init": init, "fraction": f, "auc_mean": s["mean"], "auc_std": s["std"],
-                         "auc_text": s["text"], "n_folds": len(pf),
-                         "n_seeds": int(pf["seed"].nunique()) if "seed" in pf else 1,
-                         "n_train_median": float(pf["n_train"].median()) if "n_train" in pf else np.nan,
-                         "run": str(r["dir"])})
+            row = {"init": init, "fraction": f, "auc_mean": s["mean"], "auc_std": s["std"], "auc_text": s["text"]}
+            row.update(n_folds=len(pf), n_seeds=int(pf["seed"].nunique()) if "seed" in pf else 1)
+            n_train = float(pf["n_train"].median()) if "n_train" in pf else np.nan
+            rows.append({**row, "n_train_median": n_train, "run": str(r["dir"])})
     return pd.DataFrame(rows)
 
 
@@ -240,14 +239,15 @@ def plot_roc(runs: dict[str, dict[str, Any]], out: Path | None = None, name: str
         fpr, tpr, _ = roc_curve(p["y"], p["prob"])
         ax.plot(fpr, tpr, color=COLORS.get(init), label=f"{init}: AUC {r['metrics']['summary']['auc']['text']}")
     ax.plot([0, 1], [0, 1], ls=":", color="k", lw=0.8)
-    ax.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity (true-positive rate)",
-           title="ROC, out-of-fold predictions (slide-grouped CV)")
+    ax.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity (true-positive rate)")
+    ax.set_title("ROC, out-of-fold predictions (slide-grouped CV)")
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, out, name)
 
 
-def plot_reliability(runs: dict[str, dict[str, Any]], out: Path | None = None, n_bins: int = 10,
-                     name: str = "reliability.png"):
+def plot_reliability(
+    runs: dict[str, dict[str, Any]], out: Path | None = None, n_bins: int = 10, name: str = "reliability.png"
+):
     """Reliability diagram per init: observed positive fraction vs mean predicted probability per bin."""
     import matplotlib.pyplot as plt
 
@@ -257,14 +257,14 @@ def plot_reliability(runs: dict[str, dict[str, Any]], out: Path | None = None, n
         t = reliability_table(p["y"], p["prob"], n_bins=n_bins)
         ok = t["count"] > 0
         centers = (t["bin_lo"] + t["bin_hi"]) / 2
-        ax.bar(centers[ok], t["frac_pos"][ok], width=1 / n_bins, alpha=0.5, color=COLORS.get(init),
-               edgecolor="k", label="observed")
+        bar = {"width": 1 / n_bins, "alpha": 0.5, "color": COLORS.get(init), "edgecolor": "k", "label": "observed"}
+        ax.bar(centers[ok], t["frac_pos"][ok], **bar)
         ax.plot([0, 1], [0, 1], ls=":", color="k", lw=0.8, label="perfect calibration")
         for c, n, fp in zip(centers[ok], t["count"][ok], t["frac_pos"][ok]):
             ax.text(c, min(fp + 0.02, 0.95), f"{int(n)}", ha="center", fontsize=6)
         ece = expected_calibration_error(p["y"], p["prob"], n_bins=n_bins)
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed positive fraction",
-               title=f"{init} (pooled ECE {ece:.3f})")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed positive fraction")
+        ax.set_title(f"{init} (pooled ECE {ece:.3f})")
         ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     return _save(fig, out, name)
@@ -277,8 +277,8 @@ def plot_label_efficiency(le, out: Path | None = None, name: str = "label_effici
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for init, g in le.groupby("init", sort=False):
         g = g.sort_values("fraction")
-        ax.errorbar(g["fraction"] * 100, g["auc_mean"], yerr=g["auc_std"], marker="o", capsize=3,
-                    color=COLORS.get(init), label=init)
+        style = {"marker": "o", "capsize": 3, "color": COLORS.get(init), "label": init}
+        ax.errorbar(g["fraction"] * 100, g["auc_mean"], yerr=g["auc_std"], **style)
     ax.set_xscale("log")
     ticks = sorted(le["fraction"].unique() * 100)
     ax.set_xticks(ticks)
@@ -287,8 +287,8 @@ def plot_label_efficiency(le, out: Path | None = None, name: str = "label_effici
 
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_ylim(top=min(1.02, ax.get_ylim()[1]))
-    ax.set(xlabel="training labels used (% of the training folds)", ylabel="AUC (mean ± std over test folds)",
-           title="Label efficiency")
+    ax.set(xlabel="training labels used (% of the training folds)", ylabel="AUC (mean ± std over test folds)")
+    ax.set_title("Label efficiency")
     ax.legend()
     return _save(fig, out, name)
 
@@ -312,19 +312,15 @@ def save_results(out: Path, table, pairwise, le=None, runs: dict | None = None) 
     """comparison.csv, pairwise.csv, label_efficiency.csv, comparison.json and provenance.json in ``out``."""
     table.to_csv(out / "comparison.csv")
     pairwise.to_csv(out / "pairwise.csv", index=False)
-    doc = {"table": json.loads(table.to_json(orient="index")), "pairwise": json.loads(pairwise.to_json(orient="records"))}
+    doc = {"table": json.loads(table.to_json(orient="index"))}
+    doc["pairwise"] = json.loads(pairwise.to_json(orient="records"))
     if le is not None:
         le.to_csv(out / "label_efficiency.csv", index=False)
         doc["label_efficiency"] = json.loads(le.to_json(orient="records"))
     if runs:
         doc["runs"] = {i: str(r["dir"]) for i, r in runs.items()}
     write_json_atomic(out / "comparison.json", doc)
-    fps = {i: json.loads((Path(r["dir"]) / "provenance.json").read_text()).get("data_fingerprint")
-           for i, r in (runs or {}).items() if (Path(r["dir"]) / "provenance.json").exists()}
-    write_provenance(out, json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else None,
-                     data_fingerprint=next(iter(fps.values()), None), extra={"run_fingerprints": fps})
-
-
-__all__ = ["CompareConfig", "collect_runs", "check_same_data", "main_fraction", "main_runs", "comparison_table", "paired_oof", "pairwise_tests",
-           "label_efficiency", "per_center_auc", "plot_roc", "plot_reliability", "plot_label_efficiency", "plot_fold_aucs",
-           "save_results", "prepare_out", "STUDY_REFERENCE"]
+    provs = {i: Path(r["dir"]) / "provenance.json" for i, r in (runs or {}).items()}
+    fps = {i: json.loads(p.read_text()).get("data_fingerprint") for i, p in provs.items() if p.exists()}
+    cfg = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else None
+    write_provenance(out, cfg, data_fingerprint=next(iter(fps.values()), None), extra={"run_fingerprints": fps})

@@ -1,21 +1,15 @@
-"""Classification metrics for a binary glomerular lesion task, in the study's format.
+"""Per-fold classification metrics of a binary lesion task and operating thresholds, in the study's format.
 
-* :func:`binary_metrics` — AUC, accuracy, weighted F1 (the study's three) plus balanced accuracy,
-  sensitivity, specificity, Brier score and expected calibration error (ECE) for one fold.
-* :func:`summarise` — mean ± std over folds, formatted like the study ("0.890 ± 0.007").
-* :func:`bootstrap_auc_difference` — bootstrap 95% CI of a paired AUC difference, resampling whole
-  slides (groups) so that images of one slide stay together.
-* :func:`delong_test` — paired DeLong test of two correlated AUCs (fast algorithm of Sun & Xu 2014).
-* :func:`reliability_table` — the numbers behind a reliability diagram.
-
-Conventions: ``y`` is 1 for the positive label and 0 for the negative one; ``prob`` is the predicted
-probability of the positive label. Standard deviations over folds use ``ddof=1`` (sample std).
+``y`` is 1 for the positive label and 0 for the negative one; ``prob`` is the predicted probability of the
+positive label. Standard deviations over folds are sample std (``ddof=1``). Confidence intervals and paired tests
+live in :mod:`glomlib.evaluate.uncertainty`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -91,20 +85,14 @@ def binary_metrics(y: Any, prob: Any, threshold: float = 0.5, n_bins: int = 10) 
     Predictions are ``prob >= threshold``. Metrics undefined for the data (e.g. AUC with one class,
     sensitivity without positives) are NaN rather than an error.
     """
-    from sklearn.metrics import f1_score
+    from sklearn.metrics import confusion_matrix, f1_score
 
     y, prob = _as_arrays(y, prob)
     pred = (prob >= threshold).astype(int)
-    tp = int(np.sum((pred == 1) & (y == 1)))
-    tn = int(np.sum((pred == 0) & (y == 0)))
-    fp = int(np.sum((pred == 1) & (y == 0)))
-    fn = int(np.sum((pred == 0) & (y == 1)))
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, pred, labels=[0, 1]).ravel())
     sens = tp / (tp + fn) if (tp + fn) else float("nan")
     spec = tn / (tn + fp) if (tn + fp) else float("nan")
-    if math.isnan(sens) or math.isnan(spec):
-        bal = float(np.nanmean([sens, spec])) if not (math.isnan(sens) and math.isnan(spec)) else float("nan")
-    else:
-        bal = (sens + spec) / 2
+    bal = (sens + spec) / 2 if not (math.isnan(sens) or math.isnan(spec)) else (sens if math.isnan(spec) else spec)
     n = y.size
     return {
         "auc": auc(y, prob),
@@ -151,158 +139,7 @@ def summarise(per_fold: Any, metrics: Sequence[str] = METRICS, digits: int = 3) 
     return out
 
 
-# --------------------------------------------------------------------------------------------------------
-# Paired comparison of two AUCs on the same images
-# --------------------------------------------------------------------------------------------------------
-
-def bootstrap_auc_difference(y: Any, prob_a: Any, prob_b: Any, groups: Any = None, n_boot: int = 2000,
-                             seed: int = 0, alpha: float = 0.05) -> dict[str, float]:
-    """Bootstrap (percentile) CI of ``AUC(a) - AUC(b)`` on the same images.
-
-    With ``groups`` (e.g. slide IDs) whole groups are resampled with replacement (a cluster bootstrap),
-    which respects the correlation between glomeruli of one slide; otherwise images are resampled.
-    Resamples with a single class are skipped (``n_valid`` reports how many were used).
-    """
-    y, pa = _as_arrays(y, prob_a)
-    _, pb = _as_arrays(y, prob_b)
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(seed)
-    if groups is None:
-        members = [np.array([i]) for i in range(y.size)]
-    else:
-        groups = np.asarray(groups)
-        if groups.size != y.size:
-            raise ValueError("groups must have one entry per image.")
-        _, inv = np.unique(groups, return_inverse=True)
-        order = np.argsort(inv, kind="stable")
-        bounds = np.flatnonzero(np.diff(inv[order])) + 1
-        members = np.split(order, bounds)
-    g = len(members)
-    diffs = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, g, size=g)
-        idx = np.concatenate([members[k] for k in pick])
-        yy = y[idx]
-        if yy.min() == yy.max():
-            continue
-        diffs.append(roc_auc_score(yy, pa[idx]) - roc_auc_score(yy, pb[idx]))
-    diffs_arr = np.asarray(diffs)
-    point = auc(y, pa) - auc(y, pb)
-    if diffs_arr.size == 0:
-        lo = hi = float("nan")
-    else:
-        lo, hi = np.quantile(diffs_arr, [alpha / 2, 1 - alpha / 2])
-    return {"diff": float(point), "ci_low": float(lo), "ci_high": float(hi),
-            "se": float(diffs_arr.std(ddof=1)) if diffs_arr.size > 1 else float("nan"),
-            "n_valid": int(diffs_arr.size), "n_boot": int(n_boot),
-            "grouped": groups is not None}
-
-
-def _midrank(x: np.ndarray) -> np.ndarray:
-    """Midranks (1-based; ties get the average rank), as in Sun & Xu (2014)."""
-    order = np.argsort(x, kind="mergesort")
-    z = x[order]
-    n = x.size
-    t = np.zeros(n, dtype=float)
-    i = 0
-    while i < n:
-        j = i
-        while j < n and z[j] == z[i]:
-            j += 1
-        t[i:j] = 0.5 * (i + j - 1) + 1
-        i = j
-    out = np.empty(n, dtype=float)
-    out[order] = t
-    return out
-
-
-def _fast_delong(preds_sorted: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fast DeLong (Sun & Xu 2014). ``preds_sorted``: (k, n) scores with the ``m`` positives first.
-
-    Returns (aucs (k,), covariance (k, k)).
-    """
-    n = preds_sorted.shape[1] - m
-    pos = preds_sorted[:, :m]
-    neg = preds_sorted[:, m:]
-    k = preds_sorted.shape[0]
-    tx = np.empty((k, m))
-    ty = np.empty((k, n))
-    tz = np.empty((k, m + n))
-    for r in range(k):
-        tx[r] = _midrank(pos[r])
-        ty[r] = _midrank(neg[r])
-        tz[r] = _midrank(preds_sorted[r])
-    aucs = tz[:, :m].sum(axis=1) / m / n - (m + 1.0) / 2.0 / n
-    v01 = (tz[:, :m] - tx) / n          # structural components of the positives
-    v10 = 1.0 - (tz[:, m:] - ty) / m    # ... of the negatives
-    sx = np.atleast_2d(np.cov(v01))
-    sy = np.atleast_2d(np.cov(v10))
-    return aucs, sx / m + sy / n
-
-
-def delong_auc_variance(y: Any, prob: Any) -> tuple[float, float]:
-    """AUC and its DeLong variance for one classifier."""
-    y, prob = _as_arrays(y, prob)
-    order = np.argsort(-y, kind="stable")
-    m = int(y.sum())
-    aucs, cov = _fast_delong(prob[order][None, :], m)
-    return float(aucs[0]), float(cov[0, 0])
-
-
-def delong_test(y: Any, prob_a: Any, prob_b: Any) -> dict[str, float]:
-    """Paired two-sided DeLong test of H0: AUC(a) == AUC(b) on the same images.
-
-    Returns ``auc_a``, ``auc_b``, ``diff`` (a - b), ``se`` of the difference, ``z`` and ``p``, plus a
-    DeLong 95% CI of the difference. Implements the fast algorithm of Sun & Xu, IEEE SPL 21(11), 2014.
-    """
-    y, pa = _as_arrays(y, prob_a)
-    _, pb = _as_arrays(y, prob_b)
-    m = int(y.sum())
-    if m == 0 or m == y.size:
-        raise ValueError("DeLong test needs both positive and negative images.")
-    order = np.argsort(-y, kind="stable")
-    preds = np.vstack([pa[order], pb[order]])
-    aucs, cov = _fast_delong(preds, m)
-    var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
-    diff = float(aucs[0] - aucs[1])
-    from scipy.stats import norm
-
-    if var <= 0:
-        z = 0.0 if diff == 0 else math.copysign(math.inf, diff)
-        p = 1.0 if diff == 0 else 0.0
-        se = 0.0
-    else:
-        se = math.sqrt(var)
-        z = diff / se
-        p = float(2 * norm.sf(abs(z)))
-    q = norm.ppf(0.975)
-    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff, "se": float(se), "z": float(z),
-            "p": float(p), "ci_low": diff - q * se, "ci_high": diff + q * se}
-
-
-def pairwise_comparisons(y: Any, probs: Mapping[str, Any], groups: Any = None, n_boot: int = 2000,
-                         seed: int = 0) -> "Any":
-    """For every pair of models: AUC difference, grouped-bootstrap 95% CI and DeLong p (a DataFrame)."""
-    import itertools
-
-    import pandas as pd
-
-    rows = []
-    for a, b in itertools.combinations(list(probs), 2):
-        bs = bootstrap_auc_difference(y, probs[a], probs[b], groups=groups, n_boot=n_boot, seed=seed)
-        dl = delong_test(y, probs[a], probs[b])
-        rows.append({
-            "a": a, "b": b, "auc_a": dl["auc_a"], "auc_b": dl["auc_b"], "diff": dl["diff"],
-            "boot_ci_low": bs["ci_low"], "boot_ci_high": bs["ci_high"], "boot_n_valid": bs["n_valid"],
-            "delong_z": dl["z"], "delong_p": dl["p"],
-            "text": f"{dl['diff']:+.3f} [{bs['ci_low']:+.3f}, {bs['ci_high']:+.3f}], DeLong p = {dl['p']:.3g}",
-        })
-    return pd.DataFrame(rows)
-
-
-def per_group_metrics(df: Any, by: Iterable[str], y_col: str = "y", prob_col: str = "prob",
-                      threshold: float = 0.5):
+def per_group_metrics(df: Any, by: Iterable[str], y_col: str = "y", prob_col: str = "prob", threshold: float = 0.5):
     """``binary_metrics`` per group of a predictions DataFrame (e.g. ``by=["seed", "fold"]``)."""
     import pandas as pd
 
@@ -313,58 +150,6 @@ def per_group_metrics(df: Any, by: Iterable[str], y_col: str = "y", prob_col: st
         row.update(binary_metrics(g[y_col].to_numpy(), g[prob_col].to_numpy(), threshold=threshold))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Slide-bootstrap confidence intervals and operating thresholds
-# --------------------------------------------------------------------------------------------------------
-
-def _group_members(groups: Any, n: int) -> list[np.ndarray]:
-    if groups is None:
-        return [np.array([i]) for i in range(n)]
-    groups = np.asarray(groups)
-    if groups.size != n:
-        raise ValueError(f"groups has {groups.size} entries but there are {n} images; give one per image.")
-    _, inv = np.unique(groups.astype(str), return_inverse=True)
-    order = np.argsort(inv, kind="stable")
-    return np.split(order, np.flatnonzero(np.diff(inv[order])) + 1)
-
-
-def bootstrap_ci(y: Any, prob: Any, metric: Any = None, groups: Any = None, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05, threshold: float = 0.5) -> dict[str, dict[str, float]]:
-    """Percentile bootstrap ``1 - alpha`` CIs of any metric, resampling whole groups (slides) with replacement.
-
-    ``metric``: ``None`` (every metric of :func:`binary_metrics` at ``threshold``), a metric name of
-    :data:`METRICS`, or a callable ``f(y, prob) -> float`` (or ``-> dict of floats``). Returns
-    ``{name: {"value", "ci_low", "ci_high", "n_valid"}}``; resamples where a metric is undefined (NaN, e.g.
-    AUC with one class) are left out of its interval and ``n_valid`` says how many remained.
-    """
-    y, prob = _as_arrays(y, prob)
-
-    def compute(yy: np.ndarray, pp: np.ndarray) -> dict[str, float]:
-        if metric is None or isinstance(metric, str):
-            full = binary_metrics(yy, pp, threshold=threshold)
-            keys = METRICS if metric is None else (metric,)
-            return {k: float(full[k]) for k in keys}
-        v = metric(yy, pp)
-        return {k: float(x) for k, x in v.items()} if isinstance(v, Mapping) else {"value": float(v)}
-
-    point = compute(y, prob)
-    members = _group_members(groups, y.size)
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {k: [] for k in point}
-    if members:
-        for _ in range(int(n_boot)):
-            idx = np.concatenate([members[k] for k in rng.integers(0, len(members), size=len(members))])
-            for k, v in compute(y[idx], prob[idx]).items():
-                if math.isfinite(v):
-                    draws[k].append(v)
-    out: dict[str, dict[str, float]] = {}
-    for k, v in point.items():
-        d = np.asarray(draws[k])
-        lo, hi = (np.quantile(d, [alpha / 2, 1 - alpha / 2]) if d.size else (float("nan"), float("nan")))
-        out[k] = {"value": v, "ci_low": float(lo), "ci_high": float(hi), "n_valid": int(d.size)}
-    return out
 
 
 def format_ci(entry: Mapping[str, float], digits: int = 3) -> str:
@@ -391,8 +176,10 @@ def choose_threshold(y: Any, prob: Any, rule: str = "youden") -> float:
         return float(rule.split(":", 1)[1])
     y, prob = _as_arrays(y, prob)
     if len(np.unique(y)) < 2:
-        raise ValueError(f"threshold rule {rule!r} needs both positive and negative images; got only class "
-                         f"{int(y[0]) if y.size else 'none'}. Label more images or use rule='fixed:0.5'.")
+        raise ValueError(
+            f"threshold rule {rule!r} needs both positive and negative images; got only class "
+            f"{int(y[0]) if y.size else 'none'}. Label more images or use rule='fixed:0.5'."
+        )
     from sklearn.metrics import roc_curve
 
     fpr, tpr, thr = roc_curve(y, prob, drop_intermediate=False)

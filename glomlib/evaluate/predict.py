@@ -1,12 +1,5 @@
-"""Apply a fine-tuned model to new glomerulus patches.
-
-A fine-tune run saves ``model.safetensors``: the classifier's weights plus metadata that describe how to use
-them (``backbone``, ``image_size``, normalisation ``mean``/``std``, ``positive_label``, ``negative_label``,
-``init``, ``threshold``...). Loading needs no pickle: safetensors holds only tensors and strings.
-
-* :func:`load_model` -> ``(model, meta)``; :func:`predict` -> probability of the positive label per image.
-* ``glomlib predict --model MODEL --manifest CSV --out CSV`` writes ``path, prob, pred_label`` (+ ``label``
-  when the manifest has labels); the manifest may be unlabeled. It never overwrites an existing ``--out``.
+"""Apply a fine-tuned ``model.safetensors`` (weights plus the metadata that says how to use them; no pickle) to
+new patches: :func:`predict` per image, ``glomlib predict`` per manifest (never overwriting ``--out``).
 """
 
 from __future__ import annotations
@@ -26,8 +19,9 @@ from glomlib.data.cache import load_images
 from glomlib.data.manifest import read_manifest
 from glomlib.data.stain import normalize_stain
 from glomlib.models.calibration import apply_calibration
-from glomlib.models.files import MODEL_FORMAT, ModelFileError, load_model, read_model_meta, save_model
+from glomlib.models.files import ModelFileError, load_model, save_model
 from glomlib.models.inference import predict_probs
+
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
     import cv2
@@ -37,8 +31,15 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
     return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
 
 
-def predict(model, meta: dict[str, Any], images, batch_size: int = 64, device: str | None = None,
-            precision: str = "auto", calibrated: bool = True) -> np.ndarray:
+def predict(
+    model,
+    meta: dict[str, Any],
+    images,
+    batch_size: int = 64,
+    device: str | None = None,
+    precision: str = "auto",
+    calibrated: bool = True,
+) -> np.ndarray:
     """Probability of ``meta['positive_label']`` for each image.
 
     When the model file carries a ``calibration`` (written by ``glomlib calibrate``) it is applied unless
@@ -60,13 +61,15 @@ def predict(model, meta: dict[str, Any], images, batch_size: int = 64, device: s
         images = normalize_stain(images, meta["stain_normalize"])
     dev = next(model.parameters()).device if device is None else runtime.resolve_device(device)
     model.to(dev)
-    raw = predict_probs(model, images, mean=meta["mean"], std=meta["std"], plan=runtime.plan(str(dev), precision),
-                        batch_size=batch_size).astype(float)
+    raw = predict_probs(
+        model, images, mean=meta["mean"], std=meta["std"], plan=runtime.plan(str(dev), precision), batch_size=batch_size
+    ).astype(float)
     return apply_calibration(raw, meta.get("calibration")) if calibrated else raw
 
 
-def predict_manifest(model_path: str | Path, manifest: str | Path, out: str | Path, device: str = "auto",
-                     batch_size: int = 64):
+def predict_manifest(
+    model_path: str | Path, manifest: str | Path, out: str | Path, device: str = "auto", batch_size: int = 64
+):
     """Predict every image of ``manifest`` and write ``out`` (CSV). Refuses to overwrite ``out``: the file is
     published create-exclusively, so of two runs writing the same ``out`` at once exactly one succeeds."""
     out = Path(out)
@@ -92,17 +95,19 @@ def predict_manifest(model_path: str | Path, manifest: str | Path, out: str | Pa
 class PredictConfig(StepConfig):
     """Parameters of ``glomlib predict``."""
 
-    model: str                             # model.safetensors of a fine-tune run
-    manifest: str                          # manifest CSV of the images to predict (column path; label optional)
-    out: str                               # output CSV (must not exist)
-    device: str = "auto"                   # auto | cpu | cuda | cuda:N | mps
-    batch_size: int = 64                   # images per forward pass
+    model: str  # model.safetensors of a fine-tune run
+    manifest: str  # manifest CSV of the images to predict (column path; label optional)
+    out: str  # output CSV (must not exist)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    batch_size: int = 64  # images per forward pass
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("predict", help="apply a fine-tuned model.safetensors to a manifest",
-                              description="Write the probability of the positive label for every image of a "
-                                          "manifest (labels optional).")
+    p = subparsers.add_parser(
+        "predict",
+        help="apply a fine-tuned model.safetensors to a manifest",
+        description="Write the probability of the positive label for every image of a manifest (labels optional).",
+    )
     add_config_arguments(p, PredictConfig)
 
     def _run(args) -> int:  # failures become one message and an exit code in glomlib.cli.main
@@ -114,5 +119,4 @@ def register(subparsers) -> None:
     p.set_defaults(func=_run)
 
 
-__all__ = ["PredictConfig", "load_model", "predict", "predict_manifest", "save_model", "read_model_meta", "ModelFileError",
-           "register"]
+__all__ = ["PredictConfig", "predict", "predict_manifest", "load_model", "save_model", "ModelFileError", "register"]

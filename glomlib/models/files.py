@@ -96,25 +96,28 @@ def save_safetensors_atomic(module, meta: dict[str, Any], path: str | Path, dtyp
     return write_with(path, lambda tmp: save_file(sd, str(tmp), metadata=_meta_to_strings(meta)), fsync=True)
 
 
+def _read_meta(path: Path, error: type[Exception], missing: str, kind: str) -> dict[str, Any]:
+    """A safetensors file's metadata (without its tensors); ``error`` with ``missing`` when there is no file."""
+    if not path.is_file():
+        raise error(missing)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return meta_from_strings(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error types
+        raise error(f"{path} is not a readable {kind}: {e}") from e
+
+
 def read_encoder_meta(path: str | Path) -> dict[str, Any]:
     """The metadata of an encoder file (without loading its tensors)."""
 
-    path = Path(path)
-    if not path.is_file():
-        raise EncoderFileError(
-            f"Encoder file {path} does not exist. Run SSL pretraining first (notebook 02 or `glomlib ssl`), "
-            "which writes <run>/encoder.safetensors, and pass that path."
-        )
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types
-        raise EncoderFileError(f"{path} is not a readable safetensors encoder file: {e}") from e
-    return meta_from_strings(meta)
+    how = "Run SSL pretraining first (notebook 02 or `glomlib ssl`), which writes <run>/encoder.safetensors"
+    missing = f"Encoder file {path} does not exist. {how}, and pass that path."
+    return _read_meta(Path(path), EncoderFileError, missing, "safetensors encoder file")
 
 
-def load_encoder_into(backbone: nn.Module, path: str | Path, expect_backbone: str | None = None,
-                      strict: bool = True) -> dict[str, Any]:
+def load_encoder_into(
+    backbone: nn.Module, path: str | Path, expect_backbone: str | None = None, strict: bool = True
+) -> dict[str, Any]:
     """Load an encoder file into ``backbone`` (in place) and return its metadata.
 
     Raises :class:`EncoderFileError` if the file is missing, was saved for another backbone than
@@ -165,26 +168,22 @@ def save_model(model, meta: dict[str, Any], path: str | Path, dtype: torch.dtype
 
 def read_model_meta(path: str | Path) -> dict[str, Any]:
 
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"Model file {path} does not exist. A fine-tune run (notebook 03 or `glomlib "
-                             "finetune`) writes <run>/model.safetensors; pass that path.")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-    except Exception as e:
-        raise ModelFileError(f"{path} is not a readable safetensors file: {e}") from e
-    meta = meta_from_strings(raw)
+    how = "A fine-tune run (notebook 03 or `glomlib finetune`) writes <run>/model.safetensors; pass that path."
+    meta = _read_meta(Path(path), ModelFileError, f"Model file {path} does not exist. {how}", "safetensors file")
     if meta.get("format") != MODEL_FORMAT:
-        raise ModelFileError(f"{path} is not a glomlib fine-tuned model (format={meta.get('format')!r}; expected "
-                             f"{MODEL_FORMAT!r}). An SSL encoder.safetensors is not a classifier: fine-tune it first.")
+        raise ModelFileError(
+            f"{path} is not a glomlib fine-tuned model (format={meta.get('format')!r}; expected "
+            f"{MODEL_FORMAT!r}). An SSL encoder.safetensors is not a classifier: fine-tune it first."
+        )
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise ModelFileError(f"{path}: metadata lacks {missing}; the file is incomplete.")
     bad = meta_problems(meta)
     if bad:
-        raise ModelFileError(f"{path}: invalid metadata ({'; '.join(bad)}); the file was damaged or edited. Use "
-                             "the model.safetensors written by the fine-tune run, or fine-tune again.")
+        raise ModelFileError(
+            f"{path}: invalid metadata ({'; '.join(bad)}); the file was damaged or edited. Use "
+            "the model.safetensors written by the fine-tune run, or fine-tune again."
+        )
     return meta
 
 
@@ -238,7 +237,9 @@ def load_model(path: str | Path, device: str = "cpu"):
         raise ModelFileError(f"{path}: weights do not fit a {meta['backbone']} classifier: {e}") from e
     broken = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if broken:
-        raise ModelFileError(f"{path}: weights hold NaN or infinite values ({broken[:3]}); the file was damaged, "
-                             "or training diverged. Fine-tune again.")
+        raise ModelFileError(
+            f"{path}: weights hold NaN or infinite values ({broken[:3]}); the file was damaged, "
+            "or training diverged. Fine-tune again."
+        )
     model.to(runtime.resolve_device(device)).eval()
     return model, meta

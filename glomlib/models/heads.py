@@ -21,8 +21,9 @@ class FinetuneModel(nn.Module):
         return self.head(self.dropout(self.backbone(x))).squeeze(1)
 
 
-def build_classifier(backbone_name: str, feature_dim: int | None = None, backbone: nn.Module | None = None
-                     ) -> FinetuneModel:
+def build_classifier(
+    backbone_name: str, feature_dim: int | None = None, backbone: nn.Module | None = None
+) -> FinetuneModel:
     """A :class:`FinetuneModel` around ``backbone`` (or a fresh scratch ``backbone_name``)."""
     if backbone is None:
         backbone, feature_dim = build_backbone(backbone_name, init="scratch")
