@@ -1,30 +1,11 @@
-"""The study's SimCLR augmentations, batched on tensors (CPU or GPU), each switchable.
+"""Batched tensor augmentations (CPU or GPU), each switchable: SimCLR's views (:func:`augment_batch`,
+:func:`two_views`) and fine-tuning's light one (:func:`light_augment`).
 
-Augmentations (the KSN 2025 study's list, plus vertical flip and optional grayscale/blur):
-
-=====================  ================================================================================
-random resized crop    area fraction in ``[crop_scale_min, crop_scale_max]``, aspect ratio in 3/4..4/3
-horizontal flip        probability ``hflip_p``
-vertical flip          probability ``vflip_p`` (glomeruli have no up or down)
-rotation               any angle in ``[-rotate_degrees, rotate_degrees]`` with probability ``rotate_p``;
-                       the corners are filled by ``rotate_fill`` ("reflection" by default, so no black
-                       corners that the network could use as a shortcut)
-colour jitter          with probability ``jitter_p``: brightness, contrast, saturation, hue
-grayscale              probability ``grayscale_p`` (off by default; SimCLR's default is 0.2)
-gaussian blur          probability ``blur_p`` (off by default), sigma in ``blur_sigma``
-CLAHE                  OpenCV contrast-limited adaptive histogram equalisation on the lightness channel,
-                       per uint8 image, with probability ``clahe_p`` (``clahe_clip``, ``clahe_grid``)
-resize                 to ``image_size`` (the study used 512)
-=====================  ================================================================================
-
-Crop, flips, rotation and resize are composed into ONE affine transform per image and applied to the whole
-batch by a single ``grid_sample`` call; colour operations are per-image tensors broadcast over the batch. CLAHE
-runs on uint8 with OpenCV (it has no tensor form) in the data-loading stage (:func:`apply_clahe`), so with
-DataLoader workers it runs in parallel with the GPU step.
-
-Inputs are uint8 NHWC batches, as :func:`glomlib.data.cache.load_images` returns them. Feed images already resized
-to about ``image_size`` (the cache does this with area interpolation): the crop then only magnifies and
-needs no anti-aliasing.
+SimCLR (the KSN 2025 study's list plus vertical flip, optional grayscale/blur): random resized crop, flips,
+any-angle rotation (corners filled by reflection, no black corners to use as a shortcut), colour jitter, grayscale,
+gaussian blur, HED stain jitter, CLAHE (OpenCV on uint8, in the data loader: :func:`apply_clahe`), resize. Crop,
+flips, rotation and resize are ONE affine transform per image applied by a single ``grid_sample``. Inputs are uint8
+NHWC batches already resized to about ``image_size`` by the cache, so the crop only magnifies.
 """
 
 from __future__ import annotations

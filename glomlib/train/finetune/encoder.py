@@ -58,26 +58,26 @@ def ssl_encoders(cfg: FinetuneConfig, df: pd.DataFrame) -> dict[str | None, Path
         except FileNotFoundError:
             missing.append(spec.replace("{centre}", c))
     if missing:
+        how = f"`glomlib ssl --exclude-centre <C> --out {spec.replace('{centre}', '<C>')}` for C in {centres}"
         raise FileNotFoundError(
-            f"ssl_checkpoint={spec!r}: no encoder for held-out centre(s) {missing}. Pretrain one per centre without "
-            f"it, e.g. `glomlib ssl --exclude-centre <C> --out {spec.replace('{centre}', '<C>')}` for C in {centres}."
+            f"ssl_checkpoint={spec!r}: no encoder for held-out centre(s) {missing}. Pretrain one "
+            f"per centre without it, e.g. {how}."
         )
     return found
 
 
 def _check_encoder_meta(cfg: FinetuneConfig, meta: dict[str, Any]) -> None:
-    if str(meta.get("stain_normalize", "") or "") != str(cfg.stain_normalize or ""):
+    ssl_stain, size = meta.get("stain_normalize", ""), meta.get("image_size")
+    if str(ssl_stain or "") != str(cfg.stain_normalize or ""):
         warnings.warn(
-            f"The SSL encoder was pretrained with stain_normalize={meta.get('stain_normalize', '')!r} "
-            f"but this fine-tune uses {cfg.stain_normalize!r}; the encoder sees other colours than "
-            "it learnt from.",
+            f"The SSL encoder was pretrained with stain_normalize={ssl_stain!r} but this fine-tune uses "
+            f"{cfg.stain_normalize!r}; the encoder sees other colours than it learnt from.",
             stacklevel=3,
         )
-    size = meta.get("image_size")
     if size not in (None, "") and int(size) != int(cfg.image_size):
         warnings.warn(
-            f"The SSL encoder was pretrained at {size} px but image_size={cfg.image_size}; "
-            "fine-tuning at a different size than pretraining usually costs accuracy.",
+            f"The SSL encoder was pretrained at {size} px but image_size={cfg.image_size}; fine-tuning "
+            "at a different size than pretraining usually costs accuracy.",
             stacklevel=3,
         )
 

@@ -21,19 +21,9 @@ FOLD_MODEL_TOLERANCE = 1e-3
 
 def model_meta(cfg: FinetuneConfig, labels: tuple[str, str], fingerprint: str, **extra: Any) -> dict[str, Any]:
     """Metadata of a saved classifier; ``labels``: (positive, negative); ``extra``: epochs, n_train, fold..."""
-    return {
-        "backbone": cfg.backbone,
-        "image_size": int(cfg.image_size),
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "positive_label": labels[0],
-        "negative_label": labels[1],
-        "init": cfg.init,
-        "data_fingerprint": fingerprint,
-        "threshold": 0.5,
-        "stain_normalize": cfg.stain_normalize,
-        **extra,
-    }
+    meta = {"backbone": cfg.backbone, "image_size": int(cfg.image_size), "mean": list(IMAGENET_MEAN)}
+    meta.update(std=list(IMAGENET_STD), positive_label=labels[0], negative_label=labels[1], init=cfg.init)
+    return {**meta, "data_fingerprint": fingerprint, "threshold": 0.5, "stain_normalize": cfg.stain_normalize, **extra}
 
 
 def zero_nonfinite_weights(model) -> list[str]:
@@ -81,10 +71,5 @@ def save_fold_model(
         tried[str(dtype).replace("torch.", "")] = diff
         if diff <= FOLD_MODEL_TOLERANCE:
             break
-    return {
-        "file": path.name,
-        "dtype": str(dtype).replace("torch.", ""),
-        "max_abs_diff": diff,
-        "max_abs_diff_tried": tried,
-        "zeroed_nonfinite": zeroed,
-    }
+    res = {"file": path.name, "dtype": str(dtype).replace("torch.", ""), "max_abs_diff": diff}
+    return {**res, "max_abs_diff_tried": tried, "zeroed_nonfinite": zeroed}

@@ -55,8 +55,8 @@ class _Fit:
     cfg: FinetuneConfig
     images: torch.Tensor
     y: np.ndarray
-    idx_train: np.ndarray
-    idx_val: np.ndarray | None
+    train: np.ndarray
+    val: np.ndarray | None
     plan: runtime.Plan
     model: torch.nn.Module
     opt: torch.optim.Optimizer
@@ -67,46 +67,27 @@ class _Fit:
     state: dict[str, Any]
 
 
-def _start(cfg, images, y, idx_train, idx_val, plan, encoder, epochs: int, min_steps: int, seed: int, desc: str):
+def _start(cfg, images, y, train, val, plan, encoder, epochs: int, min_steps: int, seed: int, desc: str):
     backbone, dim, init_info = build_initial_backbone(cfg, encoder)
     model = build_classifier(cfg.backbone, dim, backbone).to(plan.device)
     if plan.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ytr = y[idx_train]
-    n_pos, n_neg = int((ytr == 1).sum()), int((ytr == 0).sum())
+    n_pos, n_neg = int((y[train] == 1).sum()), int((y[train] == 0).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError(
             f"{desc}: the training images hold only one class ({n_pos} positive, {n_neg} negative); "
             "use larger label_fractions or fewer folds."
         )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    passes = passes_per_epoch(len(idx_train), cfg.batch_size, epochs, max(0, int(min_steps)))
-    steps_per_epoch = passes * max(1, math.ceil(len(idx_train) / cfg.batch_size))
+    passes = passes_per_epoch(len(train), cfg.batch_size, epochs, max(0, int(min_steps)))
+    steps_per_epoch = passes * max(1, math.ceil(len(train) / cfg.batch_size))
     total = epochs * steps_per_epoch
     sched = warmup_cosine(opt, total, min(steps_per_epoch, max(1, total // 10)))
     state = {"epoch": 0, "best_epoch": 0, "best_loss": math.inf, "bad_epochs": 0, "history": [], "best_state": None}
-    fit = _Fit(
-        cfg,
-        images,
-        y,
-        idx_train,
-        idx_val,
-        plan,
-        model,
-        opt,
-        sched,
-        torch.Generator().manual_seed(seed),
-        n_neg / n_pos,
-        passes,
-        state,
-    )
-    return fit, {
-        "n_train": int(len(idx_train)),
-        "n_train_pos": n_pos,
-        "passes_per_epoch": passes,
-        "steps_per_epoch": steps_per_epoch,
-        "init_info": init_info,
-    }
+    gen = torch.Generator().manual_seed(seed)
+    fit = _Fit(cfg, images, y, train, val, plan, model, opt, sched, gen, n_neg / n_pos, passes, state)
+    info = {"n_train": int(len(train)), "n_train_pos": n_pos, "passes_per_epoch": passes}
+    return fit, {**info, "steps_per_epoch": steps_per_epoch, "init_info": init_info}
 
 
 def _load_state(fit: _Fit, path: Path) -> None:
@@ -119,13 +100,8 @@ def _load_state(fit: _Fit, path: Path) -> None:
 
 
 def _save_state(fit: _Fit, path: Path) -> None:
-    ck = {
-        "model": fit.model.state_dict(),
-        "opt": fit.opt.state_dict(),
-        "sched": fit.sched.state_dict(),
-        "gen": fit.gen.get_state(),
-        "state": fit.state,
-    }
+    ck = {"model": fit.model.state_dict(), "opt": fit.opt.state_dict(), "sched": fit.sched.state_dict()}
+    ck.update(gen=fit.gen.get_state(), state=fit.state)
     write_with(path, lambda tmp: torch.save(ck, tmp))
 
 
@@ -144,11 +120,9 @@ def _batch(fit: _Fit, bi: torch.Tensor) -> torch.Tensor:
 
 def _train_epoch(fit: _Fit) -> tuple[float, int]:
     """One epoch of ``passes`` shuffled passes -> (mean training loss, images seen)."""
-    cfg, device = fit.cfg, fit.plan.device
+    cfg, device, idx = fit.cfg, fit.plan.device, torch.from_numpy(np.asarray(fit.train, dtype=np.int64))
+    y_t, pos_weight = torch.from_numpy(fit.y.astype(np.float32)), torch.tensor(fit.pos_weight, device=device)
     fit.model.train()
-    idx = torch.from_numpy(np.asarray(fit.idx_train, dtype=np.int64))
-    y_t = torch.from_numpy(fit.y.astype(np.float32))
-    pos_weight = torch.tensor(fit.pos_weight, device=device)
     perm = torch.cat([idx[torch.randperm(len(idx), generator=fit.gen)] for _ in range(fit.passes)])
     run_loss, seen = 0.0, 0
     for i in range(0, len(perm), cfg.batch_size):
@@ -170,8 +144,8 @@ def _train_epoch(fit: _Fit) -> tuple[float, int]:
 
 def _val_loss(fit: _Fit) -> float:
     """The training objective (class-weighted BCE) on the validation images."""
-    probs = predict_probs(fit.model, fit.images[torch.from_numpy(fit.idx_val)], plan=fit.plan)
-    yy = fit.y[fit.idx_val].astype(np.float64)
+    probs = predict_probs(fit.model, fit.images[torch.from_numpy(fit.val)], plan=fit.plan)
+    yy = fit.y[fit.val].astype(np.float64)
     p = np.clip(probs.astype(np.float64), 1e-6, 1 - 1e-6)
     w = np.where(yy == 1, fit.pos_weight, 1.0)
     return float(np.sum(w * -(yy * np.log(p) + (1 - yy) * np.log(1 - p))) / np.sum(w))
@@ -180,47 +154,35 @@ def _val_loss(fit: _Fit) -> float:
 def _select(fit: _Fit, rec: dict[str, Any]) -> None:
     """Keep the best validation epoch's weights (without validation: the last epoch)."""
     st = fit.state
-    if fit.idx_val is None or not len(fit.idx_val):
+    if fit.val is None or not len(fit.val):
         st["best_epoch"] = st["epoch"]
         return
     rec["val_loss"] = vl = _val_loss(fit)
     if vl < st["best_loss"] - 1e-4:
-        st.update(
-            best_loss=vl,
-            best_epoch=st["epoch"],
-            bad_epochs=0,
-            best_state={k: v.detach().cpu().clone() for k, v in fit.model.state_dict().items()},
-        )
+        best = {k: v.detach().cpu().clone() for k, v in fit.model.state_dict().items()}
+        st.update(best_loss=vl, best_epoch=st["epoch"], bad_epochs=0, best_state=best)
     else:
         st["bad_epochs"] += 1
 
 
+def _report(desc: str, epochs: int, rec: dict[str, Any], seen: int, t_epoch: float) -> None:
+    val = f", val loss {rec['val_loss']:.3f}" if "val_loss" in rec else ""
+    speed = f", {seen / max(time.time() - t_epoch, 1e-9):.1f} images/s"
+    live.report(f"fine-tune {desc} epoch {rec['epoch']}/{epochs}: train loss {rec['train_loss']:.3f}{val}{speed}")
+
+
 def train_one(
-    cfg: FinetuneConfig,
-    images,
-    y_train: np.ndarray,
-    idx_train: np.ndarray,
-    idx_val: np.ndarray | None,
-    *,
-    seed: int,
-    plan: runtime.Plan,
-    encoder: Path | None = None,
-    state_path: Path | None = None,
-    max_epochs: int | None = None,
-    min_steps: int | None = None,
-    desc: str = "train",
+    cfg, images, y, train, val, seed, plan, encoder=None, state_path=None, max_epochs=0, min_steps=None, desc="fit"
 ):
-    """Train one model from ``cfg.init`` (``encoder``: the SSL encoder file of a glom run) on
-    ``images[idx_train]``; select the epoch on ``images[idx_val]`` (without it: ``max_epochs`` epochs, last
-    weights). ``y_train``: labels of every image. ``state_path``: per-epoch checkpoint for resuming.
-    ``min_steps``: the step budget (default ``cfg.min_steps``, -1 counting as 0 here).
-    Returns (model with the selected weights, info: best_epoch, epochs_run, history, seconds, ...)."""
+    """Train one model from ``cfg.init`` (``encoder``: the SSL encoder file of a glom run) on ``images[train]``;
+    select the epoch on ``images[val]`` (without it: ``max_epochs`` epochs, last weights). ``y``: labels of every
+    image. ``state_path``: per-epoch checkpoint for resuming. ``min_steps``: the step budget (default
+    ``cfg.min_steps``, -1 counting as 0 here). -> (model with the selected weights, info: best_epoch, history...)."""
     t0 = time.time()
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
-    epochs = int(max_epochs or cfg.epochs)
-    budget = cfg.min_steps if min_steps is None else min_steps
-    fit, info = _start(cfg, images, y_train, idx_train, idx_val, plan, encoder, epochs, budget, seed, desc)
+    epochs, budget = int(max_epochs or cfg.epochs), cfg.min_steps if min_steps is None else min_steps
+    fit, info = _start(cfg, images, y, train, val, plan, encoder, epochs, budget, seed, desc)
     if state_path is not None and state_path.exists():
         _load_state(fit, state_path)
     st = fit.state
@@ -232,26 +194,17 @@ def train_one(
         rec = {"epoch": st["epoch"], "train_loss": train_loss}
         _select(fit, rec)
         st["history"].append(rec)
-        live.report(
-            f"fine-tune {desc} epoch {st['epoch']}/{epochs}: train loss {rec['train_loss']:.3f}"
-            + (f", val loss {rec['val_loss']:.3f}" if "val_loss" in rec else "")
-            + f", {seen / max(time.time() - t_epoch, 1e-9):.1f} images/s"
-        )
+        _report(desc, epochs, rec, seen, t_epoch)
         bar.update(1)
         bar.set_postfix({k: f"{v:.3f}" for k, v in rec.items() if k != "epoch"})
         if state_path is not None:
             _save_state(fit, state_path)
-        if idx_val is not None and st["bad_epochs"] >= cfg.patience:
+        if val is not None and st["bad_epochs"] >= cfg.patience:
             break
     bar.close()
     if st["best_state"] is not None:
         fit.model.load_state_dict(st["best_state"])
-    return fit.model, {
-        **info,
-        "best_epoch": int(st["best_epoch"]),
-        "epochs_run": int(st["epoch"]),
-        "best_val_loss": float(st["best_loss"]) if math.isfinite(st["best_loss"]) else None,
-        "history": st["history"],
-        "n_val": 0 if idx_val is None else int(len(idx_val)),
-        "seconds": round(time.time() - t0, 1),
-    }
+    best_loss = float(st["best_loss"]) if math.isfinite(st["best_loss"]) else None
+    info.update(best_epoch=int(st["best_epoch"]), epochs_run=int(st["epoch"]), best_val_loss=best_loss)
+    n_val = 0 if val is None else int(len(val))
+    return fit.model, {**info, "history": st["history"], "n_val": n_val, "seconds": round(time.time() - t0, 1)}

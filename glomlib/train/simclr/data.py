@@ -17,18 +17,9 @@ from glomlib.core.paths import DEFAULT_MANIFEST
 from glomlib.train.augment import AugmentParams, apply_clahe
 from glomlib.train.simclr.config import HISTORY_NAME, SSLConfig
 
-HISTORY_FIELDS = [
-    "epoch",
-    "loss",
-    "lr",
-    "images_per_s",
-    "epoch_s",
-    "embedding_std",
-    "embedding_std_ref",
-    "feature_std",
-    "knn_acc",
-    "knn_auc",
-]
+HISTORY_FIELDS = (
+    "epoch loss lr images_per_s epoch_s embedding_std embedding_std_ref feature_std knn_acc knn_auc".split()
+)
 
 
 def _select_rows(cfg: SSLConfig, df: pd.DataFrame) -> pd.DataFrame:
@@ -74,13 +65,8 @@ def load_data(cfg: SSLConfig) -> dict[str, Any]:
         df["path"].tolist(), cfg.image_size, cache_dir=cfg.cache_dir or None, hashes=hashes, stain=cfg.stain_normalize
     )
     y = df["y"].to_numpy().astype(int)
-    return {
-        "df": df,
-        "images": images,
-        "y": y,
-        "folds": _monitor_folds(cfg, df, y),
-        "fingerprint": data_fingerprint(df),
-    }
+    folds = _monitor_folds(cfg, df, y)
+    return {"df": df, "images": images, "y": y, "folds": folds, "fingerprint": data_fingerprint(df)}
 
 
 def epoch_batches(
@@ -133,16 +119,11 @@ def _worker_init(_: int) -> None:
 
 
 def make_loader(source: PairSource, batches: list[np.ndarray], epoch: int, num_workers: int, pin: bool):
-    keys = [(epoch, i, b) for i, b in enumerate(batches)]
+    keys, workers = [(epoch, i, b) for i, b in enumerate(batches)], num_workers > 0
+    init, prefetch = (_worker_init, 4) if workers else (None, None)
+    kw = {"worker_init_fn": init, "prefetch_factor": prefetch, "persistent_workers": False}
     return torch.utils.data.DataLoader(
-        source,
-        sampler=keys,
-        batch_size=None,
-        num_workers=num_workers,
-        pin_memory=pin,
-        worker_init_fn=_worker_init if num_workers > 0 else None,
-        prefetch_factor=4 if num_workers > 0 else None,
-        persistent_workers=False,
+        source, sampler=keys, batch_size=None, num_workers=num_workers, pin_memory=pin, **kw
     )
 
 

@@ -38,6 +38,10 @@ def is_main() -> bool:
     return lightly_dist.rank() == 0 if dist.is_initialized() else dist_info()[0] == 0
 
 
+def rank_and_world() -> tuple[int, int]:
+    return lightly_dist.rank(), lightly_dist.world_size()
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

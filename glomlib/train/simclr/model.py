@@ -52,15 +52,7 @@ def set_backbone_bn_eval(model: SimCLR) -> None:
 
 
 @torch.no_grad()
-def recalibrate_bn(
-    backbone: nn.Module,
-    images: Any,
-    image_size: int,
-    device,
-    batch_size: int = 128,
-    channels_last: bool = False,
-    max_images: int = 2048,
-) -> nn.Module:
+def recalibrate_bn(backbone, images, image_size: int, device, batch_size=128, channels_last=False, max_images=2048):
     """Re-estimate every BatchNorm's running statistics on clean (un-augmented) images, in place; eval mode.
 
     During SimCLR they track augmented views; downstream uses clean patches (on glomeruli-pas this alone moved a

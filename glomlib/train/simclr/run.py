@@ -10,18 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from glomlib.core import runtime
-from glomlib.core.io import (
-    ensure_new_dir,
-    git_commit,
-    new_run_dir,
-    open_for_resume,
-    run_status,
-    software_versions,
-    track_run,
-    write_json_atomic,
-    write_provenance,
-)
+from glomlib.core import io, runtime
 from glomlib.core.paths import DEFAULT_RUNS_ROOT
 from glomlib.models.backbones import WeightsNotFoundError, build_backbone
 from glomlib.train.simclr import dist as D
@@ -35,7 +24,7 @@ def resume_hint(run_dir: str | Path) -> str:
 
 
 def _open_for_resume(cfg: SSLConfig, run_dir: str | Path, fingerprint: str | None, command: str) -> Path:
-    return open_for_resume(
+    return io.open_for_resume(
         run_dir, cfg.to_dict(), fingerprint, free_fields=RESUME_FREE_FIELDS, finished=(ENCODER_NAME,), command=command
     )
 
@@ -46,51 +35,35 @@ def prepare_run_dir(cfg: SSLConfig, fingerprint: str | None = None) -> Path:
     path = ""
     if D.is_main():
         if cfg.out in ("", "auto"):
-            path = str(new_run_dir(DEFAULT_RUNS_ROOT, "ssl"))
+            path = str(io.new_run_dir(DEFAULT_RUNS_ROOT, "ssl"))
         elif cfg.resume:
             path = str(_open_for_resume(cfg, cfg.out, fingerprint, "e.g. --out auto"))
         else:
-            path = str(ensure_new_dir(cfg.out))
+            path = str(io.ensure_new_dir(cfg.out))
     return Path(D.broadcast_str(path))
 
 
-def run_ssl(
-    cfg: SSLConfig,
-    progress: bool | None = None,
-    *,
-    data: dict[str, Any] | None = None,
-    run_dir: str | Path | None = None,
-) -> SSLResult:
+def run_ssl(cfg: SSLConfig, progress: bool | None = None, *, data=None, run_dir=None) -> SSLResult:
     """The whole step. ``data`` (from :func:`load_data`) and ``run_dir`` (from :func:`prepare_run_dir`) may be
     given when the caller (notebook 02) already has them. ``progress``: tqdm bars (default ``cfg.progress``).
     The run folder's ``run.json`` says running / finished / failed (with how to resume or start again)."""
-    with run_status("ssl", resume_hint):
+    with io.run_status("ssl", resume_hint):
         return _run_ssl(cfg, cfg.progress if progress is None else progress, data, run_dir)
 
 
 def _write_provenance(cfg: SSLConfig, run_dir: Path, data: dict[str, Any]) -> None:
     """config.json and provenance.json, written once; a resumed run adds provenance-resumed-<stamp>.json."""
-    extra = {
-        "n_images": int(len(data["images"])),
-        "world_size": D.dist_info()[1],
-        "runtime": ssl_plan(cfg, D.dist_info()[2]).to_dict(),
-        "process_group": D.process_group(),
-    }
+    extra = {"n_images": int(len(data["images"])), "world_size": D.dist_info()[1]}
+    extra.update(runtime=ssl_plan(cfg, D.dist_info()[2]).to_dict(), process_group=D.process_group())
     if cfg.resume and (run_dir / "provenance.json").exists():
         stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
-        write_json_atomic(
-            run_dir / f"provenance-resumed-{stamp}.json",
-            {
-                "config": cfg.to_dict(),
-                "data_fingerprint": data["fingerprint"],
-                "git_commit": git_commit(),
-                "versions": software_versions(),
-                **extra,
-            },
+        doc = {"config": cfg.to_dict(), "data_fingerprint": data["fingerprint"], "git_commit": io.git_commit()}
+        io.write_json_atomic(
+            run_dir / f"provenance-resumed-{stamp}.json", {**doc, "versions": io.software_versions(), **extra}
         )
     else:
         cfg.save(run_dir / "config.json")
-        write_provenance(run_dir, cfg, data["fingerprint"], extra=extra)
+        io.write_provenance(run_dir, cfg, data["fingerprint"], extra=extra)
 
 
 def _run_ssl(cfg: SSLConfig, progress: bool, data: dict[str, Any] | None, run_dir: str | Path | None) -> SSLResult:
@@ -102,19 +75,12 @@ def _run_ssl(cfg: SSLConfig, progress: bool, data: dict[str, Any] | None, run_di
         _open_for_resume(cfg, run_dir, data["fingerprint"], "e.g. out='auto'")
     run_dir = Path(run_dir)
     if D.is_main():
-        track_run(run_dir)
+        io.track_run(run_dir)
         _write_provenance(cfg, run_dir, data)
-    res = pretrain(
-        cfg,
-        data["images"],
-        run_dir,
-        y=data["y"],
-        folds=data["folds"],
-        data_fingerprint=data["fingerprint"],
-        progress=progress,
-    )
+    kw = {"y": data["y"], "folds": data["folds"], "data_fingerprint": data["fingerprint"], "progress": progress}
+    res = pretrain(cfg, data["images"], run_dir, **kw)
     if D.is_main() and cfg.final_probe and (data["folds"] >= 0).any():
-        write_json_atomic(run_dir / "probe.json", final_probe(cfg, data, res.encoder_path))
+        io.write_json_atomic(run_dir / "probe.json", final_probe(cfg, data, res.encoder_path))
     return res
 
 
@@ -145,15 +111,8 @@ def final_probe(cfg: SSLConfig, data: dict[str, Any], encoder_path: str | Path) 
 
 def probe_table(probe: dict[str, Any]) -> pd.DataFrame:
     """probe.json -> a small DataFrame (rows: glom / random / imagenet)."""
+    names = {"auc_mean": "linear-probe AUC", "auc_std": "± (folds)", "knn_auc": "kNN AUC", "knn_acc": "kNN accuracy"}
     rows = [
-        {
-            "encoder": k,
-            "linear-probe AUC": v["auc_mean"],
-            "± (folds)": v["auc_std"],
-            "kNN AUC": v["knn_auc"],
-            "kNN accuracy": v["knn_acc"],
-        }
-        for k, v in probe.items()
-        if isinstance(v, dict)
+        {"encoder": k, **{new: v[old] for old, new in names.items()}} for k, v in probe.items() if isinstance(v, dict)
     ]
     return pd.DataFrame(rows).set_index("encoder").round(3)
