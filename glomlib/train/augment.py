@@ -235,19 +235,10 @@ def to_float_nchw(batch: Any, device: str | torch.device | None = None) -> torch
 
 
 def augment_batch(
-    batch: Any,
-    params: AugmentParams,
-    g: torch.Generator,
-    *,
-    device=None,
-    normalize: bool = True,
-    channels_last: bool = False,
-) -> torch.Tensor:
-    """One augmented view of a uint8 NHWC batch -> float NCHW (ImageNet-normalised when ``normalize``).
-
-    CLAHE is not applied here (it needs OpenCV on uint8): call :func:`apply_clahe` on the uint8 batch first,
-    as :class:`glomlib.train.simclr` does in its data loader.
-    """
+    batch, params: AugmentParams, g: torch.Generator, *, device=None, normalize=True, channels_last=False
+):
+    """One augmented view of a uint8 NHWC batch -> float NCHW (ImageNet-normalised when ``normalize``). CLAHE
+    needs OpenCV on uint8: :func:`apply_clahe` the batch first (SimCLR's data loader does)."""
     x = to_float_nchw(batch, device)
     x = geometric(x, params, g)
     x = color(x, params, g)
@@ -260,16 +251,7 @@ def augment_batch(
     return x
 
 
-def two_views(
-    batch: Any,
-    params: AugmentParams,
-    g: torch.Generator | None = None,
-    *,
-    rng: np.random.Generator | None = None,
-    device=None,
-    normalize: bool = True,
-    channels_last: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def two_views(batch, params: AugmentParams, g=None, *, rng=None, device=None, normalize=True, channels_last=False):
     """Two independently augmented views of a uint8 NHWC batch (CLAHE included, with ``clahe_p``)."""
     g = g if g is not None else torch.Generator().manual_seed(int(np.random.SeedSequence().entropy % 2**63))
     rng = rng or np.random.default_rng()

@@ -9,7 +9,6 @@ from glomlib.core.runtime import PRECISIONS
 from glomlib.data.stain import STAIN_METHODS
 from glomlib.evaluate.runs import INITS
 
-MODEL_FORMAT = "glomlib.train.finetune.model/1"
 # Config fields that may change between an interrupted run and its resumption.
 RESUME_FREE_FIELDS = {"resume", "device", "num_workers", "out", "progress", "final_model", "cache_dir"}
 
