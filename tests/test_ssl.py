@@ -95,7 +95,9 @@ def test_resume_continues_exactly(tmp_path):
 
 def _run_epochs(cfg, x, run_dir, stop_after):
     """Run ``cfg`` but stop after ``stop_after`` epochs (as if killed right after that checkpoint)."""
-    orig = ssl.write_history
+    from glomlib.train.simclr import loop
+
+    orig = loop.write_history
 
     class Stop(Exception):
         pass
@@ -105,13 +107,13 @@ def _run_epochs(cfg, x, run_dir, stop_after):
         if len(rows) >= stop_after:
             raise Stop
 
-    ssl.write_history = write_then_stop
+    loop.write_history = write_then_stop
     try:
         ssl.pretrain(cfg, x, run_dir, progress=False)
     except Stop:
         pass
     finally:
-        ssl.write_history = orig
+        loop.write_history = orig
 
 
 def test_config_validation_messages():
