@@ -199,6 +199,7 @@ def test_resume_skips_finished_folds(manifest, scratch_run, tmp_path, monkeypatc
     import shutil
 
     import glomlib.train.finetune as ft
+    import glomlib.train.finetune.cv as ft_cv
 
     out = tmp_path / "resumed"
     shutil.copytree(scratch_run.out, out)
@@ -214,7 +215,7 @@ def test_resume_skips_finished_folds(manifest, scratch_run, tmp_path, monkeypatc
         calls.append(kw.get("desc"))
         return real(*a, **kw)
 
-    monkeypatch.setattr(ft, "train_one", counting)
+    monkeypatch.setattr(ft_cv, "train_one", counting)
     res = ft.run_finetune(**{**_params(manifest, out), "resume": True})
     assert calls == ["scratch 100% s0 f1", "scratch final"]  # fold 0 was not recomputed
     assert len(res.per_fold) == 2 and (out / "metrics.json").exists()
@@ -228,6 +229,7 @@ def test_resume_skips_finished_folds(manifest, scratch_run, tmp_path, monkeypatc
 
 def test_interrupted_fold_continues_from_epoch_checkpoint(manifest, tmp_path, monkeypatch):
     import glomlib.train.finetune as ft
+    import glomlib.train.finetune.cv as ft_cv
 
     out = tmp_path / "interrupted"
     # simulate a crash at the start of fold 1 (after fold 0 is saved)
@@ -238,12 +240,12 @@ def test_interrupted_fold_continues_from_epoch_checkpoint(manifest, tmp_path, mo
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(ft, "train_one", crash)
+    monkeypatch.setattr(ft_cv, "train_one", crash)
     with pytest.raises(KeyboardInterrupt):
         ft.run_finetune(**_params(manifest, out, epochs=1, final_model=False))
     assert (out / "checkpoints" / "seed0-fold0" / "result.json").exists()
     assert not (out / "metrics.json").exists()
-    monkeypatch.setattr(ft, "train_one", real)
+    monkeypatch.setattr(ft_cv, "train_one", real)
     with pytest.raises(FileExistsError):  # without resume, a non-empty out is refused
         ft.run_finetune(**_params(manifest, out, epochs=1, final_model=False))
     res = ft.run_finetune(**_params(manifest, out, epochs=1, final_model=False, resume=True))

@@ -14,6 +14,8 @@ from glomlib.cli import EXIT_USAGE, main
 from glomlib.core.io import ResumeError, read_run_status
 from glomlib.train import finetune as ft
 from glomlib.train import simclr as ssl
+from glomlib.train.finetune import cv as ft_cv
+from glomlib.train.simclr import run as ssl_run
 
 SSL_ARGS = ["--progress", "false", "--image-size", "32", "--batch-size", "8", "--knn-every", "0",
             "--proj-hidden-dim", "32", "--proj-out-dim", "16", "--precision", "fp32", "--backbone", "resnet18",
@@ -62,14 +64,14 @@ def test_ssl_failed_run_is_marked_and_resumes_only_with_same_data_and_settings(m
     def crash(*args, **kwargs):
         raise MemoryError("out of memory in epoch 1")
 
-    monkeypatch.setattr(ssl, "pretrain", crash)
+    monkeypatch.setattr(ssl_run, "pretrain", crash)
     with pytest.raises(MemoryError):
         ssl.run_ssl(ssl.SSLConfig.from_params(**kw))
     st = read_run_status(out)
     assert st["status"] == "failed" and "out of memory" in st["error"]
     assert f"glomlib ssl --out {out} --resume true" in st["what_now"] and "new out folder" in st["what_now"]
     prov = (out / "provenance.json").read_bytes()
-    monkeypatch.setattr(ssl, "pretrain", real)
+    monkeypatch.setattr(ssl_run, "pretrain", real)
     with pytest.raises(ResumeError) as ei:
         ssl.run_ssl(ssl.SSLConfig.from_params(**{**kw, "data": str(b), "lr": 0.01, "resume": True}))
     msg = str(ei.value)
@@ -119,13 +121,13 @@ def test_finetune_interrupted_run_resumes_only_with_the_same_settings(manifests,
             raise RuntimeError("killed during fold 1")
         return real(*args, **kw)
 
-    monkeypatch.setattr(ft, "train_one", crash)
+    monkeypatch.setattr(ft_cv, "train_one", crash)
     with pytest.raises(RuntimeError):
         ft.run_finetune(**_ft_params(a, out, final_model=False))
     st = read_run_status(out)
     assert st["status"] == "failed" and "--resume true" in st["what_now"]
     prov = (out / "provenance.json").read_bytes()
-    monkeypatch.setattr(ft, "train_one", real)
+    monkeypatch.setattr(ft_cv, "train_one", real)
     with pytest.raises(ResumeError, match=r"epochs: 1 -> 3"):
         ft.run_finetune(**_ft_params(a, out, final_model=False, resume=True, epochs=3))
     res = ft.run_finetune(**_ft_params(a, out, final_model=False, resume=True))

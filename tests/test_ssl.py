@@ -1,6 +1,7 @@
 """glomlib.train.simclr: SimCLR pretraining, checkpoints, resume (also after SIGKILL), CLI."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,7 +16,6 @@ import torch
 from glomlib.models import files as checkpoint
 from glomlib.models import backbones as models
 from glomlib.train import simclr as ssl
-from glomlib.core import runtime
 from glomlib.core.config import ConfigError, config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +95,9 @@ def test_resume_continues_exactly(tmp_path):
 
 def _run_epochs(cfg, x, run_dir, stop_after):
     """Run ``cfg`` but stop after ``stop_after`` epochs (as if killed right after that checkpoint)."""
-    orig = ssl.write_history
+    from glomlib.train.simclr import loop
+
+    orig = loop.write_history
 
     class Stop(Exception):
         pass
@@ -105,13 +107,13 @@ def _run_epochs(cfg, x, run_dir, stop_after):
         if len(rows) >= stop_after:
             raise Stop
 
-    ssl.write_history = write_then_stop
+    loop.write_history = write_then_stop
     try:
         ssl.pretrain(cfg, x, run_dir, progress=False)
     except Stop:
         pass
     finally:
-        ssl.write_history = orig
+        loop.write_history = orig
 
 
 def test_config_validation_messages():
@@ -139,11 +141,35 @@ def test_warmup_never_exceeds_half_the_steps():
     assert cfg.warmup_epochs == 3
 
 
-def test_lr_schedule_warmup_then_cosine():
-    f = [runtime.lr_factor(s, 100, 10) for s in range(100)]
-    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert f[10] == pytest.approx(1.0) and f[99] < 0.01
-    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+def _old_lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """The hand-written schedule that lightly's CosineWarmupScheduler replaced (glomlib.core.runtime.lr_factor)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if total_steps <= warmup_steps:
+        return 1.0
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+@pytest.mark.parametrize("total,warmup", [(100, 10), (10, 5), (7, 0), (3, 1), (240, 16), (2, 1)])
+def test_lr_schedule_warmup_then_cosine(total, warmup):
+    """Every learning rate a training step uses (and the one after the last step) is the old schedule's."""
+    import torch
+
+    from glomlib.train.schedule import warmup_cosine
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    sched = warmup_cosine(opt, total, warmup)
+    lrs = []
+    for _ in range(total + 1):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.5 * _old_lr_factor(s, total, warmup) for s in range(total + 1)], abs=1e-12)
+    f = [x / 0.5 for x in lrs]
+    if warmup:
+        assert f[0] == pytest.approx(1 / warmup) and f[warmup - 1] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[warmup:], f[warmup + 1 :])) and f[total] == 0
 
 
 def test_epoch_batches_shard_without_overlap():

@@ -1,30 +1,11 @@
-"""The study's SimCLR augmentations, batched on tensors (CPU or GPU), each switchable.
+"""Batched tensor augmentations (CPU or GPU), each switchable: SimCLR's views (:func:`augment_batch`,
+:func:`two_views`) and fine-tuning's light one (:func:`light_augment`).
 
-Augmentations (the KSN 2025 study's list, plus vertical flip and optional grayscale/blur):
-
-=====================  ================================================================================
-random resized crop    area fraction in ``[crop_scale_min, crop_scale_max]``, aspect ratio in 3/4..4/3
-horizontal flip        probability ``hflip_p``
-vertical flip          probability ``vflip_p`` (glomeruli have no up or down)
-rotation               any angle in ``[-rotate_degrees, rotate_degrees]`` with probability ``rotate_p``;
-                       the corners are filled by ``rotate_fill`` ("reflection" by default, so no black
-                       corners that the network could use as a shortcut)
-colour jitter          with probability ``jitter_p``: brightness, contrast, saturation, hue
-grayscale              probability ``grayscale_p`` (off by default; SimCLR's default is 0.2)
-gaussian blur          probability ``blur_p`` (off by default), sigma in ``blur_sigma``
-CLAHE                  OpenCV contrast-limited adaptive histogram equalisation on the lightness channel,
-                       per uint8 image, with probability ``clahe_p`` (``clahe_clip``, ``clahe_grid``)
-resize                 to ``image_size`` (the study used 512)
-=====================  ================================================================================
-
-Crop, flips, rotation and resize are composed into ONE affine transform per image and applied to the whole
-batch by a single ``grid_sample`` call; colour operations are per-image tensors broadcast over the batch. CLAHE
-runs on uint8 with OpenCV (it has no tensor form) in the data-loading stage (:func:`apply_clahe`), so with
-DataLoader workers it runs in parallel with the GPU step.
-
-Inputs are uint8 NHWC batches, as :func:`glomlib.data.cache.load_images` returns them. Feed images already resized
-to about ``image_size`` (the cache does this with area interpolation): the crop then only magnifies and
-needs no anti-aliasing.
+SimCLR (the KSN 2025 study's list plus vertical flip, optional grayscale/blur): random resized crop, flips,
+any-angle rotation (corners filled by reflection, no black corners to use as a shortcut), colour jitter, grayscale,
+gaussian blur, HED stain jitter, CLAHE (OpenCV on uint8, in the data loader: :func:`apply_clahe`), resize. Crop,
+flips, rotation and resize are ONE affine transform per image applied by a single ``grid_sample``. Inputs are uint8
+NHWC batches already resized to about ``image_size`` by the cache, so the crop only magnifies.
 """
 
 from __future__ import annotations
@@ -48,16 +29,16 @@ class AugmentParams:
     """Switches and strengths of every augmentation. Probability 0 switches one off."""
 
     image_size: int = 96
-    crop_p: float = 1.0               # probability of a random resized crop (else the whole image)
-    crop_scale_min: float = 0.2       # smallest crop, as a fraction of the image area
+    crop_p: float = 1.0  # probability of a random resized crop (else the whole image)
+    crop_scale_min: float = 0.2  # smallest crop, as a fraction of the image area
     crop_scale_max: float = 1.0
     crop_ratio_min: float = 3 / 4
     crop_ratio_max: float = 4 / 3
     hflip_p: float = 0.5
     vflip_p: float = 0.5
     rotate_p: float = 1.0
-    rotate_degrees: float = 180.0     # any angle
-    rotate_fill: str = "reflection"   # "reflection" | "border" | "zeros"
+    rotate_degrees: float = 180.0  # any angle
+    rotate_fill: str = "reflection"  # "reflection" | "border" | "zeros"
     jitter_p: float = 0.8
     brightness: float = 0.4
     contrast: float = 0.4
@@ -70,7 +51,7 @@ class AugmentParams:
     clahe_p: float = 0.0
     clahe_clip: float = 2.0
     clahe_grid: int = 8
-    stain_augment: float = 0.0        # HED (optical-density) stain jitter strength, see hed_jitter; 0 = off
+    stain_augment: float = 0.0  # HED (optical-density) stain jitter strength, see hed_jitter; 0 = off
 
     def validate(self) -> None:
         for name in ("crop_p", "hflip_p", "vflip_p", "rotate_p", "jitter_p", "grayscale_p", "blur_p", "clahe_p"):
@@ -78,8 +59,9 @@ class AugmentParams:
             if not 0.0 <= float(v) <= 1.0:
                 raise ValueError(f"Augmentation parameter {name}={v} must be a probability in [0, 1].")
         if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1.0:
-            raise ValueError(f"Need 0 < crop_scale_min ({self.crop_scale_min}) <= crop_scale_max "
-                             f"({self.crop_scale_max}) <= 1.")
+            raise ValueError(
+                f"Need 0 < crop_scale_min ({self.crop_scale_min}) <= crop_scale_max ({self.crop_scale_max}) <= 1."
+            )
         if self.rotate_fill not in FILL_MODES:
             raise ValueError(f"rotate_fill={self.rotate_fill!r}; choose one of {list(FILL_MODES)}.")
         if self.image_size < 8:
@@ -93,7 +75,7 @@ class AugmentParams:
             raise ValueError(f"stain_augment={self.stain_augment} must be in [0, 1) (0 = off, 0.05 typical).")
 
     @classmethod
-    def from_config(cls, cfg: Any, **overrides: Any) -> "AugmentParams":
+    def from_config(cls, cfg: Any, **overrides: Any) -> AugmentParams:
         """Pick the fields of this class from any object/dict with the same names (e.g. an SSLConfig)."""
         src = cfg if isinstance(cfg, dict) else cfg.__dict__
         kw = {f.name: src[f.name] for f in dataclasses.fields(cls) if f.name in src}
@@ -114,8 +96,9 @@ def clahe_image(img: np.ndarray, clip: float = 2.0, grid: int = 8) -> np.ndarray
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
 
-def apply_clahe(images: np.ndarray, p: float, clip: float = 2.0, grid: int = 8,
-                rng: np.random.Generator | None = None) -> np.ndarray:
+def apply_clahe(
+    images: np.ndarray, p: float, clip: float = 2.0, grid: int = 8, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """CLAHE on each uint8 NHWC image with probability ``p`` (a copy; the input is never modified)."""
     out = np.array(images, dtype=np.uint8, copy=True)
     if p <= 0:
@@ -251,13 +234,11 @@ def to_float_nchw(batch: Any, device: str | torch.device | None = None) -> torch
     return t
 
 
-def augment_batch(batch: Any, params: AugmentParams, g: torch.Generator, *, device=None,
-                  normalize: bool = True, channels_last: bool = False) -> torch.Tensor:
-    """One augmented view of a uint8 NHWC batch -> float NCHW (ImageNet-normalised when ``normalize``).
-
-    CLAHE is not applied here (it needs OpenCV on uint8): call :func:`apply_clahe` on the uint8 batch first,
-    as :class:`glomlib.train.simclr` does in its data loader.
-    """
+def augment_batch(
+    batch, params: AugmentParams, g: torch.Generator, *, device=None, normalize=True, channels_last=False
+):
+    """One augmented view of a uint8 NHWC batch -> float NCHW (ImageNet-normalised when ``normalize``). CLAHE
+    needs OpenCV on uint8: :func:`apply_clahe` the batch first (SimCLR's data loader does)."""
     x = to_float_nchw(batch, device)
     x = geometric(x, params, g)
     x = color(x, params, g)
@@ -270,9 +251,7 @@ def augment_batch(batch: Any, params: AugmentParams, g: torch.Generator, *, devi
     return x
 
 
-def two_views(batch: Any, params: AugmentParams, g: torch.Generator | None = None, *,
-              rng: np.random.Generator | None = None, device=None, normalize: bool = True,
-              channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def two_views(batch, params: AugmentParams, g=None, *, rng=None, device=None, normalize=True, channels_last=False):
     """Two independently augmented views of a uint8 NHWC batch (CLAHE included, with ``clahe_p``)."""
     g = g if g is not None else torch.Generator().manual_seed(int(np.random.SeedSequence().entropy % 2**63))
     rng = rng or np.random.default_rng()
@@ -284,9 +263,26 @@ def two_views(batch: Any, params: AugmentParams, g: torch.Generator | None = Non
     return v[0], v[1]
 
 
-def denormalize(x: torch.Tensor) -> torch.Tensor:
-    """ImageNet-normalised NCHW -> [0, 1] (for showing views)."""
-    return runtime.denormalize(x.float(), IMAGENET_MEAN, IMAGENET_STD).clamp(0, 1)
+def light_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fine-tuning's light augmentation of a float NCHW batch in [0, 1]: flips, 90° rotations and
+    brightness/contrast/saturation within ±15 %, always on (no crop: a classifier sees the whole patch)."""
+    n, g = x.shape[0], generator
+    flip_h, flip_v = torch.rand(n, generator=g) < 0.5, torch.rand(n, generator=g) < 0.5
+    rot = torch.randint(0, 4, (n,), generator=g)
+    x = torch.where(flip_h.view(-1, 1, 1, 1), x.flip(3), x)
+    x = torch.where(flip_v.view(-1, 1, 1, 1), x.flip(2), x)
+    if x.shape[2] == x.shape[3]:
+        out = x.clone()
+        for k in (1, 2, 3):
+            if (rot == k).any():
+                out[rot == k] = torch.rot90(x[rot == k], k, dims=(2, 3))
+        x = out
+    b, c, s = (1 + (torch.rand(n, 1, 1, 1, generator=g) - 0.5) * 0.3 for _ in range(3))
+    x = x * b
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * c + mean
+    grey = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    return ((x - grey) * s + grey).clamp_(0, 1)
 
 
 # ------------------------------------------------------------------------------ stain (HED) augmentation
@@ -307,8 +303,8 @@ def hed_jitter(x: torch.Tensor, sigma: float, g: torch.Generator | None = None) 
     m = RGB_FROM_HED.to(x.device, x.dtype)
     m = m / m.norm(dim=1, keepdim=True)
     inv = torch.linalg.inv(m)
-    od = -torch.log(x.clamp(1.0 / 255, 1.0))                       # N, 3, H, W
-    hed = torch.einsum("nchw,cd->ndhw", od, inv)                   # stain concentrations
+    od = -torch.log(x.clamp(1.0 / 255, 1.0))  # N, 3, H, W
+    hed = torch.einsum("nchw,cd->ndhw", od, inv)  # stain concentrations
     dev = g.device if g is not None else x.device  # draw where the generator lives (CPU or CUDA)
     alpha = 1 + (torch.rand(n, 3, 1, 1, generator=g, device=dev) * 2 - 1).to(x.device, x.dtype) * sigma
     beta = (torch.rand(n, 3, 1, 1, generator=g, device=dev) * 2 - 1).to(x.device, x.dtype) * sigma

@@ -1,0 +1,100 @@
+"""The initial backbone of a fine-tune: the SSL encoder (resolved once per run), ImageNet weights or random."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from glomlib.core.paths import DEFAULT_RUNS_ROOT
+from glomlib.models.backbones import build_backbone
+from glomlib.models.files import load_encoder_into
+from glomlib.train.finetune.config import FinetuneConfig
+
+
+def find_latest_encoder(root: str | Path = DEFAULT_RUNS_ROOT) -> Path:
+    """Newest ``encoder.safetensors`` under ``root`` (by modification time)."""
+    root = Path(root)
+    found = sorted(root.glob("**/encoder.safetensors"), key=lambda p: p.stat().st_mtime) if root.exists() else []
+    if not found:
+        raise FileNotFoundError(
+            f"init='glom' with ssl_checkpoint='latest' but no encoder.safetensors exists under {root.resolve()}. "
+            "Run notebook 02 (SimCLR pretraining) first, or pass ssl_checkpoint=<path to encoder.safetensors>."
+        )
+    return found[-1]
+
+
+def resolve_ssl_checkpoint(spec: str) -> Path:
+    """An encoder file, an SSL run folder or ``latest`` -> the encoder file."""
+    if spec in ("latest", "", None):
+        return find_latest_encoder()
+    p = Path(spec)
+    if p.is_dir():
+        p = p / "encoder.safetensors"
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"ssl_checkpoint={spec!r}: {p} does not exist. Give the encoder.safetensors "
+            "written by notebook 02 (or its run folder), or 'latest'."
+        )
+    return p
+
+
+def ssl_encoders(cfg: FinetuneConfig, df: pd.DataFrame) -> dict[str | None, Path]:
+    """Every encoder file the run needs, checked before any training: ``{None: file}`` for a glom run,
+    ``{centre: file}`` when ``ssl_checkpoint`` holds ``{centre}`` (the message lists the missing ones and how to
+    make them), ``{}`` for imagenet / scratch."""
+    if cfg.init != "glom":
+        return {}
+    spec = cfg.ssl_checkpoint
+    if not cfg.per_centre_encoders:
+        return {None: resolve_ssl_checkpoint(spec)}
+    centres = sorted(set(df["center"].astype(str).str.strip()) - {""})
+    found, missing = {}, []
+    for c in centres:
+        try:
+            found[c] = resolve_ssl_checkpoint(spec.replace("{centre}", c))
+        except FileNotFoundError:
+            missing.append(spec.replace("{centre}", c))
+    if missing:
+        how = f"`glomlib ssl --exclude-centre <C> --out {spec.replace('{centre}', '<C>')}` for C in {centres}"
+        raise FileNotFoundError(
+            f"ssl_checkpoint={spec!r}: no encoder for held-out centre(s) {missing}. Pretrain one "
+            f"per centre without it, e.g. {how}."
+        )
+    return found
+
+
+def _check_encoder_meta(cfg: FinetuneConfig, meta: dict[str, Any]) -> None:
+    ssl_stain, size = meta.get("stain_normalize", ""), meta.get("image_size")
+    if str(ssl_stain or "") != str(cfg.stain_normalize or ""):
+        warnings.warn(
+            f"The SSL encoder was pretrained with stain_normalize={ssl_stain!r} but this fine-tune uses "
+            f"{cfg.stain_normalize!r}; the encoder sees other colours than it learnt from.",
+            stacklevel=3,
+        )
+    if size not in (None, "") and int(size) != int(cfg.image_size):
+        warnings.warn(
+            f"The SSL encoder was pretrained at {size} px but image_size={cfg.image_size}; fine-tuning "
+            "at a different size than pretraining usually costs accuracy.",
+            stacklevel=3,
+        )
+
+
+def build_initial_backbone(cfg: FinetuneConfig, encoder: Path | None = None):
+    """The backbone for ``cfg.init`` (``encoder``: the SSL encoder file of a glom run) -> (module, dim, info)."""
+    info: dict[str, Any] = {"init": cfg.init}
+    if cfg.init != "glom":
+        weights = (cfg.imagenet_weights or None) if cfg.init == "imagenet" else None
+        return (*build_backbone(cfg.backbone, init=cfg.init, weights_path=weights), info)
+    if encoder is None:
+        raise ValueError("init='glom' needs the SSL encoder file (see ssl_encoders).")
+    backbone, dim = build_backbone(cfg.backbone, init="scratch")
+    meta = load_encoder_into(backbone, encoder, expect_backbone=cfg.backbone)
+    info["ssl_checkpoint"] = str(Path(encoder).resolve())
+    if isinstance(meta, dict):
+        info["ssl_meta"] = {k: meta[k] for k in list(meta)[:20]}
+        info["ssl_meta"].update({k: meta[k] for k in ("exclude_centre", "stain_normalize") if k in meta})
+        _check_encoder_meta(cfg, meta)
+    return backbone, dim, info
