@@ -73,6 +73,36 @@ def _jsonable(v: Any) -> str:
     return json.dumps(v, sort_keys=True, default=str)
 
 
+def _busy_or_done(path: Path, finished: Iterable[str]) -> list[str]:
+    done = [n for n in finished if (path / n).exists()]
+    st = read_run_status(path)
+    pid, reasons = st.get("pid"), []
+    mine = st.get("host") == platform.node() and isinstance(pid, int) and pid != os.getpid()
+    if st.get("status") == "running" and mine and _pid_alive(pid):
+        reasons.append(f"another process (pid {pid}) is running it right now")
+    if done or st.get("status") == "finished":
+        what = ", ".join(done) or "run.json: finished"
+        reasons.append(f"the run is finished ({what}); a finished run's results are never replaced")
+    return reasons
+
+
+def _changed(path: Path, config: dict[str, Any], data_fingerprint: str | None, free: set[str]) -> list[str]:
+    cfg_file, prov, reasons = path / "config.json", path / "provenance.json", []
+    if not cfg_file.is_file():
+        reasons.append("it has no config.json, so it is not a run folder this step can continue")
+    else:
+        old = json.loads(cfg_file.read_text())
+        for k in sorted((set(old) | set(config)) - free):
+            a, b = old.get(k, "<absent>"), config.get(k, "<absent>")
+            if _jsonable(a) != _jsonable(b):
+                reasons.append(f"{k}: {a!r} -> {b!r}")
+    if data_fingerprint is not None and prov.is_file():
+        old_fp = json.loads(prov.read_text()).get("data_fingerprint")
+        if old_fp != data_fingerprint:
+            reasons.append(f"data fingerprint: {old_fp} -> {data_fingerprint} (the manifest or its images changed)")
+    return reasons
+
+
 def open_for_resume(
     path: str | os.PathLike,
     config: dict[str, Any],
@@ -93,45 +123,13 @@ def open_for_resume(
         raise ResumeError(
             f"resume: {path} does not exist; there is nothing to continue. Drop resume to start a new run."
         )
-    reasons: list[str] = []
-    done = [n for n in finished if (path / n).exists()]
-    st = read_run_status(path)
-    status = st.get("status")
-    if (
-        status == "running"
-        and st.get("host") == platform.node()
-        and isinstance(st.get("pid"), int)
-        and st["pid"] != os.getpid()
-        and _pid_alive(st["pid"])
-    ):
-        reasons.append(f"another process (pid {st['pid']}) is running it right now")
-    if done or status == "finished":
-        reasons.append(
-            f"the run is finished ({', '.join(done) or 'run.json: finished'}); a finished run's "
-            "results are never replaced"
-        )
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        reasons.append("it has no config.json, so it is not a run folder this step can continue")
-    else:
-        old = json.loads(cfg_file.read_text())
-        free = set(free_fields)
-        for k in sorted(set(old) | set(config)):
-            if k in free:
-                continue
-            if _jsonable(old.get(k, "<absent>")) != _jsonable(config.get(k, "<absent>")):
-                reasons.append(f"{k}: {old.get(k, '<absent>')!r} -> {config.get(k, '<absent>')!r}")
-    prov = path / "provenance.json"
-    if data_fingerprint is not None and prov.is_file():
-        old_fp = json.loads(prov.read_text()).get("data_fingerprint")
-        if old_fp != data_fingerprint:
-            reasons.append(f"data fingerprint: {old_fp} -> {data_fingerprint} (the manifest or its images changed)")
+    reasons = _busy_or_done(path, finished) + _changed(path, config, data_fingerprint, set(free_fields))
     if reasons:
         again = f" ({command})" if command else ""
         raise ResumeError(
             f"cannot resume {path}:\n  - " + "\n  - ".join(reasons) + "\nStart a new run with "
             f"another out folder{again}, or resume with exactly the run's data and settings "
-            f"(see {cfg_file})."
+            f"(see {path / 'config.json'})."
         )
     sweep_stale_temp(path, recursive=True)
     _note_active(path, resumed=True)
