@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,10 +104,6 @@ def abs_in(path: str | Path, root: Path) -> Path:
     """``path`` with a relative one taken relative to ``root``."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else root / p
-
-
-def now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def copy_license(src: Path, dest: Path) -> None:

@@ -10,6 +10,7 @@ from glomlib.core.io.atomic import (  # noqa: F401
     is_disk_full,
     publish_new,
     sweep_stale_temp,
+    utc_now,
     write_csv_atomic,
     write_csv_new,
     write_json_atomic,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import errno
 import json
 import os
@@ -12,18 +13,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
 TMP_MARK = ".glomlib-tmp-"  # every temp file glomlib writes carries this mark (see sweep_stale_temp)
 
 
 def _fsync_dir(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-    except OSError:
-        pass
 
 
 @contextlib.contextmanager
@@ -59,12 +63,10 @@ class DiskFullError(OSError):
         path = Path(path)
         free = free_space(path.parent)
         where = f"{_fmt_bytes(free)} free on that disk" if free is not None else "free space unknown"
-        super().__init__(
-            errno.ENOSPC,
-            f"disk full while writing {path} ({where}); free some space or write "
-            f"the output to another disk, then run again (nothing half-written "
-            f"was left behind)",
+        what = (
+            "free some space or write the output to another disk, then run again (nothing half-written was left behind)"
         )
+        super().__init__(errno.ENOSPC, f"disk full while writing {path} ({where}); {what}")
         self.path = path
         self.free_bytes = free
 

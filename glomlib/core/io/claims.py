@@ -12,16 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from glomlib.core.errors import ConfigError
-from glomlib.core.io.atomic import _pid_alive, sweep_stale_temp, write_json_atomic
+from glomlib.core.io.atomic import _pid_alive, sweep_stale_temp, utc_now, write_json_atomic
 
 CLAIM_FILE = ".glomlib-claim"
 
 
 def claim_dir(path: str | os.PathLike) -> Path:
-    """Claim ``path`` as this run's output folder, exclusively: of two simultaneous claimants exactly one wins.
-
-    The folder may exist only if it is empty; the claim is a file created with O_EXCL inside it. Raises
-    FileExistsError naming the folder otherwise (runs are never overwritten)."""
+    """Claim ``path`` (empty or new) as this run's output folder with an O_EXCL file: of two claimants one wins."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     others = [p for p in path.iterdir() if p.name != CLAIM_FILE]
@@ -36,16 +33,7 @@ def claim_dir(path: str | os.PathLike) -> Path:
             f"{path} is already claimed by another run{_claimant(path)}; choose a new output folder."
         ) from None
     with os.fdopen(fd, "w") as f:
-        f.write(
-            json.dumps(
-                {
-                    "pid": os.getpid(),
-                    "host": platform.node(),
-                    "claimed_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                }
-            )
-            + "\n"
-        )
+        f.write(json.dumps({"pid": os.getpid(), "host": platform.node(), "claimed_utc": utc_now()}) + "\n")
     _note_active(path)
     return path
 
@@ -142,21 +130,15 @@ _BLOCKS = [0]  # how many run_status blocks are open
 
 
 def read_run_status(path: str | os.PathLike) -> dict[str, Any]:
-    f = Path(path) / RUN_STATUS
     try:
-        return json.loads(f.read_text())
+        return json.loads((Path(path) / RUN_STATUS).read_text())
     except (OSError, ValueError):
         return {}
 
 
 def mark_run(path: str | os.PathLike, status: str, **info: Any) -> Path:
     """Record a run's state (``running`` / ``failed`` / ``finished``) in ``<run>/run.json``."""
-    rec = {
-        **read_run_status(path),
-        "status": status,
-        **info,
-        "updated_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
+    rec = {**read_run_status(path), "status": status, **info, "updated_utc": utc_now()}
     if status != "failed":
         rec.pop("error", None)
         rec.pop("what_now", None)
@@ -172,15 +154,16 @@ def run_status(step: str, resume_hint: Callable[[Path], str]) -> Iterator[list[P
     try:
         yield _ACTIVE
     except BaseException as e:
+        error = f"{type(e).__name__}: {e}"[:2000]
+        again = "; or start again with a new out folder (this one is kept as the record of the failure)"
         for d in _ACTIVE[start:]:
             with contextlib.suppress(Exception):
                 mark_run(
                     d,
                     "failed",
                     step=step,
-                    error=f"{type(e).__name__}: {e}"[:2000],
-                    what_now=f"fix the cause, then continue this run with: {resume_hint(d)} ; or start "
-                    "again with a new out folder (this one is kept as the record of the failure)",
+                    error=error,
+                    what_now=f"fix the cause, then continue this run with: {resume_hint(d)} {again}",
                 )
         raise
     else:
@@ -206,7 +189,6 @@ def _note_active(path: Path, resumed: bool = False) -> None:
 
 
 def _claimant(path: Path) -> str:
-    """' (process N, still running)' / ' (process N, no longer running: ...)' from a claim file, or ''."""
     try:
         info = json.loads((path / CLAIM_FILE).read_text())
         pid, host = int(info["pid"]), info.get("host")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import platform
 import subprocess
@@ -11,23 +10,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from glomlib.core.io.atomic import write_json_atomic
+from glomlib.core.io.atomic import utc_now, write_json_atomic
 
-TRACKED_PACKAGES = (
-    "glomlib",
-    "torch",
-    "torchvision",
-    "lightly",
-    "timm",
-    "numpy",
-    "pandas",
-    "scikit-learn",
-    "opencv-python-headless",
-    "grad-cam",
-    "umap-learn",
-    "papermill",
-    "nbconvert",
-    "safetensors",
+TRACKED_PACKAGES = tuple(
+    "glomlib torch torchvision lightly timm numpy pandas scikit-learn opencv-python-headless grad-cam umap-learn "
+    "papermill nbconvert safetensors".split()
 )
 
 
@@ -47,19 +34,13 @@ def software_versions() -> dict[str, Any]:
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
     """The current git commit of the project checkout (with '+dirty' if there are uncommitted changes)."""
-    cwd = Path(cwd) if cwd else Path(__file__).resolve().parents[2]
+    cwd = Path(cwd) if cwd else Path(__file__).resolve().parents[3]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
+        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except Exception:
         return None
 
@@ -71,15 +52,7 @@ def write_provenance(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``provenance.json`` (config, versions, data fingerprint, git commit, time) into ``run_dir``."""
-    run_dir = Path(run_dir)
     cfg = config.to_dict() if hasattr(config, "to_dict") else config
-    record = {
-        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "config": cfg,
-        "data_fingerprint": data_fingerprint,
-        "git_commit": git_commit(),
-        "versions": software_versions(),
-    }
-    if extra:
-        record.update(extra)
-    return write_json_atomic(run_dir / "provenance.json", record)
+    record = {"created_utc": utc_now(), "config": cfg, "data_fingerprint": data_fingerprint}
+    record |= {"git_commit": git_commit(), "versions": software_versions(), **(extra or {})}
+    return write_json_atomic(Path(run_dir) / "provenance.json", record)

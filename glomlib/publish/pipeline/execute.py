@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from glomlib.core import progress, runs
-from glomlib.core.io import write_json_atomic
-from glomlib.publish.steps import PipelineError, Step, now, rel
+from glomlib.core.io import utc_now, write_json_atomic
+from glomlib.publish.steps import PipelineError, Step, rel
 
 KERNEL = "python3"
 # the kernel logs errors only: its "running over TCP without encryption" warning means nothing to a user here
@@ -132,7 +132,7 @@ def execute_step(step, notebook, params, run_dir, root, state: RunState, log, re
     if prev in ("failed", "running", "completed") or executed.exists() or (run_dir / step.out).exists():
         if _keep_earlier(step, executed, run_dir, root, prev, resumable, log):
             params["resume"] = True
-    state.update(step, status="running", started=now(), finished=None, error=None, parameters=params)
+    state.update(step, status="running", started=utc_now(), finished=None, error=None, parameters=params)
     t0 = time.monotonic()
     try:
         with _streamed_progress(run_dir / "progress" / f"{Path(step.executed_name).stem}.log", log):
@@ -152,12 +152,12 @@ def execute_step(step, notebook, params, run_dir, root, state: RunState, log, re
         error = f"{e.ename}: {e.evalue}" if pm else f"{type(e).__name__}: {e}"
         extra = {"failed_cell": e.exec_count} if pm else {}
         state.update(
-            step, status="failed", finished=now(), seconds=round(time.monotonic() - t0, 1), error=error, **extra
+            step, status="failed", finished=utc_now(), seconds=round(time.monotonic() - t0, 1), error=error, **extra
         )
         if isinstance(e, KeyboardInterrupt):
             raise
         raise PipelineError(_failure(step, notebook, e, executed, run_dir, root)) from e
-    state.update(step, status="completed", finished=now(), seconds=round(time.monotonic() - t0, 1))
+    state.update(step, status="completed", finished=utc_now(), seconds=round(time.monotonic() - t0, 1))
 
 
 def write_summary(run_dir: Path, root: Path, definition: dict[str, Any], state: RunState) -> Path:
@@ -182,6 +182,6 @@ def write_summary(run_dir: Path, root: Path, definition: dict[str, Any], state: 
         "metrics": metrics,
         "models": models,
         "paths_relative_to": "project root",
-        "updated_utc": now(),
+        "updated_utc": utc_now(),
     }
     return write_json_atomic(run_dir / "summary.json", summary)

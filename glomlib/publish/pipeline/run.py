@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from glomlib.core.config import ConfigError
-from glomlib.core.io import new_run_dir, sweep_stale_temp, write_json_atomic, write_provenance
+from glomlib.core.io import new_run_dir, sweep_stale_temp, utc_now, write_json_atomic, write_provenance
 from glomlib.publish.pipeline.data import data_fingerprint, ensure_manifest, write_subset_manifest
 from glomlib.publish.pipeline.execute import RunState, execute_step, notebook_completed, write_summary
 from glomlib.publish.pipeline.params import notebook_parameters, notebook_paths, step_parameters
 from glomlib.publish.pipeline.profiles import load_run_profile, resolve_profile_path, select_steps
 from glomlib.publish.privacy import pseudonym_key, write_pseudonymised_manifest
 from glomlib.publish.report import render_run
-from glomlib.publish.steps import PipelineError, abs_in, find_project_root, now, plan_steps, refuse_real_identifiers
+from glomlib.publish.steps import PipelineError, abs_in, find_project_root, plan_steps, refuse_real_identifiers
 from glomlib.publish.steps import rel as _rel
 
 
@@ -88,7 +88,7 @@ def _definition(prof, steps, declared, params, root: Path, **paths: Any) -> dict
         "parameters": params,
         "pseudonymised_data": paths["pseudonymise"],
         "resumable": [stem for stem, d in declared.items() if "resume" in d],
-        "created_utc": now(),
+        "created_utc": utc_now(),
     }
 
 
@@ -204,7 +204,7 @@ def run_pipeline(
     nbs = notebook_paths(abs_in(definition["notebooks_dir"], root))
     log = _tee(log, run_dir / "pipeline.log")
     log(
-        f"--- {now()} glomlib run {'--resume' if resume else '--profile ' + str(prof['name'])}"
+        f"--- {utc_now()} glomlib run {'--resume' if resume else '--profile ' + str(prof['name'])}"
         f"{' --only ' + ' '.join(only) if only else ''}"
     )
     steps = plan_steps(prof)
