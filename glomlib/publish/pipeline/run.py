@@ -72,12 +72,12 @@ def _prepare_data(prof, source: Path, ext: Path | None, run_dir: Path, pseudonym
     return used, ext, data_fingerprint(used, positive)
 
 
-def _definition(prof, steps, declared, params, root: Path, **paths: Any) -> dict[str, Any]:
+def _definition(prof, steps, declared, params, root: Path, paths, fingerprint, pseudonymise) -> dict[str, Any]:
     return {
         "profile": prof,
         "data": _rel(paths["used"], root),
         "data_source": _rel(paths["source"], root),
-        "data_fingerprint": paths["fingerprint"],
+        "data_fingerprint": fingerprint,
         "ssl_data": _rel(paths["ssl"], root) if paths["ssl"] else None,
         "notebooks_dir": _rel(paths["notebooks"], root),
         "inits": prof["inits"],
@@ -86,7 +86,7 @@ def _definition(prof, steps, declared, params, root: Path, **paths: Any) -> dict
             for s in steps
         ],
         "parameters": params,
-        "pseudonymised_data": paths["pseudonymise"],
+        "pseudonymised_data": pseudonymise,
         "resumable": [stem for stem, d in declared.items() if "resume" in d],
         "created_utc": utc_now(),
     }
@@ -103,12 +103,9 @@ def _create(profile, data, ssl_data, only, pseudonymise, runs_root, notebooks_di
     select_steps(steps, only)  # validate --only before creating anything
     source = ensure_manifest(data, root)
     step_parameters(prof, declared, "RUN", "DATA", external_rel="EXTERNAL" if prof.get("external") else None)
-    ext = _existing(
-        prof.get("external") and str(prof["external"]),
-        root,
-        f"profile {prof['name']!r}: external manifest {prof.get('external')} does not exist; "
-        "give the path of a labelled manifest CSV (path, label, slide[, center]).",
-    )
+    ext_says = "give the path of a labelled manifest CSV (path, label, slide[, center])."
+    ext = prof.get("external") and str(prof["external"])
+    ext = _existing(ext, root, f"profile {prof['name']!r}: external manifest {ext} does not exist; {ext_says}")
     ssl = _existing(ssl_data, root, f"--ssl-data {ssl_data}: no such manifest.")
     run_dir = new_run_dir(abs_in(runs_root, root), prof["name"]).resolve()
     log(f"Run folder: {_rel(run_dir, root)}")
@@ -119,19 +116,8 @@ def _create(profile, data, ssl_data, only, pseudonymise, runs_root, notebooks_di
         raise
     rels = [_rel(p, root) if p else None for p in (run_dir, used, ssl, ext)]
     params = step_parameters(prof, declared, rels[0], rels[1], rels[2], external_rel=rels[3])
-    definition = _definition(
-        prof,
-        steps,
-        declared,
-        params,
-        root,
-        used=used,
-        source=source,
-        fingerprint=fingerprint,
-        ssl=ssl,
-        notebooks=nb_dir,
-        pseudonymise=pseudonymise,
-    )
+    paths = {"used": used, "source": source, "ssl": ssl, "notebooks": nb_dir}
+    definition = _definition(prof, steps, declared, params, root, paths, fingerprint, pseudonymise)
     write_json_atomic(run_dir / "pipeline.json", definition)
     shutil.copy2(resolve_profile_path(profile), run_dir / "profile.yaml")
     config = {"profile": prof, "data": definition["data"], "parameters": params}
