@@ -29,7 +29,7 @@ def test_load_checkpoint_refuses_arbitrary_objects(tmp_path):
 def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
     p = checkpoint.atomic_save({"v": 1}, tmp_path / "ck.pt")
 
-    import glomlib.core.io as io
+    import glomlib.core.io.atomic as io
 
     def boom(*a, **k):
         raise OSError("disk full")

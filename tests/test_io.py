@@ -207,7 +207,7 @@ def test_disk_full_names_path_and_free_space(tmp_path, error):
 
 
 def test_torch_save_iostream_error_on_a_nearly_full_disk_is_disk_full(tmp_path, monkeypatch):
-    import glomlib.core.io as io
+    import glomlib.core.io.atomic as io
 
     def vague(tmp):
         raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "

@@ -8,7 +8,7 @@ import json
 import nbformat
 
 from glomlib.core import progress
-from glomlib.publish import pipeline
+from glomlib.publish.pipeline import execute as pipeline
 
 
 def test_report_is_silent_without_the_env(monkeypatch, tmp_path, capsys):

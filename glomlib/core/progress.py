@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ENV = "GLOMLIB_PROGRESS_FILE"
 
@@ -55,7 +55,7 @@ class Tail:
 
     def _drain(self) -> None:
         try:
-            with open(self.path, "r", encoding="utf-8", errors="replace") as f:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
                 f.seek(self._pos)
                 chunk = f.read()
                 self._pos = f.tell()
@@ -72,7 +72,7 @@ class Tail:
         while not self._stop.wait(self.interval_s):
             self._drain()
 
-    def start(self) -> "Tail":
+    def start(self) -> Tail:
         self._thread.start()
         return self
 
@@ -84,7 +84,7 @@ class Tail:
             self.emit(self._partial)
             self._partial = ""
 
-    def __enter__(self) -> "Tail":
+    def __enter__(self) -> Tail:
         return self.start()
 
     def __exit__(self, *exc) -> None:

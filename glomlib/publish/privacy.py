@@ -6,10 +6,10 @@ import hashlib
 import hmac
 import os
 import secrets
-import shutil
 from pathlib import Path
 
 from glomlib.data.manifest import read_manifest, write_manifest
+from glomlib.publish.steps import copy_license
 
 
 def pseudonym(identifier: str, key: bytes, prefix: str = "slide") -> str:
@@ -41,14 +41,22 @@ def _link(real: str, link: Path) -> None:
         os.symlink(os.path.abspath(real), link)
 
 
+def _linked(real: str, folder: Path, name: str) -> str:
+    """A link ``folder/<name><ext>`` to ``real`` (absolute: write_manifest makes it relative), or "" for no file."""
+    if not real:
+        return ""
+    link = folder / f"{name}{Path(real).suffix.lower()}"
+    _link(real, link)
+    return str(link.absolute())
+
+
 def write_pseudonymised_manifest(src: Path, dest: Path, key: bytes, positive_label: str) -> Path:
     """A manifest whose slide, patient AND file names are pseudonyms, so that nothing downstream (tables, figures
     captioned with file names, logs, notebook outputs) can show a real identifier.
 
-    Every image (and mask) gets a link named ``<slide pseudonym>-<n><ext>`` in ``<dest stem>-files/images/`` (and
-    ``masks/``) beside ``dest``; the manifest points at those links, relative to its folder. The mapping (pseudonym
-    -> real slide, patient and file) is written to ``<dest stem>-mapping.csv`` beside it: it stays in the run
-    folder, outside any report. The images are not copied (hard links, or symbolic links across disks)."""
+    Every image (and mask) gets a link ``<slide pseudonym>-<n><ext>`` in ``<dest stem>-files/images/`` (and
+    ``masks/``), not a copy; the mapping to the real names goes to ``<dest stem>-mapping.csv`` in the run folder,
+    outside any report."""
     import pandas as pd
 
     df = read_manifest(src, positive_label=positive_label).copy()
@@ -60,33 +68,27 @@ def write_pseudonymised_manifest(src: Path, dest: Path, key: bytes, positive_lab
     if len(set(slide_ps)) != df["slide"].nunique():
         raise ValueError("two slides got the same pseudonym; use another pseudonym key ($GLOMLIB_PSEUDONYM_KEY)")
     patient_ps = [pseudonym(str(v), key, "patient") for v in df["patient"]] if has_patient else slide_ps
-    counter: dict[str, int] = {}
-    new_paths, new_masks, mapping = [], [], []
-    for i in range(len(df)):
-        s = slide_ps[i]
-        k = counter[s] = counter.get(s, -1) + 1
-        real = str(df["path"].iat[i])
-        img = files / "images" / f"{s}-{k}{Path(real).suffix.lower()}"
-        _link(real, img)
-        new_paths.append(str(img.absolute()))  # write_manifest makes them relative to the manifest's folder
-        m = str(df["mask"].iat[i])
-        if m:
-            mk = files / "masks" / f"{s}-{k}{Path(m).suffix.lower()}"
-            _link(m, mk)
-            new_masks.append(str(mk.absolute()))
-        else:
-            new_masks.append("")
-        mapping.append({"path": os.path.relpath(img, dest.parent), "real_path": real, "slide": s, "real_slide": df["slide"].iat[i],
-                        "patient": patient_ps[i], "real_patient": df["patient"].iat[i], "mask": os.path.relpath(new_masks[-1], dest.parent) if m else "", "real_mask": m})
+    names = [f"{s}-{n}" for s, n in zip(slide_ps, pd.Series(slide_ps).groupby(slide_ps).cumcount())]
     out = df.copy()
-    out["path"], out["mask"], out["slide"] = new_paths, new_masks, slide_ps
-    out["patient"] = patient_ps
-    cols = ["path", "label", "slide"] + (["patient"] if has_patient else []) + \
-        [c for c in ("center", "split", "mask") if (df[c] != "").any()]
+    out["path"] = [_linked(str(r), files / "images", n) for r, n in zip(df["path"], names)]
+    out["mask"] = [_linked(str(r), files / "masks", n) for r, n in zip(df["mask"], names)]
+    out["slide"], out["patient"] = slide_ps, patient_ps
+    mapping = pd.DataFrame(
+        {
+            "path": [os.path.relpath(p, dest.parent) for p in out["path"]],
+            "real_path": df["path"].astype(str),
+            "slide": slide_ps,
+            "real_slide": df["slide"],
+            "patient": patient_ps,
+            "real_patient": df["patient"],
+            "mask": [os.path.relpath(m, dest.parent) if m else "" for m in out["mask"]],
+            "real_mask": df["mask"].astype(str),
+        }
+    )
+    cols = ["path", "label", "slide"] + (["patient"] if has_patient else [])
+    cols += [c for c in ("center", "split", "mask") if (df[c] != "").any()]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(mapping).to_csv(dest.parent / f"{dest.stem}-mapping.csv", index=False)
+    mapping.to_csv(dest.parent / f"{dest.stem}-mapping.csv", index=False)
     write_manifest(out[cols], dest)
-    for extra in ("dataset.json", "LICENSE", "CITATION", "CITATION.txt", "CITATION.cff", "README.md"):
-        if (src.parent / extra).is_file() and not (dest.parent / extra).exists():
-            shutil.copy2(src.parent / extra, dest.parent / extra)
+    copy_license(src, dest)
     return dest

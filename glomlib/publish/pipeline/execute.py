@@ -1,0 +1,187 @@
+"""Executing one notebook with papermill: step state, earlier attempts kept aside, progress, the summary."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from glomlib.core import progress, runs
+from glomlib.core.io import utc_now, write_json_atomic
+from glomlib.publish.steps import PipelineError, Step, rel
+
+KERNEL = "python3"
+# the kernel logs errors only: its "running over TCP without encryption" warning means nothing to a user here
+# (the kernel listens on localhost for this one papermill client)
+KERNEL_ARGS = ["--log-level=ERROR"]
+
+
+class RunState:
+    """``state.json``: the status of every step, written atomically after every change."""
+
+    def __init__(self, run_dir: Path, steps: list[Step] | None = None):
+        self.path = run_dir / "state.json"
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else {"steps": {}}
+        for s in steps or []:
+            entry = {"status": "pending", "notebook": f"notebooks/{s.executed_name}", "out": s.out}
+            self.data["steps"].setdefault(s.id, entry)
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.data)
+
+    def get(self, step: Step) -> dict[str, Any]:
+        return self.data["steps"].setdefault(step.id, {"status": "pending"})
+
+    def update(self, step: Step, **kw: Any) -> None:
+        self.get(step).update(kw)
+        self.save()
+
+
+def notebook_completed(path: Path) -> bool:
+    """True when the executed notebook exists and papermill recorded no exception for it."""
+    if not path.is_file():
+        return False
+    try:
+        import nbformat
+
+        nb = nbformat.read(str(path), as_version=4)
+    except Exception:
+        return False
+    pm = nb.metadata.get("papermill", {})
+    if pm.get("exception"):
+        return False
+    statuses = [c.metadata.get("papermill", {}).get("status") for c in nb.cells if c.cell_type == "code"]
+    return all(s in (None, "completed") for s in statuses) and bool(pm)
+
+
+def _move_aside(path: Path, label: str) -> Path | None:
+    """Keep an earlier attempt's output: rename ``path`` to ``path.<label>-N`` (never overwritten)."""
+    if not path.exists():
+        return None
+    for n in range(1, 1000):
+        target = path.with_name(f"{path.name}.{label}-{n}")
+        if not target.exists():
+            path.rename(target)
+            return target
+    raise PipelineError(f"Too many earlier attempts next to {path}; clean them up.")
+
+
+@contextlib.contextmanager
+def _streamed_progress(path: Path, log: Callable[[str], None]):
+    """While a notebook runs, its steps append progress lines to ``path`` (``$GLOMLIB_PROGRESS_FILE``, inherited
+    by the kernel) and a thread prints them to the terminal; the executed notebook, and so the report, gets none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = os.environ.get(progress.ENV)
+    os.environ[progress.ENV] = str(path)
+    try:
+        with progress.Tail(path, lambda line: log(f"      {line}")):
+            yield
+    finally:
+        if old is None:
+            os.environ.pop(progress.ENV, None)
+        else:
+            os.environ[progress.ENV] = old
+
+
+def _keep_earlier(step: Step, executed: Path, run_dir: Path, root: Path, prev: Any, resumable: bool, log) -> bool:
+    """Move an earlier attempt aside; True when a failed, resumable step continues in its output folder."""
+    label = "failed" if prev in ("failed", "running") else "previous"
+    continue_out = label == "failed" and resumable and (run_dir / step.out).is_dir()
+    if continue_out:
+        log(f"    continuing the interrupted work in {rel(run_dir / step.out, root)} (resume=True)")
+    kept = [_move_aside(executed, label), None if continue_out else _move_aside(run_dir / step.out, label)]
+    kept = [rel(k, root) for k in kept if k]
+    if kept:
+        log(f"    kept the earlier attempt as {', '.join(kept)}")
+    return continue_out
+
+
+def _failure(step: Step, notebook: Path, e: BaseException, executed: Path, run_dir: Path, root: Path) -> str:
+    from papermill.exceptions import PapermillExecutionError
+
+    what = f"Notebook {notebook.name}{f' (init={step.init})' if step.init else ''}"
+    again = f"glomlib run --resume {rel(run_dir, root)}"
+    if isinstance(e, PapermillExecutionError):
+        return (
+            f"{what} failed in cell [{e.exec_count}]: {e.ename}: {e.evalue}\n"
+            f"The partially executed notebook is kept at {rel(executed, root)}.\nFix the cause, then continue with: {again}"
+        )
+    return (
+        f"{what} could not be executed: {type(e).__name__}: {e}\n"
+        f"Whatever was executed is kept at {rel(executed, root)}; continue with: {again}"
+    )
+
+
+def execute_step(step, notebook, params, run_dir, root, state: RunState, log, resumable: bool = False) -> None:
+    """Execute one notebook. An earlier attempt's notebook and output folder are kept beside the new ones
+    (``*.failed-N`` / ``*.previous-N``); a failed step whose notebook declares ``resume`` continues in its
+    output folder with ``resume=True`` instead (finished work, e.g. SSL epochs or CV folds, is reused)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    executed = run_dir / "notebooks" / step.executed_name
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    prev = state.get(step).get("status")
+    params = dict(params)
+    if prev in ("failed", "running", "completed") or executed.exists() or (run_dir / step.out).exists():
+        if _keep_earlier(step, executed, run_dir, root, prev, resumable, log):
+            params["resume"] = True
+    state.update(step, status="running", started=utc_now(), finished=None, error=None, parameters=params)
+    t0 = time.monotonic()
+    try:
+        with _streamed_progress(run_dir / "progress" / f"{Path(step.executed_name).stem}.log", log):
+            papermill.execute_notebook(
+                str(notebook),
+                str(executed),
+                parameters=params,
+                kernel_name=KERNEL,
+                cwd=str(root),
+                progress_bar=sys.stderr.isatty(),
+                log_output=False,
+                request_save_on_cell_execute=True,
+                extra_arguments=KERNEL_ARGS,
+            )
+    except BaseException as e:
+        pm = isinstance(e, PapermillExecutionError)
+        error = f"{e.ename}: {e.evalue}" if pm else f"{type(e).__name__}: {e}"
+        extra = {"failed_cell": e.exec_count} if pm else {}
+        state.update(
+            step, status="failed", finished=utc_now(), seconds=round(time.monotonic() - t0, 1), error=error, **extra
+        )
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise PipelineError(_failure(step, notebook, e, executed, run_dir, root)) from e
+    state.update(step, status="completed", finished=utc_now(), seconds=round(time.monotonic() - t0, 1))
+
+
+def write_summary(run_dir: Path, root: Path, definition: dict[str, Any], state: RunState) -> Path:
+    """``summary.json``: headline metrics per init (from finetune/<init>/metrics.json) and the model per init."""
+    metrics: dict[str, Any] = {}
+    models: dict[str, str] = {}
+    for init, (mpath, model) in runs.finetune_outputs(run_dir, definition["inits"]).items():
+        if mpath.is_file():
+            try:
+                m = json.loads(mpath.read_text())
+                metrics[init] = m.get("summary", m)
+            except json.JSONDecodeError:
+                metrics[init] = {"error": f"unreadable {mpath.name}"}
+        if model.is_file():
+            models[init] = rel(model, root)
+    summary = {
+        "run": run_dir.name,
+        "profile": definition["profile"]["name"],
+        "data": definition["data"],
+        "data_fingerprint": definition.get("data_fingerprint"),
+        "status": {sid: s.get("status") for sid, s in state.data["steps"].items()},
+        "metrics": metrics,
+        "models": models,
+        "paths_relative_to": "project root",
+        "updated_utc": utc_now(),
+    }
+    return write_json_atomic(run_dir / "summary.json", summary)
