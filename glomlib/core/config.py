@@ -1,26 +1,23 @@
-"""One config object per step: the single source of its defaults, its notebook parameters and its CLI.
+"""One config object per step: the single source of its defaults, its notebook parameters and its command line.
 
-Every step module defines a dataclass that subclasses :class:`StepConfig`; its fields (with their defaults
-and trailing ``# comment``) are exactly the notebook's parameters cell (tests/test_defaults.py compares
-names and values); profiles only override them. ``Config.from_params(**kw)`` rejects unknown names with a
-clear message, so a typo in ``papermill -p`` or in a profile fails loudly instead of being ignored.
-:func:`add_config_arguments` / :func:`config_from_args` turn the same dataclass into ``glomlib <step>
---name value`` options, help text from each field's comment.
+Every step defines a frozen dataclass subclassing :class:`StepConfig`. Its fields, defaults and trailing
+``# comments`` are the notebook's parameters cell (tests/test_defaults.py), the profiles' keys and the
+``glomlib <step> --name value`` options: tyro builds the command line from the dataclass (help from the comments,
+choices from ``Literal``); ranges are ``Annotated`` constraints (annotated-types) checked here, in one place, when
+the config is made. A config is validated once, where it enters (CLI, notebook, profile, file), and never mutated:
+derive another with ``dataclasses.replace``.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
-import inspect
-import io
 import json
-import textwrap
-import tokenize
+import math
+import typing
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
+import annotated_types as at
 import yaml
 
 from glomlib.core.errors import ConfigError
@@ -32,9 +29,101 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PROFILES_DIR = PACKAGE_DIR / "profiles"
 
 
-@dataclasses.dataclass
+def _unique(v: Any) -> bool:
+    """no repeated values"""
+    return len(set(v)) == len(list(v))
+
+
+Unique = at.Predicate(_unique)
+PositiveInt = Annotated[int, at.Ge(1)]
+NonNegativeInt = Annotated[int, at.Ge(0)]
+PositiveFloat = Annotated[float, at.Gt(0)]
+NonNegativeFloat = Annotated[float, at.Ge(0)]
+Fraction = Annotated[float, at.Gt(0), at.Le(1)]
+Probability = Annotated[float, at.Ge(0), at.Le(1)]
+Seeds = Annotated[list[int], at.MinLen(1), Unique]
+Precision = Literal["auto", "bf16", "fp32"]
+Device = Literal["auto", "cpu", "cuda"]
+
+_BOUNDS = {
+    at.Gt: ("gt", ">", float.__gt__),
+    at.Ge: ("ge", ">=", float.__ge__),
+    at.Lt: ("lt", "<", float.__lt__),
+    at.Le: ("le", "<=", float.__le__),
+}
+
+
+def _violation(name: str, value: Any, c: Any) -> str | None:
+    """Why ``value`` breaks constraint ``c`` (an annotated-types object), or None."""
+    if type(c) in _BOUNDS:
+        attr, sym, op = _BOUNDS[type(c)]
+        bound = getattr(c, attr)
+        return None if op(float(value), float(bound)) else f"{name}={value!r} must be {sym} {bound}"
+    if isinstance(c, at.MinLen) and len(value) < c.min_length:
+        return f"{name}={value!r} must hold at least {c.min_length} value(s)"
+    if isinstance(c, at.Predicate) and not c.func(value):
+        return f"{name}={value!r}: {c.func.__doc__ or c.func.__name__}"
+    return None
+
+
+def _literal_choices(hint: Any) -> tuple | None:
+    base = typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
+    return typing.get_args(base) if typing.get_origin(base) is Literal else None
+
+
+def _coerce(hint: Any, value: Any) -> Any:
+    """Shell- and papermill-friendly spellings of typed values: "0,1" or 0 for a list, "true" for a bool."""
+    base = typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
+    if typing.get_origin(base) is list:
+        (item,) = typing.get_args(base) or (str,)
+        if isinstance(value, str):
+            value = [v.strip().strip("'\"") for v in value.strip("[]() ").split(",") if v.strip()]
+        elif not isinstance(value, (list, tuple)):
+            value = [value]
+        return [item(v) if item in (int, float, str) else v for v in value]
+    if base is bool and isinstance(value, str):
+        return parse_bool(value)
+    if base in (int, float) and isinstance(value, str):
+        return base(value)
+    return value
+
+
+def parse_bool(s: str | bool) -> bool:
+    """``true/false`` (also yes/no, on/off, 1/0), case-insensitive."""
+    if isinstance(s, bool):
+        return s
+    v = str(s).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {s!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class StepConfig:
-    """Base for every step's configuration."""
+    """Base for every step's configuration: constraints checked when made, never mutated."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self), include_extras=True)
+        problems = []
+        for f in dataclasses.fields(self):
+            value, hint = getattr(self, f.name), hints.get(f.name)
+            choices = _literal_choices(hint)
+            if choices is not None and value not in choices:
+                problems.append(f"{f.name}={value!r}: choose one of {list(choices)}")
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"{f.name}={value!r} must be a finite number")
+            for c in getattr(hint, "__metadata__", ()):
+                why = _violation(f.name, value, c)
+                if why:
+                    problems.append(why)
+        if problems:
+            raise ConfigError(f"{type(self).__name__}: " + "; ".join(problems) + ".")
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks across fields (overridden by steps that have them); must not change the config."""
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -42,34 +131,32 @@ class StepConfig:
 
     @classmethod
     def from_params(cls: type[T], **params: Any) -> T:
+        """From a mapping (notebook, profile, JSON): unknown names refused, shell spellings coerced."""
         known = set(cls.field_names())
         unknown = sorted(set(params) - known)
         if unknown:
-            raise ConfigError(
-                f"{cls.__name__}: unknown parameter(s) {unknown}. Known parameters: {sorted(known)}."
-            )
-        cfg = cls(**params)
-        cfg.validate()
-        return cfg
+            raise ConfigError(f"{cls.__name__}: unknown parameter(s) {unknown}. Known parameters: {sorted(known)}.")
+        hints = typing.get_type_hints(cls, include_extras=True)
+        try:
+            return cls(**{k: _coerce(hints[k], v) for k, v in params.items()})
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"{cls.__name__}: {e}") from None
 
     @classmethod
     def from_namespace(cls: type[T], namespace: dict[str, Any]) -> T:
         """Build from a notebook's globals(): picks the fields this config knows, ignores the rest."""
         return cls.from_params(**{k: namespace[k] for k in cls.field_names() if k in namespace})
 
-    def validate(self) -> None:  # overridden by steps that have constraints
-        return None
-
     def _repr_markdown_(self) -> str:
-        """How a notebook (and its HTML report) shows the config: the settings that differ from the defaults, as a
-        readable list, instead of the dataclass's one-line repr."""
-        changed = []
-        for f in dataclasses.fields(self):
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
-            value = getattr(self, f.name)
-            if value != default:
-                changed.append(f"- `{f.name}` = `{value!r}` (default `{default!r}`)")
+        """How a notebook shows the config: the settings that differ from the defaults."""
+        defaults = field_defaults(type(self))
+        changed = [
+            f"- `{k}` = `{v!r}` (default `{defaults.get(k)!r}`)"
+            for k, v in self.to_dict().items()
+            if k not in defaults or v != defaults[k]
+        ]
         head = f"**{type(self).__name__}**: "
         if not changed:
             return head + "every setting at its default."
@@ -89,142 +176,94 @@ class StepConfig:
         return cls.from_params(**json.loads(Path(path).read_text()))
 
 
+def field_defaults(cls: type) -> dict[str, Any]:
+    """``{field name: default}`` of a config class (fields without a default are left out)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def list_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
 
 
-# ------------------------------------------------------------------------------------------------ CLI
-CONFIG_FILE_DEST = "_config_file"
+def load_params_file(path: str | Path) -> dict[str, Any]:
+    """A YAML/JSON file of ``name: value`` parameters (``--config FILE``, profiles)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config {p}: no such file.")
+    loaded = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--config {p} must hold a mapping of parameter: value.")
+    return loaded
 
 
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return dataclasses.MISSING
+def _tyro_registry():
+    """tyro rules for the documented spellings: bools ``--flag true|false`` (bare ``--flag`` = true), lists
+    comma-separated ``--seeds 0,1,2``."""
+    from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec, PrimitiveTypeInfo
+
+    registry = ConstructorRegistry()
+
+    @registry.primitive_rule
+    def _bool(info: PrimitiveTypeInfo) -> PrimitiveConstructorSpec | None:
+        if info.type is not bool:
+            return None
+        return PrimitiveConstructorSpec(
+            nargs=(0, 1),
+            metavar="true|false",
+            instance_from_str=lambda a: parse_bool(a[0]) if a else True,
+            is_instance=lambda x: isinstance(x, bool),
+            str_from_instance=lambda b: ["true" if b else "false"],
+        )
+
+    @registry.primitive_rule
+    def _list(info: PrimitiveTypeInfo) -> PrimitiveConstructorSpec | None:
+        if typing.get_origin(info.type) is not list:
+            return None
+        return PrimitiveConstructorSpec(
+            nargs=1,
+            metavar="A,B,...",
+            instance_from_str=lambda a: _coerce(info.type, a[0]),
+            is_instance=lambda x: isinstance(x, list),
+            str_from_instance=lambda v: [",".join(map(str, v))],
+        )
+
+    return registry
 
 
-def _annotation(f: dataclasses.Field) -> str:
-    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+def parse_args(cls: type[T], argv: list[str], prog: str, description: str | None = None) -> T:
+    """The config of ``cls`` from ``--name value`` options (tyro; help from the fields' comments), after
+    ``--config FILE`` (YAML/JSON ``name: value``), whose values the command line overrides. A usage error
+    prints the reason and exits 2; ``--help`` exits 0."""
+    import tyro
+
+    argv = list(argv)
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise ConfigError("--config needs a FILE.")
+        argv = _as_options(load_params_file(argv[i + 1])) + argv[:i] + argv[i + 2 :]
+    with _tyro_registry():
+        return tyro.cli(
+            cls,
+            args=argv,
+            prog=prog,
+            description=description or (cls.__doc__ or "").strip(),
+            config=(tyro.conf.FlagConversionOff,),
+        )
 
 
-def field_defaults(cls: type[StepConfig]) -> dict[str, Any]:
-    """``{field name: default}`` of a config class (fields without a default are left out)."""
-    out = {}
-    for f in dataclasses.fields(cls):
-        d = _default(f)
-        if d is not dataclasses.MISSING:
-            out[f.name] = d
+def _as_options(params: dict[str, Any]) -> list[str]:
+    out = []
+    for k, v in params.items():
+        if isinstance(v, (list, tuple)):
+            v = ",".join(map(str, v))
+        elif isinstance(v, bool):
+            v = "true" if v else "false"
+        out += [f"--{k.replace('_', '-')}", str(v)]
     return out
-
-
-def field_help(cls: type) -> dict[str, str]:
-    """``{field name: help}``: ``field(metadata={"help": ...})`` or else the ``# comment`` ending the field's
-    line in the class source (read with ``tokenize``); "" when a field has neither."""
-    comments: dict[str, str] = {}
-    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
-        try:
-            lines, _ = inspect.getsourcelines(klass)
-        except (OSError, TypeError):
-            continue
-        src = textwrap.dedent("".join(lines))
-        by_line: dict[int, str] = {}
-        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
-            if tok.type == tokenize.COMMENT:
-                by_line[tok.start[0]] = tok.string.lstrip("#").strip()
-        cls_node = ast.parse(src).body[0]
-        for node in getattr(cls_node, "body", []):
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                text = by_line.get(node.end_lineno or node.lineno, "")
-                if text:
-                    comments[node.target.id] = text
-    out = {}
-    for f in dataclasses.fields(cls):
-        out[f.name] = str(f.metadata.get("help", "")) or comments.get(f.name, "")
-    return out
-
-
-def parse_bool(s: str | bool) -> bool:
-    """``true/false`` (also yes/no, on/off, 1/0), case-insensitive."""
-    if isinstance(s, bool):
-        return s
-    v = str(s).strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
-
-
-def _list_parser(example: list) -> Callable[[str], list]:
-    conv: Callable[[str], Any] = type(example[0]) if example and type(example[0]) in (int, float, str) else str
-
-    def parse(s: str) -> list:
-        items = [x.strip().strip("'\"") for x in s.strip().strip("[]()").split(",")]
-        try:
-            return [conv(x) for x in items if x]
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a comma-separated list of {conv.__name__}, got {s!r}") from None
-    return parse
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, list):
-        return ",".join(map(str, v))
-    if isinstance(v, str) and v == "":
-        return '""'
-    return str(v)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type[StepConfig]) -> argparse.ArgumentParser:
-    """One ``--name value`` option per field of ``cls`` (``_`` written ``-``), its help the field's comment and
-    default. Lists are comma-separated (``--seeds 0,1,2``), bools ``true``/``false`` (a bare ``--resume`` means
-    true); a field without a default is a required option. Options not given keep the dataclass default."""
-    helps = field_help(cls)
-    required = [f"--{f.name.replace('_', '-')} {f.name.upper()}" for f in dataclasses.fields(cls)
-                if _default(f) is dataclasses.MISSING]
-    if parser.usage is None:  # the generated usage line would list every option; the list follows below
-        parser.usage = " ".join(["%(prog)s", *required, "[--name value ...]"])
-    for f in dataclasses.fields(cls):
-        default = _default(f)
-        flag = "--" + f.name.replace("_", "-")
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
-        text = helps.get(f.name, "")
-        if default is dataclasses.MISSING:
-            kw["required"] = True
-        elif isinstance(default, bool):
-            kw.update(type=parse_bool, nargs="?", const=True, metavar="true|false")
-        elif isinstance(default, list):
-            kw.update(type=_list_parser(default), metavar="A,B,...")
-        elif isinstance(default, (int, float)):
-            typ = float if _annotation(f) == "float" else type(default)  # `x: float = 1` takes 0.5 too
-            kw.update(type=typ, metavar=typ.__name__.upper())
-        else:
-            kw.update(type=str, metavar="TEXT")
-        shown = "required" if default is dataclasses.MISSING else f"default: {_fmt(default)}"
-        kw["help"] = (f"{text} ({shown})" if text else f"({shown})").replace("%", "%%")  # argparse %-formats help
-        parser.add_argument(flag, **kw)
-    if "config" not in {f.name for f in dataclasses.fields(cls)}:
-        parser.add_argument("--config", dest=CONFIG_FILE_DEST, default=argparse.SUPPRESS, metavar="FILE",
-                            help="YAML/JSON file of parameters (name: value); options on the command line win")
-    return parser
-
-
-def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
-    """The config of ``cls`` from parsed options: defaults, then ``--config FILE``, then the options given."""
-    given = vars(args)
-    params: dict[str, Any] = {}
-    if given.get(CONFIG_FILE_DEST):
-        path = Path(given[CONFIG_FILE_DEST])
-        if not path.is_file():
-            raise ConfigError(f"--config {path}: no such file.")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"--config {path} must hold a mapping of parameter: value.")
-        params.update(loaded)
-    params.update({f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given})
-    return cls.from_params(**params)

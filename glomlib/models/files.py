@@ -31,6 +31,7 @@ ENCODER_FORMAT = "glomlib-encoder-v1"
 
 class EncoderFileError(ValueError):
     """An encoder file is missing, unreadable or for another backbone; the message says what to do."""
+    exit_code = 5  # glomlib.cli's exit-code table
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -152,6 +153,7 @@ _REQUIRED = ("backbone", "image_size", "mean", "std", "positive_label")
 
 class ModelFileError(ValueError):
     """A model file is missing, unreadable or incomplete; the message says what to do."""
+    exit_code = 5  # glomlib.cli's exit-code table
 
 
 def save_model(model, meta: dict[str, Any], path: str | Path, dtype: torch.dtype | None = None) -> Path:
