@@ -30,7 +30,7 @@ STUDY_REFERENCE = {
 COLORS = {"glom": "tab:green", "imagenet": "tab:blue", "scratch": "tab:grey"}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class CompareConfig(StepConfig):
     """Parameters of notebook 04 (``notebooks/04_baseline_comparison.ipynb``)."""
 

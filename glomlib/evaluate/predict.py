@@ -91,7 +91,7 @@ def predict_manifest(
     return res
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class PredictConfig(StepConfig):
     """Parameters of ``glomlib predict``."""
 

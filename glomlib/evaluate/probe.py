@@ -115,7 +115,7 @@ def knn_cv(features: np.ndarray, y: Any, folds: Any, k: int = 20, temperature: f
     }
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ProbeConfig(StepConfig):
     """Parameters of ``glomlib probe``: one encoder's frozen features, slide-grouped linear probe and kNN."""
 

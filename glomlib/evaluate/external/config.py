@@ -8,7 +8,7 @@ from glomlib.core.config import ConfigError, StepConfig
 from glomlib.evaluate import biopsy as B
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class EvaluateConfig(StepConfig):
     """Parameters of notebook 06 (``notebooks/06_external_validation.ipynb``) and of ``glomlib evaluate``."""
 
@@ -37,7 +37,7 @@ class EvaluateConfig(StepConfig):
             raise ConfigError(f"n_boot={self.n_boot}: must be >= 0.")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ExternalValidationConfig(EvaluateConfig):
     """Parameters of notebook 06: :class:`EvaluateConfig` plus the threshold-transfer experiment."""
 

@@ -16,7 +16,7 @@ from glomlib.data.public import ensure_default_manifest
 FLAG_COLUMNS = ["row", "path", "slide", "center", "label", "reason", "value", "threshold", "detail"]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class AuditConfig(StepConfig):
     """Parameters of notebook 01 (names == the notebook's ``parameters`` cell)."""
 

@@ -18,7 +18,7 @@ from glomlib.data.public import ensure_default_manifest
 OUTCOMES = ("TP", "TN", "FP", "FN")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ExplainConfig(StepConfig):
     """Parameters of notebook 05 (names == the notebook's ``parameters`` cell)."""
 

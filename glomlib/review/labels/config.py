@@ -16,7 +16,7 @@ from glomlib.review.explain.inputs import load_predictions
 ID_DIGITS = 16  # hex digits of the sha256 used as image_id
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ReviewConfig(StepConfig):
     """Parameters of the label review (``glomlib review``)."""
 

@@ -20,7 +20,7 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class FinetuneConfig(StepConfig):
     """Parameters of notebook 03 (``notebooks/03_finetune.ipynb``) and of ``glomlib finetune``."""
 

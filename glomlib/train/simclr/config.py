@@ -18,7 +18,7 @@ HISTORY_NAME = "history.csv"
 RESUME_FREE_FIELDS = ("resume", "out", "device", "num_workers", "progress", "cache_dir", "final_probe")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SSLConfig(StepConfig):
     """Parameters of notebook 02 (SimCLR pretraining). Every field is a notebook parameter."""
 
