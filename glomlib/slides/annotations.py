@@ -145,12 +145,12 @@ def _geometry(feat: dict, where: str) -> tuple[Any, bool]:
         geom = _polygonal(geom)
     elif geom.geom_type not in ("Polygon", "MultiPolygon"):
         return None, False
-    if geom.is_empty or geom.area == 0:
+    if geom.is_empty or (geom.is_valid and geom.area == 0):
         raise AnnotationError(f"{where}: empty geometry (no area); remove it or redraw it in QuPath")
     if geom.is_valid:
         return geom, False
     fixed = _polygonal(shapely.make_valid(geom))
-    if fixed.is_empty:
+    if fixed.is_empty or fixed.area == 0:
         raise AnnotationError(f"{where}: invalid polygon with nothing left after make_valid; redraw it")
     return fixed, True
 
