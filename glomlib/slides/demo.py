@@ -1,4 +1,4 @@
-"""Synthetic whole-slide images built from the REAL glomeruli-pas patches, for tests/test_slides.py.
+"""Demo whole-slide images built from real glomerulus patches (tests, notebook 00, a first try without slides).
 
 Each slide is a pyramidal tiled TIFF (tifffile: one top-level page per level, lossless zlib tiles, resolution in
 CENTIMETER so that tiffslide and OpenSlide both report the MPP) with real patches pasted at known positions, and
@@ -46,14 +46,30 @@ def write_pyramid(path: Path, img: np.ndarray, mpp: float | None, levels: int = 
 
 
 def _feature(geom, label: str, style: str) -> dict:
-    g = json.loads(__import__("shapely").to_geojson(geom))
+    import shapely
+
+    g = json.loads(shapely.to_geojson(geom))
     if style == "legacy":  # QuPath 0.2/0.3: id names the type, colorRGB int, measurements as a list
-        return {"type": "Feature", "id": "PathAnnotationObject", "geometry": g,
-                "properties": {"classification": {"name": label, "colorRGB": -3670016}, "isLocked": False,
-                               "measurements": [{"name": "Area px", "value": float(geom.area)}]}}
-    return {"type": "Feature", "id": str(uuid.UUID(int=abs(hash((label, geom.wkb))) % 2**128)), "geometry": g,
-            "properties": {"objectType": "annotation", "classification": {"name": label, "color": [200, 0, 0]},
-                           "measurements": {"Area px": float(geom.area)}}}
+        return {
+            "type": "Feature",
+            "id": "PathAnnotationObject",
+            "geometry": g,
+            "properties": {
+                "classification": {"name": label, "colorRGB": -3670016},
+                "isLocked": False,
+                "measurements": [{"name": "Area px", "value": float(geom.area)}],
+            },
+        }
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid5(uuid.NAMESPACE_OID, geom.wkb.hex())),  # stable: a rerun resumes
+        "geometry": g,
+        "properties": {
+            "objectType": "annotation",
+            "classification": {"name": label, "color": [200, 0, 0]},
+            "measurements": {"Area px": float(geom.area)},
+        },
+    }
 
 
 def _geojson(features: list[dict], style: str):
@@ -61,36 +77,56 @@ def _geojson(features: list[dict], style: str):
         return features  # a bare array of Features
     doc = {"type": "FeatureCollection", "features": features}
     if style == "points":  # a detection point QuPath would also export: counted and skipped
-        doc["features"] = features + [{"type": "Feature", "id": str(uuid.uuid4()),
-                                       "geometry": {"type": "Point", "coordinates": [10, 10]},
-                                       "properties": {"objectType": "detection"}}]
+        doc["features"] = features + [
+            {
+                "type": "Feature",
+                "id": str(uuid.uuid4()),
+                "geometry": {"type": "Point", "coordinates": [10, 10]},
+                "properties": {"objectType": "detection"},
+            }
+        ]
     return doc
 
 
-def pick_patches(shared: Path, n_slides: int) -> list[list[tuple[Path, Path, str]]]:
-    """Per synthetic slide 2 GS + 4 nonGS real patches (image, mask, label), first by name."""
-    root = shared / "Patches" / "Raw"
-    gs = sorted((root / "Images" / "GS").glob("*.png"))[: 2 * n_slides]
-    ngs = sorted((root / "Images" / "nonGS").glob("*.png"))[: 4 * n_slides]
+def pick_patches(patches: pd.DataFrame, n_slides: int) -> list[list[tuple[str, str, str]]]:
+    """Per demo slide 2 GS + 4 nonGS patches (image, mask, label), first by path; ``patches``: a manifest with
+    ``path``, ``mask`` and ``label``."""
+    rows = patches.sort_values("path")
+    gs = rows[rows["label"] == "GS"].head(2 * n_slides)
+    ngs = rows[rows["label"] == "nonGS"].head(4 * n_slides)
+    if len(gs) < 2 * n_slides or len(ngs) < 4 * n_slides or (rows["mask"] == "").any():
+        raise ValueError(f"demo slides need {2 * n_slides} GS and {4 * n_slides} nonGS patches with masks")
     out = []
     for i in range(n_slides):
-        items = [(p, "GS") for p in gs[2 * i : 2 * i + 2]] + [(p, "nonGS") for p in ngs[4 * i : 4 * i + 4]]
-        out.append([(p, root / "Masks" / p.name, lab) for p, lab in items])
+        items = pd.concat([gs.iloc[2 * i : 2 * i + 2], ngs.iloc[4 * i : 4 * i + 4]])
+        out.append(list(zip(items["path"], items["mask"], items["label"])))
     return out
 
 
-def build_slides(root: Path, shared: Path, n_slides: int = 5) -> dict:
-    """Write ``root/slides.csv`` + slides + GeoJSON; return the CSV path, the canvases and the placed patches."""
+def mirror_patches(mirror: Path) -> pd.DataFrame:
+    """The glomeruli-pas mirror's patches as ``path, mask, label`` (no manifest needed)."""
+    root = Path(mirror) / "Patches" / "Raw"
+    rows = [
+        {"path": str(p), "mask": str(root / "Masks" / p.name), "label": p.parent.name}
+        for p in sorted((root / "Images").glob("*/*.png"))
+    ]
+    return pd.DataFrame(rows)
+
+
+def build_slides(root: Path, patches: pd.DataFrame, n_slides: int = 5) -> dict:
+    """Write ``root/slides.csv`` + slides + GeoJSON; return the CSV path, the canvases and the placed patches.
+    The last slide has no resolution tags: the slides CSV gives its MPP."""
     from glomlib.data.images import read_mask, read_rgb
 
+    root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     styles = ("v04", "legacy", "points")
     rows, canvases, placed = [], {}, []
-    for i, patches in enumerate(pick_patches(shared, n_slides)):
+    for i, chosen in enumerate(pick_patches(patches, n_slides)):
         name = f"synth{i}"
         canvas = np.full((2 * MARGIN + ROWS * CELL, 2 * MARGIN + COLS * CELL, 3), BACKGROUND, np.uint8)
         feats = []
-        for k, (img_p, mask_p, label) in enumerate(patches):
+        for k, (img_p, mask_p, label) in enumerate(chosen):
             x, y = MARGIN + (k % COLS) * CELL, MARGIN + (k // COLS) * CELL
             canvas[y : y + CELL, x : x + CELL] = read_rgb(img_p)
             mask = read_mask(mask_p)
@@ -100,16 +136,15 @@ def build_slides(root: Path, shared: Path, n_slides: int = 5) -> dict:
         write_pyramid(root / f"{name}.tif", canvas, None if no_mpp else MPP)
         (root / f"{name}.geojson").write_text(json.dumps(_geojson(feats, styles[i % 3])))
         canvases[name] = canvas
-        rows.append({"slide": name, "wsi": f"{name}.tif", "annotations": f"{name}.geojson", "biopsy": f"B{i // 2}",
-                     "center": "C" + str(i % 2), "mpp": MPP if no_mpp else ""})
+        rows.append(
+            {
+                "slide": name,
+                "wsi": f"{name}.tif",
+                "annotations": f"{name}.geojson",
+                "biopsy": f"B{i // 2}",
+                "center": "C" + str(i % 2),
+                "mpp": MPP if no_mpp else "",
+            }
+        )
     pd.DataFrame(rows).to_csv(root / "slides.csv", index=False)
     return {"csv": root / "slides.csv", "canvases": canvases, "placed": pd.DataFrame(placed)}
-
-
-def patch_of(placed: pd.DataFrame, slide: str, box: tuple[int, int, int, int]) -> pd.Series:
-    """The placed patch whose cell holds the centre of ``box``."""
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    p = placed[(placed["slide"] == slide) & (placed["x"] <= cx) & (cx < placed["x"] + CELL)
-               & (placed["y"] <= cy) & (cy < placed["y"] + CELL)]
-    assert len(p) == 1, (slide, box)
-    return p.iloc[0]
