@@ -148,3 +148,17 @@ def build_slides(root: Path, patches: pd.DataFrame, n_slides: int = 5) -> dict:
         )
     pd.DataFrame(rows).to_csv(root / "slides.csv", index=False)
     return {"csv": root / "slides.csv", "canvases": canvases, "placed": pd.DataFrame(placed)}
+
+
+def placed_patch(placed: pd.DataFrame, slide: str, box: tuple[int, int, int, int]) -> pd.Series:
+    """The placed patch whose cell holds the centre of ``box``."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    p = placed[
+        (placed["slide"] == slide)
+        & (placed["x"] <= cx)
+        & (cx < placed["x"] + CELL)
+        & (placed["y"] <= cy)
+        & (cy < placed["y"] + CELL)
+    ]
+    assert len(p) == 1, (slide, box)
+    return p.iloc[0]
