@@ -31,7 +31,7 @@ def mask_polygon(mask: np.ndarray, dx: int, dy: int):
         d = np.diff(row)
         for a, b in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1)):
             boxes.append(shapely.box(dx + a, dy + y, dx + b, dy + y + 1))
-    return shapely.union_all(boxes).buffer(0)
+    return shapely.union_all(boxes).buffer(0).simplify(0)  # pixel edges, collinear points dropped
 
 
 def write_pyramid(path: Path, img: np.ndarray, mpp: float | None, levels: int = 3, tile: int = 256) -> None:

@@ -172,7 +172,9 @@ def export_predictions(
     for slide, g in df.groupby("slide", sort=True):
         feats = slide_features(g, _geometries(mpath.parent, slide), pos, object_type, threshold, margin)
         doc = {"type": "FeatureCollection", "features": feats}
-        written.append(write_text_atomic(out / f"{safe_name(slide)}.geojson", json.dumps(doc, indent=1) + "\n"))
+        written.append(
+            write_text_atomic(out / f"{safe_name(slide)}.geojson", json.dumps(doc, separators=(",", ":")) + "\n")
+        )
     written.append(write_csv_atomic(biopsy_table(df, pos, low), out / "biopsies.csv"))
     review = df.loc[low, ["slide", "annotation_id", "prob", "pred_label", "path"]].copy()
     review["distance_to_threshold"] = np.round((review["prob"].astype(float) - threshold).abs(), 4)

@@ -84,7 +84,7 @@ def _to_rgb(region: np.ndarray) -> np.ndarray:
     """RGB(A) -> RGB, transparent pixels (OpenSlide outside the scanned area) composited over white."""
     if region.ndim == 2:
         return np.repeat(region[..., None], 3, axis=2)
-    if region.shape[2] == 4:
+    if region.shape[2] == 4 and not (region[..., 3] == 255).all():
         a = region[..., 3:4].astype(np.float32) / 255.0
         rgb = region[..., :3].astype(np.float32) + 255.0 * (1.0 - a)  # OpenSlide pixels are premultiplied
         return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
