@@ -60,7 +60,9 @@ def test_manifest_passes_data_check_and_records_provenance(synth, capsys):
     assert s["synth2"]["skipped_objects"] == {"Point": 1} and len(s["synth0"]["sha256"]) == 64
 
 
-def test_mpp_less_slide_refused_by_name(synth, tmp_path):
+def test_mpp_less_slide_refused_by_name(synth, tmp_path, capsys):
+    from glomlib.cli import main
+
     csv = pd.read_csv(synth["csv"], keep_default_na=False)
     csv["wsi"] = [str(synth["csv"].parent / w) for w in csv["wsi"]]
     csv["annotations"] = [str(synth["csv"].parent / a) for a in csv["annotations"]]
@@ -69,8 +71,11 @@ def test_mpp_less_slide_refused_by_name(synth, tmp_path):
     with pytest.raises(SlideError, match=r"slide synth4: MPP unknown .*nothing cut"):
         extract_dataset(tmp_path / "s.csv", tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "crops").exists()
+    assert main(["slides", "extract", str(tmp_path / "s.csv"), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    assert "slide synth4: MPP unknown" in capsys.readouterr().err and not (tmp_path / "out" / "crops").exists()
     slide = open_slide(synth["csv"].parent / "synth4.tif")
-    assert slide.mpp is None and "no physical resolution unit" in slide.mpp_source.replace("without a", "no")
+    assert slide.mpp is None and slide.mpp_source == "TIFF without a physical resolution unit"
+    assert open_slide(synth["csv"].parent / "synth4.tif", mpp=0.5).mpp_source.startswith("given")
 
 
 def test_readers_agree(synth, tmp_path):

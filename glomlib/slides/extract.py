@@ -55,25 +55,23 @@ def plan_crop(slide: Slide, geom: Any, opts: ExtractOptions) -> CropPlan:
     mpp0 = float(slide.mpp)
     target = opts.target_mpp or mpp0
     minx, miny, maxx, maxy = geom.bounds
-    if opts.size > 0:
-        side = opts.size * target / mpp0
-        x0, y0 = round((minx + maxx - side) / 2), round((miny + maxy - side) / 2)
-        x1, y1 = x0 + round(side), y0 + round(side)
+    level = pick_level(slide, target)
+    ds, lmpp = slide.level_downsamples[level], slide.level_mpp(level)
+    resample = abs(lmpp / target - 1) > MPP_TOLERANCE
+    if opts.size > 0:  # a square of opts.size pixels at the target MPP, snapped to the level's pixel grid
+        lw = lh = max(1, round(opts.size * target / lmpp))
+        lx0, ly0 = round((minx + maxx) / 2 / ds - lw / 2), round((miny + maxy) / 2 / ds - lh / 2)
     else:
         cw, ch = opts.context * (maxx - minx), opts.context * (maxy - miny)
-        x0, y0 = math.floor(minx - cw), math.floor(miny - ch)
-        x1, y1 = math.ceil(maxx + cw), math.ceil(maxy + ch)
-    level = pick_level(slide, target)
-    ds = slide.level_downsamples[level]
-    lx0, ly0 = math.floor(x0 / ds), math.floor(y0 / ds)
-    lw, lh = max(1, math.ceil(x1 / ds) - lx0), max(1, math.ceil(y1 / ds) - ly0)
+        lx0, ly0 = math.floor((minx - cw) / ds), math.floor((miny - ch) / ds)
+        lw, lh = max(1, math.ceil((maxx + cw) / ds) - lx0), max(1, math.ceil((maxy + ch) / ds) - ly0)
     box = (round(lx0 * ds), round(ly0 * ds), round((lx0 + lw) * ds), round((ly0 + lh) * ds))
-    if opts.size > 0 and abs(slide.level_mpp(level) / target - 1) > MPP_TOLERANCE:
-        out = (opts.size, opts.size)
-    elif abs(slide.level_mpp(level) / target - 1) > MPP_TOLERANCE:
-        out = (max(1, round((box[2] - box[0]) * mpp0 / target)), max(1, round((box[3] - box[1]) * mpp0 / target)))
-    else:
+    if not resample:
         out = (lw, lh)
+    elif opts.size > 0:
+        out = (opts.size, opts.size)
+    else:
+        out = (max(1, round((box[2] - box[0]) * mpp0 / target)), max(1, round((box[3] - box[1]) * mpp0 / target)))
     return CropPlan(level, box, (lw, lh), out, (box[2] - box[0]) * mpp0 / out[0])
 
 
