@@ -274,3 +274,66 @@ def test_real_aperio_svs_both_readers(aperio_svs, tmp_path, capsys):
     for p in ma["path"]:
         x, y = read_rgb(a.parent / p).astype(int), read_rgb(b.parent / p).astype(int)
         assert x.shape == y.shape and np.abs(x - y).max() <= 2, p  # JPEG tiles: two decoders, at most 2 levels
+
+
+def test_export_measurements_calibration_qc_and_refusals(built, tmp_path, capsys):
+    """Without a model: hand-made predictions with ``prob_raw`` (a calibrated model) and a ``qc`` column."""
+    from glomlib.cli import main
+    from glomlib.slides import SlideError, export_predictions
+    from glomlib.slides.export import biopsy_call
+
+    man = extract_dataset(built["csv"], tmp_path / "ds", progress=False, log=lambda s: None)
+    m = pd.read_csv(man, keep_default_na=False)
+    prob = np.linspace(0.05, 0.95, len(m))
+    pred = pd.DataFrame(
+        {
+            "path": [str((man.parent / p).resolve()) for p in m["path"]],
+            "prob": prob,
+            "prob_raw": prob**2,
+            "pred_label": np.where(prob >= 0.5, "GS", "nonGS"),
+            "qc": [i % 2 for i in range(len(m))],
+        }
+    )
+    pred.to_csv(tmp_path / "p.csv", index=False)
+    export_predictions(tmp_path / "p.csv", man, tmp_path / "qp", margin=0.05)
+    feats = [
+        f for s in built["canvases"] for f in json.loads((tmp_path / "qp" / f"{s}.geojson").read_text())["features"]
+    ]
+    check_qupath_geojson({"type": "FeatureCollection", "features": feats})
+    by_src = {f["properties"]["source_id"]: f["properties"] for f in feats}
+    for r, p, q in zip(m.itertuples(), prob, pred["qc"]):
+        meas = by_src[r.annotation_id]["measurements"]
+        assert meas["probability"] == pytest.approx(p**2) and meas["calibrated probability"] == pytest.approx(p)
+        assert meas["qc flag"] == q and meas["low confidence"] == float(abs(p - 0.5) < 0.05)
+        assert by_src[r.annotation_id]["classification"]["color"] == ([200, 30, 30] if p >= 0.5 else [40, 160, 60])
+    review = pd.read_csv(tmp_path / "qp" / "review.csv")
+    assert (
+        len(review) == int((np.abs(prob - 0.5) < 0.05).sum())
+        and review["distance_to_threshold"].is_monotonic_increasing
+    )
+    assert biopsy_call(0.6, "M1") == "M1" and biopsy_call(0.5, "M1") == "M0" and biopsy_call(0.15, "GS") == "10%–20%"
+    pred.assign(path=pred["path"] + ".nope").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(SlideError, match="not crops of"):
+        export_predictions(tmp_path / "bad.csv", man, tmp_path / "qp3")
+    assert (
+        main(["slides", "export", str(tmp_path / "bad.csv"), "--manifest", str(man), "--out", str(tmp_path / "x")]) == 1
+    )
+    assert "not crops of" in capsys.readouterr().err
+
+
+def test_classes_file_and_inspect_json(built, tmp_path, capsys):
+    from glomlib.cli import main
+    from glomlib.slides import AnnotationError, load_annotations
+    from glomlib.slides.annotations import read_classes
+
+    geo = built["csv"].parent / "synth0.geojson"
+    _write(tmp_path, "c.json", {"GS": "sclerosed", "nonGS": "normal"})
+    pd.DataFrame({"name": ["GS"], "label": ["sclerosed"]}).to_csv(tmp_path / "c.csv", index=False)
+    a = load_annotations(geo, "synth0", read_classes(tmp_path / "c.json"))
+    assert {o.label for o in a.outlines} == {"sclerosed", "normal"} and {o.name for o in a.outlines} == {"GS", "nonGS"}
+    with pytest.raises(AnnotationError, match="class 'nonGS' is not in the classes file"):
+        load_annotations(geo, "synth0", read_classes(tmp_path / "c.csv"))
+    assert main(["slides", "inspect", str(built["csv"].parent / "synth1.tif"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["mpp"] == 0.5 and [lv["downsample"] for lv in info["levels"]] == [1, 2, 4]
+    assert [lv["mpp"] for lv in info["levels"]] == [0.5, 1.0, 2.0] and info["bounds_offset"] == [0, 0]
