@@ -189,10 +189,21 @@ def test_end_to_end_extract_check_predict_export(built, tmp_path):
     a, b = m["prob_crop"].to_numpy(), m["prob_patch"].to_numpy()
     assert (m["level"] == 1).all() and (m["mpp"] == 1.0).all()  # measured: mean |a - b| 0.004, corr 0.98
     assert np.abs(a - b).max() < 0.05 and np.abs(a - b).mean() < 0.5 * b.std() and np.corrcoef(a, b)[0, 1] > 0.8
-    _cli("slides", "export", tmp_path / "p.csv", "--manifest", man, "--out", tmp_path / "qp")
+    _cli(
+        "slides",
+        "export",
+        tmp_path / "p.csv",
+        "--manifest",
+        man,
+        "--out",
+        tmp_path / "qp",
+        "--model",
+        tmp_path / "model.safetensors",
+    )
     for slide in built["canvases"]:
         doc = json.loads((tmp_path / "qp" / f"{slide}.geojson").read_text())
         check_qupath_geojson(doc)
+        assert all("probability" in f["properties"]["measurements"] for f in doc["features"])  # not calibrated
         names = {f["properties"]["classification"]["name"] for f in doc["features"]}
         assert len(doc["features"]) == 6 and names <= {"GS", "nonGS"}
         src = {f["properties"]["source_id"] for f in doc["features"]}
@@ -312,6 +323,11 @@ def test_export_measurements_calibration_qc_and_refusals(built, tmp_path, capsys
         and review["distance_to_threshold"].is_monotonic_increasing
     )
     assert biopsy_call(0.6, "M1") == "M1" and biopsy_call(0.5, "M1") == "M0" and biopsy_call(0.15, "GS") == "10%–20%"
+    export_predictions(tmp_path / "p.csv", man, tmp_path / "qp4", calibrated=True)  # prob_raw wins: both kept
+    pred.drop(columns="prob_raw").to_csv(tmp_path / "pc.csv", index=False)
+    export_predictions(tmp_path / "pc.csv", man, tmp_path / "qp5", calibrated=True)
+    meas = json.loads((tmp_path / "qp5" / "synth0.geojson").read_text())["features"][0]["properties"]["measurements"]
+    assert "calibrated probability" in meas and "probability" not in meas
     pred.assign(path=pred["path"] + ".nope").to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(SlideError, match="not crops of"):
         export_predictions(tmp_path / "bad.csv", man, tmp_path / "qp3")

@@ -77,17 +77,16 @@ def extract_cmd(args) -> int:
 
 
 def export_cmd(args) -> int:
-    from glomlib.slides.export import export_predictions
+    from glomlib.slides.export import export_predictions, model_settings
 
+    settings = model_settings(args.model) if args.model else {}  # a bad model file: exit 5 (glomlib.cli)
+    if args.threshold is not None:
+        settings["threshold"] = args.threshold
+    if args.positive_label:
+        settings["positive_label"] = args.positive_label
     try:
         paths = export_predictions(
-            args.predictions,
-            args.manifest,
-            args.out,
-            object_type=args.object_type,
-            threshold=args.threshold,
-            margin=args.margin,
-            positive_label=args.positive_label,
+            args.predictions, args.manifest, args.out, object_type=args.object_type, margin=args.margin, **settings
         )
     except SlideError as e:
         _err(str(e))
@@ -144,7 +143,13 @@ def register(subparsers) -> None:
         default="annotation",
         help="QuPath object type of the exported outlines (default %(default)s)",
     )
-    x.add_argument("--threshold", type=float, default=0.5, help="the model's decision threshold (default 0.5)")
+    x.add_argument(
+        "--model",
+        default=None,
+        help="the model.safetensors that predicted: its threshold, positive label "
+        "and whether its probabilities are calibrated",
+    )
+    x.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's, else 0.5)")
     x.add_argument(
         "--margin",
         type=float,

@@ -2,9 +2,9 @@
 
 Each feature is the original outline (as extracted, repaired when it was invalid) with a fresh UUID ``id`` (the
 source id kept in ``properties.source_id``), ``objectType`` (annotation, or detection), ``classification``
-``{name, color}`` by predicted class and numeric ``measurements``: ``probability`` (the network's), ``calibrated
-probability`` (when the predictions have ``prob_raw``, i.e. the model is calibrated), ``low confidence`` (1 when
-the probability is within ``margin`` of the threshold) and ``qc flag`` (a predictions column ``qc``).
+``{name, color}`` by predicted class and numeric ``measurements``: ``probability``, or ``calibrated
+probability`` when the model is calibrated (both when the predictions carry ``prob_raw``), ``low confidence``
+(1 when the probability is within ``margin`` of the threshold) and ``qc flag`` (a predictions column ``qc``).
 The biopsy table (``biopsies.csv``) counts glomeruli and predicted positives per biopsy (the slides CSV's
 ``biopsy``, else the slide) with the biopsy rule of ``glomlib evaluate``: %GS bands (<=10 / 10-20 / >20 %) when
 the positive label is GS, else Oxford M (M1 when more than half are positive); ``review.csv`` lists the
@@ -60,11 +60,12 @@ def joined(predictions: str | os.PathLike, manifest: str | os.PathLike) -> pd.Da
     return df
 
 
-def _measurements(r: pd.Series, threshold: float, margin: float) -> dict[str, float]:
+def _measurements(r: pd.Series, threshold: float, margin: float, calibrated: bool) -> dict[str, float]:
     prob = float(r["prob"])
-    m = {"probability": float(r["prob_raw"]) if "prob_raw" in r else prob}
     if "prob_raw" in r:
-        m["calibrated probability"] = prob
+        m = {"probability": float(r["prob_raw"]), "calibrated probability": prob}
+    else:  # glomlib predict writes the calibrated probability as ``prob`` when the model carries a calibration
+        m = {"calibrated probability" if calibrated else "probability": prob}
     m["low confidence"] = float(abs(prob - threshold) < margin)
     if "qc" in r and str(r["qc"]) != "":
         m["qc flag"] = float(r["qc"] in (True, 1, "1", "True", "true")) if not _num(r["qc"]) else float(r["qc"])
@@ -80,7 +81,13 @@ def _num(v) -> bool:
 
 
 def slide_features(
-    df: pd.DataFrame, geometries: dict[str, dict], positive: str, object_type: str, threshold: float, margin: float
+    df: pd.DataFrame,
+    geometries: dict[str, dict],
+    positive: str,
+    object_type: str,
+    threshold: float,
+    margin: float,
+    calibrated: bool = False,
 ) -> list[dict]:
     """QuPath Features for one slide's predictions; ``geometries`` maps source id -> GeoJSON geometry."""
     feats = []
@@ -96,7 +103,7 @@ def slide_features(
                     "objectType": object_type,
                     "name": str(r["annotation_id"]),
                     "classification": {"name": name, "color": color},
-                    "measurements": _measurements(r, threshold, margin),
+                    "measurements": _measurements(r, threshold, margin, calibrated),
                     "isLocked": False,
                     "source_id": str(r["annotation_id"]),
                 },
@@ -143,6 +150,18 @@ def biopsy_table(df: pd.DataFrame, positive: str, low: pd.Series) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+def model_settings(model: str | os.PathLike) -> dict:
+    """``threshold``, ``positive_label`` and ``calibrated`` from a fine-tuned model.safetensors' metadata."""
+    from glomlib.evaluate.predict import read_model_meta  # torch is imported only when a model is named
+
+    meta = read_model_meta(model)
+    return {
+        "threshold": float(meta.get("threshold", 0.5)),
+        "positive_label": str(meta["positive_label"]),
+        "calibrated": bool(meta.get("calibration")),
+    }
+
+
 def _positive_label(df: pd.DataFrame, manifest: Path, positive_label: str) -> str:
     if positive_label:
         return positive_label
@@ -159,8 +178,10 @@ def export_predictions(
     threshold: float = 0.5,
     margin: float = 0.1,
     positive_label: str = "",
+    calibrated: bool = False,
 ) -> list[Path]:
-    """Write ``out/<slide>.geojson`` per slide, ``out/biopsies.csv`` and ``out/review.csv``; return the paths."""
+    """Write ``out/<slide>.geojson`` per slide, ``out/biopsies.csv`` and ``out/review.csv``; return the paths.
+    ``calibrated``: the ``prob`` column is a calibrated probability (see :func:`model_settings`)."""
     if object_type not in OBJECT_TYPES:
         raise SlideError(f"object type {object_type!r}: use one of {', '.join(OBJECT_TYPES)}")
     mpath = Path(manifest).expanduser().resolve()
@@ -170,7 +191,7 @@ def export_predictions(
     low = (df["prob"].astype(float) - threshold).abs() < margin
     written = []
     for slide, g in df.groupby("slide", sort=True):
-        feats = slide_features(g, _geometries(mpath.parent, slide), pos, object_type, threshold, margin)
+        feats = slide_features(g, _geometries(mpath.parent, slide), pos, object_type, threshold, margin, calibrated)
         doc = {"type": "FeatureCollection", "features": feats}
         written.append(
             write_text_atomic(out / f"{safe_name(slide)}.geojson", json.dumps(doc, separators=(",", ":")) + "\n")
