@@ -69,6 +69,20 @@ COMMANDS: dict[str, tuple[str, str | dict[str, tuple[str, str]]]] = {
     ),
     "review": ("label review sheet (HTML + CSV) from a fine-tune run", "glomlib.review.labels.cli:cli_run"),
     "run": ("run notebooks 01..05 with a profile and render HTML reports", "glomlib.publish.pipeline.cli:cli_run"),
+    "slides": (
+        "whole-slide images: inspect, cut glomerulus crops from QuPath outlines, export predictions to QuPath",
+        {
+            "inspect": (
+                "levels, dimensions, MPP and its source, bounds offset of a slide",
+                "glomlib.slides.cli:inspect",
+            ),
+            "extract": (
+                "cut crops + masks from QuPath GeoJSON outlines -> a glomlib dataset",
+                "glomlib.slides.cli:extract",
+            ),
+            "export": ("predictions -> one QuPath GeoJSON per slide + a per-biopsy table", "glomlib.slides.cli:export"),
+        },
+    ),
 }
 
 
