@@ -46,6 +46,7 @@ SUBCOMMANDS = {
     "probe": "glomlib.evaluate.probe",       # frozen-feature linear probe + kNN of an encoder
     "evaluate": "glomlib.evaluate.external",  # measure a saved model on a labelled manifest (external validation)
     "calibrate": "glomlib.evaluate.calibrate",  # re-fit threshold + probability calibration on local labels -> new model
+    "select": "glomlib.select.cli",           # which glomeruli to label next; --simulate: does choosing beat random
     "run": "glomlib.publish.pipeline",      # notebooks 01..05 with a profile -> HTML reports
 }
 

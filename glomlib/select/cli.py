@@ -1,0 +1,142 @@
+"""``glomlib select``: which glomeruli to label next, ranked (``next_to_label.csv`` + ``gallery.html``), and with
+``--simulate`` whether a strategy beats random labelling on a labelled manifest (tables, figure, sentence).
+
+e.g. ``glomlib select --encoder runs/<ssl run>/encoder.safetensors --strategy stratified --budget 32``
+     ``glomlib select --simulate --encoder imagenet --image-size 64``
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from glomlib.core.config import ConfigError, StepConfig, add_config_arguments, config_from_args
+from glomlib.select.simulate import BUDGETS
+from glomlib.select.strategies import STRATEGIES
+
+
+@dataclasses.dataclass
+class SelectConfig(StepConfig):
+    """Parameters of ``glomlib select`` (and notebook 08)."""
+
+    data: str = "data/glomeruli-pas/manifest.csv"  # manifest CSV; labelled rows count as labelled, split=test rows are never seen
+    out: str = "auto"  # output folder (never overwritten); auto means runs/<stamp>-select
+    encoder: str = "latest"  # encoder.safetensors of an SSL run; latest = the newest under runs/; imagenet | scratch
+    backbone: str = "efficientnet_lite0"  # backbone for encoder=imagenet|scratch (an encoder file names its own)
+    image_size: int = 0  # pixels fed to the encoder (0 = the encoder file's own size; 96 for imagenet|scratch)
+    strategy: str = "stratified"  # random | stratified | typiclust | probcover | kcenter | margin
+    budget: int = 32  # glomeruli to pick
+    max_per_slide: int = 0  # at most this many picks per slide (0 = no cap)
+    clusters: int = 8  # k-means groups of the gallery
+    dims: int = 64  # PCA components of the embedding the strategies see (0 = all)
+    seed: int = 0  # random seed
+    use_labels: bool = True  # labelled rows count as labelled (false: every row is a candidate, labels ignored)
+    memory_limit_gb: float = 0.0  # probcover refuses a pool whose n x n matrices need more (0 = half the free memory)
+    positive_label: str = ""  # positive class ("" = the one the manifest's dataset.json names)
+    thumb_size: int = 128  # gallery thumbnail size (pixels)
+    simulate: bool = False  # measure the strategies on the labelled manifest instead of picking
+    strategies: list[str] = dataclasses.field(default_factory=lambda: list(STRATEGIES))  # simulate: strategies compared
+    budgets: list[int] = dataclasses.field(default_factory=lambda: list(BUDGETS))  # simulate: label budgets (nested rounds)
+    seeds: int = 20  # simulate: seeds per fold
+    folds: int = 3  # simulate: slide-grouped folds (the pool is each fold's training slides)
+    n_boot: int = 1000  # simulate: bootstrap draws (slides and seeds resampled) of the CIs
+    batch_size: int = 128  # images per forward pass
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def validate(self) -> None:
+        bad = sorted(set([self.strategy, *self.strategies]) - set(STRATEGIES))
+        if bad:
+            raise ConfigError(f"strategy {bad}: choose from {', '.join(STRATEGIES)}.")
+        if self.budget < 1 or min(self.budgets, default=0) < 1:
+            raise ConfigError("budget and budgets must be at least 1.")
+        if self.simulate and ("random" not in self.strategies or self.seeds < 1 or self.folds < 2):
+            raise ConfigError("simulate needs 'random' among strategies (the reference), seeds >= 1 and folds >= 2.")
+
+
+def _embedding(cfg: SelectConfig, require_labels: bool):
+    from glomlib.data.manifest import read_manifest
+    from glomlib.select.embed import embed, resolve_encoder
+
+    df = read_manifest(cfg.data, positive_label=cfg.positive_label, require_labels=require_labels)
+    X = embed(df, cfg.encoder, cfg.backbone, cfg.image_size, cfg.batch_size, cfg.device)
+    return df, X, resolve_encoder(cfg.encoder, cfg.backbone, cfg.image_size)
+
+
+def _out_dir(cfg: SelectConfig) -> Path:
+    from glomlib.core import io
+
+    return Path(io.new_run_dir("runs", "select") if cfg.out == "auto" else io.ensure_new_dir(cfg.out))
+
+
+def run_select(cfg: SelectConfig) -> dict[str, Any]:
+    """Pick ``cfg.budget`` glomeruli and write ``next_to_label.csv`` and ``gallery.html`` into a new folder."""
+    from glomlib.core import io
+    from glomlib.select.rank import gallery_html, select_next, thumbnails
+
+    df, X, enc = _embedding(cfg, require_labels=False)
+    if not cfg.use_labels:
+        df = df.assign(y=-1)
+    table = select_next(df, X, cfg.strategy, cfg.budget, cap=cfg.max_per_slide, seed=cfg.seed, dims=cfg.dims,
+                        clusters=cfg.clusters, memory_limit_gb=cfg.memory_limit_gb)
+    out = _out_dir(cfg)
+    cfg.save(out / "config.json")
+    io.write_provenance(out, cfg, extra={"encoder": enc, "manifest": df.attrs["manifest"]})
+    sub = f"{enc['label']}, {enc['image_size']} px; manifest {df.attrs['manifest']}."
+    page = gallery_html(table, thumbnails(table, cfg.thumb_size), size=cfg.thumb_size, subtitle=sub)
+    paths = {"csv": out / "next_to_label.csv", "html": out / "gallery.html"}
+    io.write_csv_new(table, paths["csv"])
+    io.publish_new(paths["html"], lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    return {"table": table, "paths": paths, "out": out, "encoder": enc}
+
+
+def run_simulation(cfg: SelectConfig) -> dict[str, Any]:
+    """The simulation on a labelled manifest; writes its tables, figure and sentence into a new folder."""
+    from glomlib.core import io
+    from glomlib.data.splits import assign_folds
+    from glomlib.select import report, stats
+    from glomlib.select.simulate import simulate
+
+    df, X, enc = _embedding(cfg, require_labels=True)
+    folds = assign_folds(df, n_folds=cfg.folds, seed=cfg.seed)
+    sim = simulate(X, df["y"].to_numpy(), df["slide"].astype(str).to_numpy(), folds, cfg.strategies, cfg.budgets,
+                   cfg.seeds, cap=cfg.max_per_slide, dims=cfg.dims, memory_limit_gb=cfg.memory_limit_gb)
+    boot = stats.bootstrap(sim, n_boot=cfg.n_boot, seed=cfg.seed)
+    bt, st = stats.budget_table(sim, boot), stats.strategy_table(sim, boot)
+    what = (f"{Path(cfg.data).parent.name or cfg.data}, {enc['label']} at {enc['image_size']} px, {cfg.folds} "
+            f"slide-grouped folds x {cfg.seeds} seeds")
+    text = report.sentence(bt, st, what)
+    out = _out_dir(cfg)
+    cfg.save(out / "config.json")
+    io.write_provenance(out, cfg, extra={"encoder": enc, "manifest": df.attrs["manifest"], "seconds": sim.seconds})
+    io.write_csv_new(bt, out / "budgets.csv")
+    io.write_csv_new(st, out / "strategies.csv")
+    io.write_text_atomic(out / "result.md", f"{text}\n\n{report.markdown(bt, st)}")
+    fig = report.figure(bt, what)
+    fig.savefig(out / "simulation.png", dpi=110)
+    io.write_json_atomic(out / "result.json", {"sentence": text, "default_strategy": report.default_strategy(st),
+                                                "encoder": enc, "seconds": sim.seconds})
+    return {"budgets": bt, "strategies": st, "sentence": text, "figure": fig, "out": out, "sim": sim}
+
+
+def _cli(args) -> int:
+    cfg = config_from_args(SelectConfig, args)
+    if cfg.simulate:
+        r = run_simulation(cfg)
+        print(r["sentence"])
+        print(f"wrote {r['out']}/ (budgets.csv, strategies.csv, result.md, simulation.png)")
+        return 0
+    r = run_select(cfg)
+    t = r["table"]
+    print(f"{len(t)} glomeruli from {t['slide'].nunique()} slides picked by {cfg.strategy}; "
+          f"wrote {r['paths']['csv']} and {r['paths']['html']}")
+    print(json.dumps({"clusters": int(t["cluster"].nunique()), "encoder": r["encoder"]["label"]}))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("select", help="which glomeruli to label next (ranked list + gallery); --simulate "
+                              "measures the strategies against random", description=__doc__.splitlines()[0])
+    add_config_arguments(p, SelectConfig)
+    p.set_defaults(func=_cli)
