@@ -38,7 +38,9 @@ class SelectConfig(StepConfig):
     thumb_size: int = 128  # gallery thumbnail size (pixels)
     simulate: bool = False  # measure the strategies on the labelled manifest instead of picking
     strategies: list[str] = dataclasses.field(default_factory=lambda: list(STRATEGIES))  # simulate: strategies compared
-    budgets: list[int] = dataclasses.field(default_factory=lambda: list(BUDGETS))  # simulate: label budgets (nested rounds)
+    budgets: list[int] = dataclasses.field(
+        default_factory=lambda: list(BUDGETS)
+    )  # simulate: label budgets (nested rounds)
     seeds: int = 20  # simulate: seeds per fold
     folds: int = 3  # simulate: slide-grouped folds (the pool is each fold's training slides)
     n_boot: int = 1000  # simulate: bootstrap draws (slides and seeds resampled) of the CIs
@@ -78,8 +80,17 @@ def run_select(cfg: SelectConfig) -> dict[str, Any]:
     df, X, enc = _embedding(cfg, require_labels=False)
     if not cfg.use_labels:
         df = df.assign(y=-1)
-    table = select_next(df, X, cfg.strategy, cfg.budget, cap=cfg.max_per_slide, seed=cfg.seed, dims=cfg.dims,
-                        clusters=cfg.clusters, memory_limit_gb=cfg.memory_limit_gb)
+    table = select_next(
+        df,
+        X,
+        cfg.strategy,
+        cfg.budget,
+        cap=cfg.max_per_slide,
+        seed=cfg.seed,
+        dims=cfg.dims,
+        clusters=cfg.clusters,
+        memory_limit_gb=cfg.memory_limit_gb,
+    )
     out = _out_dir(cfg)
     cfg.save(out / "config.json")
     io.write_provenance(out, cfg, extra={"encoder": enc, "manifest": df.attrs["manifest"]})
@@ -100,12 +111,24 @@ def run_simulation(cfg: SelectConfig) -> dict[str, Any]:
 
     df, X, enc = _embedding(cfg, require_labels=True)
     folds = assign_folds(df, n_folds=cfg.folds, seed=cfg.seed)
-    sim = simulate(X, df["y"].to_numpy(), df["slide"].astype(str).to_numpy(), folds, cfg.strategies, cfg.budgets,
-                   cfg.seeds, cap=cfg.max_per_slide, dims=cfg.dims, memory_limit_gb=cfg.memory_limit_gb)
+    sim = simulate(
+        X,
+        df["y"].to_numpy(),
+        df["slide"].astype(str).to_numpy(),
+        folds,
+        cfg.strategies,
+        cfg.budgets,
+        cfg.seeds,
+        cap=cfg.max_per_slide,
+        dims=cfg.dims,
+        memory_limit_gb=cfg.memory_limit_gb,
+    )
     boot = stats.bootstrap(sim, n_boot=cfg.n_boot, seed=cfg.seed)
     bt, st = stats.budget_table(sim, boot), stats.strategy_table(sim, boot)
-    what = (f"{Path(cfg.data).parent.name or cfg.data}, {enc['label']} at {enc['image_size']} px, {cfg.folds} "
-            f"slide-grouped folds x {cfg.seeds} seeds")
+    what = (
+        f"{Path(cfg.data).parent.name or cfg.data}, {enc['label']} at {enc['image_size']} px, {cfg.folds} "
+        f"slide-grouped folds x {cfg.seeds} seeds"
+    )
     text = report.sentence(bt, st, what)
     out = _out_dir(cfg)
     cfg.save(out / "config.json")
@@ -115,8 +138,10 @@ def run_simulation(cfg: SelectConfig) -> dict[str, Any]:
     io.write_text_atomic(out / "result.md", f"{text}\n\n{report.markdown(bt, st)}")
     fig = report.figure(bt, what)
     fig.savefig(out / "simulation.png", dpi=110)
-    io.write_json_atomic(out / "result.json", {"sentence": text, "default_strategy": report.default_strategy(st),
-                                                "encoder": enc, "seconds": sim.seconds})
+    io.write_json_atomic(
+        out / "result.json",
+        {"sentence": text, "default_strategy": report.default_strategy(st), "encoder": enc, "seconds": sim.seconds},
+    )
     return {"budgets": bt, "strategies": st, "sentence": text, "figure": fig, "out": out, "sim": sim}
 
 
@@ -129,14 +154,19 @@ def _cli(args) -> int:
         return 0
     r = run_select(cfg)
     t = r["table"]
-    print(f"{len(t)} glomeruli from {t['slide'].nunique()} slides picked by {cfg.strategy}; "
-          f"wrote {r['paths']['csv']} and {r['paths']['html']}")
+    print(
+        f"{len(t)} glomeruli from {t['slide'].nunique()} slides picked by {cfg.strategy}; "
+        f"wrote {r['paths']['csv']} and {r['paths']['html']}"
+    )
     print(json.dumps({"clusters": int(t["cluster"].nunique()), "encoder": r["encoder"]["label"]}))
     return 0
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("select", help="which glomeruli to label next (ranked list + gallery); --simulate "
-                              "measures the strategies against random", description=__doc__.splitlines()[0])
+    p = subparsers.add_parser(
+        "select",
+        help="which glomeruli to label next (ranked list + gallery); --simulate measures the strategies against random",
+        description=__doc__.splitlines()[0],
+    )
     add_config_arguments(p, SelectConfig)
     p.set_defaults(func=_cli)

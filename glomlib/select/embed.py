@@ -20,7 +20,11 @@ BUILTIN = ("imagenet", "scratch")
 
 def latest_encoder(root: str | Path = "runs") -> Path:
     """The newest ``encoder.safetensors`` under ``root`` (an SSL run of notebook 02 or ``glomlib ssl``)."""
-    found = sorted(Path(root).glob("**/encoder.safetensors"), key=lambda p: p.stat().st_mtime) if Path(root).exists() else []
+    found = (
+        sorted(Path(root).glob("**/encoder.safetensors"), key=lambda p: p.stat().st_mtime)
+        if Path(root).exists()
+        else []
+    )
     if not found:
         raise FileNotFoundError(
             f"encoder='latest' but no SSL run (a folder with encoder.safetensors) exists under {Path(root).resolve()}. "
@@ -32,15 +36,25 @@ def latest_encoder(root: str | Path = "runs") -> Path:
 def resolve_encoder(encoder: str, backbone: str, image_size: int) -> dict[str, Any]:
     """``{kind, path, backbone, image_size, label}`` for ``encoder`` = latest | imagenet | scratch | a file."""
     if encoder in BUILTIN:
-        return {"kind": encoder, "path": "", "backbone": backbone, "image_size": int(image_size or 96),
-                "label": f"{encoder} {backbone}"}
+        return {
+            "kind": encoder,
+            "path": "",
+            "backbone": backbone,
+            "image_size": int(image_size or 96),
+            "label": f"{encoder} {backbone}",
+        }
     from glomlib.models.files import read_encoder_meta
 
     path = latest_encoder() if encoder in ("", "latest") else Path(encoder)
     meta = read_encoder_meta(path)
     size = int(image_size or meta.get("image_size") or 96)
-    return {"kind": "glom", "path": str(path), "backbone": str(meta.get("backbone", backbone)), "image_size": size,
-            "label": f"glom ({path})"}
+    return {
+        "kind": "glom",
+        "path": str(path),
+        "backbone": str(meta.get("backbone", backbone)),
+        "image_size": size,
+        "label": f"glom ({path})",
+    }
 
 
 def _file_sha(path: str) -> str:
@@ -76,8 +90,15 @@ def _compute(df, enc: dict[str, Any], batch_size: int, device: str) -> np.ndarra
     return extract_features(model, images, batch_size=batch_size, image_size=enc["image_size"], plan=p)
 
 
-def embed(df, encoder: str = "latest", backbone: str = "efficientnet_lite0", image_size: int = 0,
-          batch_size: int = 128, device: str = "auto", cache_dir: str | Path | None = None) -> np.ndarray:
+def embed(
+    df,
+    encoder: str = "latest",
+    backbone: str = "efficientnet_lite0",
+    image_size: int = 0,
+    batch_size: int = 128,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+) -> np.ndarray:
     """L2-normalised features ``(len(df), D)`` of a manifest's images (``read_manifest`` rows), cached on disk."""
     if df.empty:
         raise ConfigError("embed: the manifest has no rows.")

@@ -6,8 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-NAMES = {"random": "random", "stratified": "slide-stratified random", "typiclust": "TypiClust",
-         "probcover": "ProbCover", "kcenter": "k-center (CoreSet)", "margin": "margin uncertainty"}
+NAMES = {
+    "random": "random",
+    "stratified": "slide-stratified random",
+    "typiclust": "TypiClust",
+    "probcover": "ProbCover",
+    "kcenter": "k-center (CoreSet)",
+    "margin": "margin uncertainty",
+}
 FALLBACK = "stratified"
 
 
@@ -36,8 +42,11 @@ def _per_budget(bt: pd.DataFrame, others: list[str]) -> str:
             said.append(f"{NAMES[s]} beat random at {', '.join(map(str, up))} labels")
         if down:
             said.append(f"{NAMES[s]} did worse than random at {', '.join(map(str, down))} labels")
-    return ("Per budget (CI excluding 0): " + "; ".join(said) + ".") if said else (
-        "At no single budget did a strategy differ from random with a CI excluding 0.")
+    return (
+        ("Per budget (CI excluding 0): " + "; ".join(said) + ".")
+        if said
+        else ("At no single budget did a strategy differ from random with a CI excluding 0.")
+    )
 
 
 def sentence(bt: pd.DataFrame, st: pd.DataFrame, what: str = "") -> str:
@@ -49,21 +58,30 @@ def sentence(bt: pd.DataFrame, st: pd.DataFrame, what: str = "") -> str:
     better = [s for s in others if row.at[s, "aubc_delta_low"] > 0]
     worse = [s for s in others if row.at[s, "aubc_delta_high"] < 0]
     same = [s for s in others if s not in better and s not in worse]
-    out = [f"{what + ': ' if what else ''}over {lo} to {hi} labels, area under the AUC-vs-labels curve relative to random:"]
+    out = [
+        f"{what + ': ' if what else ''}over {lo} to {hi} labels, area under the AUC-vs-labels curve relative to random:"
+    ]
     for s in better + worse:
         verb = "beat" if s in better else "did worse than"
         need = row.at[s, "labels_to_match_random_at_max"]
         reach = f", reaching random's AUC at {hi} labels with {int(need)}" if np.isfinite(need) else ""
-        out.append(f"{NAMES[s]} {verb} random, {_ci(row.at[s, 'aubc_delta'], row.at[s, 'aubc_delta_low'], row.at[s, 'aubc_delta_high'])}{reach}.")
+        out.append(
+            f"{NAMES[s]} {verb} random, {_ci(row.at[s, 'aubc_delta'], row.at[s, 'aubc_delta_low'], row.at[s, 'aubc_delta_high'])}{reach}."
+        )
     if same:
         out.append(f"{', '.join(NAMES[s] for s in same)}: not distinguishable from random (CIs include 0).")
     out.append(_per_budget(bt, others))
     oc = bt[bt["labels"] == lo].set_index("strategy")["one_class_share"]
-    out.append(f"At {lo} labels, the share of selections holding one class (no classifier: left out of the AUC "
-               f"means, counted here) was {', '.join(f'{NAMES[s]} {oc[s]:.0%}' for s in oc.index)}.")
+    out.append(
+        f"At {lo} labels, the share of selections holding one class (no classifier: left out of the AUC "
+        f"means, counted here) was {', '.join(f'{NAMES[s]} {oc[s]:.0%}' for s in oc.index)}."
+    )
     d = default_strategy(st)
-    out.append(f"Default: {NAMES[d]}." if d != FALLBACK or FALLBACK in better else
-               "No strategy beat random with a CI excluding 0, so slide-stratified random is the default.")
+    out.append(
+        f"Default: {NAMES[d]}."
+        if d != FALLBACK or FALLBACK in better
+        else "No strategy beat random with a CI excluding 0, so slide-stratified random is the default."
+    )
     return " ".join(out)
 
 
@@ -81,8 +99,11 @@ def figure(bt: pd.DataFrame, title: str = ""):
             ax[1].fill_between(x, t["delta_low"], t["delta_high"], color=line.get_color(), alpha=0.12)
         ax[2].plot(x, t["one_class_share"], marker="o", color=line.get_color())
     ax[1].axhline(0, color="k", lw=0.8)
-    labels = ("test AUC (mean over selections with both classes)", "AUC - random (paired, 95 % CI)",
-              "share of selections with one class")
+    labels = (
+        "test AUC (mean over selections with both classes)",
+        "AUC - random (paired, 95 % CI)",
+        "share of selections with one class",
+    )
     for a, lab in zip(ax, labels):
         a.set_xscale("log", base=2)
         a.set_xlabel("labels")
@@ -98,15 +119,26 @@ def figure(bt: pd.DataFrame, title: str = ""):
 def markdown(bt: pd.DataFrame, st: pd.DataFrame) -> str:
     """Two Markdown tables (per strategy; AUC per budget) for README."""
     head = "| strategy | AUBC | AUBC - random (95 % CI) | labels to reach random@max | one-class share @min |\n|---|---|---|---|---|\n"
-    rows = "".join(f"| {NAMES[r.strategy]} | {r.aubc:.3f} | {_ci(r.aubc_delta, r.aubc_delta_low, r.aubc_delta_high)} | "
-                   f"{'' if not np.isfinite(r.labels_to_match_random_at_max) else int(r.labels_to_match_random_at_max)}"
-                   f" | {r.one_class_share_at_min:.0%} |\n" for r in st.itertuples())
+    rows = "".join(
+        f"| {NAMES[r.strategy]} | {r.aubc:.3f} | {_ci(r.aubc_delta, r.aubc_delta_low, r.aubc_delta_high)} | "
+        f"{'' if not np.isfinite(r.labels_to_match_random_at_max) else int(r.labels_to_match_random_at_max)}"
+        f" | {r.one_class_share_at_min:.0%} |\n"
+        for r in st.itertuples()
+    )
     budgets = sorted(bt["labels"].unique())
     grid = bt.pivot(index="strategy", columns="labels", values="auc").reindex(st["strategy"])
     d = bt.pivot(index="strategy", columns="labels", values="delta_vs_random").reindex(st["strategy"])
-    sig = bt.assign(s=(bt["delta_low"] > 0) | (bt["delta_high"] < 0)).pivot(index="strategy", columns="labels", values="s")
+    sig = bt.assign(s=(bt["delta_low"] > 0) | (bt["delta_high"] < 0)).pivot(
+        index="strategy", columns="labels", values="s"
+    )
     h2 = "| strategy | " + " | ".join(map(str, budgets)) + " |\n|---|" + "---|" * len(budgets) + "\n"
-    r2 = "".join(f"| {NAMES[s]} | " + " | ".join(
-        f"{grid.at[s, b]:.3f}" + ("" if s == "random" else f" ({d.at[s, b]:+.3f}{'*' if sig.at[s, b] else ''})")
-        for b in budgets) + " |\n" for s in grid.index)
+    r2 = "".join(
+        f"| {NAMES[s]} | "
+        + " | ".join(
+            f"{grid.at[s, b]:.3f}" + ("" if s == "random" else f" ({d.at[s, b]:+.3f}{'*' if sig.at[s, b] else ''})")
+            for b in budgets
+        )
+        + " |\n"
+        for s in grid.index
+    )
     return head + rows + "\nAUC per budget (delta vs random; * = 95 % CI excludes 0):\n\n" + h2 + r2

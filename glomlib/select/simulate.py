@@ -41,8 +41,16 @@ class Simulation:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def run_rounds(strategy: str, Xp: np.ndarray, yp: np.ndarray, slides_p: np.ndarray, budgets, seed: int,
-               cap: int = 0, memory_limit_gb: float = 0.0):
+def run_rounds(
+    strategy: str,
+    Xp: np.ndarray,
+    yp: np.ndarray,
+    slides_p: np.ndarray,
+    budgets,
+    seed: int,
+    cap: int = 0,
+    memory_limit_gb: float = 0.0,
+):
     """Yield ``(budget, picked pool indices)`` after each round: nested picks, the labels of earlier rounds known."""
     ystate = np.full(len(yp), -1)
     state: dict = {}
@@ -50,8 +58,18 @@ def run_rounds(strategy: str, Xp: np.ndarray, yp: np.ndarray, slides_p: np.ndarr
         have = int((ystate >= 0).sum())
         if b > have:
             counts = Counter(slides_p[ystate >= 0])
-            p = pick(strategy, Xp, ystate, slides_p, b - have, cap=cap, seed=seed, counts=counts, state=state,
-                     memory_limit_gb=memory_limit_gb)
+            p = pick(
+                strategy,
+                Xp,
+                ystate,
+                slides_p,
+                b - have,
+                cap=cap,
+                seed=seed,
+                counts=counts,
+                state=state,
+                memory_limit_gb=memory_limit_gb,
+            )
             ystate[p.index] = yp[p.index]
         yield b, np.flatnonzero(ystate >= 0)
 
@@ -63,8 +81,9 @@ def _one_fold(sim: Simulation, X: np.ndarray, f: int, dims: int, cap: int, memor
     for si, strategy in enumerate(sim.strategies):
         t0 = time.perf_counter()
         for ki, seed in enumerate(sim.seeds):
-            for bi, (_, sel) in enumerate(run_rounds(strategy, Xp, yp, sp, sim.budgets, 1000 * seed + f, cap,
-                                                     memory_limit_gb)):
+            for bi, (_, sel) in enumerate(
+                run_rounds(strategy, Xp, yp, sp, sim.budgets, 1000 * seed + f, cap, memory_limit_gb)
+            ):
                 sim.n_pos_picked[si, bi, ki, f] = int(yp[sel].sum())
                 sim.slides_picked[si, bi, ki, f] = len(set(sp[sel]))
                 if len(np.unique(yp[sel])) < 2:
@@ -76,8 +95,18 @@ def _one_fold(sim: Simulation, X: np.ndarray, f: int, dims: int, cap: int, memor
         print(f"fold {f}: {strategy} {len(sim.seeds)} seeds in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
 
-def simulate(X: np.ndarray, y: np.ndarray, slides: np.ndarray, folds: np.ndarray, strategies, budgets=BUDGETS,
-             seeds: int = 20, cap: int = 0, dims: int = 64, memory_limit_gb: float = 0.0) -> Simulation:
+def simulate(
+    X: np.ndarray,
+    y: np.ndarray,
+    slides: np.ndarray,
+    folds: np.ndarray,
+    strategies,
+    budgets=BUDGETS,
+    seeds: int = 20,
+    cap: int = 0,
+    dims: int = 64,
+    memory_limit_gb: float = 0.0,
+) -> Simulation:
     """Run every strategy on every fold (rows with ``folds == -1``, e.g. split=test or unlabelled, take no part)
     for ``seeds`` seeds. ``X``: the frozen embedding (the classifier's input); strategies see its ``dims``-
     component PCA fitted on the pool. Single-threaded BLAS: many small problems run faster that way."""
@@ -91,11 +120,18 @@ def simulate(X: np.ndarray, y: np.ndarray, slides: np.ndarray, folds: np.ndarray
     if "probcover" in strategies:
         check_probcover_memory(int(max(((folds >= 0) & (folds != f)).sum() for f in fold_ids)), memory_limit_gb)
     shape = (len(strategies), len(budgets), seeds)
-    sim = Simulation(strategies, budgets, list(range(seeds)), y, slides, folds,
-                     prob=np.full((*shape, len(y)), np.nan, dtype=np.float32),
-                     valid=np.zeros((*shape, len(fold_ids)), dtype=bool),
-                     n_pos_picked=np.zeros((*shape, len(fold_ids)), dtype=int),
-                     slides_picked=np.zeros((*shape, len(fold_ids)), dtype=int))
+    sim = Simulation(
+        strategies,
+        budgets,
+        list(range(seeds)),
+        y,
+        slides,
+        folds,
+        prob=np.full((*shape, len(y)), np.nan, dtype=np.float32),
+        valid=np.zeros((*shape, len(fold_ids)), dtype=bool),
+        n_pos_picked=np.zeros((*shape, len(fold_ids)), dtype=int),
+        slides_picked=np.zeros((*shape, len(fold_ids)), dtype=int),
+    )
     with threadpool_limits(limits=1):
         for f in fold_ids:
             _one_fold(sim, X, f, dims, cap, memory_limit_gb)

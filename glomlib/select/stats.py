@@ -70,8 +70,9 @@ def bootstrap(sim: Simulation, n_boot: int = 1000, seed: int = 0, ref: str = "ra
     rng = np.random.default_rng(seed)
     names, inv = np.unique(sim.slides, return_inverse=True)
     draws = np.ones((n_boot + 1, len(names)))
-    draws[1:] = np.stack([np.bincount(rng.integers(0, len(names), len(names)), minlength=len(names))
-                          for _ in range(n_boot)])
+    draws[1:] = np.stack(
+        [np.bincount(rng.integers(0, len(names), len(names)), minlength=len(names)) for _ in range(n_boot)]
+    )
     K = len(sim.seeds)
     seed_idx = np.vstack([np.arange(K)] + [rng.integers(0, K, K) for _ in range(n_boot)])
     a = fold_aucs(sim, draws[:, inv])
@@ -97,10 +98,22 @@ def budget_table(sim: Simulation, boot: dict[str, np.ndarray]) -> pd.DataFrame:
     for s, name in enumerate(sim.strategies):
         for b, budget in enumerate(sim.budgets):
             v = sim.valid[s, b]
-            rows.append({"strategy": name, "labels": budget, "auc": boot["mean"][0, s, b], "auc_low": lo[s, b],
-                         "auc_high": hi[s, b], "delta_vs_random": boot["delta"][0, s, b], "delta_low": dlo[s, b],
-                         "delta_high": dhi[s, b], "one_class_share": 1 - v.mean(), "n_with_classifier": int(v.sum()),
-                         "n_selections": v.size, "slides_picked": sim.slides_picked[s, b].mean()})
+            rows.append(
+                {
+                    "strategy": name,
+                    "labels": budget,
+                    "auc": boot["mean"][0, s, b],
+                    "auc_low": lo[s, b],
+                    "auc_high": hi[s, b],
+                    "delta_vs_random": boot["delta"][0, s, b],
+                    "delta_low": dlo[s, b],
+                    "delta_high": dhi[s, b],
+                    "one_class_share": 1 - v.mean(),
+                    "n_with_classifier": int(v.sum()),
+                    "n_selections": v.size,
+                    "slides_picked": sim.slides_picked[s, b].mean(),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -113,8 +126,15 @@ def strategy_table(sim: Simulation, boot: dict[str, np.ndarray]) -> pd.DataFrame
     for s, name in enumerate(sim.strategies):
         curve = boot["mean"][0, s]
         reach = [b for b, m in zip(sim.budgets, curve) if np.isfinite(m) and m >= target]
-        rows.append({"strategy": name, "aubc": boot["aubc"][0, s], "aubc_delta": boot["daubc"][0, s],
-                     "aubc_delta_low": lo[s], "aubc_delta_high": hi[s],
-                     "labels_to_match_random_at_max": reach[0] if reach else np.nan,
-                     "one_class_share_at_min": 1 - sim.valid[s, 0].mean()})
+        rows.append(
+            {
+                "strategy": name,
+                "aubc": boot["aubc"][0, s],
+                "aubc_delta": boot["daubc"][0, s],
+                "aubc_delta_low": lo[s],
+                "aubc_delta_high": hi[s],
+                "labels_to_match_random_at_max": reach[0] if reach else np.nan,
+                "one_class_share_at_min": 1 - sim.valid[s, 0].mean(),
+            }
+        )
     return pd.DataFrame(rows)

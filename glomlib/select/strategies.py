@@ -102,8 +102,11 @@ def _margin(X, y, known, cand, n: int, seed: int) -> Picks:
     qs = UncertaintySampling(method="margin_sampling", missing_label=MISSING, random_state=seed)
     idx, util = qs.query(X, y, clf, fit_clf=False, candidates=cand, batch_size=n, return_utilities=True)
     p = clf.predict_proba(X[idx])[:, 1]
-    return Picks(list(idx), [float(util[k, i]) for k, i in enumerate(idx)],
-                 [f"the classifier is least sure here (p = {q:.2f})" for q in p])
+    return Picks(
+        list(idx),
+        [float(util[k, i]) for k, i in enumerate(idx)],
+        [f"the classifier is least sure here (p = {q:.2f})" for q in p],
+    )
 
 
 def _skactiveml(name: str, X, y, cand, n: int, seed: int, state: dict) -> Picks:
@@ -132,7 +135,7 @@ def query(name: str, X, y, known, slides, cand, n: int, seed: int, counts: Count
     """``n`` picks (in order) among the candidate indices ``cand`` of the pool ``X`` by strategy ``name``.
 
     ``y``: -1 = free, else labelled or already picked; ``known``: rows whose label in ``y`` is real."""
-    rng = np.random.default_rng([seed, len(cand), n])
+    rng = np.random.default_rng([seed, len(cand)])  # not n: a smaller budget is a prefix of a larger one
     if name == "random":
         return Picks(list(rng.permutation(cand)[:n]), [np.nan] * n, ["random pick"] * n)
     if name == "stratified":
@@ -147,8 +150,19 @@ def query(name: str, X, y, known, slides, cand, n: int, seed: int, counts: Count
     raise ConfigError(f"strategy={name!r}: choose one of {', '.join(STRATEGIES)}.")
 
 
-def pick(name: str, X, y, slides, n: int, *, cap: int = 0, seed: int = 0, counts: Counter | None = None,
-         state: dict | None = None, memory_limit_gb: float = 0.0) -> Picks:
+def pick(
+    name: str,
+    X,
+    y,
+    slides,
+    n: int,
+    *,
+    cap: int = 0,
+    seed: int = 0,
+    counts: Counter | None = None,
+    state: dict | None = None,
+    memory_limit_gb: float = 0.0,
+) -> Picks:
     """``n`` unlabelled pool rows to label next, ranked, at most ``cap`` picks per slide (0 = no cap).
 
     ``counts``: picks already made per slide (the cap counts them; simulation rounds pass earlier rounds').
