@@ -21,20 +21,24 @@ from glomlib.select.strategies import STRATEGIES
 class SelectConfig(StepConfig):
     """Parameters of ``glomlib select`` (and notebook 08)."""
 
-    data: str = "data/glomeruli-pas/manifest.csv"  # manifest CSV; labelled rows count as labelled, split=test rows are never seen
+    data: str = "data/glomeruli-pas/manifest.csv"  # manifest CSV; rows with split test are never seen
     out: str = "auto"  # output folder (never overwritten); auto means runs/<stamp>-select
-    encoder: str = "latest"  # encoder.safetensors of an SSL run; latest = the newest under runs/; imagenet | scratch
-    backbone: str = "efficientnet_lite0"  # backbone for encoder=imagenet|scratch (an encoder file names its own)
-    image_size: int = 0  # pixels fed to the encoder (0 = the encoder file's own size; 96 for imagenet|scratch)
+    encoder: str = (
+        "latest"  # encoder.safetensors of an SSL run; latest means the newest under runs/; imagenet | scratch
+    )
+    backbone: str = "efficientnet_lite0"  # backbone of the imagenet or scratch encoder (an encoder file names its own)
+    image_size: int = 0  # pixels fed to the encoder (0 means the encoder file's own size; 96 for imagenet|scratch)
     strategy: str = "stratified"  # random | stratified | typiclust | probcover | kcenter | margin
     budget: int = 32  # glomeruli to pick
-    max_per_slide: int = 0  # at most this many picks per slide (0 = no cap)
+    max_per_slide: int = 0  # at most this many picks per slide (0 means no cap)
     clusters: int = 8  # k-means groups of the gallery
-    dims: int = 64  # PCA components of the embedding the strategies see (0 = all)
+    dims: int = 64  # PCA components of the embedding the strategies see (0 keeps all)
     seed: int = 0  # random seed
-    use_labels: bool = True  # labelled rows count as labelled (false: every row is a candidate, labels ignored)
-    memory_limit_gb: float = 0.0  # probcover refuses a pool whose n x n matrices need more (0 = half the free memory)
-    positive_label: str = ""  # positive class ("" = the one the manifest's dataset.json names)
+    labels: str = "auto"  # use: labelled rows count as labelled; ignore: every row is a candidate; auto: use, unless every row is labelled
+    memory_limit_gb: float = (
+        0.0  # probcover refuses a pool whose n x n matrices need more GB (0 means half the free memory)
+    )
+    positive_label: str = ""  # positive class (empty means the one the manifest's dataset.json names)
     thumb_size: int = 128  # gallery thumbnail size (pixels)
     simulate: bool = False  # measure the strategies on the labelled manifest instead of picking
     strategies: list[str] = dataclasses.field(default_factory=lambda: list(STRATEGIES))  # simulate: strategies compared
@@ -44,6 +48,7 @@ class SelectConfig(StepConfig):
     seeds: int = 20  # simulate: seeds per fold
     folds: int = 3  # simulate: slide-grouped folds (the pool is each fold's training slides)
     n_boot: int = 1000  # simulate: bootstrap draws (slides and seeds resampled) of the CIs
+    simulation: str = ""  # notebook 08: a select --simulate output folder to show; empty runs the simulation
     batch_size: int = 128  # images per forward pass
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
@@ -51,6 +56,8 @@ class SelectConfig(StepConfig):
         bad = sorted(set([self.strategy, *self.strategies]) - set(STRATEGIES))
         if bad:
             raise ConfigError(f"strategy {bad}: choose from {', '.join(STRATEGIES)}.")
+        if self.labels not in ("auto", "use", "ignore"):
+            raise ConfigError(f"labels={self.labels!r}: choose auto, use or ignore.")
         if self.budget < 1 or min(self.budgets, default=0) < 1:
             raise ConfigError("budget and budgets must be at least 1.")
         if self.simulate and ("random" not in self.strategies or self.seeds < 1 or self.folds < 2):
@@ -78,7 +85,12 @@ def run_select(cfg: SelectConfig) -> dict[str, Any]:
     from glomlib.select.rank import gallery_html, select_next, thumbnails
 
     df, X, enc = _embedding(cfg, require_labels=False)
-    if not cfg.use_labels:
+    if cfg.labels == "ignore" or (cfg.labels == "auto" and (df["y"] >= 0).all()):
+        if cfg.labels == "auto":
+            print(
+                "every row of the manifest is labelled: picking as if none were (labels=auto; the label column "
+                "lets you check the picks)"
+            )
         df = df.assign(y=-1)
     table = select_next(
         df,
@@ -140,9 +152,35 @@ def run_simulation(cfg: SelectConfig) -> dict[str, Any]:
     fig.savefig(out / "simulation.png", dpi=110)
     io.write_json_atomic(
         out / "result.json",
-        {"sentence": text, "default_strategy": report.default_strategy(st), "encoder": enc, "seconds": sim.seconds},
+        {
+            "sentence": text,
+            "what": what,
+            "default_strategy": report.default_strategy(st),
+            "encoder": enc,
+            "seconds": sim.seconds,
+        },
     )
     return {"budgets": bt, "strategies": st, "sentence": text, "figure": fig, "out": out, "sim": sim}
+
+
+def simulation_result(cfg: SelectConfig) -> dict[str, Any]:
+    """Notebook 08: the simulation in ``cfg.simulation`` (a ``--simulate`` output folder), else a new one."""
+    import pandas as pd
+
+    from glomlib.select import report
+
+    if not cfg.simulation:
+        return run_simulation(cfg)
+    folder = Path(cfg.simulation)
+    bt, st = pd.read_csv(folder / "budgets.csv"), pd.read_csv(folder / "strategies.csv")
+    saved = json.loads((folder / "result.json").read_text())
+    return {
+        "budgets": bt,
+        "strategies": st,
+        "sentence": saved["sentence"],
+        "out": folder,
+        "figure": report.figure(bt, str(saved.get("what", ""))),
+    }
 
 
 def _cli(args) -> int:
