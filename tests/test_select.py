@@ -169,8 +169,8 @@ def test_cli_select_and_simulate_on_a_tiny_manifest(make_manifest, tmp_path):
         "6",
         "--max-per-slide",
         "2",
-        "--use-labels",
-        "false",
+        "--labels",
+        "ignore",
         "--clusters",
         "3",
         "--out",
@@ -183,6 +183,12 @@ def test_cli_select_and_simulate_on_a_tiny_manifest(make_manifest, tmp_path):
     assert {"path", "slide", "cluster", "score", "reason", "image_id", "reviewed_label"} <= set(t.columns)
     assert "Cluster" in (out / "gallery.html").read_text()
     assert main(args) == 3  # never overwritten
+    from glomlib.data.relabel import apply_review  # the sheet is filled and applied like notebook 07's
+
+    t.loc[0, "reviewed_label"] = "M1"
+    t.to_csv(tmp_path / "filled.csv", index=False)
+    apply_review(tmp_path / "filled.csv", m, tmp_path / "relabelled.csv", reviewer="pathologist A")
+    assert (tmp_path / "relabelled.csv").is_file()
     sim_args = [
         "select",
         "--simulate",

@@ -113,6 +113,7 @@ def figure(bt: pd.DataFrame, title: str = ""):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    plt.close(fig)  # shown once, where the caller displays it (not again by the notebook's inline backend)
     return fig
 
 
