@@ -152,7 +152,7 @@ def test_sentence_claims_only_what_the_ci_excludes():
     assert "TypiClust beat random" in text and "Default: TypiClust" in text
 
 
-def test_cli_select_and_simulate_on_a_tiny_manifest(make_manifest, tmp_path):
+def test_cli_select_on_a_tiny_manifest(make_manifest, tmp_path):
     from glomlib.cli import main
 
     m = make_manifest(n_slides=6, per_slide=6, size=32, extra_columns={"split": lambda s, k: "test" if s == 5 else ""})
@@ -189,6 +189,12 @@ def test_cli_select_and_simulate_on_a_tiny_manifest(make_manifest, tmp_path):
     t.to_csv(tmp_path / "filled.csv", index=False)
     apply_review(tmp_path / "filled.csv", m, tmp_path / "relabelled.csv", reviewer="pathologist A")
     assert (tmp_path / "relabelled.csv").is_file()
+
+
+def test_cli_simulate_on_a_tiny_manifest(make_manifest, tmp_path):
+    from glomlib.cli import main
+
+    m = make_manifest(n_slides=6, per_slide=6, size=32)
     sim_args = [
         "select",
         "--simulate",

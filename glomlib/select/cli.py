@@ -114,6 +114,14 @@ def run_select(cfg: SelectConfig) -> dict[str, Any]:
     return {"table": table, "paths": paths, "out": out, "encoder": enc}
 
 
+def _save_npz(path: Path, sim) -> None:
+    """The simulation's arrays (test probabilities, validity, picks) for re-analysis."""
+    import numpy as np
+
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **{k: np.asarray(v) for k, v in vars(sim).items() if k != "seconds"})
+
+
 def run_simulation(cfg: SelectConfig) -> dict[str, Any]:
     """The simulation on a labelled manifest; writes its tables, figure and sentence into a new folder."""
     from glomlib.core import io
@@ -145,6 +153,7 @@ def run_simulation(cfg: SelectConfig) -> dict[str, Any]:
     out = _out_dir(cfg)
     cfg.save(out / "config.json")
     io.write_provenance(out, cfg, extra={"encoder": enc, "manifest": df.attrs["manifest"], "seconds": sim.seconds})
+    io.write_with(out / "simulation.npz", lambda tmp: _save_npz(tmp, sim))
     io.write_csv_new(bt, out / "budgets.csv")
     io.write_csv_new(st, out / "strategies.csv")
     io.write_text_atomic(out / "result.md", f"{text}\n\n{report.markdown(bt, st)}")

@@ -42,8 +42,9 @@ def _per_budget(bt: pd.DataFrame, others: list[str]) -> str:
             said.append(f"{NAMES[s]} beat random at {', '.join(map(str, up))} labels")
         if down:
             said.append(f"{NAMES[s]} did worse than random at {', '.join(map(str, down))} labels")
+    n = len(others) * bt["labels"].nunique()
     return (
-        ("Per budget (CI excluding 0): " + "; ".join(said) + ".")
+        (f"Per budget (CI excluding 0, not adjusted for the {n} comparisons): " + "; ".join(said) + ".")
         if said
         else ("At no single budget did a strategy differ from random with a CI excluding 0.")
     )
@@ -53,13 +54,15 @@ def sentence(bt: pd.DataFrame, st: pd.DataFrame, what: str = "") -> str:
     """The result in words: area-under-budget-curve deltas vs random, per-budget claims, one-class shares and the
     default strategy. ``what`` names the data and embedding."""
     lo, hi = int(bt["labels"].min()), int(bt["labels"].max())
+    start = int(st["aubc_from_labels"].iloc[0]) if "aubc_from_labels" in st else lo
     others = [s for s in st["strategy"] if s != "random"]
     row = st.set_index("strategy")
     better = [s for s in others if row.at[s, "aubc_delta_low"] > 0]
     worse = [s for s in others if row.at[s, "aubc_delta_high"] < 0]
     same = [s for s in others if s not in better and s not in worse]
     out = [
-        f"{what + ': ' if what else ''}over {lo} to {hi} labels, area under the AUC-vs-labels curve relative to random:"
+        f"{what + ': ' if what else ''}area under the AUC-vs-labels curve over {start} to {hi} labels (the budgets "
+        "where every strategy had a classifier), relative to random:"
     ]
     for s in better + worse:
         verb = "beat" if s in better else "did worse than"
@@ -119,7 +122,7 @@ def figure(bt: pd.DataFrame, title: str = ""):
 
 def markdown(bt: pd.DataFrame, st: pd.DataFrame) -> str:
     """Two Markdown tables (per strategy; AUC per budget) for README."""
-    head = "| strategy | AUBC | AUBC - random (95 % CI) | labels to reach random@max | one-class share @min |\n|---|---|---|---|---|\n"
+    head = f"| strategy | AUBC ({int(st['aubc_from_labels'].iloc[0])}-{int(bt['labels'].max())} labels) | AUBC - random (95 % CI) | labels to reach random@max | one-class share @min |\n|---|---|---|---|---|\n"
     rows = "".join(
         f"| {NAMES[r.strategy]} | {r.aubc:.3f} | {_ci(r.aubc_delta, r.aubc_delta_low, r.aubc_delta_high)} | "
         f"{'' if not np.isfinite(r.labels_to_match_random_at_max) else int(r.labels_to_match_random_at_max)}"

@@ -80,8 +80,18 @@ def bootstrap(sim: Simulation, n_boot: int = 1000, seed: int = 0, ref: str = "ra
     parts = [_reduce(a[d : d + 1], seed_idx[d], r) for d in range(n_boot + 1)]
     mean = np.concatenate([p["mean"] for p in parts])
     delta = np.concatenate([p["delta"] for p in parts])
-    aubc = np.stack([_aubc(np.nan_to_num(m, nan=0.5), sim.budgets) for m in mean])  # no classifier: counted as 0.5
-    return {"mean": mean, "delta": delta, "aubc": aubc, "daubc": aubc - aubc[:, r : r + 1], "ref": r}
+    # the area spans the budgets where every strategy has a classifier in some selection (not one-class only)
+    common = np.isfinite(mean[0]).all(axis=0)
+    first = int(np.argmax(common)) if common.any() else len(sim.budgets) - 1
+    aubc = np.stack([_aubc(m[:, first:], sim.budgets[first:]) for m in mean])
+    return {
+        "mean": mean,
+        "delta": delta,
+        "aubc": aubc,
+        "daubc": aubc - aubc[:, r : r + 1],
+        "ref": r,
+        "aubc_from": sim.budgets[first],
+    }
 
 
 def _ci(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,6 +140,7 @@ def strategy_table(sim: Simulation, boot: dict[str, np.ndarray]) -> pd.DataFrame
             {
                 "strategy": name,
                 "aubc": boot["aubc"][0, s],
+                "aubc_from_labels": boot["aubc_from"],
                 "aubc_delta": boot["daubc"][0, s],
                 "aubc_delta_low": lo[s],
                 "aubc_delta_high": hi[s],
