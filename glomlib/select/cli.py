@@ -23,9 +23,7 @@ class SelectConfig(StepConfig):
 
     data: str = "data/glomeruli-pas/manifest.csv"  # manifest CSV; rows with split test are never seen
     out: str = "auto"  # output folder (never overwritten); auto means runs/<stamp>-select
-    encoder: str = (
-        "latest"  # encoder.safetensors of an SSL run; latest means the newest under runs/; imagenet | scratch
-    )
+    encoder: str = "latest"  # an SSL run's encoder.safetensors; latest means the newest under runs/; imagenet | scratch
     backbone: str = "efficientnet_lite0"  # backbone of the imagenet or scratch encoder (an encoder file names its own)
     image_size: int = 0  # pixels fed to the encoder (0 means the encoder file's own size; 96 for imagenet|scratch)
     strategy: str = "stratified"  # random | stratified | typiclust | probcover | kcenter | margin
@@ -35,16 +33,12 @@ class SelectConfig(StepConfig):
     dims: int = 64  # PCA components of the embedding the strategies see (0 keeps all)
     seed: int = 0  # random seed
     labels: str = "auto"  # use: labelled rows count as labelled; ignore: every row is a candidate; auto: use, unless every row is labelled
-    memory_limit_gb: float = (
-        0.0  # probcover refuses a pool whose n x n matrices need more GB (0 means half the free memory)
-    )
+    memory_limit_gb: float = 0.0  # probcover refuses a pool whose n x n matrices need more GB (0: half the free memory)
     positive_label: str = ""  # positive class (empty means the one the manifest's dataset.json names)
     thumb_size: int = 128  # gallery thumbnail size (pixels)
     simulate: bool = False  # measure the strategies on the labelled manifest instead of picking
     strategies: list[str] = dataclasses.field(default_factory=lambda: list(STRATEGIES))  # simulate: strategies compared
-    budgets: list[int] = dataclasses.field(
-        default_factory=lambda: list(BUDGETS)
-    )  # simulate: label budgets (nested rounds)
+    budgets: list[int] = dataclasses.field(default_factory=lambda: list(BUDGETS))  # simulate: label budgets (nested)
     seeds: int = 20  # simulate: seeds per fold
     folds: int = 3  # simulate: slide-grouped folds (the pool is each fold's training slides)
     n_boot: int = 1000  # simulate: bootstrap draws (slides and seeds resampled) of the CIs
