@@ -1,5 +1,7 @@
-"""``glomlib select``: which glomeruli to label next, ranked (``next_to_label.csv`` + ``gallery.html``), and with
-``--simulate`` whether a strategy beats random labelling on a labelled manifest (tables, figure, sentence).
+"""``glomlib select``: which glomeruli to label next (ranked list + gallery); ``--simulate``: does choosing beat random?
+
+Picking writes ``next_to_label.csv`` and ``gallery.html``; ``--simulate`` measures every strategy against random
+labelling on a labelled manifest (tables, figure, sentence).
 
 e.g. ``glomlib select --encoder runs/<ssl run>/encoder.safetensors --strategy stratified --budget 32``
      ``glomlib select --simulate --encoder imagenet --image-size 64``
