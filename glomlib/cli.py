@@ -69,6 +69,10 @@ COMMANDS: dict[str, tuple[str, str | dict[str, tuple[str, str]]]] = {
     ),
     "review": ("label review sheet (HTML + CSV) from a fine-tune run", "glomlib.review.labels.cli:cli_run"),
     "run": ("run notebooks 01..05 with a profile and render HTML reports", "glomlib.publish.pipeline.cli:cli_run"),
+    "select": (
+        "which glomeruli to label next (ranked list + gallery); --simulate measures the strategies against random",
+        "glomlib.select.cli:cli_run",
+    ),
     "slides": (
         "whole-slide images: inspect, cut glomerulus crops from QuPath outlines, export predictions to QuPath",
         {
