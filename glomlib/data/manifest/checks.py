@@ -45,8 +45,8 @@ class Rows:
     def problem(self, i: int, kind: str, msg: str, severity: str = "error", skippable: bool = True) -> Problem:
         return Problem(int(i) + 1, self.shown[i], kind, msg, severity, skippable)
 
-    def whole(self, kind: str, msg: str) -> Problem:
-        return Problem(0, str(self.mpath), kind, msg, skippable=False)
+    def whole(self, kind: str, msg: str, severity: str = "error") -> Problem:
+        return Problem(0, str(self.mpath), kind, msg, severity, skippable=False)
 
 
 class Check(NamedTuple):
@@ -110,7 +110,7 @@ def _label_values(r: Rows, counts: pd.Series) -> list[Problem]:
             f"{r.mpath.name} --label-map {map_hint(list(counts.index))} --positive-label <positive> --out NEW.csv' "
             "writes a new manifest with those names and records the mapping in its dataset.json (or rename them)."
         )
-        out.append(r.whole("label-value", msg))
+        out.append(r.whole("label-value", msg, "error" if r.require_labels else "warning"))
     if "label" in r.raw.columns and r.df.attrs.get("label_source") == "label":
         raw = pd.Series([str(v) for v in r.raw["label"]])
         for v in sorted(set(raw[raw != raw.str.strip()])):
