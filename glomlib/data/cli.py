@@ -115,10 +115,11 @@ def _problems_exit(problems: list, skip_bad: bool) -> int | None:
     fatal = [p for p in errors if not p.skippable or not p.row]
     if errors and not skip_bad:
         rows = len({p.row for p in errors if p.row})
+        skip = " (they are written with their reasons to a CSV file)" if len(fatal) < len(errors) else ""
         _err(
             f"\n{len(errors)} error(s)"
             + (f" in {rows} row(s)" if rows else "")
-            + "; fix them, or re-run with --skip-bad to drop bad rows (they are written with their reasons to a CSV file)."
+            + (f"; fix them, or re-run with --skip-bad to drop bad rows{skip}." if skip else "; fix them.")
         )
         return 1
     if fatal:

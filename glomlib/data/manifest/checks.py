@@ -105,10 +105,11 @@ def _label_values(r: Rows, counts: pd.Series) -> list[Problem]:
     if bad:
         found = ", ".join(f"{v!r} ({counts[v]} rows, {not_a_class_name(v)})" for v in bad)
         msg = (
-            f"label values {found} are not class names: notebooks, profiles and model files read them as numbers "
-            "or booleans, so a run on them would train and then fail. Give the classes names: 'glomlib data check "
-            f"{r.mpath.name} --label-map {map_hint(list(counts.index))} --positive-label <positive> --out NEW.csv' "
-            "writes a new manifest with those names and records the mapping in its dataset.json (or rename them)."
+            f"label values {found} are not class names: notebooks, profiles and model files read them back as "
+            "numbers or booleans, so a run would train and then fail. This manifest cannot be used as is, with or "
+            f"without --positive-label. Name the classes: 'glomlib data check {r.mpath} --label-map "
+            f"{map_hint(list(counts.index))} --positive-label <positive> --out NEW.csv' writes a new manifest with "
+            "the names and records the mapping in its dataset.json (or rename the labels in the CSV)."
         )
         out.append(r.whole("label-value", msg, "error" if r.require_labels else "warning"))
     if "label" in r.raw.columns and r.df.attrs.get("label_source") == "label":
