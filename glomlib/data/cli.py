@@ -42,22 +42,22 @@ from glomlib.data.manifest.problems import errors_of
 EXIT_EXISTS = 3  # the documented "output exists" code (glomlib --help)
 
 
-class _PositionalAlias:
-    """``Positional[type, "NAME"]``: a positional argument shown as NAME in the usage line."""
-
-    def __class_getitem__(cls, item):
-        kind, metavar = item
-        return Annotated[kind, tyro.conf.Positional, tyro.conf.arg(metavar=metavar)]
+def _positional(metavar: str) -> tuple:
+    """A positional argument shown as ``metavar`` in the usage line, as documented."""
+    return tyro.conf.Positional, tyro.conf.arg(metavar=metavar)
 
 
-Positional = _PositionalAlias
+ManifestArg = Annotated[str, *_positional("MANIFEST")]
+RootArg = Annotated[str, *_positional("ROOT")]
+ReviewArg = Annotated[str, *_positional("REVIEW.csv")]
+DatasetArg = Annotated[Literal["glomeruli-pas"], *_positional("{glomeruli-pas}")]
 
 
 @dataclasses.dataclass(frozen=True)
 class DataCheckConfig(StepConfig):
     """Validate a manifest; report every problem with its row and file."""
 
-    manifest: Positional[str, "MANIFEST"]  # manifest CSV (columns path,label,slide[,patient,center,split,mask])
+    manifest: ManifestArg  # manifest CSV (columns path,label,slide[,patient,center,split,mask])
     positive_label: str = DEFAULT_POSITIVE  # positive class name (default: the one dataset.json beside it names)
     negative_label: str | None = None  # negative class name (default M0 for M1, else the manifest's other label)
     unlabeled: bool = False  # labels may be empty (SSL data)
@@ -82,7 +82,7 @@ class DataCheckConfig(StepConfig):
 class FromFolderConfig(StepConfig):
     """Build a manifest from <root>/<label>/*.png (sub-folders walked; hidden and macOS ._ files ignored)."""
 
-    root: Positional[str, "ROOT"]  # folder with one sub-folder per label (its name, exactly, is the label)
+    root: RootArg  # folder with one sub-folder per label (its name, exactly, is the label)
     out: str  # manifest CSV to write (never overwritten)
     slide_regex: str = DEFAULT_SLIDE_REGEX  # regex on the file name (no extension); group 'slide' (or 1) = slide ID
     center_regex: str | None = None  # regex searched in the slide ID; group 'center' (or 1) = centre, e.g. '^([^_]+)_'
@@ -94,7 +94,7 @@ class FromFolderConfig(StepConfig):
 class FetchConfig(StepConfig):
     """Fetch a public dataset (mirror or download), verify it, write a manifest."""
 
-    dataset: Positional[Literal["glomeruli-pas"], "{glomeruli-pas}"]  # the public dataset
+    dataset: DatasetArg  # the public dataset
     mirror: str | None = None  # local copy (else $GLOMLIB_MIRROR, else ../shared/data/glomeruli-pas, else download)
     no_mirror: bool = False  # ignore mirrors and download
     out: str = str(DEFAULT_MANIFEST.parent)  # output folder for manifest.csv
