@@ -123,3 +123,24 @@ def test_fetch_and_check_real_data_console_script(shared_data, tmp_path):
     r = subprocess.run(cmd + ["data", "check", str(out / "manifest.csv"), "--positive-label", "GS"],
                        capture_output=True, text=True)
     assert r.returncode == 0 and "OK: 794 images" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["fetch", "other-dataset"], ["check", "m.csv", "--folds", "-1"], ["from-folder", "root"], ["check"],
+     ["apply-review", "r.csv", "--out", "x.csv"], ["check", "m.csv", "--quick", "maybe"]],
+)
+def test_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        run(*argv)
+    assert e.value.code == 2
+
+
+def test_help_lists_every_option_with_its_meaning(capsys):
+    for sub, options in (("check", ["--positive-label", "--skip-bad", "--label-map", "--folds"]),
+                         ("from-folder", ["--out", "--slide-regex", "--center-regex", "--positive-label"]),
+                         ("fetch", ["--mirror", "--no-mirror", "--sums"]), ("apply-review", ["--reviewer", "--rater"])):
+        with pytest.raises(SystemExit) as e:
+            run(sub, "--help")
+        out = " ".join(capsys.readouterr().out.split())
+        assert e.value.code == 0 and all(o in out for o in options), (sub, out)

@@ -31,6 +31,7 @@ Image.MAX_IMAGE_PIXELS = None
 
 class ImageReadError(ValueError):
     """An image file cannot be read or decoded; the message names the file (and the row, when cached)."""
+
     exit_code = 1  # glomlib.cli's exit-code table
 
 

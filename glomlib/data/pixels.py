@@ -17,6 +17,7 @@ ENV = "GLOMLIB_MAX_PIXELS"
 
 class ImageTooLargeError(ValueError):
     """An image declares more pixels than the budget; the message names the file, its size and the budget."""
+
     exit_code = 1  # glomlib.cli's exit-code table
 
 

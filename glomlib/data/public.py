@@ -47,6 +47,7 @@ Please cite:
 
 class DatasetError(RuntimeError):
     """Fetching or verifying a dataset failed; the message names the file and says what to do."""
+
     exit_code = 1  # glomlib.cli's exit-code table
 
 

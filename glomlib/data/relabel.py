@@ -28,6 +28,7 @@ RECORD_COLUMNS = ["review_label_before", "review_decision", "review_reviewer", "
 
 class ReviewError(ValueError):
     """The review file cannot be applied; the message lists every problem with its row."""
+
     exit_code = 1  # glomlib.cli's exit-code table
 
 

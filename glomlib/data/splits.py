@@ -18,6 +18,7 @@ import pandas as pd
 
 class SplitError(ValueError):
     """The data cannot be split as asked; the message says why and what to change."""
+
     exit_code = 1  # glomlib.cli's exit-code table
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 from glomlib.data.manifest.dataset import no_positive_label_message, read_dataset_info
 from glomlib.data.manifest.hashing import file_sha256, threaded
 from glomlib.data.manifest.image_check import check_image
+from glomlib.data.manifest.labels import map_hint, not_a_class_name
 from glomlib.data.manifest.problems import Problem, rows_text
 
 DEFAULT_NEGATIVE = {"M1": "M0"}  # documented default label pair; other positives infer the negative
@@ -38,13 +39,14 @@ class Rows:
     full: bool = False
     workers: int | None = None
     tie_rows: list[int] = field(default_factory=list)
+    label_map: dict[str, str] = field(default_factory=dict)  # explicit renaming of label values (--label-map)
     first_row: dict[str, int] = field(default_factory=dict)  # path -> first row index naming it
 
     def problem(self, i: int, kind: str, msg: str, severity: str = "error", skippable: bool = True) -> Problem:
         return Problem(int(i) + 1, self.shown[i], kind, msg, severity, skippable)
 
-    def whole(self, kind: str, msg: str) -> Problem:
-        return Problem(0, str(self.mpath), kind, msg, skippable=False)
+    def whole(self, kind: str, msg: str, severity: str = "error") -> Problem:
+        return Problem(0, str(self.mpath), kind, msg, severity, skippable=False)
 
 
 class Check(NamedTuple):
@@ -85,17 +87,47 @@ def _negative(counts: pd.Series, positive: str) -> str:
     return others[0] if others else DEFAULT_NEGATIVE.get(positive, "")
 
 
-def labels(r: Rows) -> list[Problem]:
-    """Resolves the positive and negative labels (``""`` = the dataset.json's) and sets ``y``."""
-    labels, out = r.df["label"], []
-    counts = labels[labels != ""].value_counts()
+def _positive(r: Rows) -> tuple[str, str | None]:
+    """The positive and negative label asked for, else the ones the dataset.json names (mapped by --label-map)."""
     pos, neg = r.positive_label, r.negative_label
     if not pos:
         info = read_dataset_info(r.mpath)
         pos = str(info.get("positive_label") or "")
         if neg is None and pos and info.get("negative_label"):
             neg = str(info["negative_label"])
-    if not pos and len(counts):
+    return r.label_map.get(pos, pos), None if neg is None else r.label_map.get(neg, neg)
+
+
+def _label_values(r: Rows, counts: pd.Series) -> list[Problem]:
+    """Label values that are not class names (0/1, true/false: refused) or hold surrounding spaces (warned)."""
+    out = []
+    bad = [v for v in counts.index if not_a_class_name(v)]
+    if bad:
+        found = ", ".join(f"{v!r} ({counts[v]} rows, {not_a_class_name(v)})" for v in bad)
+        msg = (
+            f"label values {found} are not class names: notebooks, profiles and model files read them back as "
+            "numbers or booleans, so a run would train and then fail. This manifest cannot be used as is, with or "
+            f"without --positive-label. Name the classes: 'glomlib data check {r.mpath} --label-map "
+            f"{map_hint(list(counts.index))} --positive-label <positive> --out NEW.csv' writes a new manifest with "
+            "the names and records the mapping in its dataset.json (or rename the labels in the CSV)."
+        )
+        out.append(r.whole("label-value", msg, "error" if r.require_labels else "warning"))
+    if "label" in r.raw.columns and r.df.attrs.get("label_source") == "label":
+        raw = pd.Series([str(v) for v in r.raw["label"]])
+        for v in sorted(set(raw[raw != raw.str.strip()])):
+            rows = np.flatnonzero(raw == v)
+            msg = f"label {v!r} has surrounding spaces (rows {rows_text(rows)}); it is read as {v.strip()!r}"
+            out.append(r.problem(rows[0], "label-spaces", msg, severity="warning"))
+    return out
+
+
+def labels(r: Rows) -> list[Problem]:
+    """Resolves the positive and negative labels (``""`` = the dataset.json's) and sets ``y``."""
+    labels = r.df["label"]
+    counts = labels[labels != ""].value_counts()
+    pos, neg = _positive(r)
+    out = _label_values(r, counts)
+    if not pos and len(counts) and not any(p.kind == "label-value" for p in out):
         out.append(r.whole("label", no_positive_label_message(r.mpath, False)))
     if r.require_labels:
         msg = "empty label (labels are required here; use require_labels=False / --unlabeled for an unlabeled manifest)"
@@ -173,16 +205,25 @@ def duplicate_content(r: Rows) -> list[Problem]:
     return out
 
 
-def slide_patient(r: Rows) -> list[Problem]:
-    if "patient" not in r.raw.columns:
+def _slide_in_several(r: Rows, col: str, what: str, why: str) -> list[Problem]:
+    if col not in r.raw.columns:
         return []
     df, out = r.df, []
-    pats = df.groupby("slide")["patient"].nunique()
-    for slide in pats[pats > 1].index:
+    n = df.groupby("slide")[col].nunique()
+    for slide in n[n > 1].index:
         rows = df.index[df["slide"] == slide]
-        msg = f"slide {slide!r} is assigned to several patients {sorted(df.loc[rows, 'patient'].unique())} (rows {rows_text(rows)})"
-        out.append(r.problem(rows[0], "slide-patient", msg, skippable=False))
+        msg = f"slide {slide!r} is assigned to several {what} {sorted(df.loc[rows, col].unique())} (rows {rows_text(rows)}){why}"
+        out.append(r.problem(rows[0], f"slide-{col}", msg, skippable=False))
     return out
+
+
+def slide_patient(r: Rows) -> list[Problem]:
+    return _slide_in_several(r, "patient", "patients", "")
+
+
+def slide_center(r: Rows) -> list[Problem]:
+    why = "; its images would land on both sides of a leave-one-centre-out split. Give each slide one centre"
+    return _slide_in_several(r, "center", "centres", why)
 
 
 def split_leak(r: Rows) -> list[Problem]:
@@ -205,10 +246,11 @@ def split_leak(r: Rows) -> list[Problem]:
 CHECKS = (
     Check("fields", "every row names its file and slide; split is train/val/test/a fold number/empty", fields),
     Check("label-ties", "a consensus label is not a tie of the raters", label_ties),
-    Check("labels", "the positive label occurs; every label is the positive or the negative one", labels),
+    Check("labels", "labels are class names; the positive one occurs; each is the positive or the negative", labels),
     Check("duplicate-paths", "each file is named by one row", duplicate_paths),
     Check("files", "every image and mask exists, is not empty, fits the pixel budget and decodes", files),
     Check("duplicate-content", "no two rows hold the same image bytes", duplicate_content),
     Check("slide-patient", "a slide belongs to one patient", slide_patient),
+    Check("slide-center", "a slide belongs to one centre", slide_center),
     Check("split-leak", "all rows of a slide (patient) are in the same split", split_leak),
 )

@@ -14,6 +14,7 @@ from glomlib.core.io import write_csv_atomic
 
 class ManifestError(ValueError):
     """The manifest has problems. ``.problems`` holds every :class:`Problem`; the message lists them all."""
+
     exit_code = 1  # glomlib.cli's exit-code table
 
     def __init__(self, message: str, problems: Sequence[Problem] = ()):

@@ -110,10 +110,12 @@ def validate_manifest(
     full: bool = False,
     workers: int | None = None,
     label_source: str = "",
+    label_map: dict[str, str] | None = None,
 ) -> tuple[pd.DataFrame, list[Problem]]:
     """Read a manifest and run every check of :data:`~glomlib.data.manifest.checks.CHECKS`; never raises for
     data problems. Returns ``(df, problems)``: df has the normalised columns (see :func:`read_manifest`) plus
-    ``sha256`` of every readable file; ``full=True`` decodes every image (``glomlib data check`` does)."""
+    ``sha256`` of every readable file; ``full=True`` decodes every image (``glomlib data check`` does).
+    ``label_map`` renames label values (``{"1": "GS"}``, ``glomlib data check --label-map``), recorded in attrs."""
     mpath = Path(path).expanduser().resolve()
     raw = _read_csv(mpath)
     problems = _frame_problems(mpath, raw, require_labels, label_source)
@@ -128,8 +130,12 @@ def validate_manifest(
             return raw, [
                 Problem(0, str(mpath), "missing-column", f"label_source={label_source!r}: {e}", skippable=False)
             ]
-    df.attrs.update(label_source=label_source or "label", label_ties=[i + 1 for i in ties])
+    label_map = dict(label_map or {})
+    if label_map:
+        df["label"] = [label_map.get(v, v) for v in df["label"]]
+    df.attrs.update(label_source=label_source or "label", label_ties=[i + 1 for i in ties], label_map=label_map)
     rows = Rows(mpath, raw, df, list(raw["path"]), positive_label, negative_label, require_labels, full, workers, ties)
+    rows.label_map = label_map
     for check in CHECKS:
         problems += check.run(rows)
     problems.sort(key=lambda p: (p.row, p.severity != "error"))
