@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from glomlib.core import runtime
-from glomlib.core.config import StepConfig, add_config_arguments, config_from_args
+from glomlib.core.config import Device, PositiveInt, StepConfig
 from glomlib.core.io import write_csv_new
 from glomlib.data.cache import load_images
 from glomlib.data.manifest import read_manifest
@@ -93,30 +93,21 @@ def predict_manifest(
 
 @dataclasses.dataclass(frozen=True)
 class PredictConfig(StepConfig):
-    """Parameters of ``glomlib predict``."""
+    """Parameters of ``glomlib predict``: the probability of the positive label for every image of a manifest
+    (columns path, and optionally label and slide; a labelled manifest may hold one class only)."""
 
-    model: str  # model.safetensors of a fine-tune run
-    manifest: str  # manifest CSV of the images to predict (column path; label optional)
+    model: str  # model.safetensors of a fine-tune run (or its run folder)
+    manifest: str  # manifest CSV of the images to predict (column path; label and slide optional)
     out: str  # output CSV (must not exist)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    batch_size: int = 64  # images per forward pass
+    device: Device = "auto"  # auto | cpu | cuda
+    batch_size: PositiveInt = 64  # images per forward pass
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "predict",
-        help="apply a fine-tuned model.safetensors to a manifest",
-        description="Write the probability of the positive label for every image of a manifest (labels optional).",
-    )
-    add_config_arguments(p, PredictConfig)
-
-    def _run(args) -> int:  # failures become one message and an exit code in glomlib.cli.main
-        cfg = config_from_args(PredictConfig, args)
-        res = predict_manifest(cfg.model, cfg.manifest, cfg.out, device=cfg.device, batch_size=cfg.batch_size)
-        print(f"wrote {len(res)} predictions to {cfg.out}")
-        return 0
-
-    p.set_defaults(func=_run)
+def cli_run(cfg: PredictConfig) -> int:
+    """``glomlib predict``: failures become one message and an exit code in glomlib.cli.main."""
+    res = predict_manifest(cfg.model, cfg.manifest, cfg.out, device=cfg.device, batch_size=cfg.batch_size)
+    print(f"wrote {len(res)} predictions to {cfg.out}")
+    return 0
 
 
-__all__ = ["PredictConfig", "predict", "predict_manifest", "load_model", "save_model", "ModelFileError", "register"]
+__all__ = ["PredictConfig", "cli_run", "predict", "predict_manifest", "load_model", "save_model", "ModelFileError"]
