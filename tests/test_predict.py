@@ -106,5 +106,5 @@ def test_labelled_manifest_keeps_labels(model_file, tmp_path):
     path, _ = model_file
     manifest = build_tiny_dataset(tmp_path / "lab", n_slides=2, per_slide=3, size=16)
     res = predict_manifest(path, manifest, tmp_path / "p.csv", device="cpu")
-    assert list(res.columns) == ["path", "slide", "prob", "pred_label", "label"]
+    assert list(res.columns) == ["path", "slide", "prob", "pred_label", "label", "qc"]
     assert set(res["label"]) == {"M1", "M0"}

@@ -15,7 +15,7 @@ import annotated_types as at
 import numpy as np
 import torch
 
-from glomlib.core import runtime
+from glomlib.core import runs, runtime
 from glomlib.core.config import ConfigError, Device, PositiveFloat, PositiveInt, Precision, StepConfig
 from glomlib.core.io import write_json_atomic
 from glomlib.core.paths import DEFAULT_MANIFEST
@@ -25,7 +25,7 @@ from glomlib.data.public import ensure_default_manifest
 from glomlib.data.splits import assign_folds
 from glomlib.evaluate.metrics import auc
 from glomlib.models.backbones import build_backbone
-from glomlib.models.files import load_encoder_into
+from glomlib.models.files import EncoderFileError, load_encoder_into
 from glomlib.models.inference import extract_features
 
 
@@ -145,6 +145,14 @@ class ProbeConfig(StepConfig):
             raise ConfigError(f"out={self.out}: the file exists; choose a new one (results are never overwritten).")
 
 
+def _encoder_file(spec: str) -> Path:
+    """An encoder file from a path, an SSL run folder or ``latest``; a missing one is a model-file error (exit 5)."""
+    try:
+        return runs.encoder_path(spec)
+    except FileNotFoundError as e:
+        raise EncoderFileError(str(e)) from None
+
+
 def probe_encoder(cfg: ProbeConfig) -> dict[str, Any]:
     """Slide-grouped CV linear probe + kNN of one encoder's frozen features on a manifest's labeled patches.
 
@@ -159,7 +167,7 @@ def probe_encoder(cfg: ProbeConfig) -> dict[str, Any]:
     model_seed = cfg.seed if cfg.model_seed < 0 else cfg.model_seed
     torch.manual_seed(model_seed)
     model, _ = build_backbone(cfg.backbone, init="scratch" if cfg.encoder else cfg.init)
-    meta = load_encoder_into(model, cfg.encoder, expect_backbone=cfg.backbone) if cfg.encoder else {}
+    meta = load_encoder_into(model, _encoder_file(cfg.encoder), expect_backbone=cfg.backbone) if cfg.encoder else {}
     p = runtime.plan(
         cfg.device,
         cfg.precision,

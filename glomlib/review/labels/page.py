@@ -15,8 +15,8 @@ import pandas as pd
 
 from glomlib.core import io as runs
 from glomlib.core.io import publish_new, write_csv_new
+from glomlib.core.runs import resolve_run
 from glomlib.data.images import read_mask, read_rgb
-from glomlib.review.explain.inputs import resolve_run
 from glomlib.review.labels.config import ReviewConfig, load_review_inputs
 from glomlib.review.labels.reasons import REASON_TEXT, REASONS, Review, build_review
 
