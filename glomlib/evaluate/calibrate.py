@@ -25,9 +25,10 @@ import pandas as pd
 
 from glomlib.core.config import ConfigError, Device, PositiveInt, StepConfig
 from glomlib.data.cache import load_images
-from glomlib.data.manifest import data_fingerprint, file_sha256, read_manifest
+from glomlib.data.manifest import data_fingerprint, file_sha256
 from glomlib.evaluate import biopsy as B
 from glomlib.evaluate import metrics as M
+from glomlib.evaluate.external.lookup import read_for_model
 from glomlib.evaluate.plots import save_figure
 from glomlib.evaluate.predict import predict
 from glomlib.models.calibration import CALIBRATION_METHODS, apply_calibration, logit
@@ -93,8 +94,7 @@ def calibrate_model(
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"method={method!r}: choose one of {list(CALIBRATION_METHODS)}.")
     net, meta = load_model(src, device=device)
-    neg = meta.get("negative_label") or None
-    df = read_manifest(manifest, positive_label=meta["positive_label"], negative_label=neg, require_labels=True)
+    df = read_for_model(manifest, meta, require_labels=True)
     if (df["y"] < 0).any():
         rows = df.loc[df["y"] < 0, "row"].tolist()[:5]
         raise ConfigError(f"{manifest}: every local glomerulus needs a label (unlabelled data rows e.g. {rows}).")

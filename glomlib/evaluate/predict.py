@@ -101,10 +101,11 @@ def predict_manifest(
 @dataclasses.dataclass(frozen=True)
 class PredictConfig(StepConfig):
     """Parameters of ``glomlib predict``: the probability of the positive label for every image of a manifest
-    (columns path, and optionally label and slide; a labelled manifest may hold one class only)."""
+    (columns path and slide required, label optional: empty, or the model's class names, one class alone is fine),
+    with a per-image qc column."""
 
     model: str  # model.safetensors of a fine-tune run (or its run folder)
-    manifest: str  # manifest CSV of the images to predict (column path; label and slide optional)
+    manifest: str  # manifest CSV of the images to predict: columns path and slide (required), label (optional)
     out: str  # output CSV (must not exist)
     device: Device = "auto"  # auto | cpu | cuda
     batch_size: PositiveInt = 64  # images per forward pass

@@ -159,6 +159,7 @@ def probe_encoder(cfg: ProbeConfig) -> dict[str, Any]:
     ``cfg.encoder``: an ``encoder.safetensors`` (SSL) loaded into ``cfg.backbone``; else ``cfg.init`` weights.
     Folds use ``cfg.seed``; random (``scratch``) weights use ``cfg.model_seed`` (-1: ``cfg.seed``).
     """
+    encoder = _encoder_file(cfg.encoder) if cfg.encoder else None  # a missing encoder fails before any work
     data = ensure_default_manifest(cfg.data) if cfg.data == str(DEFAULT_MANIFEST) else cfg.data
     df = read_manifest(data, positive_label=cfg.positive_label, require_labels=True)
     hashes = df["sha256"].tolist() if "sha256" in df.columns else None
@@ -167,7 +168,7 @@ def probe_encoder(cfg: ProbeConfig) -> dict[str, Any]:
     model_seed = cfg.seed if cfg.model_seed < 0 else cfg.model_seed
     torch.manual_seed(model_seed)
     model, _ = build_backbone(cfg.backbone, init="scratch" if cfg.encoder else cfg.init)
-    meta = load_encoder_into(model, _encoder_file(cfg.encoder), expect_backbone=cfg.backbone) if cfg.encoder else {}
+    meta = load_encoder_into(model, encoder, expect_backbone=cfg.backbone) if encoder else {}
     p = runtime.plan(
         cfg.device,
         cfg.precision,
