@@ -12,8 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from glomlib.cli import (EXIT_CODES, EXIT_DATA, EXIT_DISK_FULL, EXIT_INTERNAL, EXIT_MODEL, EXIT_OUTPUT,
-                         EXIT_USAGE, main)
+from glomlib.cli import EXIT_CODES, EXIT_DATA, EXIT_DISK_FULL, EXIT_INTERNAL, EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE, main
 
 
 def _run(capsys, *argv):

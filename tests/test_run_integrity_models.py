@@ -15,16 +15,24 @@ from glomlib.cli import EXIT_DATA, EXIT_MODEL, main
 from glomlib.models.files import ModelFileError, load_model, read_model_meta, save_model
 from glomlib.models.heads import build_classifier
 
-META = {"backbone": "resnet18", "image_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3, "positive_label": "M1",
-        "negative_label": "M0", "threshold": 0.5}
+META = {
+    "backbone": "resnet18",
+    "image_size": 64,
+    "mean": [0.5] * 3,
+    "std": [0.25] * 3,
+    "positive_label": "M1",
+    "negative_label": "M0",
+    "threshold": 0.5,
+}
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("m") / "model.safetensors"
-    save_model(build_classifier("resnet18").eval(), {**META, "pixel_stats": {"mean": [190.0] * 3, "std": [8.0] * 3}},
-               path)
+    save_model(
+        build_classifier("resnet18").eval(), {**META, "pixel_stats": {"mean": [190.0] * 3, "std": [8.0] * 3}}, path
+    )
     return path
 
 
@@ -41,8 +49,10 @@ def _edit(src: Path, dst: Path, **change) -> Path:
 
 
 def _manifest(tmp_path, write_png, images: dict[str, np.ndarray], label="") -> Path:
-    rows = [{"path": str(write_png(tmp_path / "img" / name, im)), "label": label, "slide": "s0"}
-            for name, im in images.items()]
+    rows = [
+        {"path": str(write_png(tmp_path / "img" / name, im)), "label": label, "slide": "s0"}
+        for name, im in images.items()
+    ]
     m = tmp_path / "m.csv"
     pd.DataFrame(rows).to_csv(m, index=False)
     return m
@@ -53,8 +63,9 @@ def _tissue(seed=0, h=32, w=32):
 
 
 # ------------------------------------------------------------------------------- (10) edited or inconsistent
-@pytest.mark.parametrize("change", [{"image_size": 32}, {"positive_label": "M0", "negative_label": "M1"},
-                                    {"threshold": 0.9}])
+@pytest.mark.parametrize(
+    "change", [{"image_size": 32}, {"positive_label": "M0", "negative_label": "M1"}, {"threshold": 0.9}]
+)
 def test_edited_metadata_is_refused_with_exit_5(model_file, tmp_path, write_png, capsys, change):
     """Valid-looking but edited metadata (a bigger image_size, swapped label names) once loaded silently."""
     bad = _edit(model_file, tmp_path / "edited.safetensors", **change)
@@ -85,11 +96,21 @@ def test_save_refuses_inconsistent_labels_and_keeps_numeric_names(tmp_path):
 def test_qc_column_flags_odd_inputs_and_refuses_tiny_images(model_file, tmp_path, write_png, capsys):
     blank = np.full((32, 32, 3), 240, np.uint8)
     dark = np.random.default_rng(1).integers(10, 40, (32, 32, 3), dtype=np.uint8)  # another stain / exposure
-    m = _manifest(tmp_path, write_png, {"ok.png": _tissue(), "strip.png": _tissue(2, 8, 400), "blank.png": blank,
-                                        "dark.png": dark, "small.png": _tissue(3, 9, 9)})
+    m = _manifest(
+        tmp_path,
+        write_png,
+        {
+            "ok.png": _tissue(),
+            "strip.png": _tissue(2, 8, 400),
+            "blank.png": blank,
+            "dark.png": dark,
+            "small.png": _tissue(3, 9, 9),
+        },
+    )
     assert main(["predict", "--model", str(model_file), "--manifest", str(m), "--out", str(tmp_path / "p.csv")]) == 0
-    qc = dict(zip(pd.read_csv(tmp_path / "p.csv")["path"].map(lambda p: Path(p).name),
-                  pd.read_csv(tmp_path / "p.csv")["qc"]))
+    qc = dict(
+        zip(pd.read_csv(tmp_path / "p.csv")["path"].map(lambda p: Path(p).name), pd.read_csv(tmp_path / "p.csv")["qc"])
+    )
     assert qc["ok.png"] == "ok" and "extreme aspect ratio" in qc["strip.png"] and "blank tile" in qc["blank.png"]
     assert "far from the training stain" in qc["dark.png"] and "too small" in qc["small.png"]
     assert "qc: 4 of 5 images flagged" in capsys.readouterr().out
@@ -112,8 +133,21 @@ def test_one_class_manifest_predict_and_evaluate(model_file, tmp_path, write_png
     m = _manifest(tmp_path, write_png, {f"{i}.png": _tissue(i) for i in range(4)}, label="M0")
     assert main(["predict", "--model", str(model_file), "--manifest", str(m), "--out", str(tmp_path / "p.csv")]) == 0
     assert set(pd.read_csv(tmp_path / "p.csv")["label"]) == {"M0"}
-    rc = main(["evaluate", "--model", str(model_file), "--manifest", str(m), "--out", str(tmp_path / "ev"),
-               "--n-boot", "10", "--device", "cpu"])
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            str(model_file),
+            "--manifest",
+            str(m),
+            "--out",
+            str(tmp_path / "ev"),
+            "--n-boot",
+            "10",
+            "--device",
+            "cpu",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "AUC" in out and "not defined" in out
     doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
@@ -140,8 +174,12 @@ def test_evaluate_warns_when_its_labels_were_used_to_calibrate(model_file, tmp_p
     assert main(["calibrate", "--model", str(model_file), "--manifest", str(local), "--out", str(cal)]) == 0
     assert len(read_model_meta(cal)["calibrated_from"]["label_images"]) == 12
     capsys.readouterr()
-    assert main(["evaluate", "--model", str(cal), "--manifest", str(local), "--out", str(tmp_path / "ev"),
-                 "--n-boot", "10"]) == 0
+    assert (
+        main(
+            ["evaluate", "--model", str(cal), "--manifest", str(local), "--out", str(tmp_path / "ev"), "--n-boot", "10"]
+        )
+        == 0
+    )
     assert "12 of 12 evaluated images were used to calibrate" in capsys.readouterr().out
     doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert any("optimistic" in w for w in doc["warnings"])
@@ -168,3 +206,38 @@ def test_predict_help_says_which_columns_are_needed(capsys):
         main(["predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert e.value.code == 0 and "label and slide optional" not in text and "slide (required)" in text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["calibrate", "--model", "m", "--manifest", "x", "--out", "y", "--method", "bogus"],
+        ["evaluate", "--by", "biopsy"],
+        ["evaluate", "--n-boot", "-1"],
+        ["probe", "--folds", "1"],
+        ["probe", "--init", "glom"],
+        ["predict", "--model", "m", "--manifest", "x", "--out", "y", "--batch-size", "0"],
+        ["review", "--device", "tpu"],
+    ],
+)
+def test_bad_options_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+
+
+def test_notebook_configs_are_frozen_and_coerce_shell_spellings():
+    import dataclasses
+
+    from glomlib.evaluate.compare import CompareConfig
+    from glomlib.evaluate.external import ExternalValidationConfig
+
+    cfg = ExternalValidationConfig.from_params(local_sizes="10,20", pool_fraction="0.4")
+    assert cfg.local_sizes == [10, 20] and CompareConfig.from_params(inits="glom,imagenet").inits == [
+        "glom",
+        "imagenet",
+    ]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.n_boot = 5
+    with pytest.raises(ValueError):
+        ExternalValidationConfig.from_params(local_sizes="1,20")
