@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 CHECKSUM_KEY = "meta_sha256"
-TEXT_KEYS = ("format", "backbone", "positive_label", "negative_label", "init", "threshold_rule", "stain_normalize")
+TEXT_KEYS = ("format", "backbone", "positive_label", "negative_label")  # names: "1" stays "1", not 1
 
 
 def meta_to_strings(meta: Mapping[str, Any]) -> dict[str, str]:
@@ -30,7 +30,7 @@ def meta_from_strings(meta: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in meta.items():
         try:
-            out[k] = v if k in TEXT_KEYS else json.loads(v)
+            out[k] = (None if v == "null" else v) if k in TEXT_KEYS else json.loads(v)
         except (json.JSONDecodeError, TypeError):
             out[k] = v
     return out
