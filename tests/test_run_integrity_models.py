@@ -241,3 +241,20 @@ def test_notebook_configs_are_frozen_and_coerce_shell_spellings():
         cfg.n_boot = 5
     with pytest.raises(ValueError):
         ExternalValidationConfig.from_params(local_sizes="1,20")
+
+
+def test_real_patches_pass_qc_and_odd_ones_do_not(shared_data):
+    """glomeruli-pas: with the training statistics of half the patches, the other half is all "ok"; a blank
+    tile, a strip and a dark (other stain) patch are flagged."""
+    from glomlib.data.images import image_size, read_rgb
+    from glomlib.evaluate.qc import qc_column
+    from glomlib.models.integrity import pixel_stats
+
+    paths = sorted((shared_data / "Patches" / "Raw" / "Images").glob("*/*.png"))[::4]
+    images = np.stack([read_rgb(p, 64) for p in paths])
+    meta = {"image_size": 64, "pixel_stats": pixel_stats(images[::2])}
+    qc = qc_column([image_size(p) for p in paths[1::2]], images[1::2], meta)
+    assert set(qc) == {"ok"}, [q for q in qc if q != "ok"][:3]
+    odd = np.stack([np.full((64, 64, 3), 245, np.uint8), images[0], images[1] // 10])
+    flags = qc_column([(224, 224), (2000, 100), (224, 224)], odd, meta)
+    assert "blank tile" in flags[0] and "extreme aspect" in flags[1] and "far from the training" in flags[2]

@@ -179,7 +179,6 @@ def run_review(
 ) -> tuple[Review, dict[str, Path]]:
     """The whole review from a fine-tune run: inputs, reasons, ranking, and the files in a new ``out`` folder."""
     cfg = cfg if cfg is not None else ReviewConfig.from_params(**params)
-    cfg.validate()
     run_dir = resolve_run(cfg.run)
     items = load_review_inputs(run_dir, cfg.data, cfg.label_fraction)
     out = Path(runs.new_run_dir("runs", "review") if cfg.out == "auto" else runs.ensure_new_dir(cfg.out))
