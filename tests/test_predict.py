@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from glomlib.models.heads import build_classifier
 from glomlib.evaluate.predict import ModelFileError, load_model, predict, predict_manifest, save_model
+from glomlib.models.heads import build_classifier
 
 
 def _meta(size=16):
@@ -60,8 +58,8 @@ def test_bad_files(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a model")
     with pytest.raises(ModelFileError, match="not a readable"):
         load_model(tmp_path / "junk.safetensors")
-    from glomlib.models.files import save_encoder
     from glomlib.models.backbones import build_backbone
+    from glomlib.models.files import save_encoder
 
     bb, _ = build_backbone("resnet18")
     save_encoder(tmp_path / "encoder.safetensors", bb, {"backbone": "resnet18"})
@@ -106,5 +104,5 @@ def test_labelled_manifest_keeps_labels(model_file, tmp_path):
     path, _ = model_file
     manifest = build_tiny_dataset(tmp_path / "lab", n_slides=2, per_slide=3, size=16)
     res = predict_manifest(path, manifest, tmp_path / "p.csv", device="cpu")
-    assert list(res.columns) == ["path", "slide", "prob", "pred_label", "label"]
+    assert list(res.columns) == ["path", "slide", "prob", "pred_label", "label", "qc"]
     assert set(res["label"]) == {"M1", "M0"}

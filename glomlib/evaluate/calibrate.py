@@ -15,23 +15,26 @@ drawn from some slides of a local set and measures on its other slides, for seve
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from glomlib.core.config import ConfigError
+from glomlib.core.config import ConfigError, Device, PositiveInt, StepConfig
 from glomlib.data.cache import load_images
-from glomlib.data.manifest import data_fingerprint, file_sha256, read_manifest
+from glomlib.data.manifest import data_fingerprint, file_sha256
 from glomlib.evaluate import biopsy as B
 from glomlib.evaluate import metrics as M
+from glomlib.evaluate.external.lookup import read_for_model
 from glomlib.evaluate.plots import save_figure
 from glomlib.evaluate.predict import predict
 from glomlib.models.calibration import CALIBRATION_METHODS, apply_calibration, logit
 from glomlib.models.files import load_model, save_model
+
+ID_DIGITS = 16  # hex digits of an image's sha256 recorded per calibration label
 
 
 def fit_calibration(y: Any, prob: Any, method: str = "platt") -> dict[str, Any]:
@@ -91,8 +94,7 @@ def calibrate_model(
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"method={method!r}: choose one of {list(CALIBRATION_METHODS)}.")
     net, meta = load_model(src, device=device)
-    neg = meta.get("negative_label") or None
-    df = read_manifest(manifest, positive_label=meta["positive_label"], negative_label=neg, require_labels=True)
+    df = read_for_model(manifest, meta, require_labels=True)
     if (df["y"] < 0).any():
         rows = df.loc[df["y"] < 0, "row"].tolist()[:5]
         raise ConfigError(f"{manifest}: every local glomerulus needs a label (unlabelled data rows e.g. {rows}).")
@@ -109,9 +111,29 @@ def calibrate_model(
     how = {"model": str(src.resolve()), "model_sha256": file_sha256(src), "threshold": src_thr}
     how.update(threshold_rule=meta.get("threshold_rule", "fixed:0.5 (default)"), manifest=str(Path(manifest).resolve()))
     how.update(data_fingerprint=data_fingerprint(df), n=int(y.size), n_pos=int(y.sum()))
+    how.update(label_images=label_images(df))  # evaluate warns when its labels overlap these
     new_meta["calibrated_from"] = {**how, "n_slides": int(df["slide"].nunique())}
     save_model(net, new_meta, out)
     return new_meta
+
+
+def label_images(df: pd.DataFrame) -> list[str]:
+    """The fingerprint of a set of labelled images: the sorted short content hashes of its rows."""
+    return sorted({str(h)[:ID_DIGITS] for h in df["sha256"]})
+
+
+def calibration_overlap(meta: dict[str, Any], df: pd.DataFrame) -> str | None:
+    """A warning when ``df``'s images include ones the model's calibration was fitted on (else None)."""
+    src = meta.get("calibrated_from") if meta.get("calibration") else None
+    fitted = set(src.get("label_images") or []) if isinstance(src, dict) else set()
+    shared = int(pd.Series([str(h)[:ID_DIGITS] for h in df["sha256"]]).isin(fitted).sum()) if fitted else 0
+    if not shared:
+        return None
+    return (
+        f"{shared} of {len(df)} evaluated images were used to calibrate this model (glomlib calibrate on "
+        f"{src.get('manifest')}): its threshold and calibration were fitted on them, so these figures are "
+        "optimistic. Evaluate on labels the calibration never saw."
+    )
 
 
 # ----------------------------------------------------------------------------- how many local labels?
@@ -235,46 +257,28 @@ def show_curve(curve: pd.DataFrame | None, out: str | Path | None = None) -> Non
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "calibrate",
-        help="re-fit threshold + probability calibration on local labels -> a new model file",
-        description=__doc__.splitlines()[0],
-    )
-    p.add_argument("--model", required=True, help="model.safetensors to adapt (left untouched)")
-    p.add_argument("--manifest", required=True, help="labelled local manifest CSV (path, label, slide)")
-    p.add_argument("--out", required=True, help="new model file to write (must not exist)")
-    p.add_argument(
-        "--method",
-        default="platt",
-        choices=list(CALIBRATION_METHODS),
-        help="probability calibration (default platt; isotonic needs more labels)",
-    )
-    p.add_argument(
-        "--threshold-rule",
-        default="youden",
-        help="youden | sensitivity:0.9 | fixed:0.5 (default youden), on the calibrated probabilities",
-    )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--batch-size", type=int, default=64)
+@dataclasses.dataclass(frozen=True)
+class CalibrateConfig(StepConfig):
+    """Re-fit a model's threshold and probability calibration on local labels -> a new model file."""
 
-    def _run(args: argparse.Namespace) -> int:
-        meta = calibrate_model(
-            args.model,
-            args.manifest,
-            args.out,
-            method=args.method,
-            threshold_rule=args.threshold_rule,
-            device=args.device,
-            batch_size=args.batch_size,
-        )
-        src = meta["calibrated_from"]
-        print(
-            f"wrote {args.out}: {meta['calibration']['method']} calibration and threshold {meta['threshold']:.3f} "
-            f"({meta['threshold_rule']}) fitted on {src['n']} local glomeruli ({src['n_pos']} positive, "
-            f"{src['n_slides']} slides); the source model's threshold was {src['threshold']:.3f}. "
-            f"{args.model} is unchanged."
-        )
-        return 0
+    model: str  # model.safetensors to adapt (left untouched)
+    manifest: str  # labelled local manifest CSV (path, label, slide)
+    out: str  # new model file to write (must not exist)
+    method: Literal["platt", "isotonic"] = "platt"  # probability calibration (isotonic needs more labels)
+    threshold_rule: str = "youden"  # youden | sensitivity:0.9 | fixed:0.5, on the calibrated probabilities
+    device: Device = "auto"  # auto | cpu | cuda
+    batch_size: PositiveInt = 64  # images per forward pass
 
-    p.set_defaults(func=_run)
+
+def cli_run(cfg: CalibrateConfig) -> int:
+    """``glomlib calibrate``: write the calibrated model and say what it was fitted on."""
+    how = {k: getattr(cfg, k) for k in ("method", "threshold_rule", "device", "batch_size")}
+    meta = calibrate_model(cfg.model, cfg.manifest, cfg.out, **how)
+    src = meta["calibrated_from"]
+    print(
+        f"wrote {cfg.out}: {meta['calibration']['method']} calibration and threshold {meta['threshold']:.3f} "
+        f"({meta['threshold_rule']}) fitted on {src['n']} local glomeruli ({src['n_pos']} positive, "
+        f"{src['n_slides']} slides); the source model's threshold was {src['threshold']:.3f}. "
+        f"{cfg.model} is unchanged."
+    )
+    return 0

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from glomlib.core.config import ConfigError, StepConfig
+from glomlib.core.config import ConfigError, PositiveInt, StepConfig
 from glomlib.core.io import ensure_new_dir, new_run_dir, write_json_atomic, write_provenance
+from glomlib.core.runs import finished_runs
 from glomlib.evaluate.metrics import METRIC_LABELS, METRICS, auc, expected_calibration_error, reliability_table
 from glomlib.evaluate.runs import INITS, fraction_view, label_fractions, load_run
 from glomlib.evaluate.uncertainty import pairwise_comparisons
@@ -37,18 +38,14 @@ class CompareConfig(StepConfig):
     runs: str = "latest"  # folder with <init>/ fine-tune runs, comma-separated run folders, or "latest" (newest finished run of each init under runs/)
     out: str = "auto"  # output folder; "auto" = runs/<stamp>-comparison
     data: str = ""  # manifest the runs must have been trained on ("" = only check that the runs used the same data)
-    inits: list = dataclasses.field(default_factory=lambda: list(INITS))  # initialisations to compare
-    n_boot: int = 2000  # bootstrap resamples (slide-grouped) per pairwise difference
+    inits: list[str] = dataclasses.field(default_factory=lambda: list(INITS))  # initialisations to compare
+    n_boot: PositiveInt = 2000  # bootstrap resamples (slide-grouped) per pairwise difference
     label_efficiency: bool = True  # AUC vs label fraction, from the fractions the runs hold
 
     def validate(self) -> None:
-        if isinstance(self.inits, str):  # "a,b" or "[a, b]" from the shell / papermill -p
-            self.inits = [x.strip().strip("'\"") for x in self.inits.strip("[]() ").split(",") if x.strip()]
         bad = [i for i in self.inits if i not in INITS]
         if bad or not self.inits:
             raise ConfigError(f"inits={self.inits}: choose from {list(INITS)}.")
-        if int(self.n_boot) < 1:
-            raise ConfigError(f"n_boot={self.n_boot}: must be a positive integer.")
 
 
 def prepare_out(cfg: CompareConfig) -> Path:
@@ -73,9 +70,7 @@ def collect_runs(
     spec = str(runs)
     found: dict[str, Path] = {}
     if spec in ("latest", "auto", ""):
-        done = [p.parent for p in Path(root).glob("**/metrics.json") if (p.parent / "predictions.csv").is_file()]
-        done = [d for d in done if (d / "folds.csv").is_file()]
-        for d in sorted(done, key=lambda d: (d / "metrics.json").stat().st_mtime):  # newest last wins
+        for d in finished_runs(root):  # newest last wins
             init = _run_init(d)
             if init in inits:
                 found[init] = d

@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 
 from glomlib.core import runtime
-from glomlib.core.config import StepConfig, add_config_arguments, config_from_args
+from glomlib.core.config import Device, PositiveInt, StepConfig
 from glomlib.core.io import write_csv_new
 from glomlib.data.cache import load_images
-from glomlib.data.manifest import read_manifest
 from glomlib.data.stain import normalize_stain
+from glomlib.evaluate.qc import qc_column, qc_line, sizes_checked
 from glomlib.models.calibration import apply_calibration
 from glomlib.models.files import ModelFileError, load_model, save_model
 from glomlib.models.inference import predict_probs
@@ -70,16 +70,22 @@ def predict(
 def predict_manifest(
     model_path: str | Path, manifest: str | Path, out: str | Path, device: str = "auto", batch_size: int = 64
 ):
-    """Predict every image of ``manifest`` and write ``out`` (CSV). Refuses to overwrite ``out``: the file is
-    published create-exclusively, so of two runs writing the same ``out`` at once exactly one succeeds."""
+    """Predict every image of ``manifest`` and write ``out`` (CSV) with a ``qc`` column (see
+    :mod:`glomlib.evaluate.qc`). Refuses to overwrite ``out``: the file is published create-exclusively, so of
+    two runs writing the same ``out`` at once exactly one succeeds."""
+    from glomlib.evaluate.external.lookup import read_for_model, resolve_model
+
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"--out {out} already exists; choose a new file (predictions are never overwritten).")
     if out.parent.exists() and not os.access(out.parent, os.W_OK | os.X_OK):
         raise PermissionError(f"--out {out}: the folder {out.parent} is not writable; choose another --out.")
+    model_path = resolve_model(model_path)
     model, meta = load_model(model_path, device=device)
-    df = read_manifest(manifest, positive_label=meta["positive_label"], require_labels=False)
-    probs = predict(model, meta, list(df["path"]), batch_size=batch_size)
+    df = read_for_model(manifest, meta, require_labels=False)
+    sizes = sizes_checked(list(df["path"]))
+    images = load_images(list(df["path"]), int(meta["image_size"]), hashes=list(df["sha256"]))
+    probs = predict(model, meta, images, batch_size=batch_size)
     thr = float(meta.get("threshold", 0.5))
     res = pd.DataFrame({"path": df["path"], "prob": probs})
     res["pred_label"] = np.where(probs >= thr, meta["positive_label"], meta.get("negative_label", "negative"))
@@ -87,36 +93,29 @@ def predict_manifest(
         res.insert(1, "slide", df["slide"])
     if (df["label"] != "").any():
         res["label"] = df["label"]
+    res["qc"] = qc_column(sizes, images, meta)
     write_csv_new(res, out)
     return res
 
 
 @dataclasses.dataclass(frozen=True)
 class PredictConfig(StepConfig):
-    """Parameters of ``glomlib predict``."""
+    """Parameters of ``glomlib predict``: the probability of the positive label for every image of a manifest
+    (columns path and slide required, label optional: empty, or the model's class names, one class alone is fine),
+    with a per-image qc column."""
 
-    model: str  # model.safetensors of a fine-tune run
-    manifest: str  # manifest CSV of the images to predict (column path; label optional)
+    model: str  # model.safetensors of a fine-tune run (or its run folder)
+    manifest: str  # manifest CSV of the images to predict: columns path and slide (required), label (optional)
     out: str  # output CSV (must not exist)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    batch_size: int = 64  # images per forward pass
+    device: Device = "auto"  # auto | cpu | cuda
+    batch_size: PositiveInt = 64  # images per forward pass
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "predict",
-        help="apply a fine-tuned model.safetensors to a manifest",
-        description="Write the probability of the positive label for every image of a manifest (labels optional).",
-    )
-    add_config_arguments(p, PredictConfig)
-
-    def _run(args) -> int:  # failures become one message and an exit code in glomlib.cli.main
-        cfg = config_from_args(PredictConfig, args)
-        res = predict_manifest(cfg.model, cfg.manifest, cfg.out, device=cfg.device, batch_size=cfg.batch_size)
-        print(f"wrote {len(res)} predictions to {cfg.out}")
-        return 0
-
-    p.set_defaults(func=_run)
+def cli_run(cfg: PredictConfig) -> int:
+    """``glomlib predict``: failures become one message and an exit code in glomlib.cli.main."""
+    res = predict_manifest(cfg.model, cfg.manifest, cfg.out, device=cfg.device, batch_size=cfg.batch_size)
+    print(f"wrote {len(res)} predictions to {cfg.out}; {qc_line(res['qc'])}")
+    return 0
 
 
-__all__ = ["PredictConfig", "predict", "predict_manifest", "load_model", "save_model", "ModelFileError", "register"]
+__all__ = ["PredictConfig", "cli_run", "predict", "predict_manifest", "load_model", "save_model", "ModelFileError"]

@@ -9,20 +9,23 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import annotated_types as at
 import numpy as np
 import torch
 
-from glomlib.core import runtime
-from glomlib.core.config import ConfigError, StepConfig, add_config_arguments, config_from_args
+from glomlib.core import runs, runtime
+from glomlib.core.config import ConfigError, Device, PositiveFloat, PositiveInt, Precision, StepConfig
 from glomlib.core.io import write_json_atomic
+from glomlib.core.paths import DEFAULT_MANIFEST
 from glomlib.data.cache import load_images
 from glomlib.data.manifest import read_manifest
+from glomlib.data.public import ensure_default_manifest
 from glomlib.data.splits import assign_folds
 from glomlib.evaluate.metrics import auc
 from glomlib.models.backbones import build_backbone
-from glomlib.models.files import load_encoder_into
+from glomlib.models.files import EncoderFileError, load_encoder_into
 from glomlib.models.inference import extract_features
 
 
@@ -119,29 +122,35 @@ def knn_cv(features: np.ndarray, y: Any, folds: Any, k: int = 20, temperature: f
 class ProbeConfig(StepConfig):
     """Parameters of ``glomlib probe``: one encoder's frozen features, slide-grouped linear probe and kNN."""
 
-    data: str = "data/glomeruli-pas/manifest.csv"  # manifest CSV (its labelled rows are probed)
+    data: str = str(DEFAULT_MANIFEST)  # manifest CSV (its labelled rows are probed)
     out: str = ""  # JSON file for the result ("" = print it); never overwritten
-    backbone: str = "efficientnet_lite0"  # resnet18 | resnet50 | efficientnet_lite0
-    init: str = "imagenet"  # scratch | imagenet (weights probed when no encoder is given)
+    backbone: Literal["resnet18", "resnet50", "efficientnet_lite0"] = (
+        "efficientnet_lite0"  # resnet18 | resnet50 | efficientnet_lite0
+    )
+    init: Literal["scratch", "imagenet"] = "imagenet"  # scratch | imagenet (weights probed when no encoder is given)
     encoder: str = ""  # encoder.safetensors of an SSL run ("" = use init)
-    image_size: int = 96  # pixels fed to the encoder
+    image_size: PositiveInt = 96  # pixels fed to the encoder
     positive_label: str = ""  # positive class ("" = the one the manifest's dataset.json names)
-    folds: int = 5  # slide-grouped cross-validation folds
+    folds: Annotated[int, at.Ge(2)] = 5  # slide-grouped cross-validation folds
     seed: int = 0  # seed of the folds
     model_seed: int = -1  # seed of random (scratch) weights (-1 = seed)
-    batch_size: int = 128  # images per forward pass
-    c: float = 1.0  # inverse L2 strength of the logistic regression
-    knn_k: int = 20  # neighbours of the kNN classifier
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (what this hardware runs fastest, see glomlib.core.runtime) | bf16 | fp32
+    batch_size: PositiveInt = 128  # images per forward pass
+    c: PositiveFloat = 1.0  # inverse L2 strength of the logistic regression
+    knn_k: PositiveInt = 20  # neighbours of the kNN classifier
+    device: Device = "auto"  # auto | cpu | cuda
+    precision: Precision = "auto"  # auto (what this hardware runs fastest, see glomlib.core.runtime) | bf16 | fp32
 
     def validate(self) -> None:
-        if self.init not in ("scratch", "imagenet"):
-            raise ConfigError(f"init={self.init!r}: choose 'scratch' or 'imagenet' (or give encoder=...).")
-        if int(self.folds) < 2:
-            raise ConfigError(f"folds={self.folds}: need at least 2 folds.")
         if self.out and Path(self.out).exists():
             raise ConfigError(f"out={self.out}: the file exists; choose a new one (results are never overwritten).")
+
+
+def _encoder_file(spec: str) -> Path:
+    """An encoder file from a path, an SSL run folder or ``latest``; a missing one is a model-file error (exit 5)."""
+    try:
+        return runs.encoder_path(spec)
+    except FileNotFoundError as e:
+        raise EncoderFileError(str(e)) from None
 
 
 def probe_encoder(cfg: ProbeConfig) -> dict[str, Any]:
@@ -150,14 +159,16 @@ def probe_encoder(cfg: ProbeConfig) -> dict[str, Any]:
     ``cfg.encoder``: an ``encoder.safetensors`` (SSL) loaded into ``cfg.backbone``; else ``cfg.init`` weights.
     Folds use ``cfg.seed``; random (``scratch``) weights use ``cfg.model_seed`` (-1: ``cfg.seed``).
     """
-    df = read_manifest(cfg.data, positive_label=cfg.positive_label, require_labels=True)
+    encoder = _encoder_file(cfg.encoder) if cfg.encoder else None  # a missing encoder fails before any work
+    data = ensure_default_manifest(cfg.data) if cfg.data == str(DEFAULT_MANIFEST) else cfg.data
+    df = read_manifest(data, positive_label=cfg.positive_label, require_labels=True)
     hashes = df["sha256"].tolist() if "sha256" in df.columns else None
     images = load_images(df["path"].tolist(), cfg.image_size, hashes=hashes)
     folds = assign_folds(df, n_folds=cfg.folds, seed=cfg.seed)
     model_seed = cfg.seed if cfg.model_seed < 0 else cfg.model_seed
     torch.manual_seed(model_seed)
     model, _ = build_backbone(cfg.backbone, init="scratch" if cfg.encoder else cfg.init)
-    meta = load_encoder_into(model, cfg.encoder, expect_backbone=cfg.backbone) if cfg.encoder else {}
+    meta = load_encoder_into(model, encoder, expect_backbone=cfg.backbone) if encoder else {}
     p = runtime.plan(
         cfg.device,
         cfg.precision,
@@ -190,8 +201,8 @@ def probe_encoder(cfg: ProbeConfig) -> dict[str, Any]:
     return res
 
 
-def _cli(args) -> int:
-    cfg = config_from_args(ProbeConfig, args)
+def cli_run(cfg: ProbeConfig) -> int:
+    """``glomlib probe``: print the probe's summary line and write (or print) the result."""
     r = probe_encoder(cfg)
     print(
         f"{r['backbone']} {r['init']} {r['image_size']}px: linear-probe AUC {r['auc_mean']:.4f} ± {r['auc_std']:.4f}"
@@ -203,13 +214,3 @@ def _cli(args) -> int:
     else:
         print(json.dumps({k: v for k, v in r.items() if k != "per_fold"}))
     return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "probe",
-        help="frozen-feature linear probe + kNN of an encoder (slide-grouped CV)",
-        description=__doc__.splitlines()[0],
-    )
-    add_config_arguments(p, ProbeConfig)
-    p.set_defaults(func=_cli)

@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from glomlib.core import runs
+
 #: The initialisations notebook 03 fine-tunes from (our SSL encoder, ImageNet weights, random weights).
 INITS = ("glom", "imagenet", "scratch")
 
@@ -72,9 +74,9 @@ def fold_models(run_dir: str | Path, label_fraction: float | None = None) -> pd.
 
     Empty for runs written before fold models were kept (nothing under ``checkpoints/*/model.safetensors``)."""
     rows = []
-    for res in sorted(Path(run_dir).glob("checkpoints/*/result.json")):
-        model = res.parent / "model.safetensors"
-        if not model.is_file():
+    for model in runs.fold_model_files(run_dir):
+        res = model.parent / "result.json"
+        if not res.is_file():
             continue
         doc = json.loads(res.read_text())
         row = doc["row"]

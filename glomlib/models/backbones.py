@@ -35,11 +35,13 @@ INITS = ("scratch", "imagenet")
 
 class WeightsNotFoundError(FileNotFoundError):
     """ImageNet weights are not available offline; the message says how to provide them."""
+
     exit_code = 5  # glomlib.cli's exit-code table
 
 
 class WeightsMismatchError(ValueError):
     """A weights file does not fit the architecture; the message names the first mismatching tensor."""
+
     exit_code = 5  # glomlib.cli's exit-code table
 
 

@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +23,14 @@ from glomlib.core import runtime
 from glomlib.core.io import write_with
 from glomlib.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from glomlib.models.heads import build_classifier
+from glomlib.models.integrity import CHECKSUM_KEY, checksum, meta_from_strings, meta_problems, meta_to_strings
 
 ENCODER_FORMAT = "glomlib-encoder-v1"
 
 
 class EncoderFileError(ValueError):
     """An encoder file is missing, unreadable or for another backbone; the message says what to do."""
+
     exit_code = 5  # glomlib.cli's exit-code table
 
 
@@ -45,24 +45,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
     return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def _meta_to_strings(meta: dict[str, Any]) -> dict[str, str]:
-    out = {}
-    for k, v in meta.items():
-        out[str(k)] = v if isinstance(v, str) else json.dumps(v, default=str)
-    return out
-
-
-def meta_from_strings(meta: dict[str, str]) -> dict[str, Any]:
-    """Decode safetensors metadata written by :func:`save_safetensors_atomic` (JSON values, plain strings kept)."""
-    out: dict[str, Any] = {}
-    for k, v in meta.items():
-        try:
-            out[k] = json.loads(v)
-        except (json.JSONDecodeError, TypeError):
-            out[k] = v
-    return out
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -85,27 +67,38 @@ def save_encoder(path: str | Path, backbone: nn.Module, meta: dict[str, Any]) ->
     return save_safetensors_atomic(unwrap(backbone), full, path)
 
 
+def _state_dict(module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in unwrap(module).state_dict().items()}
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    return sd
+
+
 def save_safetensors_atomic(module, meta: dict[str, Any], path: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write ``module``'s state_dict as safetensors with ``meta`` (JSON-encoded values) atomically.
 
     ``dtype`` (e.g. ``torch.float16``): store floating-point tensors in that type (half the file); integer tensors
     (BatchNorm counters) are kept. ``load_state_dict`` casts them back to the model's dtype on load."""
 
-    sd = {k: v.detach().to("cpu").contiguous().clone() for k, v in unwrap(module).state_dict().items()}
-    if dtype is not None:
-        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
-    return write_with(path, lambda tmp: save_file(sd, str(tmp), metadata=_meta_to_strings(meta)), fsync=True)
+    sd = _state_dict(module, dtype)
+    return write_with(path, lambda tmp: save_file(sd, str(tmp), metadata=meta_to_strings(meta)), fsync=True)
 
 
-def _read_meta(path: Path, error: type[Exception], missing: str, kind: str) -> dict[str, Any]:
-    """A safetensors file's metadata (without its tensors); ``error`` with ``missing`` when there is no file."""
+def _read_raw(path: Path, error: type[Exception], missing: str, kind: str) -> tuple[dict[str, str], list[tuple]]:
+    """A safetensors file's stored metadata and its tensors' (name, shape, dtype), without reading the tensors."""
     if not path.is_file():
         raise error(missing)
     try:
         with safe_open(str(path), framework="pt") as f:
-            return meta_from_strings(f.metadata() or {})
+            shapes = [(k, f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in f.keys()]
+            return dict(f.metadata() or {}), shapes
     except Exception as e:  # safetensors raises its own error types
         raise error(f"{path} is not a readable {kind}: {e}") from e
+
+
+def _read_meta(path: Path, error: type[Exception], missing: str, kind: str) -> dict[str, Any]:
+    """A safetensors file's metadata (without its tensors); ``error`` with ``missing`` when there is no file."""
+    return meta_from_strings(_read_raw(path, error, missing, kind)[0])
 
 
 def read_encoder_meta(path: str | Path) -> dict[str, Any]:
@@ -148,30 +141,54 @@ def load_encoder_into(
 
 # ------------------------------------------------------------------------------- fine-tuned model files
 MODEL_FORMAT = "glomlib.train.finetune.model/1"
+MODEL_FILE = "model.safetensors"
 _REQUIRED = ("backbone", "image_size", "mean", "std", "positive_label")
 
 
 class ModelFileError(ValueError):
     """A model file is missing, unreadable or incomplete; the message says what to do."""
+
     exit_code = 5  # glomlib.cli's exit-code table
 
 
 def save_model(model, meta: dict[str, Any], path: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Save a fine-tuned classifier (``glomlib.train.finetune`` model) with its metadata as safetensors, atomically.
 
-    ``dtype``: store floating-point weights in this type (``torch.float16`` halves the file; recorded in the
-    metadata as ``weights_dtype``); :func:`load_model` reads either into a float32 model."""
+    The metadata is checked first (a file :func:`load_model` would refuse is never written) and covered, with the
+    tensors' shapes, by a checksum. ``dtype``: store floating-point weights in this type (``torch.float16`` halves
+    the file; recorded as ``weights_dtype``); :func:`load_model` reads either into a float32 model."""
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise ValueError(f"save_model: meta lacks {missing}.")
     extra = {"weights_dtype": str(dtype).replace("torch.", "")} if dtype is not None else {}
-    return save_safetensors_atomic(model, {"format": MODEL_FORMAT, **meta, **extra}, path, dtype=dtype)
+    full = {"format": MODEL_FORMAT, **{k: v for k, v in meta.items() if k != CHECKSUM_KEY}, **extra}
+    stored = meta_to_strings(full)
+    bad = meta_problems(meta_from_strings(stored))
+    if bad:
+        raise ModelFileError(f"save_model: refusing to write {path}: {'; '.join(bad)}.")
+    sd = _state_dict(model, dtype)
+    stored[CHECKSUM_KEY] = checksum(
+        stored, ((k, list(v.shape), _DTYPES.get(v.dtype, str(v.dtype))) for k, v in sd.items())
+    )
+    return write_with(path, lambda tmp: save_file(sd, str(tmp), metadata=stored), fsync=True)
+
+
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}  # safetensors' names
 
 
 def read_model_meta(path: str | Path) -> dict[str, Any]:
-
+    """A model file's metadata, refused (:class:`ModelFileError`, exit 5) when it is not a glomlib classifier, is
+    incomplete or contradicts itself, or was edited after it was saved (its checksum)."""
+    path = Path(path)
     how = "A fine-tune run (notebook 03 or `glomlib finetune`) writes <run>/model.safetensors; pass that path."
-    meta = _read_meta(Path(path), ModelFileError, f"Model file {path} does not exist. {how}", "safetensors file")
+    missing = f"Model file {path} does not exist. {how}"
+    if path.is_dir():
+        found = sorted(str(p) for p in path.glob(f"**/{MODEL_FILE}"))[:3]
+        missing = f"{path} is a folder, not a model file: pass its {MODEL_FILE}" + (
+            f", e.g. {found}" if found else f" ({how})"
+        )
+    stored, shapes = _read_raw(path, ModelFileError, missing, "safetensors file")
+    meta = meta_from_strings(stored)
     if meta.get("format") != MODEL_FORMAT:
         raise ModelFileError(
             f"{path} is not a glomlib fine-tuned model (format={meta.get('format')!r}; expected "
@@ -181,50 +198,15 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ModelFileError(f"{path}: metadata lacks {missing}; the file is incomplete.")
     bad = meta_problems(meta)
+    if CHECKSUM_KEY in stored and stored[CHECKSUM_KEY] != checksum(stored, shapes):
+        bad.append("its metadata was edited or its weights do not fit what was saved (checksum mismatch)")
     if bad:
         raise ModelFileError(
             f"{path}: invalid metadata ({'; '.join(bad)}); the file was damaged or edited. Use "
             "the model.safetensors written by the fine-tune run, or fine-tune again."
         )
+    meta.pop(CHECKSUM_KEY, None)
     return meta
-
-
-def _number(v: Any) -> float | None:
-    if isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def meta_problems(meta: dict[str, Any], classifier: bool = True) -> list[str]:
-    """What is wrong with a model (or encoder) file's metadata: backbone, image_size, mean/std, labels, threshold."""
-    from glomlib.models.backbones import BACKBONES
-
-    out = []
-    if meta.get("backbone") not in BACKBONES:
-        out.append(f"backbone={meta.get('backbone')!r} is not one of {list(BACKBONES)}")
-    if "image_size" in meta or classifier:
-        size = meta.get("image_size")
-        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 8192:
-            out.append(f"image_size={size!r} must be a whole number of pixels in 1..8192")
-    for key in ("mean", "std"):
-        v = meta.get(key)
-        nums = [_number(x) for x in v] if isinstance(v, list) else []
-        if len(nums) != 3 or any(x is None for x in nums):
-            out.append(f"{key}={v!r} must be 3 finite numbers (R, G, B)")
-        elif key == "std" and min(nums) <= 0:
-            out.append(f"std={v!r} must be > 0 (it divides the pixels; 0 gives NaN probabilities)")
-    if classifier:
-        if not isinstance(meta.get("positive_label"), str) or not meta["positive_label"].strip():
-            out.append(f"positive_label={meta.get('positive_label')!r} must name the positive class")
-        if "threshold" in meta:
-            t = _number(meta["threshold"])
-            if t is None or not 0 <= t <= 1:
-                out.append(f"threshold={meta['threshold']!r} must be a probability in [0, 1]")
-    return out
 
 
 def load_model(path: str | Path, device: str = "cpu"):

@@ -15,8 +15,8 @@ Nothing is overwritten: ``--out`` must be new (``auto``: ``runs/<UTC stamp>-eval
 """
 
 from glomlib.evaluate.external.config import EvaluateConfig, ExternalValidationConfig
-from glomlib.evaluate.external.step import label_curve, register, run_evaluate, show_reliability, show_summary
+from glomlib.evaluate.external.step import cli_run, label_curve, run_evaluate, show_reliability, show_summary
 from glomlib.evaluate.external.tables import centre_summary, centre_table, rule_for
 
-__all__ = ["EvaluateConfig", "ExternalValidationConfig", "label_curve", "register", "run_evaluate", "rule_for"]
+__all__ = ["EvaluateConfig", "ExternalValidationConfig", "cli_run", "label_curve", "run_evaluate", "rule_for"]
 __all__ += ["show_reliability", "show_summary", "centre_summary", "centre_table"]

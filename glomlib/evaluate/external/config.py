@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated, Literal
 
-from glomlib.core.config import ConfigError, StepConfig
+import annotated_types as at
+
+from glomlib.core.config import ConfigError, Device, NonNegativeInt, PositiveInt, StepConfig
+from glomlib.core.paths import DEFAULT_MANIFEST
 from glomlib.evaluate import biopsy as B
 
 
@@ -14,49 +18,40 @@ class EvaluateConfig(StepConfig):
 
     model: str = "latest"  # model.safetensors, a fine-tune run folder, or "latest" (newest under runs/; with manifest auto the newest fold model)
     manifest: str = "auto"  # labelled manifest CSV to evaluate on (path, label, slide[, patient, center]); auto: the test slides of a fold model of the run (see data)
-    data: str = "data/glomeruli-pas/manifest.csv"  # the model's own training manifest, used only by manifest auto
+    data: str = str(DEFAULT_MANIFEST)  # the model's own training manifest, used only by manifest auto
     out: str = "auto"  # new output folder; "auto" = runs/<stamp>-evaluate
-    by: str = "slide"  # biopsy unit: slide | patient
+    by: Literal["slide", "patient"] = "slide"  # biopsy unit: slide | patient
     biopsy_rule: str = "auto"  # oxford_m | gs_bands | cuts:0.1,0.2 | auto (gs_bands for GS, else oxford_m)
-    n_boot: int = 1000  # slide-bootstrap resamples for the 95-percent CIs
+    n_boot: NonNegativeInt = 1000  # slide-bootstrap resamples for the 95-percent CIs
     seed: int = 0  # bootstrap seed
-    n_bins: int = 10  # bins of the reliability diagram and ECE
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    batch_size: int = 64  # images per forward pass
+    n_bins: PositiveInt = 10  # bins of the reliability diagram and ECE
+    device: Device = "auto"  # auto | cpu | cuda
+    batch_size: PositiveInt = 64  # images per forward pass
     cache_dir: str = ""  # image cache folder ("" = glomlib.data.cache default)
 
     def validate(self) -> None:
-        if self.by not in ("slide", "patient"):
-            raise ConfigError(f"by={self.by!r}: choose 'slide' or 'patient'.")
         if self.biopsy_rule != "auto":
             try:
                 B.parse_rule(self.biopsy_rule)
             except ValueError as e:
                 raise ConfigError(str(e)) from e
-        if int(self.n_boot) < 0:
-            raise ConfigError(f"n_boot={self.n_boot}: must be >= 0.")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExternalValidationConfig(EvaluateConfig):
     """Parameters of notebook 06: :class:`EvaluateConfig` plus the threshold-transfer experiment."""
 
-    local_sizes: list = dataclasses.field(
+    local_sizes: list[int] = dataclasses.field(
         default_factory=lambda: [10, 20, 50, 100]
     )  # local labelled glomeruli to re-fit on
-    repeats: int = 20  # random draws per size
-    calibration: str = "platt"  # platt | isotonic
+    repeats: PositiveInt = 20  # random draws per size
+    calibration: Literal["platt", "isotonic"] = "platt"  # platt | isotonic
     threshold_rule: str = "youden"  # youden | sensitivity:0.9 | fixed:0.5
-    pool_fraction: float = 0.5  # share of the external slides that may give local labels; the rest are the test slides
+    pool_fraction: Annotated[float, at.Gt(0), at.Lt(1)] = (
+        0.5  # share of the external slides that may give local labels; the rest are the test slides
+    )
 
     def validate(self) -> None:
         super().validate()
-        if isinstance(self.local_sizes, (int, str)):
-            self.local_sizes = [int(x) for x in str(self.local_sizes).strip("[]").split(",") if x.strip()]
-        self.local_sizes = [int(x) for x in self.local_sizes]
         if any(n < 2 for n in self.local_sizes):
             raise ConfigError(f"local_sizes={self.local_sizes}: each must be at least 2 (both classes needed).")
-        if self.calibration not in ("platt", "isotonic"):
-            raise ConfigError(f"calibration={self.calibration!r}: choose platt or isotonic.")
-        if not 0 < float(self.pool_fraction) < 1:
-            raise ConfigError(f"pool_fraction={self.pool_fraction}: must be in (0, 1).")

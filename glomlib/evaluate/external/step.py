@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,14 +9,22 @@ from typing import Any
 
 import pandas as pd
 
-from glomlib.core.config import ConfigError, add_config_arguments, config_from_args
+from glomlib.core.config import ConfigError
 from glomlib.core.io import ensure_new_dir, new_run_dir, write_csv_atomic, write_json_atomic, write_provenance
+from glomlib.core.paths import DEFAULT_MANIFEST
 from glomlib.data.cache import load_images
-from glomlib.data.manifest import data_fingerprint, read_manifest
+from glomlib.data.manifest import data_fingerprint
+from glomlib.data.public import ensure_default_manifest
 from glomlib.evaluate import biopsy as B
 from glomlib.evaluate import calibrate as CAL
 from glomlib.evaluate.external.config import EvaluateConfig, ExternalValidationConfig
-from glomlib.evaluate.external.lookup import held_out_rows, held_out_slides, latest_fold_model, resolve_model
+from glomlib.evaluate.external.lookup import (
+    held_out_rows,
+    held_out_slides,
+    latest_fold_model,
+    read_for_model,
+    resolve_model,
+)
 from glomlib.evaluate.external.tables import (
     _clean,
     ci_table,
@@ -28,6 +35,7 @@ from glomlib.evaluate.external.tables import (
 )
 from glomlib.evaluate.plots import save_figure
 from glomlib.evaluate.predict import predict
+from glomlib.evaluate.qc import qc_column, qc_line, qc_summary, sizes_checked
 from glomlib.models.calibration import apply_calibration
 from glomlib.models.files import load_model
 
@@ -73,14 +81,9 @@ def _model_and_rows(cfg: EvaluateConfig) -> tuple[Path, list[str] | None, Any, d
             model_path, held_out = held_out_slides(model_path)
     model, meta = load_model(model_path, device=cfg.device)
     if held_out is not None:
-        return model_path, held_out, model, meta, held_out_rows(cfg.data, held_out, meta)
-    neg = meta.get("negative_label") or None
-    df = read_manifest(cfg.manifest, positive_label=meta["positive_label"], negative_label=neg, require_labels=True)
-    if int((df["y"] == 1).sum()) == 0 and int((df["y"] == 0).sum()) == 0:
-        raise ConfigError(
-            f"{cfg.manifest}: no image is labelled {meta['positive_label']!r} or {meta.get('negative_label')!r} "
-            f"(the model's labels); found {sorted(set(df['label']))}."
-        )
+        data = ensure_default_manifest(cfg.data) if cfg.data == str(DEFAULT_MANIFEST) else cfg.data
+        return model_path, held_out, model, meta, held_out_rows(data, held_out, meta)
+    df = read_for_model(cfg.manifest, meta, require_labels=True)
     unlabeled = df.index[df["y"] < 0]
     if len(unlabeled):
         raise ConfigError(
@@ -92,13 +95,29 @@ def _model_and_rows(cfg: EvaluateConfig) -> tuple[Path, list[str] | None, Any, d
 
 
 def _predictions(cfg: EvaluateConfig, model: Any, meta: dict, df: pd.DataFrame) -> pd.DataFrame:
+    sizes = sizes_checked(list(df["path"]))
     kw = {"cache_dir": cfg.cache_dir} if cfg.cache_dir else {}
     images = load_images(list(df["path"]), int(meta["image_size"]), hashes=list(df["sha256"]), **kw)
     raw = predict(model, meta, images, batch_size=cfg.batch_size, calibrated=False)
     prob = apply_calibration(raw, meta.get("calibration"))
     pred = df[["path", "slide", "patient", "center"]].astype({c: str for c in ("slide", "patient", "center")})
     pred = pred.assign(label=df["label"], y=df["y"].astype(int), prob=prob, prob_raw=raw)
-    return pred.assign(pred=(prob >= float(meta.get("threshold", 0.5))).astype(int))
+    pred = pred.assign(pred=(prob >= float(meta.get("threshold", 0.5))).astype(int))
+    return pred.assign(qc=qc_column(sizes, images, meta))
+
+
+def _caveats(pred: pd.DataFrame, meta: dict, df: pd.DataFrame) -> list[str]:
+    """What a reader of the figures must know: labels shared with the calibration, one class only."""
+    out = [w for w in (CAL.calibration_overlap(meta, df),) if w]
+    n_pos = int(pred["y"].sum())
+    if n_pos in (0, len(pred)):
+        which = meta["positive_label"] if n_pos else meta.get("negative_label") or "negative"
+        out.append(
+            f"every evaluated image is labelled {which!r}: AUC, balanced accuracy and "
+            f"{'specificity' if n_pos else 'sensitivity'} need both classes and are not defined; accuracy, "
+            "the share of positive calls, Brier score and the biopsy-level shares are."
+        )
+    return out
 
 
 def _figures(cfg: EvaluateConfig, out: Path, pred: pd.DataFrame, meta: dict, ro: B.BiopsyReadout) -> None:
@@ -117,7 +136,6 @@ def _figures(cfg: EvaluateConfig, out: Path, pred: pd.DataFrame, meta: dict, ro:
 def run_evaluate(cfg: EvaluateConfig | None = None, **params: Any) -> EvaluateResult:
     """Evaluate ``cfg.model`` on the labelled ``cfg.manifest`` and write the outputs (package docstring)."""
     cfg = cfg if cfg is not None else EvaluateConfig.from_params(**params)
-    cfg.validate()
     model_path, held_out, model, meta, df = _model_and_rows(cfg)
     out = _prepare_out(cfg.out)  # claimed only once model and data are known to be usable
     manifest = cfg.manifest
@@ -132,6 +150,7 @@ def run_evaluate(cfg: EvaluateConfig | None = None, **params: Any) -> EvaluateRe
     doc = evaluate_predictions(pred, meta, by=cfg.by, biopsy_rule=cfg.biopsy_rule, n_boot=cfg.n_boot, seed=cfg.seed)
     doc.update(model=str(model_path), manifest=str(Path(manifest).resolve()), data_fingerprint=fp)
     doc["held_out_slides"] = held_out
+    doc.update(qc=qc_summary(pred["qc"]), warnings=_caveats(pred, meta, df))
     thr = float(meta.get("threshold", 0.5))
     per_slide, per_center = per_group_table(pred, "slide", thr), per_group_table(pred, "center", thr)
     ro = B.readouts(pred, threshold=thr, rule=rule_for(meta, cfg.biopsy_rule), by=cfg.by)
@@ -157,6 +176,7 @@ def show_summary(result: EvaluateResult) -> pd.DataFrame:
             f"{m['before_calibration']['threshold']:.3f}."
         )
     lines.append(f"95 % CIs: percentile bootstrap over whole slides ({m['bootstrap']['n_boot']} resamples).")
+    lines += [f"**Warning:** {w}" for w in m.get("warnings", [])]
     display(Markdown("\n\n".join(lines)))
     return result.table().T
 
@@ -184,29 +204,18 @@ def label_curve(result: EvaluateResult, cfg: ExternalValidationConfig) -> pd.Dat
     return curve
 
 
-def register(subparsers) -> None:
-    from glomlib.evaluate import external
-
-    p = subparsers.add_parser(
-        "evaluate",
-        help="measure a saved model on a labelled manifest (external validation)",
-        description=external.__doc__.splitlines()[0],
-    )
-    add_config_arguments(p, EvaluateConfig)
-
-    def _run(args: argparse.Namespace) -> int:
-        res = run_evaluate(config_from_args(EvaluateConfig, args))  # errors: glomlib.cli maps them to exit codes
-        print(f"output folder: {res.out}")
-        print(f"threshold {res.metrics['threshold']:.3f} ({res.metrics['threshold_rule']})")
-        with pd.option_context("display.width", 200, "display.max_columns", 20):
-            print(res.table().T.to_string())
-            print(res.biopsy.agreement.round(3).to_string())
-            before = res.metrics.get("biopsy_before_calibration")
-            if before:
-                print(
-                    "before calibration: "
-                    + ", ".join(f"{k} MAE {v['mae']:.3f}" for k, v in before["agreement"].items())
-                )
-        return 0
-
-    p.set_defaults(func=_run)
+def cli_run(cfg: EvaluateConfig) -> int:
+    """``glomlib evaluate``: errors become one message and an exit code in glomlib.cli."""
+    res = run_evaluate(cfg)
+    print(f"output folder: {res.out}")
+    print(f"threshold {res.metrics['threshold']:.3f} ({res.metrics['threshold_rule']})")
+    print(qc_line(res.predictions["qc"]))
+    for w in res.metrics["warnings"]:
+        print(f"WARNING: {w}")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(res.table().T.to_string())
+        print(res.biopsy.agreement.round(3).to_string())
+        before = res.metrics.get("biopsy_before_calibration")
+        if before:
+            print("before calibration: " + ", ".join(f"{k} MAE {v['mae']:.3f}" for k, v in before["agreement"].items()))
+    return 0

@@ -10,6 +10,7 @@ import pandas as pd
 
 from glomlib.core import io as runs
 from glomlib.core.config import ConfigError, StepConfig
+from glomlib.core.paths import DEFAULT_MANIFEST
 from glomlib.data.manifest import data_fingerprint, read_dataset_info, read_manifest, validate_manifest
 from glomlib.data.public import ensure_default_manifest
 
@@ -20,7 +21,7 @@ FLAG_COLUMNS = ["row", "path", "slide", "center", "label", "reason", "value", "t
 class AuditConfig(StepConfig):
     """Parameters of notebook 01 (names == the notebook's ``parameters`` cell)."""
 
-    data: str = "data/glomeruli-pas/manifest.csv"  # manifest CSV
+    data: str = str(DEFAULT_MANIFEST)  # manifest CSV
     out: str = "auto"  # output folder; "auto" = runs/<stamp>-audit
     positive_label: str = ""  # the positive class label ("" = the one the manifest's dataset.json names)
     stats_size: int = 224  # images are resized to this square size before blur / colour statistics
@@ -61,7 +62,7 @@ def prepare(cfg: AuditConfig):
     them (with their folds). The config and provenance are written into ``out_dir``.
     """
     data = Path(cfg.data)
-    if not data.exists() and cfg.data == AuditConfig.data:
+    if not data.exists() and cfg.data == str(DEFAULT_MANIFEST):
         ensure_default_manifest(data)
     if not data.exists():
         raise FileNotFoundError(

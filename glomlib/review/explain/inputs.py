@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from glomlib.core import io as runs
+from glomlib.core import io
 from glomlib.core.config import ConfigError, StepConfig
+from glomlib.core.paths import DEFAULT_MANIFEST
+from glomlib.core.runs import resolve_run
 from glomlib.data.manifest import read_manifest
 from glomlib.data.public import ensure_default_manifest
 
@@ -23,7 +25,7 @@ class ExplainConfig(StepConfig):
     """Parameters of notebook 05 (names == the notebook's ``parameters`` cell)."""
 
     run: str = "latest"  # fine-tune run folder (predictions.csv + fold models); "latest" = newest under runs/
-    data: str = "data/glomeruli-pas/manifest.csv"  # manifest, for glomerulus masks (may lack masks)
+    data: str = str(DEFAULT_MANIFEST)  # manifest, for glomerulus masks (may lack masks)
     out: str = "auto"  # output folder; "auto" = runs/<stamp>-errors
     label_fraction: float = 1.0  # which label fraction's predictions to analyse (nearest available)
     threshold: float = 0.5  # probability at or above which an image is called positive
@@ -31,52 +33,16 @@ class ExplainConfig(StepConfig):
     n_gradcam: int = 8  # errors (per kind) shown with Grad-CAM
     k_neighbours: int = 5  # nearest labelled neighbours shown for each error
     n_neighbour_rows: int = 8  # errors shown with their neighbours
-    embedding: str = "umap"  # "umap" or "tsne"
+    embedding: Literal["umap", "tsne"] = "umap"  # "umap" or "tsne"
     interactive: bool = True  # widget browser in a live kernel; papermill / HTML always get the static gallery
     batch_size: int = 32  # images per forward pass
     seed: int = 0  # seed for the embedding map
 
     def validate(self) -> None:
-        if self.embedding not in ("umap", "tsne"):
-            raise ConfigError(f"embedding={self.embedding!r}: choose 'umap' or 'tsne'.")
         if not 0 < self.threshold < 1:
             raise ConfigError(f"threshold={self.threshold}: must be in (0, 1).")
         if self.k_neighbours < 1 or self.n_gallery < 1:
             raise ConfigError("k_neighbours and n_gallery must be at least 1.")
-
-
-def resolve_run(run: str | Path = "latest", root: str | Path = "runs") -> Path:
-    """A fine-tune run folder: ``run`` itself, or (``"latest"``) the newest folder under ``root`` holding
-    ``predictions.csv`` and a model (fold models under ``checkpoints/`` or a final ``model.safetensors``)."""
-    if str(run) in ("latest", ""):
-        root = Path(root)
-        found = (
-            [
-                p.parent
-                for p in root.glob("**/predictions.csv")
-                if p.parent.parent.name != "checkpoints"  # a fold's own folder, not a run
-                and (
-                    (p.parent / "model.safetensors").is_file() or any(p.parent.glob("checkpoints/*/model.safetensors"))
-                )
-            ]
-            if root.exists()
-            else []
-        )
-        if not found:
-            raise FileNotFoundError(
-                f"run='latest' but no fine-tune run (a folder with predictions.csv and its models) exists "
-                f"under {root.resolve()}. Run notebook 03 first, or pass run=<fine-tune run folder>."
-            )
-        return max(found, key=lambda d: (d / "predictions.csv").stat().st_mtime)
-    p = Path(run)
-    if p.is_file():
-        p = p.parent
-    if not (p / "predictions.csv").is_file():
-        raise FileNotFoundError(
-            f"run={str(run)!r}: {p / 'predictions.csv'} does not exist. Pass the output folder "
-            "of a fine-tune run (notebook 03), which holds predictions.csv and model.safetensors."
-        )
-    return p
 
 
 def chosen_fraction(fractions: Sequence[float], label_fraction: float) -> float:
@@ -134,7 +100,7 @@ def prepare(cfg: ExplainConfig):
     pred = load_predictions(run_dir, cfg.label_fraction, cfg.threshold)
     manifest = None
     data = Path(cfg.data)
-    if not data.exists() and cfg.data == ExplainConfig.data:
+    if not data.exists() and cfg.data == str(DEFAULT_MANIFEST):
         try:
             ensure_default_manifest(data)
         except Exception as e:  # masks are optional: say so, carry on
@@ -147,9 +113,9 @@ def prepare(cfg: ExplainConfig):
         except Exception as e:  # masks are optional: say so, carry on
             print(f"Manifest {data} not usable for masks ({type(e).__name__}: {str(e)[:300]}); no mask outlines.")
     pred = attach_masks(pred, manifest)
-    out = Path(runs.new_run_dir("runs", "errors") if cfg.out == "auto" else runs.ensure_new_dir(cfg.out))
+    out = Path(io.new_run_dir("runs", "errors") if cfg.out == "auto" else io.ensure_new_dir(cfg.out))
     cfg.save(out / "config.json")
-    runs.write_provenance(out, cfg, extra={"finetune_run": str(Path(run_dir).resolve())})
+    io.write_provenance(out, cfg, extra={"finetune_run": str(Path(run_dir).resolve())})
     return pred, Path(run_dir), out
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from glomlib.core import runtime
+from glomlib.core import runs, runtime
 from glomlib.evaluate.runs import fold_models
 from glomlib.models.files import load_model
 from glomlib.review.explain.inputs import chosen_fraction
@@ -18,7 +18,7 @@ from glomlib.review.explain.inputs import chosen_fraction
 
 def load_run_model(run_dir: str | Path):
     """The final model of a fine-tune run: ``(model in eval mode, meta)``."""
-    return load_model(Path(run_dir) / "model.safetensors")
+    return load_model(Path(run_dir) / runs.MODEL)
 
 
 @dataclasses.dataclass
@@ -85,7 +85,7 @@ def explain_models(
             f"{frac:.0%} labels): each image is explained by the model whose test fold held its slide."
         )
         return ExplainModels(files=files, source="fold", note=note)
-    final = run_dir / "model.safetensors"
+    final = run_dir / runs.MODEL
     if not final.is_file():
         raise FileNotFoundError(
             f"{run_dir} has neither fold models (checkpoints/*/model.safetensors) nor a final "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from glomlib.core.config import ConfigError, StepConfig
+from glomlib.core.config import ConfigError, Device, NonNegativeInt, PositiveInt, StepConfig
 from glomlib.core.paths import project_root
 from glomlib.data.manifest import read_manifest
 from glomlib.review.explain.inputs import load_predictions
@@ -25,27 +25,25 @@ class ReviewConfig(StepConfig):
     out: str = "auto"  # output folder (never overwritten); auto means runs/<stamp>-review
     label_fraction: float = 1.0  # which label fraction's predictions to use (nearest available)
     confident: float = 0.8  # out-of-fold confidence at or above which an error counts as confident
-    n_items: int = 60  # images listed on the page and in the CSV (most suspicious first)
-    n_pairs: int = 20  # most similar conflicting-label pairs checked as possible duplicates
+    n_items: PositiveInt = 60  # images listed on the page and in the CSV (most suspicious first)
+    n_pairs: NonNegativeInt = 20  # most similar conflicting-label pairs checked as possible duplicates
     min_pair_percentile: float = 99.0  # a pair counts only if its similarity is above this percentile of all pairs
     encoder: str = "imagenet"  # embedding encoder: imagenet (offline weights), scratch, or an encoder.safetensors
     backbone: str = "efficientnet_lite0"  # backbone of the embedding encoder
     feature_size: int = 96  # pixels (square) fed to the encoder for the embeddings
-    whiten: int = 64  # PCA-whitening components for the embeddings (0 turns whitening off)
+    whiten: NonNegativeInt = 64  # PCA-whitening components for the embeddings (0 turns whitening off)
     thumb_size: int = 160  # thumbnail size on the page (pixels)
     show_paths: bool = True  # false: no file names on the page or in the CSV (they may carry slide IDs)
-    batch_size: int = 64  # images per forward pass
-    device: str = "auto"  # auto | cpu | cuda | mps
+    batch_size: PositiveInt = 64  # images per forward pass
+    device: Device = "auto"  # auto | cpu | cuda
 
     def validate(self) -> None:
         if not 0.5 <= self.confident < 1:
             raise ConfigError(f"confident={self.confident}: must be in [0.5, 1).")
-        if self.n_items < 1 or self.n_pairs < 0:
-            raise ConfigError("n_items must be >= 1 and n_pairs >= 0.")
         if not 0 <= self.min_pair_percentile < 100:
             raise ConfigError(f"min_pair_percentile={self.min_pair_percentile}: must be in [0, 100).")
-        if self.whiten < 0 or self.feature_size < 16 or self.thumb_size < 16:
-            raise ConfigError("whiten must be >= 0; feature_size and thumb_size at least 16 pixels.")
+        if self.feature_size < 16 or self.thumb_size < 16:
+            raise ConfigError("feature_size and thumb_size must be at least 16 pixels.")
 
 
 def run_manifest(run_dir: Path, data: str = "") -> Path:

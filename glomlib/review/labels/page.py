@@ -15,8 +15,8 @@ import pandas as pd
 
 from glomlib.core import io as runs
 from glomlib.core.io import publish_new, write_csv_new
+from glomlib.core.runs import resolve_run
 from glomlib.data.images import read_mask, read_rgb
-from glomlib.review.explain.inputs import resolve_run
 from glomlib.review.labels.config import ReviewConfig, load_review_inputs
 from glomlib.review.labels.reasons import REASON_TEXT, REASONS, Review, build_review
 
@@ -179,7 +179,6 @@ def run_review(
 ) -> tuple[Review, dict[str, Path]]:
     """The whole review from a fine-tune run: inputs, reasons, ranking, and the files in a new ``out`` folder."""
     cfg = cfg if cfg is not None else ReviewConfig.from_params(**params)
-    cfg.validate()
     run_dir = resolve_run(cfg.run)
     items = load_review_inputs(run_dir, cfg.data, cfg.label_fraction)
     out = Path(runs.new_run_dir("runs", "review") if cfg.out == "auto" else runs.ensure_new_dir(cfg.out))
