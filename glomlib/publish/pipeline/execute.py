@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from glomlib.core import progress, runs
-from glomlib.core.io import utc_now, write_json_atomic
+from glomlib.core.io import read_run_status, utc_now, write_json_atomic
 from glomlib.publish.steps import PipelineError, Step, rel
 
 KERNEL = "python3"
@@ -40,6 +40,12 @@ class RunState:
 
     def update(self, step: Step, **kw: Any) -> None:
         self.get(step).update(kw)
+        self.save()
+
+    def mark_all_stale(self) -> None:
+        """Every step runs again (its earlier output is kept aside as ``*.previous-N``): the data changed."""
+        for entry in self.data["steps"].values():
+            entry["status"] = "stale"
         self.save()
 
 
@@ -92,7 +98,12 @@ def _streamed_progress(path: Path, log: Callable[[str], None]):
 def _keep_earlier(step: Step, executed: Path, run_dir: Path, root: Path, prev: Any, resumable: bool, log) -> bool:
     """Move an earlier attempt aside; True when a failed, resumable step continues in its output folder."""
     label = "failed" if prev in ("failed", "running") else "previous"
-    continue_out = label == "failed" and resumable and (run_dir / step.out).is_dir()
+    out = run_dir / step.out
+    # a step-run that finished (its run.json) but whose notebook did not: resuming it would be refused for good
+    finished = runs_finished(out)
+    continue_out = label == "failed" and resumable and out.is_dir() and not finished
+    if finished and label == "failed":
+        log(f"    {rel(out, root)} holds a finished run but its notebook was interrupted: the step runs again")
     if continue_out:
         log(f"    continuing the interrupted work in {rel(run_dir / step.out, root)} (resume=True)")
     kept = [_move_aside(executed, label), None if continue_out else _move_aside(run_dir / step.out, label)]
@@ -100,6 +111,10 @@ def _keep_earlier(step: Step, executed: Path, run_dir: Path, root: Path, prev: A
     if kept:
         log(f"    kept the earlier attempt as {', '.join(kept)}")
     return continue_out
+
+
+def runs_finished(out: Path) -> bool:
+    return read_run_status(out).get("status") == "finished"
 
 
 def _failure(step: Step, notebook: Path, e: BaseException, executed: Path, run_dir: Path, root: Path) -> str:
@@ -160,26 +175,52 @@ def execute_step(step, notebook, params, run_dir, root, state: RunState, log, re
     state.update(step, status="completed", finished=utc_now(), seconds=round(time.monotonic() - t0, 1))
 
 
+def _init_metrics(mpath: Path) -> tuple[dict[str, Any] | None, Any]:
+    """(headline metrics, predicted/expected images per fold) of one fine-tune step; metrics covering less than
+    their folds are refused (an error in their place, never a partial AUC)."""
+    import pandas as pd
+
+    from glomlib.core.coverage import CoverageError, fold_coverage
+
+    if not mpath.is_file():
+        return None, None
+    try:
+        m = json.loads(mpath.read_text())
+    except json.JSONDecodeError:
+        return {"error": f"unreadable {mpath.name}"}, None
+    pred, folds = mpath.parent / runs.PREDICTIONS, mpath.parent / runs.FOLDS
+    if not (pred.is_file() and folds.is_file()):
+        return m.get("summary", m), "not recorded (no predictions.csv and folds.csv)"
+    try:
+        coverage = fold_coverage(pd.read_csv(pred, keep_default_na=False), pd.read_csv(folds, keep_default_na=False))
+    except CoverageError as e:
+        return {"error": str(e)}, str(e)
+    return m.get("summary", m), coverage
+
+
 def write_summary(run_dir: Path, root: Path, definition: dict[str, Any], state: RunState) -> Path:
-    """``summary.json``: headline metrics per init (from finetune/<init>/metrics.json) and the model per init."""
+    """``summary.json``: headline metrics per init (from finetune/<init>/metrics.json, only when its predictions
+    cover every fold: predicted / expected images per fold under ``coverage``), the model per init, and every
+    step's status with the error of a failed one."""
     metrics: dict[str, Any] = {}
+    coverage: dict[str, Any] = {}
     models: dict[str, str] = {}
     for init, (mpath, model) in runs.finetune_outputs(run_dir, definition["inits"]).items():
-        if mpath.is_file():
-            try:
-                m = json.loads(mpath.read_text())
-                metrics[init] = m.get("summary", m)
-            except json.JSONDecodeError:
-                metrics[init] = {"error": f"unreadable {mpath.name}"}
+        m, cov = _init_metrics(mpath)
+        if m is not None:
+            metrics[init], coverage[init] = m, cov
         if model.is_file():
             models[init] = rel(model, root)
+    steps = state.data["steps"]
     summary = {
         "run": run_dir.name,
         "profile": definition["profile"]["name"],
         "data": definition["data"],
         "data_fingerprint": definition.get("data_fingerprint"),
-        "status": {sid: s.get("status") for sid, s in state.data["steps"].items()},
+        "status": {sid: s.get("status") for sid, s in steps.items()},
+        "failed": {sid: s.get("error") for sid, s in steps.items() if s.get("status") == "failed"},
         "metrics": metrics,
+        "coverage": coverage,
         "models": models,
         "paths_relative_to": "project root",
         "updated_utc": utc_now(),
