@@ -158,7 +158,7 @@ def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 180) -> None:
     pytest.fail(f"never saw {text!r}: {proc.stderr.read()}")
 
 
-@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["sigint", "sigterm", "kill9"])
 def test_interrupts_leave_a_resumable_run(base, tmp_path, how):
     """Ctrl-C / SIGTERM while a notebook runs: one line, exit 130, the lock released; kill -9 leaves a stale lock
     that the resume names and replaces. Every time the resume finishes the run."""
@@ -184,7 +184,7 @@ def test_interrupts_leave_a_resumable_run(base, tmp_path, how):
         assert _state(run)["02_simclr_pretrain"]["status"] == "failed"
     flag.unlink()
     lines: list[str] = []
-    run_pipeline(resume=run, project_root=REPO, render=False, log=lines.append)
+    run_pipeline(resume=run, project_root=REPO, render=False, log=lambda m: print(m) or lines.append(m))
     assert all(s["status"] == "completed" for s in _state(run).values())
     assert any("stale lock" in ln for ln in lines) == (how == signal.SIGKILL)
 

@@ -50,7 +50,7 @@ class RunState:
 
 
 def notebook_completed(path: Path) -> bool:
-    """True when the executed notebook exists and papermill recorded no exception for it."""
+    """True when the executed notebook exists, papermill recorded no exception and every code cell ran."""
     if not path.is_file():
         return False
     try:
@@ -62,8 +62,11 @@ def notebook_completed(path: Path) -> bool:
     pm = nb.metadata.get("papermill", {})
     if pm.get("exception"):
         return False
-    statuses = [c.metadata.get("papermill", {}).get("status") for c in nb.cells if c.cell_type == "code"]
-    return all(s in (None, "completed") for s in statuses) and bool(pm)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    statuses = [c.metadata.get("papermill", {}).get("status") for c in code]
+    # an interrupted papermill marks the cells it never ran "completed": they have no execution count
+    ran = all(c.get("execution_count") is not None for c in code if c.source.strip())
+    return all(s in (None, "completed") for s in statuses) and bool(pm) and ran
 
 
 def _move_aside(path: Path, label: str) -> Path | None:
@@ -93,6 +96,28 @@ def _streamed_progress(path: Path, log: Callable[[str], None]):
             os.environ.pop(progress.ENV, None)
         else:
             os.environ[progress.ENV] = old
+
+
+def _kernel_manager(log_path: Path) -> type:
+    """A kernel manager whose kernel writes its stderr to ``log_path``: when the run is interrupted, the kernel's
+    shutdown noise (ZMQError tracebacks) stays in the run folder instead of the terminal."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class _KernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:
+            with open(log_path, "ab") as f:  # the kernel keeps its own copy of the descriptor
+                kw.setdefault("stderr", f)
+                await super().start_kernel(**kw)
+
+    return _KernelManager
+
+
+def _quiet_after_interrupt() -> None:
+    """An interrupted papermill leaves a dying kernel and pending tasks: say nothing more than the CLI's line."""
+    import logging
+
+    for name in ("papermill", "nbclient", "asyncio", "traitlets"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _keep_earlier(step: Step, executed: Path, run_dir: Path, root: Path, prev: Any, resumable: bool, log) -> bool:
@@ -149,8 +174,9 @@ def execute_step(step, notebook, params, run_dir, root, state: RunState, log, re
             params["resume"] = True
     state.update(step, status="running", started=utc_now(), finished=None, error=None, parameters=params)
     t0 = time.monotonic()
+    progress_log = run_dir / "progress" / f"{Path(step.executed_name).stem}.log"
     try:
-        with _streamed_progress(run_dir / "progress" / f"{Path(step.executed_name).stem}.log", log):
+        with _streamed_progress(progress_log, log):
             papermill.execute_notebook(
                 str(notebook),
                 str(executed),
@@ -161,6 +187,7 @@ def execute_step(step, notebook, params, run_dir, root, state: RunState, log, re
                 log_output=False,
                 request_save_on_cell_execute=True,
                 extra_arguments=KERNEL_ARGS,
+                kernel_manager_class=_kernel_manager(progress_log.with_suffix(".kernel.log")),
             )
     except BaseException as e:
         pm = isinstance(e, PapermillExecutionError)
@@ -170,6 +197,7 @@ def execute_step(step, notebook, params, run_dir, root, state: RunState, log, re
             step, status="failed", finished=utc_now(), seconds=round(time.monotonic() - t0, 1), error=error, **extra
         )
         if isinstance(e, KeyboardInterrupt):
+            _quiet_after_interrupt()
             raise
         raise PipelineError(_failure(step, notebook, e, executed, run_dir, root)) from e
     state.update(step, status="completed", finished=utc_now(), seconds=round(time.monotonic() - t0, 1))
