@@ -218,3 +218,23 @@ def test_summary_refuses_a_partial_fold_metric(tmp_path):
     summary = json.loads(write_summary(run, tmp_path, definition, RunState(run)).read_text())
     assert summary["metrics"]["glom"]["auc"]["mean"] == 0.904
     assert [(c["predicted"], c["expected"]) for c in summary["coverage"]["glom"]] == [(2, 2), (2, 2)]
+
+
+def test_reports_readme_documents_only_what_glomlib_run_accepts(tmp_path, capsys):
+    """reports/README.md documented `run --resume RUN --pseudonymise`, which is refused; every `glomlib run` line
+    it shows now parses, and the refused form is only mentioned as refused."""
+    import re
+
+    from glomlib.core.config import parse_args
+    from glomlib.publish.pipeline import RunConfig
+
+    text = (REPO / "reports" / "README.md").read_text()
+    blocks = re.findall(r"```\n(.*?)```", text, flags=re.S)
+    lines = [ln.split("#")[0].split() for b in blocks for ln in b.splitlines() if ln.startswith("glomlib run")]
+    assert lines
+    for argv in lines:
+        cfg = parse_args(RunConfig, [a.replace("<run>", "x") for a in argv[2:]], "glomlib run")
+        assert not (cfg.resume and cfg.pseudonymise), argv
+    assert "--resume runs/<run> --pseudonymise` is refused" in text
+    assert parse_args(RunConfig, ["--only", "01"], "glomlib run").only == ["01"]
+    assert parse_args(RunConfig, ["--only", "01,05", "--pseudonymize"], "glomlib run").only == ["01", "05"]
