@@ -16,7 +16,9 @@ from typing import Any
 from glomlib.core.config import ConfigError
 from glomlib.core.io import (
     ResumeError,
+    acquire_lock,
     new_run_dir,
+    release_lock,
     run_lock,
     sweep_stale_temp,
     utc_now,
@@ -133,6 +135,7 @@ def _create(profile, data, ssl_data, only, pseudonymise, runs_root, notebooks_di
     ext = _existing(ext, root, f"profile {prof['name']!r}: external manifest {ext} does not exist; {ext_says}")
     ssl = _existing(ssl_data, root, f"--ssl-data {ssl_data}: no such manifest.")
     run_dir = new_run_dir(abs_in(runs_root, root), prof["name"]).resolve()
+    lock, _ = acquire_lock(run_dir)  # held from the first moment: a resume of the new folder waits its turn
     log(f"Run folder: {_rel(run_dir, root)}")
     try:
         used, ext, fingerprint = _prepare_data(prof, source, ext, run_dir, pseudonymise, root, log)
@@ -149,7 +152,7 @@ def _create(profile, data, ssl_data, only, pseudonymise, runs_root, notebooks_di
     shutil.copy2(resolve_profile_path(profile), run_dir / "profile.yaml")
     config = {"profile": prof, "data": definition["data"], "parameters": params}
     write_provenance(run_dir, config=config, data_fingerprint=fingerprint, extra={"pipeline": "glomlib run"})
-    return run_dir, definition
+    return run_dir, definition, lock
 
 
 def _tee(log: Callable[[str], None], path: Path) -> Callable[[str], None]:
@@ -279,7 +282,11 @@ def run_pipeline(
                 definition = _reopen(run_dir, profile, data, pseudonymise, accept_changes, root, log)
                 _go(run_dir, definition, opts, root, log)
             return run_dir
-        run_dir, definition = _create(profile, data, ssl_data, only, pseudonymise, runs_root, notebooks_dir, root, log)
-        with run_lock(run_dir):
+        run_dir, definition, lock = _create(
+            profile, data, ssl_data, only, pseudonymise, runs_root, notebooks_dir, root, log
+        )
+        try:
             _go(run_dir, definition, opts, root, log)
+        finally:
+            release_lock(lock)
         return run_dir
