@@ -9,7 +9,7 @@ from glomlib.core.config import ConfigError, StepConfig
 from glomlib.core.io import ensure_new_dir, new_run_dir, write_json_atomic, write_provenance
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class _Cfg(StepConfig):
     data: str = "m.csv"
     epochs: int = 3

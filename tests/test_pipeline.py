@@ -17,6 +17,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from glomlib.core.config import ConfigError
+from glomlib.core.io import ResumeError
 from glomlib.publish.pipeline import (PipelineError, load_run_profile, plan_steps, run_pipeline, select_steps,
                               step_parameters)
 
@@ -181,8 +182,12 @@ def test_failure_names_notebook_and_error_keeps_partial_notebook_then_resume(sta
     pj = json.loads((run_dir / "pipeline.json").read_text())
     pj["parameters"]["04_baseline_comparison"]["fail"] = False
     (run_dir / "pipeline.json").write_text(json.dumps(pj))
+    # a changed parameter is refused unless accepted on purpose (identity.json records the change)
+    with pytest.raises(ResumeError, match=r"parameters\.04_baseline_comparison\.fail: true -> false"):
+        run_pipeline(resume=run_dir, project_root=REPO, render=False, log=lambda m: None)
     lines: list[str] = []
-    run_pipeline(resume=run_dir, project_root=REPO, render=False, log=lines.append)
+    run_pipeline(resume=run_dir, project_root=REPO, render=False, log=lines.append, accept_changes=True)
+    assert json.loads((run_dir / "identity.json").read_text())["accepted_changes"]
     ran = [ln for ln in lines if ln.startswith("[")]
     assert len(ran) == 2 and "04_baseline_comparison" in ran[0] and "05_error_analysis" in ran[1]
     # the failed attempt is kept beside the new one

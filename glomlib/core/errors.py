@@ -8,6 +8,7 @@ from __future__ import annotations
 
 class ConfigError(ValueError):
     """A parameter or profile is wrong; the message says which one and what to do."""
+
     exit_code = 2  # glomlib.cli's exit-code table
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from glomlib.core.config import ConfigError, PositiveInt, StepConfig
+from glomlib.core.coverage import fold_coverage
 from glomlib.core.io import ensure_new_dir, new_run_dir, write_json_atomic, write_provenance
 from glomlib.core.runs import finished_runs
 from glomlib.evaluate.metrics import METRIC_LABELS, METRICS, auc, expected_calibration_error, reliability_table
@@ -98,6 +99,8 @@ def collect_runs(
         )
     loaded = {i: load_run(found[i]) for i in inits}
     check_same_data(loaded, data)
+    for r in loaded.values():  # never a metric over part of a fold (issue 19)
+        fold_coverage(r["predictions"], r["folds"])
     return loaded
 
 

@@ -12,6 +12,7 @@ from glomlib.core.paths import project_root
 
 class PipelineError(RuntimeError):
     """The run cannot go on; the message names the notebook/step/parameter and what to do."""
+
     exit_code = 6  # glomlib.cli's exit-code table
 
 

@@ -1,5 +1,5 @@
 """Files that never lose anything: atomic writes (:mod:`.atomic`), exclusive run-folder claims and run status
-(:mod:`.claims`), provenance (:mod:`.provenance`)."""
+(:mod:`.claims`), one writer per run folder (:mod:`.lock`), provenance (:mod:`.provenance`)."""
 
 from glomlib.core.io.atomic import (  # noqa: F401
     TMP_MARK,
@@ -31,4 +31,5 @@ from glomlib.core.io.claims import (  # noqa: F401
     run_status,
     track_run,
 )
+from glomlib.core.io.lock import LOCK_FILE, RunLockedError, acquire_lock, release_lock, run_lock  # noqa: F401
 from glomlib.core.io.provenance import git_commit, software_versions, write_provenance  # noqa: F401

@@ -37,7 +37,7 @@ A profile (``glomlib/profiles/<name>.yaml`` or any YAML file) holds::
 pipeline, never by a profile.
 """
 
-from glomlib.publish.pipeline.cli import register  # noqa: F401
+from glomlib.publish.pipeline.cli import RunConfig, cli_run  # noqa: F401
 from glomlib.publish.pipeline.execute import KERNEL, KERNEL_ARGS, RunState, execute_step  # noqa: F401
 from glomlib.publish.pipeline.params import notebook_parameters, notebook_paths, step_parameters  # noqa: F401
 from glomlib.publish.pipeline.profiles import errors_init, load_run_profile, select_steps  # noqa: F401

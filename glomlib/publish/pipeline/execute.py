@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from glomlib.core import progress, runs
-from glomlib.core.io import utc_now, write_json_atomic
+from glomlib.core.io import read_run_status, utc_now, write_json_atomic
 from glomlib.publish.steps import PipelineError, Step, rel
 
 KERNEL = "python3"
@@ -42,9 +42,15 @@ class RunState:
         self.get(step).update(kw)
         self.save()
 
+    def mark_all_stale(self) -> None:
+        """Every step runs again (its earlier output is kept aside as ``*.previous-N``): the data changed."""
+        for entry in self.data["steps"].values():
+            entry["status"] = "stale"
+        self.save()
+
 
 def notebook_completed(path: Path) -> bool:
-    """True when the executed notebook exists and papermill recorded no exception for it."""
+    """True when the executed notebook exists, papermill recorded no exception and every code cell ran."""
     if not path.is_file():
         return False
     try:
@@ -56,8 +62,11 @@ def notebook_completed(path: Path) -> bool:
     pm = nb.metadata.get("papermill", {})
     if pm.get("exception"):
         return False
-    statuses = [c.metadata.get("papermill", {}).get("status") for c in nb.cells if c.cell_type == "code"]
-    return all(s in (None, "completed") for s in statuses) and bool(pm)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    statuses = [c.metadata.get("papermill", {}).get("status") for c in code]
+    # an interrupted papermill marks the cells it never ran "completed": they have no execution count
+    ran = all(c.get("execution_count") is not None for c in code if c.source.strip())
+    return all(s in (None, "completed") for s in statuses) and bool(pm) and ran
 
 
 def _move_aside(path: Path, label: str) -> Path | None:
@@ -89,10 +98,37 @@ def _streamed_progress(path: Path, log: Callable[[str], None]):
             os.environ[progress.ENV] = old
 
 
+def _kernel_manager(log_path: Path) -> type:
+    """A kernel manager whose kernel writes its stderr to ``log_path``: when the run is interrupted, the kernel's
+    shutdown noise (ZMQError tracebacks) stays in the run folder instead of the terminal."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class _KernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:
+            with open(log_path, "ab") as f:  # the kernel keeps its own copy of the descriptor
+                kw.setdefault("stderr", f)
+                await super().start_kernel(**kw)
+
+    return _KernelManager
+
+
+def _quiet_after_interrupt() -> None:
+    """An interrupted papermill leaves a dying kernel and pending tasks: say nothing more than the CLI's line."""
+    import logging
+
+    for name in ("papermill", "nbclient", "asyncio", "traitlets"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def _keep_earlier(step: Step, executed: Path, run_dir: Path, root: Path, prev: Any, resumable: bool, log) -> bool:
     """Move an earlier attempt aside; True when a failed, resumable step continues in its output folder."""
     label = "failed" if prev in ("failed", "running") else "previous"
-    continue_out = label == "failed" and resumable and (run_dir / step.out).is_dir()
+    out = run_dir / step.out
+    # a step-run that finished (its run.json) but whose notebook did not: resuming it would be refused for good
+    finished = runs_finished(out)
+    continue_out = label == "failed" and resumable and out.is_dir() and not finished
+    if finished and label == "failed":
+        log(f"    {rel(out, root)} holds a finished run but its notebook was interrupted: the step runs again")
     if continue_out:
         log(f"    continuing the interrupted work in {rel(run_dir / step.out, root)} (resume=True)")
     kept = [_move_aside(executed, label), None if continue_out else _move_aside(run_dir / step.out, label)]
@@ -100,6 +136,10 @@ def _keep_earlier(step: Step, executed: Path, run_dir: Path, root: Path, prev: A
     if kept:
         log(f"    kept the earlier attempt as {', '.join(kept)}")
     return continue_out
+
+
+def runs_finished(out: Path) -> bool:
+    return read_run_status(out).get("status") == "finished"
 
 
 def _failure(step: Step, notebook: Path, e: BaseException, executed: Path, run_dir: Path, root: Path) -> str:
@@ -134,8 +174,9 @@ def execute_step(step, notebook, params, run_dir, root, state: RunState, log, re
             params["resume"] = True
     state.update(step, status="running", started=utc_now(), finished=None, error=None, parameters=params)
     t0 = time.monotonic()
+    progress_log = run_dir / "progress" / f"{Path(step.executed_name).stem}.log"
     try:
-        with _streamed_progress(run_dir / "progress" / f"{Path(step.executed_name).stem}.log", log):
+        with _streamed_progress(progress_log, log):
             papermill.execute_notebook(
                 str(notebook),
                 str(executed),
@@ -146,6 +187,7 @@ def execute_step(step, notebook, params, run_dir, root, state: RunState, log, re
                 log_output=False,
                 request_save_on_cell_execute=True,
                 extra_arguments=KERNEL_ARGS,
+                kernel_manager_class=_kernel_manager(progress_log.with_suffix(".kernel.log")),
             )
     except BaseException as e:
         pm = isinstance(e, PapermillExecutionError)
@@ -155,31 +197,58 @@ def execute_step(step, notebook, params, run_dir, root, state: RunState, log, re
             step, status="failed", finished=utc_now(), seconds=round(time.monotonic() - t0, 1), error=error, **extra
         )
         if isinstance(e, KeyboardInterrupt):
+            _quiet_after_interrupt()
             raise
         raise PipelineError(_failure(step, notebook, e, executed, run_dir, root)) from e
     state.update(step, status="completed", finished=utc_now(), seconds=round(time.monotonic() - t0, 1))
 
 
+def _init_metrics(mpath: Path) -> tuple[dict[str, Any] | None, Any]:
+    """(headline metrics, predicted/expected images per fold) of one fine-tune step; metrics covering less than
+    their folds are refused (an error in their place, never a partial AUC)."""
+    import pandas as pd
+
+    from glomlib.core.coverage import CoverageError, fold_coverage
+
+    if not mpath.is_file():
+        return None, None
+    try:
+        m = json.loads(mpath.read_text())
+    except json.JSONDecodeError:
+        return {"error": f"unreadable {mpath.name}"}, None
+    pred, folds = mpath.parent / runs.PREDICTIONS, mpath.parent / runs.FOLDS
+    if not (pred.is_file() and folds.is_file()):
+        return m.get("summary", m), "not recorded (no predictions.csv and folds.csv)"
+    try:
+        coverage = fold_coverage(pd.read_csv(pred, keep_default_na=False), pd.read_csv(folds, keep_default_na=False))
+    except CoverageError as e:
+        return {"error": str(e)}, str(e)
+    return m.get("summary", m), coverage
+
+
 def write_summary(run_dir: Path, root: Path, definition: dict[str, Any], state: RunState) -> Path:
-    """``summary.json``: headline metrics per init (from finetune/<init>/metrics.json) and the model per init."""
+    """``summary.json``: headline metrics per init (from finetune/<init>/metrics.json, only when its predictions
+    cover every fold: predicted / expected images per fold under ``coverage``), the model per init, and every
+    step's status with the error of a failed one."""
     metrics: dict[str, Any] = {}
+    coverage: dict[str, Any] = {}
     models: dict[str, str] = {}
     for init, (mpath, model) in runs.finetune_outputs(run_dir, definition["inits"]).items():
-        if mpath.is_file():
-            try:
-                m = json.loads(mpath.read_text())
-                metrics[init] = m.get("summary", m)
-            except json.JSONDecodeError:
-                metrics[init] = {"error": f"unreadable {mpath.name}"}
+        m, cov = _init_metrics(mpath)
+        if m is not None:
+            metrics[init], coverage[init] = m, cov
         if model.is_file():
             models[init] = rel(model, root)
+    steps = state.data["steps"]
     summary = {
         "run": run_dir.name,
         "profile": definition["profile"]["name"],
         "data": definition["data"],
         "data_fingerprint": definition.get("data_fingerprint"),
-        "status": {sid: s.get("status") for sid, s in state.data["steps"].items()},
+        "status": {sid: s.get("status") for sid, s in steps.items()},
+        "failed": {sid: s.get("error") for sid, s in steps.items() if s.get("status") == "failed"},
         "metrics": metrics,
+        "coverage": coverage,
         "models": models,
         "paths_relative_to": "project root",
         "updated_utc": utc_now(),

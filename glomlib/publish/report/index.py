@@ -126,6 +126,25 @@ def _run_rows(definition: dict[str, Any], provenance: dict[str, Any], scrub: Cal
     ]
 
 
+def _status_note(summary: dict[str, Any]) -> str:
+    """In words, at the top: which steps failed or did not run, so an incomplete run is never read as final."""
+    status = summary.get("status", {}) or {}
+    failed = summary.get("failed", {}) or {sid: "" for sid, s in status.items() if s == "failed"}
+    if not failed:
+        return ""
+    items = "".join(
+        f"<li><strong>{html.escape(s)}</strong> failed: {html.escape(str(e or ''))}</li>" for s, e in failed.items()
+    )
+    open_ = [s for s, st in status.items() if st not in ("completed", "failed")]
+    rest = f" Steps not run: {html.escape(', '.join(open_))}." if open_ else ""
+    return (
+        '<p class="note"><strong>This run is incomplete: a step failed</strong>, so the pages and numbers below '
+        f"are not the run's final results.{rest} Fix the cause, then continue with "
+        "<code>glomlib run --resume RUN</code>.</p>"
+        f"<ul>{items}</ul>"
+    )
+
+
 def _pseudonym_note(pseudonymised_data: bool, pseudonymised: bool) -> str:
     if pseudonymised_data:
         return (
@@ -168,6 +187,7 @@ def render_index(
 <style>{INDEX_CSS}</style></head><body>
 <h1>glomlib report</h1>
 <p class="sub">Run <code>{html.escape(run_name)}</code> &middot; profile <strong>{html.escape(str(prof.get("name", "?")))}</strong></p>
+{_status_note(summary)}
 {_pseudonym_note(bool(definition.get("pseudonymised_data")), pseudonymised)}
 <h2>Pages</h2>
 <ol class="pages">{_page_list(pages)}</ol>

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from glomlib.core import io, runtime
 from glomlib.core import progress as live
 from glomlib.core.config import ConfigError
+from glomlib.core.coverage import fold_coverage
 from glomlib.core.paths import DEFAULT_MANIFEST, DEFAULT_RUNS_ROOT
 from glomlib.data import splits
 from glomlib.data.cache import load_images, stain_report
@@ -275,6 +276,7 @@ def run_finetune(cfg: FinetuneConfig | None = None, **params: Any) -> FinetuneRe
         predictions, folds_df = pd.concat(preds, ignore_index=True), pd.concat(fold_rows, ignore_index=True)
         io.write_csv_atomic(predictions, run.out / "predictions.csv")
         io.write_csv_atomic(folds_df, run.out / "folds.csv")
+        fold_coverage(predictions, folds_df)  # never a metric over part of a fold (issue 19)
         doc = _metrics(run, per_fold, predictions)
         model_path = _final_model(run, folds_by_seed[cfg.seeds[0]], doc, predictions) if cfg.final_model else None
     summaries = {f: v["summary"] for f, v in doc["by_fraction"].items()}
