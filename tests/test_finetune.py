@@ -97,13 +97,13 @@ def test_glom_errors_are_clear(manifest, encoder, tmp_path):
 
 
 def test_latest_encoder_missing(tmp_path, monkeypatch):
-    from glomlib.train.finetune import find_latest_encoder
+    from glomlib.core.runs import latest_encoder
 
     with pytest.raises(FileNotFoundError, match="notebook 02"):
-        find_latest_encoder(tmp_path)
+        latest_encoder(tmp_path)
     (tmp_path / "r1").mkdir()
     (tmp_path / "r1" / "encoder.safetensors").write_text("x")
-    assert find_latest_encoder(tmp_path).parent.name == "r1"
+    assert latest_encoder(tmp_path).parent.name == "r1"
 
 
 def test_no_slide_on_both_sides(scratch_run):
@@ -259,7 +259,7 @@ def test_config_validation():
         FinetuneConfig.from_params(label_fractions=[0])
     with pytest.raises(ConfigError, match="label_fractions"):
         FinetuneConfig.from_params(label_fractions="0.5,0.5")
-    assert FinetuneConfig.from_params(label_fractions="[1, 0.1]").label_fractions == [0.1, 1.0]
+    assert FinetuneConfig.from_params(label_fractions="[1, 0.1]").fractions == [0.1, 1.0]
     with pytest.raises(ConfigError, match="min_steps"):
         FinetuneConfig.from_params(min_steps=-2)
     with pytest.raises(ConfigError, match="unknown"):

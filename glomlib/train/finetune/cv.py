@@ -186,7 +186,7 @@ def _cross_validate(run: _Run) -> tuple[dict[int, np.ndarray], list, list, list]
     """Every (label fraction, seed, fold); finished folds (result.json) are read back, not retrained.
     -> (folds per seed, fold tables, prediction frames, per-fold rows)."""
     cfg, folds_by_seed, fold_rows, preds, per_fold = run.cfg, {}, [], [], []
-    jobs = [(f, s, k) for f in cfg.label_fractions for s in cfg.seeds for k in range(cfg.folds)]
+    jobs = [(f, s, k) for f in cfg.fractions for s in cfg.seeds for k in range(cfg.folds)]
     outer = tqdm(jobs, desc=f"{cfg.init} folds", disable=not cfg.progress)
     t_jobs, n_trained = time.time(), 0
     for j, (frac, seed, k) in enumerate(outer):
@@ -213,16 +213,16 @@ def _cross_validate(run: _Run) -> tuple[dict[int, np.ndarray], list, list, list]
 def _metrics(run: _Run, per_fold: list[dict[str, Any]], predictions: pd.DataFrame) -> dict[str, Any]:
     """metrics.json: per fold + mean ± std of the largest label fraction, ``by_fraction`` for every fraction."""
     cfg, by_fraction = run.cfg, {}
-    for frac in cfg.label_fractions:
+    for frac in cfg.fractions:
         rows = [r for r in per_fold if float(r["label_fraction"]) == frac]
         pf = predictions[predictions["label_fraction"].astype(float) == frac]
         pooled = pf.groupby("path", sort=False).agg(y=("y", "first"), prob=("prob", "mean"))
         summary, pooled = M.summarise(pd.DataFrame(rows)), M.binary_metrics(pooled["y"], pooled["prob"])
         by_fraction[f"{frac:g}"] = {"label_fraction": frac, "summary": summary, "per_fold": rows, "pooled_oof": pooled}
-    main_frac = max(cfg.label_fractions)
+    main_frac = max(cfg.fractions)
     main = by_fraction[f"{main_frac:g}"]
     doc = {k: getattr(cfg, k) for k in ("init", "backbone", "image_size")}
-    doc.update(label_fraction=main_frac, label_fractions=cfg.label_fractions, min_steps=cfg.min_steps)
+    doc.update(label_fraction=main_frac, label_fractions=cfg.fractions, min_steps=cfg.min_steps)
     doc.update(positive_label=run.labels[0], negative_label=run.labels[1], seeds=cfg.seeds, folds=cfg.folds)
     doc.update({k: main[k] for k in ("summary", "per_fold", "pooled_oof")}, by_fraction=by_fraction)
     doc["std_note"] = (
