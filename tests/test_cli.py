@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import build_tiny_dataset
 from tyro._docstrings import get_field_docstring
 
-from conftest import build_tiny_dataset
 from glomlib import cli
 from glomlib.core.config import ConfigError, field_defaults
 

@@ -13,18 +13,17 @@ import nbformat
 import papermill
 import pytest
 import yaml
-
-import glomlib
 from tyro._docstrings import get_field_docstring
 
+import glomlib
 from glomlib.core.config import PROFILES_DIR, StepConfig, field_defaults
-from glomlib.review.audit import AuditConfig
 from glomlib.evaluate.compare import CompareConfig
-from glomlib.review.explain import ExplainConfig
 from glomlib.evaluate.predict import PredictConfig
 from glomlib.evaluate.probe import ProbeConfig
-from glomlib.review.labels import ReviewConfig
 from glomlib.publish.pipeline import notebook_parameters
+from glomlib.review.audit import AuditConfig
+from glomlib.review.explain import ExplainConfig
+from glomlib.review.labels import ReviewConfig
 from glomlib.train.finetune import FinetuneConfig
 from glomlib.train.simclr import SSLConfig
 

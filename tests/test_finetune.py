@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from glomlib.core import runtime
-
 from glomlib.core.config import ConfigError
 from glomlib.train.finetune import FinetuneConfig, run_finetune, subsample_labels
 
@@ -33,8 +32,8 @@ def manifest(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
-    from glomlib.models.files import save_encoder
     from glomlib.models.backbones import build_backbone
+    from glomlib.models.files import save_encoder
 
     bb, _ = build_backbone("resnet18", init="scratch")
     path = tmp_path_factory.mktemp("ssl") / "encoder.safetensors"
@@ -320,8 +319,8 @@ def test_train_one_continues_from_epoch_checkpoint(manifest, tmp_path):
     import torch
 
     from glomlib.data.cache import load_images
-    from glomlib.train.finetune import train_one
     from glomlib.data.manifest import read_manifest
+    from glomlib.train.finetune import train_one
 
     df = read_manifest(manifest, positive_label="M1")
     images = torch.from_numpy(np.array(load_images(list(df["path"]), 16)))
@@ -381,8 +380,9 @@ def test_bad_options_are_usage_errors(argv):
 def test_numeric_labels_refused_before_training(tmp_path, monkeypatch):
     """(4) labels 0/1 trained every fold, then failed at save ("positive_label=1 must name the positive class")."""
     from conftest import build_tiny_dataset
-    from glomlib.data.manifest import ManifestError
+
     import glomlib.train.finetune.cv as ft_cv
+    from glomlib.data.manifest import ManifestError
 
     m = build_tiny_dataset(tmp_path / "d", n_slides=4, labels=("1", "0"))
     monkeypatch.setattr(ft_cv, "train_one", lambda *a, **kw: pytest.fail("trained before refusing the labels"))

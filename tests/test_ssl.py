@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from glomlib.models import files as checkpoint
-from glomlib.models import backbones as models
-from glomlib.train import simclr as ssl
 from glomlib.core.config import ConfigError, parse_args
+from glomlib.models import backbones as models
+from glomlib.models import files as checkpoint
+from glomlib.train import simclr as ssl
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(backbone="resnet18", ssl_init="scratch", freeze_bn=False, image_size=32, batch_size=8, epochs=2, knn_every=1, knn_k=3, proj_hidden_dim=32, proj_out_dim=16,
