@@ -89,20 +89,19 @@ def _load_data(cfg: FinetuneConfig) -> tuple[pd.DataFrame, str, str]:
             f"positive_label={pos!r} matches no image of {cfg.data}; its labels are "
             f"{sorted(set(df['label']))}. Pass the right positive_label (e.g. GS for glomeruli-pas)."
         )
-    _check_label_names(cfg, df, pos, neg)
+    _check_label_names(cfg, df, pos)
     return df.reset_index(drop=True), pos, neg
 
 
-def _check_label_names(cfg: FinetuneConfig, df: pd.DataFrame, pos: str, neg: str) -> None:
-    """Refuse now what saving the first model would refuse: the model file reads its class names back as JSON,
-    so labels such as 0/1 or true/false come back as numbers and the file is invalid (models/files.py)."""
+def _check_label_names(cfg: FinetuneConfig, df: pd.DataFrame, pos: str) -> None:
+    """Refuse now what saving the first model would refuse (models/files.py reads the class name back as JSON:
+    a positive label such as 1 or true comes back as a number, and the file's metadata is invalid)."""
     from glomlib.models.files import meta_from_strings
 
-    bad = [name for name in (pos, neg) if name and meta_from_strings({"label": name})["label"] != name]
-    if bad:
+    if meta_from_strings({"label": pos})["label"] != pos:
         raise ManifestError(
-            f"positive_label={pos!r}: the labels of {cfg.data} are {sorted(set(df['label']) - {''})}; the label "
-            f"value(s) {bad} read as numbers or true/false, which a model file cannot keep as class names (saving "
+            f"positive_label={pos!r}: the labels of {cfg.data} are {sorted(set(df['label']) - {''})}; a label "
+            "value that reads as a number or true/false cannot be kept as the class name in a model file (saving "
             "the first fold model would fail). Name the classes in the label column (e.g. GS / nonGS) and pass "
             "--positive-label with the positive one."
         )
