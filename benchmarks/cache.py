@@ -30,8 +30,10 @@ def timed(fn, repeats=1):
 
 
 def main(argv=None) -> int:
+    from glomlib.core.paths import DEFAULT_MANIFEST
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--manifest", default="data/glomeruli-pas/manifest.csv")
+    ap.add_argument("--manifest", default=str(DEFAULT_MANIFEST))
     ap.add_argument("--positive-label", default="GS")
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 96])
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from glomlib.core.paths import DEFAULT_MANIFEST  # noqa: E402
 
 FULL = {"backbone": "resnet50", "image_size": 512, "batch_size": 64, "warmup": 3, "steps": 20, "clahe_p": 0.5,
         "ddp_slice": 512, "ft_epochs": 1, "ft_folds": 2, "ft_batch": 32}
@@ -197,7 +198,7 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="data/glomeruli-pas/manifest.csv", help="manifest CSV (labelled)")
+    ap.add_argument("--data", default=str(DEFAULT_MANIFEST), help="manifest CSV (labelled)")
     ap.add_argument("--tiny", action="store_true", help="tiny sizes on CPU: checks the code paths in seconds")
     ap.add_argument("--device", default=None, help="auto | cpu | cuda (default: cuda, or cpu with --tiny)")
     ap.add_argument("--workers", type=int, default=None,

@@ -29,6 +29,7 @@ from glomlib.models.backbones import build_backbone
 from glomlib.models.files import load_encoder_into
 from glomlib.models.inference import extract_features
 from glomlib.train.augment import hed_jitter
+from glomlib.core.paths import DEFAULT_MANIFEST
 
 
 def cpu_model() -> str:
@@ -60,7 +61,7 @@ def probe(feats_train, y_train, feats_test) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="data/glomeruli-pas/manifest.csv")
+    ap.add_argument("--data", default=str(DEFAULT_MANIFEST))
     ap.add_argument("--positive-label", default="GS")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--glom", default="", help="SSL encoder.safetensors (efficientnet_lite0) for the glom row")

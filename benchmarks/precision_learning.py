@@ -20,8 +20,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv=None) -> int:
+    from glomlib.core.paths import DEFAULT_MANIFEST
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="data/glomeruli-pas/manifest.csv")
+    ap.add_argument("--data", default=str(DEFAULT_MANIFEST))
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=4)

@@ -137,7 +137,7 @@ def make_scale_set(n: int, size: int, folder: Path, workers: int, unique: int) -
     from glomlib.data.public import ensure_default_manifest
 
     chdir_project_root()
-    df = read_manifest(ensure_default_manifest("data/glomeruli-pas/manifest.csv"), require_labels=False)
+    df = read_manifest(ensure_default_manifest(), require_labels=False)
     real = load_images(df["path"].tolist(), size)  # decoded once (the project's cache)
     folder.mkdir(parents=True, exist_ok=False)
     (folder / "README.txt").write_text("THROUGHPUT TEST, NOT DATA: augmented copies of the glomeruli-pas patches, "

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from glomlib.models import files as checkpoint
 from glomlib.models import backbones as models
+from glomlib.models import files as checkpoint
 
 
 def test_atomic_save_roundtrip_weights_only(tmp_path):

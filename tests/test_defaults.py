@@ -13,16 +13,17 @@ import nbformat
 import papermill
 import pytest
 import yaml
+from tyro._docstrings import get_field_docstring
 
 import glomlib
-from glomlib.core.config import PROFILES_DIR, StepConfig, field_defaults, field_help
-from glomlib.review.audit import AuditConfig
+from glomlib.core.config import PROFILES_DIR, StepConfig, field_defaults
 from glomlib.evaluate.compare import CompareConfig
-from glomlib.review.explain import ExplainConfig
 from glomlib.evaluate.predict import PredictConfig
 from glomlib.evaluate.probe import ProbeConfig
-from glomlib.review.labels import ReviewConfig
 from glomlib.publish.pipeline import notebook_parameters
+from glomlib.review.audit import AuditConfig
+from glomlib.review.explain import ExplainConfig
+from glomlib.review.labels import ReviewConfig
 from glomlib.train.finetune import FinetuneConfig
 from glomlib.train.simclr import SSLConfig
 
@@ -100,8 +101,8 @@ def test_papermill_infers_the_same_parameters(stem):
 
 @pytest.mark.parametrize("cls", ALL_CONFIGS, ids=lambda c: c.__name__)
 def test_every_field_has_a_comment(cls):
-    """The field comment is the CLI's help text."""
-    helps = field_help(cls)
+    """The field comment is the CLI's help text (tyro reads it from the source)."""
+    helps = {f.name: get_field_docstring(cls, f.name, ()) or "" for f in dataclasses.fields(cls)}
     assert set(helps) == {f.name for f in dataclasses.fields(cls)}
     blank = [k for k, v in helps.items() if not v]
     assert not blank, f"{cls.__name__}: fields {blank} have no trailing '# comment' (it is their --help text)"

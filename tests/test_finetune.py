@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from glomlib.core import runtime
-
 from glomlib.core.config import ConfigError
 from glomlib.train.finetune import FinetuneConfig, run_finetune, subsample_labels
 
@@ -33,8 +32,8 @@ def manifest(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
-    from glomlib.models.files import save_encoder
     from glomlib.models.backbones import build_backbone
+    from glomlib.models.files import save_encoder
 
     bb, _ = build_backbone("resnet18", init="scratch")
     path = tmp_path_factory.mktemp("ssl") / "encoder.safetensors"
@@ -97,13 +96,13 @@ def test_glom_errors_are_clear(manifest, encoder, tmp_path):
 
 
 def test_latest_encoder_missing(tmp_path, monkeypatch):
-    from glomlib.train.finetune import find_latest_encoder
+    from glomlib.core.runs import latest_encoder
 
     with pytest.raises(FileNotFoundError, match="notebook 02"):
-        find_latest_encoder(tmp_path)
+        latest_encoder(tmp_path)
     (tmp_path / "r1").mkdir()
     (tmp_path / "r1" / "encoder.safetensors").write_text("x")
-    assert find_latest_encoder(tmp_path).parent.name == "r1"
+    assert latest_encoder(tmp_path).parent.name == "r1"
 
 
 def test_no_slide_on_both_sides(scratch_run):
@@ -259,7 +258,7 @@ def test_config_validation():
         FinetuneConfig.from_params(label_fractions=[0])
     with pytest.raises(ConfigError, match="label_fractions"):
         FinetuneConfig.from_params(label_fractions="0.5,0.5")
-    assert FinetuneConfig.from_params(label_fractions="[1, 0.1]").label_fractions == [0.1, 1.0]
+    assert FinetuneConfig.from_params(label_fractions="[1, 0.1]").fractions == [0.1, 1.0]
     with pytest.raises(ConfigError, match="min_steps"):
         FinetuneConfig.from_params(min_steps=-2)
     with pytest.raises(ConfigError, match="unknown"):
@@ -320,8 +319,8 @@ def test_train_one_continues_from_epoch_checkpoint(manifest, tmp_path):
     import torch
 
     from glomlib.data.cache import load_images
-    from glomlib.train.finetune import train_one
     from glomlib.data.manifest import read_manifest
+    from glomlib.train.finetune import train_one
 
     df = read_manifest(manifest, positive_label="M1")
     images = torch.from_numpy(np.array(load_images(list(df["path"]), 16)))
@@ -352,3 +351,100 @@ def test_zero_nonfinite_weights_only_touches_broken_entries():
     keep[0, 1] = False
     assert torch.equal(lin.weight[keep], before[keep])  # every finite entry is unchanged
     assert zero_nonfinite_weights(lin) == []
+
+
+# ---------------------------------------------------------------------------------- issue 19 (training side)
+def test_duplicate_seeds_refused(capsys):
+    """(3) `--seeds 0,0` trained and counted the same folds twice."""
+    from glomlib.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "--seeds", "0,0"])
+    assert e.value.code == 2 and "seeds" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="seeds"):
+        FinetuneConfig.from_params(seeds="1,1")
+
+
+@pytest.mark.parametrize("argv", [["--patience", "0"], ["--patience", "-1"], ["--lr", "nan"], ["--lr", "-0.1"],
+                                  ["--weight-decay", "-1"], ["--stain-augment", "-0.1"], ["--val-fraction", "1"],
+                                  ["--stain-normalize", "bogus"], ["--label-fractions", "0,1"], ["--epochs", "0"]])
+def test_bad_options_are_usage_errors(argv):
+    """(6) `--patience 0|-1` silently trained one epoch; `--lr nan` and a bogus stain option exited 70."""
+    from glomlib.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", *argv])
+    assert e.value.code == 2
+
+
+def test_numeric_labels_refused_before_training(tmp_path, monkeypatch):
+    """(4) labels 0/1 trained every fold, then failed at save ("positive_label=1 must name the positive class")."""
+    from conftest import build_tiny_dataset
+
+    import glomlib.train.finetune.cv as ft_cv
+    from glomlib.data.manifest import ManifestError
+
+    m = build_tiny_dataset(tmp_path / "d", n_slides=4, labels=("1", "0"))
+    monkeypatch.setattr(ft_cv, "train_one", lambda *a, **kw: pytest.fail("trained before refusing the labels"))
+    with pytest.raises(ManifestError, match="label column.*--positive-label"):
+        run_finetune(**_params(m, tmp_path / "run", positive_label="1"))
+
+
+def test_interrupt_after_final_model_leaves_a_resumable_run(manifest, tmp_path, monkeypatch, recwarn):
+    """(5) an interrupt after model.safetensors was written but before the run was marked finished made the run
+    permanently un-resumable; resuming now completes it. Also: a tiny validation split warns."""
+    import glomlib.train.finetune.cv as ft_cv
+    from glomlib.cli import main
+
+    real = ft_cv.save_final_model
+
+    def save_then_interrupt(*a, **kw):
+        real(*a, **kw)
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(ft_cv, "save_final_model", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(**_params(manifest, out))
+    assert any(issubclass(w.category, ft_cv.SmallValidationWarning) for w in recwarn)
+    assert (out / "model.safetensors").is_file() and json.loads((out / "run.json").read_text())["status"] == "failed"
+    monkeypatch.setattr(ft_cv, "save_final_model", real)
+    argv = ["finetune", "--data", str(manifest), "--out", str(out), "--backbone", "resnet18", "--image-size", "16",
+            "--epochs", "1", "--batch-size", "8", "--folds", "2", "--positive-label", "M1", "--patience", "1",
+            "--progress", "false", "--init", "scratch", "--resume"]
+    assert main(argv) == 0
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    assert main(argv) == 2  # now finished: never replaced
+
+
+def test_resume_after_interrupt_is_bit_identical(manifest, tmp_path, monkeypatch):
+    """(12) a KeyboardInterrupt at an epoch boundary, then resume == one uninterrupted run, bit for bit (the
+    dropout generator's state is saved with the epoch)."""
+    import torch
+
+    import glomlib.train.finetune.train as ft_train
+    from glomlib.data.cache import load_images
+    from glomlib.data.manifest import read_manifest
+    from glomlib.train.finetune import train_one
+
+    df = read_manifest(manifest, positive_label="M1")
+    images = torch.from_numpy(np.array(load_images(list(df["path"]), 16)))
+    y, tr, va = df["y"].to_numpy(), np.arange(0, 24), np.arange(24, 32)
+    cfg = FinetuneConfig.from_params(**{**_params(manifest, tmp_path), "epochs": 3, "patience": 5})
+    plan = runtime.plan("cpu", "fp32")
+    ref, _ = train_one(cfg, images, y, tr, va, seed=0, plan=plan, state_path=tmp_path / "a.pt")
+    real = ft_train._save_state
+
+    def save_then_interrupt(fit, path):
+        real(fit, path)
+        if fit.state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft_train, "_save_state", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_one(cfg, images, y, tr, va, seed=0, plan=plan, state_path=tmp_path / "b.pt")
+    torch.manual_seed(123)  # whatever the process did in between
+    model, info = train_one(cfg, images, y, tr, va, seed=0, plan=plan, state_path=tmp_path / "b.pt")
+    assert info["epochs_run"] == 3
+    for (k, a), b in zip(ref.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k

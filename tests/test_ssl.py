@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from glomlib.models import files as checkpoint
+from glomlib.core.config import ConfigError, parse_args
 from glomlib.models import backbones as models
+from glomlib.models import files as checkpoint
 from glomlib.train import simclr as ssl
-from glomlib.core.config import ConfigError, config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(backbone="resnet18", ssl_init="scratch", freeze_bn=False, image_size=32, batch_size=8, epochs=2, knn_every=1, knn_k=3, proj_hidden_dim=32, proj_out_dim=16,
@@ -235,12 +235,20 @@ def test_sigkill_mid_epoch_then_resume_finishes(make_manifest, tmp_path):
     assert json.loads((out / "provenance.json").read_text())["data_fingerprint"]
 
 
-def test_glomlib_cli_registers_ssl():
-    from glomlib import cli
-
-    parser = cli.build_parser(only="ssl")
-    args = parser.parse_args(["ssl", "--epochs", "3", "--resume", "--out", "/tmp/x", "--hflip-p", "0.25",
-                              "--freeze-bn", "false"])
-    cfg = config_from_args(ssl.SSLConfig, args)
+def test_glomlib_ssl_options():
+    argv = ["--epochs", "3", "--resume", "--out", "/tmp/x", "--hflip-p", "0.25", "--freeze-bn", "false"]
+    cfg = parse_args(ssl.SSLConfig, argv, "glomlib ssl")
     assert cfg.epochs == 3 and cfg.resume and cfg.out == "/tmp/x" and cfg.hflip_p == 0.25 and not cfg.freeze_bn
     assert cfg.lr == ssl.SSLConfig.lr  # options not given keep the dataclass default
+
+
+@pytest.mark.parametrize("argv", [["--batch-size", "1"], ["--lr", "nan"], ["--lr", "-1e-3"], ["--temperature", "0"],
+                                  ["--warmup-epochs", "-1"], ["--stain-normalize", "bogus"], ["--epochs", "0"],
+                                  ["--weight-decay", "-0.1"], ["--optimizer", "adam"], ["--resume"]])
+def test_bad_ssl_options_are_usage_errors(argv, capsys):
+    """Issue 19 (6): refused where they enter, exit 2 (the old CLI trained, or exited 70 on --lr nan)."""
+    from glomlib import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["ssl", *argv])
+    assert e.value.code == 2

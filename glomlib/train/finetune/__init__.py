@@ -15,9 +15,9 @@ Modules: config, encoder (initial backbone, SSL encoder files), train (:func:`tr
 # ruff: noqa: F401 (the package re-exports its public names)
 from glomlib.evaluate.runs import INITS, load_run
 from glomlib.models.heads import build_classifier
-from glomlib.train.finetune.cli import register
+from glomlib.train.finetune.cli import cli_run
 from glomlib.train.finetune.config import FinetuneConfig
 from glomlib.train.finetune.cv import FinetuneResult, run_finetune
-from glomlib.train.finetune.encoder import find_latest_encoder, resolve_ssl_checkpoint
+from glomlib.train.finetune.encoder import ssl_encoders
 from glomlib.train.finetune.save import zero_nonfinite_weights
 from glomlib.train.finetune.train import passes_per_epoch, subsample_labels, train_one

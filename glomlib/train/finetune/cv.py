@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +24,23 @@ from glomlib.core.coverage import fold_coverage
 from glomlib.core.paths import DEFAULT_MANIFEST, DEFAULT_RUNS_ROOT
 from glomlib.data import splits
 from glomlib.data.cache import load_images, stain_report
-from glomlib.data.manifest import data_fingerprint, read_manifest
+from glomlib.data.manifest import ManifestError, data_fingerprint, read_manifest
 from glomlib.data.stain import write_stain_report
 from glomlib.evaluate import metrics as M
 from glomlib.models.heads import build_classifier
 from glomlib.models.inference import predict_probs
 from glomlib.train.finetune.config import RESUME_FREE_FIELDS, FinetuneConfig
 from glomlib.train.finetune.encoder import ssl_encoders
-from glomlib.train.finetune.save import model_meta, save_final_model, save_fold_model
+from glomlib.train.finetune.save import model_meta, save_final_model, save_fold_model, zero_nonfinite_weights
 from glomlib.train.finetune.train import subsample_labels, train_one
+from glomlib.train.resume import finished_outputs
+
+MIN_VALIDATION = 10  # fewer validation images than this (or one class): a warning
+
+
+class SmallValidationWarning(UserWarning):
+    """A fold's validation split is too small (or holds one class) for reliable epoch selection."""
+
 
 ROW_INFO = "n_train n_train_pos n_val best_epoch epochs_run passes_per_epoch steps_per_epoch seconds".split()
 
@@ -81,7 +90,22 @@ def _load_data(cfg: FinetuneConfig) -> tuple[pd.DataFrame, str, str]:
             f"positive_label={pos!r} matches no image of {cfg.data}; its labels are "
             f"{sorted(set(df['label']))}. Pass the right positive_label (e.g. GS for glomeruli-pas)."
         )
+    _check_label_names(cfg, df, pos)
     return df.reset_index(drop=True), pos, neg
+
+
+def _check_label_names(cfg: FinetuneConfig, df: pd.DataFrame, pos: str) -> None:
+    """Refuse now what saving the first model would refuse (models/files.py reads the class name back as JSON:
+    a positive label such as 1 or true comes back as a number, and the file's metadata is invalid)."""
+    from glomlib.models.files import meta_from_strings
+
+    if meta_from_strings({"label": pos})["label"] != pos:
+        raise ManifestError(
+            f"positive_label={pos!r}: the labels of {cfg.data} are {sorted(set(df['label']) - {''})}; a label "
+            "value that reads as a number or true/false cannot be kept as the class name in a model file (saving "
+            "the first fold model would fail). Name the classes in the label column (e.g. GS / nonGS) and pass "
+            "--positive-label with the positive one."
+        )
 
 
 def _prepare_out(cfg: FinetuneConfig, cfg_dict: dict[str, Any], fingerprint: str) -> Path:
@@ -93,8 +117,8 @@ def _prepare_out(cfg: FinetuneConfig, cfg_dict: dict[str, Any], fingerprint: str
         return io.new_run_dir(DEFAULT_RUNS_ROOT, f"finetune-{cfg.init}")
     if not cfg.resume:
         return io.ensure_new_dir(cfg.out)
-    finished = ("model.safetensors",) if cfg.final_model else ("metrics.json",)
-    kw = {"free_fields": RESUME_FREE_FIELDS, "finished": finished, "command": "e.g. --out auto"}
+    done = finished_outputs(cfg.out, ("model.safetensors",) if cfg.final_model else ("metrics.json",))
+    kw = {"free_fields": RESUME_FREE_FIELDS, "finished": done, "command": "e.g. --out auto"}
     return io.open_for_resume(cfg.out, cfg_dict, fingerprint, **kw)
 
 
@@ -141,6 +165,19 @@ def _split(run: _Run, folds: np.ndarray, frac: float, seed: int, k: int) -> dict
     return dict(test=test, train_all=train_all, pool=pool, train=pool[~vmask], val=pool[vmask], budget=budget)
 
 
+def _warn_small_validation(y_val: np.ndarray, fold: str) -> None:
+    """Epoch selection and early stopping on a handful of images (or one class) are mostly noise: say so."""
+    n, classes = len(y_val), len(set(y_val.tolist()))
+    if 0 < n < MIN_VALIDATION or (n and classes < 2):
+        warnings.warn(
+            f"{fold}: the validation split holds {n} image(s) of {classes} class(es); epoch selection and early "
+            f"stopping are unreliable below {MIN_VALIDATION} images of both classes. Use more slides, fewer folds "
+            "or a larger val_fraction.",
+            SmallValidationWarning,
+            stacklevel=2,
+        )
+
+
 def _encoder_for(run: _Run, test_idx: np.ndarray) -> Path | None:
     """The fold's SSL encoder: per held-out centre (pretrained without it) or the run's one encoder."""
     if not run.cfg.per_centre_encoders:
@@ -158,6 +195,7 @@ def _predictions(run: _Run, idx: np.ndarray, probs: np.ndarray, columns: str, **
 def _train_fold(run: _Run, folds: np.ndarray, frac: float, seed: int, k: int, fdir: Path):
     """Train and save one fold model -> (out-of-fold predictions, its per-fold metrics row)."""
     cfg, sp = run.cfg, _split(run, folds, frac, seed, k)
+    _warn_small_validation(run.y[sp["val"]], fdir.name)
     kw = dict(seed=seed + 17 * k, plan=run.plan, encoder=_encoder_for(run, sp["test"]), state_path=fdir / "state.pt")
     val, desc = (sp["val"] if len(sp["val"]) else None), f"{cfg.init} {frac:.0%} s{seed} f{k}"
     model, info = train_one(cfg, run.images, run.y, sp["train"], val, min_steps=sp["budget"], desc=desc, **kw)
@@ -187,7 +225,7 @@ def _cross_validate(run: _Run) -> tuple[dict[int, np.ndarray], list, list, list]
     """Every (label fraction, seed, fold); finished folds (result.json) are read back, not retrained.
     -> (folds per seed, fold tables, prediction frames, per-fold rows)."""
     cfg, folds_by_seed, fold_rows, preds, per_fold = run.cfg, {}, [], [], []
-    jobs = [(f, s, k) for f in cfg.label_fractions for s in cfg.seeds for k in range(cfg.folds)]
+    jobs = [(f, s, k) for f in cfg.fractions for s in cfg.seeds for k in range(cfg.folds)]
     outer = tqdm(jobs, desc=f"{cfg.init} folds", disable=not cfg.progress)
     t_jobs, n_trained = time.time(), 0
     for j, (frac, seed, k) in enumerate(outer):
@@ -214,16 +252,16 @@ def _cross_validate(run: _Run) -> tuple[dict[int, np.ndarray], list, list, list]
 def _metrics(run: _Run, per_fold: list[dict[str, Any]], predictions: pd.DataFrame) -> dict[str, Any]:
     """metrics.json: per fold + mean ± std of the largest label fraction, ``by_fraction`` for every fraction."""
     cfg, by_fraction = run.cfg, {}
-    for frac in cfg.label_fractions:
+    for frac in cfg.fractions:
         rows = [r for r in per_fold if float(r["label_fraction"]) == frac]
         pf = predictions[predictions["label_fraction"].astype(float) == frac]
         pooled = pf.groupby("path", sort=False).agg(y=("y", "first"), prob=("prob", "mean"))
         summary, pooled = M.summarise(pd.DataFrame(rows)), M.binary_metrics(pooled["y"], pooled["prob"])
         by_fraction[f"{frac:g}"] = {"label_fraction": frac, "summary": summary, "per_fold": rows, "pooled_oof": pooled}
-    main_frac = max(cfg.label_fractions)
+    main_frac = max(cfg.fractions)
     main = by_fraction[f"{main_frac:g}"]
     doc = {k: getattr(cfg, k) for k in ("init", "backbone", "image_size")}
-    doc.update(label_fraction=main_frac, label_fractions=cfg.label_fractions, min_steps=cfg.min_steps)
+    doc.update(label_fraction=main_frac, label_fractions=cfg.fractions, min_steps=cfg.min_steps)
     doc.update(positive_label=run.labels[0], negative_label=run.labels[1], seeds=cfg.seeds, folds=cfg.folds)
     doc.update({k: main[k] for k in ("summary", "per_fold", "pooled_oof")}, by_fraction=by_fraction)
     doc["std_note"] = (
@@ -238,9 +276,10 @@ def _final_model(run: _Run, folds: np.ndarray, doc: dict[str, Any], predictions:
     """Train on every CV image (the largest fraction) for the folds' median selected epochs; save it with the
     Youden threshold of the pooled out-of-fold predictions; predict the split=test rows once."""
     cfg, path, frac = run.cfg, run.out / "model.safetensors", doc["label_fraction"]
-    if path.exists():
-        return path
     seed, state = cfg.seeds[0], run.out / "checkpoints" / "final" / "state.pt"
+    if path.exists():  # written last: the final model is complete (an interrupt came before run.json said so)
+        state.unlink(missing_ok=True)
+        return path
     pool = np.flatnonzero(folds >= 0)  # every CV image; split=test rows stay out
     idx_all = pool[subsample_labels(run.df.iloc[pool], frac, seed)]
     n_ep = int(max(1, np.median([r["best_epoch"] for r in doc["per_fold"]] or [cfg.epochs])))
@@ -250,13 +289,14 @@ def _final_model(run: _Run, folds: np.ndarray, doc: dict[str, Any], predictions:
     oof = predictions[predictions["label_fraction"].astype(float) == frac]
     meta = model_meta(cfg, run.labels, run.fingerprint, label_fraction=frac, epochs=n_ep, n_train=int(len(idx_all)))
     meta.update(cv_auc=doc["summary"].get("auc", {}).get("text"), threshold=M.threshold_from_oof(oof, "youden"))
-    save_final_model(model, {**meta, "threshold_rule": "youden (pooled out-of-fold predictions)"}, path)
     held = np.flatnonzero(folds < 0)
+    zero_nonfinite_weights(model)  # as saved (see save_final_model)
     if len(held):  # rows with split=test: never in CV, predicted once by the final model
         hp = predict_probs(model, run.images[torch.from_numpy(held)], plan=run.plan)
         hdf = _predictions(run, held, hp, "path slide label y", init=cfg.init)
         io.write_csv_atomic(hdf, run.out / "heldout_predictions.csv")
         io.write_json_atomic(run.out / "heldout_metrics.json", M.binary_metrics(hdf["y"], hdf["prob"]))
+    save_final_model(model, {**meta, "threshold_rule": "youden (pooled out-of-fold predictions)"}, path)  # last
     state.unlink(missing_ok=True)
     return path
 

@@ -8,37 +8,10 @@ from typing import Any
 
 import pandas as pd
 
-from glomlib.core.paths import DEFAULT_RUNS_ROOT
+from glomlib.core import runs
 from glomlib.models.backbones import build_backbone
 from glomlib.models.files import load_encoder_into
 from glomlib.train.finetune.config import FinetuneConfig
-
-
-def find_latest_encoder(root: str | Path = DEFAULT_RUNS_ROOT) -> Path:
-    """Newest ``encoder.safetensors`` under ``root`` (by modification time)."""
-    root = Path(root)
-    found = sorted(root.glob("**/encoder.safetensors"), key=lambda p: p.stat().st_mtime) if root.exists() else []
-    if not found:
-        raise FileNotFoundError(
-            f"init='glom' with ssl_checkpoint='latest' but no encoder.safetensors exists under {root.resolve()}. "
-            "Run notebook 02 (SimCLR pretraining) first, or pass ssl_checkpoint=<path to encoder.safetensors>."
-        )
-    return found[-1]
-
-
-def resolve_ssl_checkpoint(spec: str) -> Path:
-    """An encoder file, an SSL run folder or ``latest`` -> the encoder file."""
-    if spec in ("latest", "", None):
-        return find_latest_encoder()
-    p = Path(spec)
-    if p.is_dir():
-        p = p / "encoder.safetensors"
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"ssl_checkpoint={spec!r}: {p} does not exist. Give the encoder.safetensors "
-            "written by notebook 02 (or its run folder), or 'latest'."
-        )
-    return p
 
 
 def ssl_encoders(cfg: FinetuneConfig, df: pd.DataFrame) -> dict[str | None, Path]:
@@ -47,14 +20,14 @@ def ssl_encoders(cfg: FinetuneConfig, df: pd.DataFrame) -> dict[str | None, Path
     make them), ``{}`` for imagenet / scratch."""
     if cfg.init != "glom":
         return {}
-    spec = cfg.ssl_checkpoint
+    spec = cfg.encoder_spec
     if not cfg.per_centre_encoders:
-        return {None: resolve_ssl_checkpoint(spec)}
+        return {None: runs.encoder_path(spec)}
     centres = sorted(set(df["center"].astype(str).str.strip()) - {""})
     found, missing = {}, []
     for c in centres:
         try:
-            found[c] = resolve_ssl_checkpoint(spec.replace("{centre}", c))
+            found[c] = runs.encoder_path(spec.replace("{centre}", c))
         except FileNotFoundError:
             missing.append(spec.replace("{centre}", c))
     if missing:

@@ -97,11 +97,13 @@ def _load_state(fit: _Fit, path: Path) -> None:
     fit.sched.load_state_dict(ck["sched"])
     fit.gen.set_state(ck["gen"])
     fit.state = ck["state"]
+    if "rng" in ck:  # dropout (and augmentation on a GPU) draw from the global generators
+        runtime.set_rng_state(ck["rng"])
 
 
 def _save_state(fit: _Fit, path: Path) -> None:
     ck = {"model": fit.model.state_dict(), "opt": fit.opt.state_dict(), "sched": fit.sched.state_dict()}
-    ck.update(gen=fit.gen.get_state(), state=fit.state)
+    ck.update(gen=fit.gen.get_state(), state=fit.state, rng=runtime.rng_state())
     write_with(path, lambda tmp: torch.save(ck, tmp))
 
 

@@ -11,7 +11,7 @@ Modules: config, model (SimCLR, loss, optimiser, BatchNorm), data (patches, batc
 """
 
 # ruff: noqa: F401 (the package re-exports its public names)
-from glomlib.train.simclr.cli import main, register
+from glomlib.train.simclr.cli import cli_run, main
 from glomlib.train.simclr.config import SSLConfig
 from glomlib.train.simclr.data import (  # noqa: I001
     PairSource,

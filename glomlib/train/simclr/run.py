@@ -13,6 +13,7 @@ import torch
 from glomlib.core import io, runtime
 from glomlib.core.paths import DEFAULT_RUNS_ROOT
 from glomlib.models.backbones import WeightsNotFoundError, build_backbone
+from glomlib.train.resume import finished_outputs
 from glomlib.train.simclr import dist as D
 from glomlib.train.simclr.config import ENCODER_NAME, RESUME_FREE_FIELDS, SSLConfig
 from glomlib.train.simclr.data import load_data
@@ -25,7 +26,12 @@ def resume_hint(run_dir: str | Path) -> str:
 
 def _open_for_resume(cfg: SSLConfig, run_dir: str | Path, fingerprint: str | None, command: str) -> Path:
     return io.open_for_resume(
-        run_dir, cfg.to_dict(), fingerprint, free_fields=RESUME_FREE_FIELDS, finished=(ENCODER_NAME,), command=command
+        run_dir,
+        cfg.to_dict(),
+        fingerprint,
+        free_fields=RESUME_FREE_FIELDS,
+        finished=finished_outputs(run_dir, (ENCODER_NAME,)),
+        command=command,
     )
 
 
