@@ -26,6 +26,8 @@ demo: $(STAMP)
 	$(VENV)/bin/glomlib run --profile $(PROFILE)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check glomlib tests benchmarks
+	$(VENV)/bin/ruff format --check glomlib tests benchmarks
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -40,10 +40,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="best of N for the read/decode timings")
     args = ap.parse_args(argv)
 
-    from glomlib.data.cache import decode_image, load_images
-    from glomlib.data.public import ensure_default_manifest
-    from glomlib.data.manifest import _HASH_MEMO, hash_files, read_manifest
     from glomlib.core.paths import chdir_project_root
+    from glomlib.data.cache import decode_image, load_images
+    from glomlib.data.manifest import _HASH_MEMO, hash_files, read_manifest
+    from glomlib.data.public import ensure_default_manifest
 
     chdir_project_root()
     df = read_manifest(ensure_default_manifest(args.manifest), positive_label=args.positive_label)
@@ -58,8 +58,10 @@ def main(argv=None) -> int:
     t_hash = timed(lambda: hash_files(paths, workers=args.workers), 1)
     print(f"content hashing for the cache key: {n / t_hash:,.0f} images/s ({t_hash:.2f} s)")
     print()
-    hdr = f"{'size':>5} {'build cache':>13} {'read cache':>13} {'load 2nd run':>13} {'decode 1 thr':>13} " \
-          f"{'decode {0} thr'.format(args.workers):>13} {'read/decode1':>13} {'read/decodeN':>13}"
+    hdr = (
+        f"{'size':>5} {'build cache':>13} {'read cache':>13} {'load 2nd run':>13} {'decode 1 thr':>13} "
+        f"{f'decode {args.workers} thr':>13} {'read/decode1':>13} {'read/decodeN':>13}"
+    )
     print("images/s" + " " * (len(hdr) - 8))
     print(hdr)
     for size in args.sizes:
@@ -70,10 +72,11 @@ def main(argv=None) -> int:
             def read_all():  # read every image from the memmap into RAM, as a loader would
                 s = 0
                 for i in range(0, n, 64):
-                    s += int(np.asarray(arr[i:i + 64]).sum(dtype=np.uint64) & 1)
+                    s += int(np.asarray(arr[i : i + 64]).sum(dtype=np.uint64) & 1)
                 return s
 
             t_read = timed(read_all, args.repeats)
+
             def load2():  # what a second run does: hash the files (memo cleared), open the cache, read it
                 _HASH_MEMO.clear()
                 np.asarray(load_images(paths, size, cache_dir=cd)).sum()
@@ -91,11 +94,15 @@ def main(argv=None) -> int:
             t_dec1 = timed(decode1, args.repeats)
             t_decN = timed(decodeN, args.repeats)
             r = [n / t for t in (t_build, t_read, t_load2, t_dec1, t_decN)]
-            print(f"{size:>5} {r[0]:>13,.0f} {r[1]:>13,.0f} {r[2]:>13,.0f} {r[3]:>13,.0f} {r[4]:>13,.0f} "
-                  f"{r[1] / r[3]:>12,.0f}x {r[1] / r[4]:>12,.0f}x")
+            print(
+                f"{size:>5} {r[0]:>13,.0f} {r[1]:>13,.0f} {r[2]:>13,.0f} {r[3]:>13,.0f} {r[4]:>13,.0f} "
+                f"{r[1] / r[3]:>12,.0f}x {r[1] / r[4]:>12,.0f}x"
+            )
             mb = arr.nbytes / 2**20
-            print(f"      cache file {mb:.1f} MiB; 'load 2nd run' = load_images() again: re-hash every file for the "
-                  f"key, open the memmap, read all (no decoding)")
+            print(
+                f"      cache file {mb:.1f} MiB; 'load 2nd run' = load_images() again: re-hash every file for the "
+                f"key, open the memmap, read all (no decoding)"
+            )
     return 0
 
 

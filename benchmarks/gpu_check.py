@@ -26,12 +26,33 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
 from glomlib.core.paths import DEFAULT_MANIFEST  # noqa: E402
 
-FULL = {"backbone": "resnet50", "image_size": 512, "batch_size": 64, "warmup": 3, "steps": 20, "clahe_p": 0.5,
-        "ddp_slice": 512, "ft_epochs": 1, "ft_folds": 2, "ft_batch": 32}
-TINY = {"backbone": "resnet18", "image_size": 32, "batch_size": 4, "warmup": 1, "steps": 3, "clahe_p": 0.5,
-        "ddp_slice": 16, "ft_epochs": 1, "ft_folds": 2, "ft_batch": 4}
+FULL = {
+    "backbone": "resnet50",
+    "image_size": 512,
+    "batch_size": 64,
+    "warmup": 3,
+    "steps": 20,
+    "clahe_p": 0.5,
+    "ddp_slice": 512,
+    "ft_epochs": 1,
+    "ft_folds": 2,
+    "ft_batch": 32,
+}
+TINY = {
+    "backbone": "resnet18",
+    "image_size": 32,
+    "batch_size": 4,
+    "warmup": 1,
+    "steps": 3,
+    "clahe_p": 0.5,
+    "ddp_slice": 16,
+    "ft_epochs": 1,
+    "ft_folds": 2,
+    "ft_batch": 4,
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -44,12 +65,17 @@ def device_row(device: torch.device) -> dict:
 
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        what = (f"{props.name}, {props.total_memory / 2**30:.0f} GiB, capability {props.major}.{props.minor}, "
-                f"bf16 {torch.cuda.is_bf16_supported()}, CUDA {torch.version.cuda}")
+        what = (
+            f"{props.name}, {props.total_memory / 2**30:.0f} GiB, capability {props.major}.{props.minor}, "
+            f"bf16 {torch.cuda.is_bf16_supported()}, CUDA {torch.version.cuda}"
+        )
     else:
         what = f"CPU {runtime.cpu_model()}, {torch.get_num_threads()} threads"
-    return {"check": "device", "result": f"{what}; torch {torch.__version__}; host CPU {runtime.cpu_model()} "
-                                         f"({os.cpu_count()} cores)", "seconds": 0.0}
+    return {
+        "check": "device",
+        "result": f"{what}; torch {torch.__version__}; host CPU {runtime.cpu_model()} ({os.cpu_count()} cores)",
+        "seconds": 0.0,
+    }
 
 
 def simclr_throughput(images, s: dict, device: str, workers: int) -> dict:
@@ -76,9 +102,17 @@ def _simclr_throughput(images, s: dict, device: str, workers: int) -> dict:
 
     from glomlib.train import simclr as ssl
 
-    cfg = ssl.SSLConfig.from_params(backbone=s["backbone"], ssl_init="scratch", image_size=s["image_size"],
-                                    batch_size=s["batch_size"], clahe_p=s["clahe_p"], device=device,
-                                    num_workers=workers, epochs=1000, warmup_epochs=0)
+    cfg = ssl.SSLConfig.from_params(
+        backbone=s["backbone"],
+        ssl_init="scratch",
+        image_size=s["image_size"],
+        batch_size=s["batch_size"],
+        clahe_p=s["clahe_p"],
+        device=device,
+        num_workers=workers,
+        epochs=1000,
+        warmup_epochs=0,
+    )
     plan = ssl.ssl_plan(cfg)
     dev = plan.device
     torch.manual_seed(0)
@@ -92,9 +126,14 @@ def _simclr_throughput(images, s: dict, device: str, workers: int) -> dict:
         batches += [(epoch, b) for b in ssl.epoch_batches(len(images), cfg.batch_size, epoch, cfg.seed)]
         epoch += 1
     loader = torch.utils.data.DataLoader(
-        source, sampler=[(e, i, b) for i, (e, b) in enumerate(batches[:n_steps])], batch_size=None,
-        num_workers=workers, pin_memory=dev.type == "cuda", worker_init_fn=ssl._worker_init if workers else None,
-        prefetch_factor=4 if workers else None)
+        source,
+        sampler=[(e, i, b) for i, (e, b) in enumerate(batches[:n_steps])],
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=dev.type == "cuda",
+        worker_init_fn=ssl._worker_init if workers else None,
+        prefetch_factor=4 if workers else None,
+    )
     wait = compute = 0.0
     it = iter(loader)
     g = torch.Generator().manual_seed(0)
@@ -113,24 +152,62 @@ def _simclr_throughput(images, s: dict, device: str, workers: int) -> dict:
     total = wait + compute
     ips = s["steps"] * cfg.batch_size / total
     mem = f", peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.1f} GiB" if dev.type == "cuda" else ""
-    return {"check": f"SimCLR {s['backbone']} {s['image_size']} px, batch {cfg.batch_size}",
-            "result": f"{ips:,.1f} images/s ({plan.precision}, {'channels_last' if plan.channels_last else 'contiguous'}"
-                      f", {workers} loader workers, CLAHE p={s['clahe_p']}); waiting for data {100 * wait / total:.0f} %"
-                      f" of step time{mem}",
-            "seconds": round(total, 1), "images_per_s": ips, "data_wait_share": wait / total, "batch": cfg.batch_size,
-            "plan": plan.to_dict()}
+    return {
+        "check": f"SimCLR {s['backbone']} {s['image_size']} px, batch {cfg.batch_size}",
+        "result": f"{ips:,.1f} images/s ({plan.precision}, {'channels_last' if plan.channels_last else 'contiguous'}"
+        f", {workers} loader workers, CLAHE p={s['clahe_p']}); waiting for data {100 * wait / total:.0f} %"
+        f" of step time{mem}",
+        "seconds": round(total, 1),
+        "images_per_s": ips,
+        "data_wait_share": wait / total,
+        "batch": cfg.batch_size,
+        "plan": plan.to_dict(),
+    }
 
 
 def ddp_epoch(manifest: Path, s: dict, device: str, workers: int, out: Path, cache_dir: str) -> dict:
     """One SimCLR epoch on a slice through ``torchrun --standalone --nproc_per_node=1`` with DDP initialised for
     the single process (``GLOMLIB_DDP=1``: nccl on a GPU, gloo on CPU)."""
     run = out / "ddp-ssl"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-           "-m", "glomlib.train.simclr", "--data", str(manifest), "--out", str(run), "--backbone", s["backbone"],
-           "--ssl-init", "scratch", "--image-size", str(s["image_size"]), "--batch-size", str(s["batch_size"]),
-           "--epochs", "1", "--warmup-epochs", "0", "--max-images", str(s["ddp_slice"]), "--knn-every", "0",
-           "--final-probe", "false", "--num-workers", str(workers), "--device", device, "--progress", "false",
-           "--clahe-p", str(s["clahe_p"])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=1",
+        "-m",
+        "glomlib.train.simclr",
+        "--data",
+        str(manifest),
+        "--out",
+        str(run),
+        "--backbone",
+        s["backbone"],
+        "--ssl-init",
+        "scratch",
+        "--image-size",
+        str(s["image_size"]),
+        "--batch-size",
+        str(s["batch_size"]),
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--max-images",
+        str(s["ddp_slice"]),
+        "--knn-every",
+        "0",
+        "--final-probe",
+        "false",
+        "--num-workers",
+        str(workers),
+        "--device",
+        device,
+        "--progress",
+        "false",
+        "--clahe-p",
+        str(s["clahe_p"]),
+    ]
     if cache_dir:
         cmd += ["--cache-dir", cache_dir]
     env = {**os.environ, "GLOMLIB_DDP": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -138,33 +215,50 @@ def ddp_epoch(manifest: Path, s: dict, device: str, workers: int, out: Path, cac
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     secs = time.perf_counter() - t
     if p.returncode != 0:
-        raise RuntimeError(f"torchrun DDP epoch failed (exit {p.returncode}):\n{' '.join(cmd)}\n{p.stdout[-3000:]}"
-                           f"\n{p.stderr[-3000:]}")
+        raise RuntimeError(
+            f"torchrun DDP epoch failed (exit {p.returncode}):\n{' '.join(cmd)}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+        )
     import pandas as pd
 
     h = pd.read_csv(run / "history.csv")
     prov = json.loads((run / "provenance.json").read_text())
     world, pg = prov.get("world_size", "?"), prov.get("process_group", "")
     if not pg:
-        raise RuntimeError(f"torchrun ran, but no process group was initialised (provenance: {run / 'provenance.json'}).")
+        raise RuntimeError(
+            f"torchrun ran, but no process group was initialised (provenance: {run / 'provenance.json'})."
+        )
     enc = run / "encoder.safetensors"
     if not enc.is_file():
         raise RuntimeError(f"torchrun DDP epoch wrote no {enc}.")
-    return {"check": f"torchrun DDP epoch, {s['ddp_slice']} images",
-            "result": f"{float(h['images_per_s'].iloc[-1]):,.1f} images/s in the epoch, loss "
-                      f"{float(h['loss'].iloc[-1]):.3f}, world size {world}, DDP over {pg}; "
-                      f"{secs:.0f} s with start-up", "seconds": round(secs, 1),
-            "images_per_s": float(h["images_per_s"].iloc[-1])}
+    return {
+        "check": f"torchrun DDP epoch, {s['ddp_slice']} images",
+        "result": f"{float(h['images_per_s'].iloc[-1]):,.1f} images/s in the epoch, loss "
+        f"{float(h['loss'].iloc[-1]):.3f}, world size {world}, DDP over {pg}; "
+        f"{secs:.0f} s with start-up",
+        "seconds": round(secs, 1),
+        "images_per_s": float(h["images_per_s"].iloc[-1]),
+    }
 
 
 def finetune_and_predict(manifest: Path, s: dict, device: str, out: Path, cache_dir: str) -> list[dict]:
     from glomlib.evaluate.predict import predict_manifest
     from glomlib.train.finetune import FinetuneConfig, run_finetune
 
-    cfg = FinetuneConfig.from_params(init="scratch", data=str(manifest), out=str(out / "finetune"),
-                                     backbone=s["backbone"], image_size=s["image_size"], epochs=s["ft_epochs"],
-                                     batch_size=s["ft_batch"], folds=s["ft_folds"], min_steps=1, device=device,
-                                     final_model=True, progress=False, cache_dir=cache_dir)
+    cfg = FinetuneConfig.from_params(
+        init="scratch",
+        data=str(manifest),
+        out=str(out / "finetune"),
+        backbone=s["backbone"],
+        image_size=s["image_size"],
+        epochs=s["ft_epochs"],
+        batch_size=s["ft_batch"],
+        folds=s["ft_folds"],
+        min_steps=1,
+        device=device,
+        final_model=True,
+        progress=False,
+        cache_dir=cache_dir,
+    )
     t = time.perf_counter()
     res = run_finetune(cfg)
     ft_s = time.perf_counter() - t
@@ -180,12 +274,21 @@ def finetune_and_predict(manifest: Path, s: dict, device: str, out: Path, cache_
         raise RuntimeError(f"prediction gave {len(pred)} finite rows for {n} images.")
     prov = json.loads((run_dir / "provenance.json").read_text())
     rt = prov.get("runtime", {})
-    return [{"check": f"fine-tune {s['backbone']} {s['image_size']} px, {s['ft_folds']} folds + final model, "
-                      f"{s['ft_epochs']} epoch", "result": f"done in {ft_s:.0f} s ({rt.get('precision')}, "
-                                                         f"{'channels_last' if rt.get('channels_last') else 'contiguous'})",
-             "seconds": round(ft_s, 1)},
-            {"check": f"prediction, {n} images", "result": f"{n / pr_s:,.1f} images/s (incl. loading the model and "
-                                                          f"images)", "seconds": round(pr_s, 1), "images_per_s": n / pr_s}]
+    return [
+        {
+            "check": f"fine-tune {s['backbone']} {s['image_size']} px, {s['ft_folds']} folds + final model, "
+            f"{s['ft_epochs']} epoch",
+            "result": f"done in {ft_s:.0f} s ({rt.get('precision')}, "
+            f"{'channels_last' if rt.get('channels_last') else 'contiguous'})",
+            "seconds": round(ft_s, 1),
+        },
+        {
+            "check": f"prediction, {n} images",
+            "result": f"{n / pr_s:,.1f} images/s (incl. loading the model and images)",
+            "seconds": round(pr_s, 1),
+            "images_per_s": n / pr_s,
+        },
+    ]
 
 
 def print_table(rows: list[dict]) -> None:
@@ -201,8 +304,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(DEFAULT_MANIFEST), help="manifest CSV (labelled)")
     ap.add_argument("--tiny", action="store_true", help="tiny sizes on CPU: checks the code paths in seconds")
     ap.add_argument("--device", default=None, help="auto | cpu | cuda (default: cuda, or cpu with --tiny)")
-    ap.add_argument("--workers", type=int, default=None,
-                    help="loader workers (default: all cores but 2, at most 12; 0 with --tiny)")
+    ap.add_argument(
+        "--workers", type=int, default=None, help="loader workers (default: all cores but 2, at most 12; 0 with --tiny)"
+    )
     ap.add_argument("--out", default="", help="keep the runs in this new folder (default: a temp folder, deleted)")
     ap.add_argument("--cache-dir", default="", help="image cache folder (default: glomlib's)")
     ap.add_argument("--json", default="", help="also write the rows as JSON here")
@@ -232,16 +336,25 @@ def main(argv=None) -> int:
     try:
         df = read_manifest(manifest, require_labels=False)
         t = time.perf_counter()
-        images = load_images(df["path"].tolist(), s["image_size"], cache_dir=a.cache_dir or None, workers=workers or None)
+        images = load_images(
+            df["path"].tolist(), s["image_size"], cache_dir=a.cache_dir or None, workers=workers or None
+        )
         secs = time.perf_counter() - t
-        rows.append({"check": f"patch cache, {len(df)} images at {s['image_size']} px",
-                     "result": f"{len(df) / secs:,.0f} images/s (built or reused)", "seconds": round(secs, 1)})
+        rows.append(
+            {
+                "check": f"patch cache, {len(df)} images at {s['image_size']} px",
+                "result": f"{len(df) / secs:,.0f} images/s (built or reused)",
+                "seconds": round(secs, 1),
+            }
+        )
         print(rows[-1]["result"], flush=True)
         rows.append(simclr_throughput(images, s, device, workers))
         print(f"{rows[-1]['check']}: {rows[-1]['result']}", flush=True)
         s = {**s, "batch_size": rows[-1]["batch"]}  # the batch that fitted
-        for step in (lambda: [ddp_epoch(manifest, s, device, workers, out, a.cache_dir)],
-                     lambda: finetune_and_predict(manifest, s, device, out, a.cache_dir)):
+        for step in (
+            lambda: [ddp_epoch(manifest, s, device, workers, out, a.cache_dir)],
+            lambda: finetune_and_predict(manifest, s, device, out, a.cache_dir),
+        ):
             new = step()
             rows += new
             for r in new:

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from glomlib.core import runtime
+from glomlib.core.paths import DEFAULT_MANIFEST
 from glomlib.data.cache import load_images
 from glomlib.data.manifest import read_manifest
 from glomlib.data.stain import normalize_stain
@@ -29,7 +30,6 @@ from glomlib.models.backbones import build_backbone
 from glomlib.models.files import load_encoder_into
 from glomlib.models.inference import extract_features
 from glomlib.train.augment import hed_jitter
-from glomlib.core.paths import DEFAULT_MANIFEST
 
 
 def cpu_model() -> str:
@@ -45,8 +45,9 @@ def cpu_model() -> str:
 def hed_copies(images: np.ndarray, n: int, sigma: float, seed: int) -> list[np.ndarray]:
     g = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float().div(255)
-    return [(hed_jitter(x, sigma, g).mul(255).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy())
-            for _ in range(n)]
+    return [
+        (hed_jitter(x, sigma, g).mul(255).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()) for _ in range(n)
+    ]
 
 
 def probe(feats_train, y_train, feats_test) -> np.ndarray:
@@ -73,8 +74,10 @@ def main() -> None:
     df = read_manifest(args.data, positive_label=args.positive_label)
     raw = np.asarray(load_images(list(df["path"]), args.image_size, hashes=list(df["sha256"])))
     plan = runtime.plan("cpu", "fp32")
-    encoders = {"imagenet": build_backbone("efficientnet_lite0", init="imagenet")[0],
-                "scratch": build_backbone("efficientnet_lite0", init="scratch")[0]}
+    encoders = {
+        "imagenet": build_backbone("efficientnet_lite0", init="imagenet")[0],
+        "scratch": build_backbone("efficientnet_lite0", init="scratch")[0],
+    }
     if args.glom:
         bb = build_backbone("efficientnet_lite0", init="scratch")[0]
         load_encoder_into(bb, args.glom, expect_backbone="efficientnet_lite0")
@@ -84,8 +87,10 @@ def main() -> None:
     runs = {}
     for name, bb in encoders.items():
         torch.manual_seed(0)
-        feats = {"none": extract_features(bb, raw, plan=plan),
-                 "reinhard": extract_features(bb, normalize_stain(raw, "reinhard"), plan=plan)}
+        feats = {
+            "none": extract_features(bb, raw, plan=plan),
+            "reinhard": extract_features(bb, normalize_stain(raw, "reinhard"), plan=plan),
+        }
         hed = [extract_features(bb, c, plan=plan) for c in hed_copies(raw, args.hed_copies, args.hed_sigma, 0)]
         for option in ("none", "reinhard", "hed"):
             prob = np.zeros(len(df))
@@ -97,8 +102,9 @@ def main() -> None:
                     prob[te] = probe(ftr, ytr, feats["none"][te])
                 else:
                     prob[te] = probe(feats[option][tr], y[tr], feats[option][te])
-            runs[f"{name} / {option}"] = pd.DataFrame({"path": df["path"], "slide": df["slide"], "center": centre,
-                                                       "y": y, "prob": prob})
+            runs[f"{name} / {option}"] = pd.DataFrame(
+                {"path": df["path"], "slide": df["slide"], "center": centre, "y": y, "prob": prob}
+            )
     table = centre_table(runs)
     wide = table.pivot(index="run", columns="centre", values=["auc", "biopsy_mae_prob", "biopsy_mae_hard"])
     print(f"CPU: {cpu_model()}; {len(df)} images, {args.image_size} px; {time.time() - t0:.0f} s")

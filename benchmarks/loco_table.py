@@ -46,10 +46,15 @@ def main(argv=None) -> int:
         cells += [f"{100 * r.at[c, 'biopsy_mae_prob']:.1f} / {100 * r.at[c, 'biopsy_mae_hard']:.1f}" for c in centres]
         print("| " + " | ".join(cells) + " |")
     n = sorted(set(t["seeds"]))
-    print(f"\nmean ± sample std over {n} seed(s) per held-out centre; %GS MAE in percentage points (mean over seeds of "
-          "the mean absolute error over the centre's biopsies; prob = mean probability, hard = share of calls at 0.5)")
+    print(
+        f"\nmean ± sample std over {n} seed(s) per held-out centre; %GS MAE in percentage points (mean over seeds of "
+        "the mean absolute error over the centre's biopsies; prob = mean probability, hard = share of calls at 0.5)"
+    )
     counts = t.drop_duplicates("centre").set_index("centre")
-    print("centres: " + ", ".join(f"{c} {int(counts.at[c, 'n'])} glomeruli ({int(counts.at[c, 'n_pos'])} GS)" for c in centres))
+    print(
+        "centres: "
+        + ", ".join(f"{c} {int(counts.at[c, 'n'])} glomeruli ({int(counts.at[c, 'n_pos'])} GS)" for c in centres)
+    )
     if missing:
         print(f"not (yet) run: {', '.join(missing)}")
     return 0

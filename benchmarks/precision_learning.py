@@ -40,29 +40,50 @@ def main(argv=None) -> int:
     res = {}
     data = None
     for prec in ("fp32", "bf16"):
-        cfg = ssl.SSLConfig.from_params(data=a.data, backbone=a.backbone, ssl_init="scratch", image_size=a.image_size,
-                                        epochs=a.epochs, batch_size=a.batch_size, lr=1e-3, warmup_epochs=1,
-                                        freeze_bn=False, knn_every=0, precision=prec, channels_last=True,
-                                        device="cpu", progress=False)
+        cfg = ssl.SSLConfig.from_params(
+            data=a.data,
+            backbone=a.backbone,
+            ssl_init="scratch",
+            image_size=a.image_size,
+            epochs=a.epochs,
+            batch_size=a.batch_size,
+            lr=1e-3,
+            warmup_epochs=1,
+            freeze_bn=False,
+            knn_every=0,
+            precision=prec,
+            channels_last=True,
+            device="cpu",
+            progress=False,
+        )
         data = data or ssl.load_data(cfg)
         with tempfile.TemporaryDirectory(prefix=f"glomlib-prec-{prec}-") as d:
             t = time.time()
             r = ssl.pretrain(cfg, data["images"], d, y=data["y"], folds=data["folds"], progress=False)
             probe = ssl.final_probe(cfg, data, r.encoder_path)
-            res[prec] = {"loss": [h["loss"] for h in r.history], "seconds": time.time() - t,
-                         "images_per_s": [h["images_per_s"] for h in r.history],
-                         "probe_glom_auc": probe["glom"]["auc_mean"], "probe_glom_auc_std": probe["glom"]["auc_std"],
-                         "probe_random_auc": probe["random"]["auc_mean"], "knn_auc": probe["glom"]["knn_auc"]}
+            res[prec] = {
+                "loss": [h["loss"] for h in r.history],
+                "seconds": time.time() - t,
+                "images_per_s": [h["images_per_s"] for h in r.history],
+                "probe_glom_auc": probe["glom"]["auc_mean"],
+                "probe_glom_auc_std": probe["glom"]["auc_std"],
+                "probe_random_auc": probe["random"]["auc_mean"],
+                "knn_auc": probe["glom"]["knn_auc"],
+            }
         print(prec, json.dumps(res[prec]), flush=True)
-    print(f"\nPaired SimCLR, {a.backbone} from scratch, {a.image_size} px, batch {a.batch_size}, {a.epochs} epochs on "
-          f"{len(data['images'])} real patches; CPU {runtime.cpu_model()}")
+    print(
+        f"\nPaired SimCLR, {a.backbone} from scratch, {a.image_size} px, batch {a.batch_size}, {a.epochs} epochs on "
+        f"{len(data['images'])} real patches; CPU {runtime.cpu_model()}"
+    )
     print("| epoch | NT-Xent fp32 | NT-Xent bf16 | difference |\n|---|---|---|---|")
     for e, (l32, l16) in enumerate(zip(res["fp32"]["loss"], res["bf16"]["loss"]), 1):
         print(f"| {e} | {l32:.4f} | {l16:.4f} | {l16 - l32:+.4f} |")
     for prec in ("fp32", "bf16"):
         r = res[prec]
-        print(f"{prec}: linear-probe AUC {r['probe_glom_auc']:.3f} ± {r['probe_glom_auc_std']:.3f} (random weights "
-              f"{r['probe_random_auc']:.3f}), kNN AUC {r['knn_auc']:.3f}, {r['seconds']:.0f} s")
+        print(
+            f"{prec}: linear-probe AUC {r['probe_glom_auc']:.3f} ± {r['probe_glom_auc_std']:.3f} (random weights "
+            f"{r['probe_random_auc']:.3f}), kNN AUC {r['knn_auc']:.3f}, {r['seconds']:.0f} s"
+        )
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))
     return 0

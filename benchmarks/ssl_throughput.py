@@ -64,8 +64,8 @@ def tutorial_runner(paths, backbone_name, image_size, batch_size, workers):
     from lightly.loss import NTXentLoss
     from lightly.transforms import SimCLRTransform
 
-    from glomlib.train.simclr import SimCLR
     from glomlib.models.backbones import build_backbone
+    from glomlib.train.simclr import SimCLR
 
     torch.manual_seed(0)
     bb, dim = build_backbone(backbone_name)
@@ -73,8 +73,9 @@ def tutorial_runner(paths, backbone_name, image_size, batch_size, workers):
     crit = NTXentLoss(temperature=0.5)
     opt = torch.optim.SGD(model.parameters(), lr=0.06)
     ds = TutorialDataset(paths, SimCLRTransform(input_size=image_size))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True,
-                                         num_workers=workers, persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers, persistent_workers=workers > 0
+    )
     it = iter(loader)
 
     def step():
@@ -103,9 +104,18 @@ def glomlib_runner(paths, backbone_name, image_size, batch_size, precision, chan
     from glomlib.train import simclr as ssl
 
     images = load_images(paths, image_size)  # uint8 memmap, decoded once (cached on disk)
-    cfg = ssl.SSLConfig.from_params(backbone=backbone_name, ssl_init="scratch", image_size=image_size,
-                                    batch_size=batch_size, precision=precision, channels_last=channels_last,
-                                    num_workers=workers, epochs=1000, warmup_epochs=1, device="cpu")
+    cfg = ssl.SSLConfig.from_params(
+        backbone=backbone_name,
+        ssl_init="scratch",
+        image_size=image_size,
+        batch_size=batch_size,
+        precision=precision,
+        channels_last=channels_last,
+        num_workers=workers,
+        epochs=1000,
+        warmup_epochs=1,
+        device="cpu",
+    )
     if precision == "auto":
         plan = ssl.ssl_plan(cfg)
     else:
@@ -171,11 +181,16 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for both loops")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default: all cores)")
-    p.add_argument("--calibrate", action="store_true",
-                   help="let `auto` run the runtime's timed calibration (GLOMLIB_PRECISION_CALIBRATE=1)")
-    p.add_argument("--emulate-no-bf16", action="store_true",
-                   help="run everything with oneDNN capped at AVX512_CORE (no bf16 kernels), like a CPU without "
-                        "native bf16")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="let `auto` run the runtime's timed calibration (GLOMLIB_PRECISION_CALIBRATE=1)",
+    )
+    p.add_argument(
+        "--emulate-no-bf16",
+        action="store_true",
+        help="run everything with oneDNN capped at AVX512_CORE (no bf16 kernels), like a CPU without native bf16",
+    )
     p.add_argument("--out", default=None, help="write the results as JSON here")
     a = p.parse_args(argv)
     if a.emulate_no_bf16 and os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() != "AVX512_CORE":
@@ -191,26 +206,33 @@ def main(argv=None) -> int:
     from glomlib.core import runtime
 
     caps = runtime.cpu_capabilities()
-    print(f"CPU: {runtime.cpu_model()} ({os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads); "
-          f"torch {torch.__version__}")
+    print(
+        f"CPU: {runtime.cpu_model()} ({os.cpu_count()} cores visible, {torch.get_num_threads()} torch threads); "
+        f"torch {torch.__version__}"
+    )
     print("capabilities: " + ", ".join(f"{k}={v}" for k, v in caps.items()))
     cap = runtime.onednn_isa_cap()
-    print(f"oneDNN ISA: {'capped at ' + cap + ' (ONEDNN_MAX_CPU_ISA)' if cap else 'native (no cap)'}"
-          + (" -> EMULATING a CPU without native bf16" if caps.get("isa_capped") else ""))
+    print(
+        f"oneDNN ISA: {'capped at ' + cap + ' (ONEDNN_MAX_CPU_ISA)' if cap else 'native (no cap)'}"
+        + (" -> EMULATING a CPU without native bf16" if caps.get("isa_capped") else "")
+    )
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (other processes share the CPU)")
     paths = real_paths(Path(a.data_dir), a.n_images)
     g = lambda prec, cl: glomlib_runner(paths, a.backbone, a.image_size, a.batch_size, prec, cl, a.workers)  # noqa: E731
     runners = {
-        "tutorial (PIL + SimCLRTransform, fp32)": tutorial_runner(paths, a.backbone, a.image_size, a.batch_size,
-                                                                  a.workers),
+        "tutorial (PIL + SimCLRTransform, fp32)": tutorial_runner(
+            paths, a.backbone, a.image_size, a.batch_size, a.workers
+        ),
         "glomlib fp32, contiguous": g("fp32", False),
         "glomlib fp32, channels_last": g("fp32", True),
         "glomlib bf16, channels_last": g("bf16", True),
         "glomlib auto": g("auto", True),
     }
     auto_plan = runners["glomlib auto"].plan
-    print(f"auto picked: {auto_plan.precision} + {'channels_last' if auto_plan.channels_last else 'contiguous'}"
-          f" — {auto_plan.reason}")
+    print(
+        f"auto picked: {auto_plan.precision} + {'channels_last' if auto_plan.channels_last else 'contiguous'}"
+        f" — {auto_plan.reason}"
+    )
     if auto_plan.calibration:
         print(f"  calibration: {json.dumps(auto_plan.calibration)}")
     no_bf16 = forced_rule_plan(False)
@@ -218,7 +240,7 @@ def main(argv=None) -> int:
     for step in runners.values():  # warm-up (allocators, oneDNN kernels)
         step()
     times = {k: [] for k in runners}
-    for r in range(a.rounds):  # interleaved, so that load from other processes hits every mode alike
+    for _r in range(a.rounds):  # interleaved, so that load from other processes hits every mode alike
         for name, step in runners.items():
             times[name].append(timed(step, a.steps))
     imgs = a.steps * a.batch_size
@@ -226,28 +248,44 @@ def main(argv=None) -> int:
     best = {name: imgs / float(np.min(ts)) for name, ts in times.items()}  # the least-disturbed round
     tut = res["tutorial (PIL + SimCLRTransform, fp32)"]
     print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print(f"\nSimCLR step throughput, {a.backbone} {a.image_size}px batch {a.batch_size}, {a.n_images} real patches, "
-          f"{a.rounds} rounds x {a.steps} steps (median), {torch.get_num_threads()} torch threads, CPU {runtime.cpu_model()}:")
+    print(
+        f"\nSimCLR step throughput, {a.backbone} {a.image_size}px batch {a.batch_size}, {a.n_images} real patches, "
+        f"{a.rounds} rounds x {a.steps} steps (median), {torch.get_num_threads()} torch threads, CPU {runtime.cpu_model()}:"
+    )
     tut_best = best["tutorial (PIL + SimCLRTransform, fp32)"]
     print(f"  {'mode':42s} {'images/s':>9s} {'vs tutorial':>12s} {'best round':>11s} {'vs tutorial':>12s}")
     for name, v in res.items():
         print(f"  {name:42s} {v:9.1f} {v / tut:11.2f}x {best[name]:11.1f} {best[name] / tut_best:11.2f}x")
     ratio = res["glomlib auto"] / tut
-    print(f"  => auto ({auto_plan.precision}{'+channels_last' if auto_plan.channels_last else ''}) = {ratio:.2f}x "
-          f"the tutorial on this CPU")
+    print(
+        f"  => auto ({auto_plan.precision}{'+channels_last' if auto_plan.channels_last else ''}) = {ratio:.2f}x "
+        f"the tutorial on this CPU"
+    )
     forced_ratio = res.get(forced_row, float("nan")) / tut
-    print(f"  => FORCED rule 'no native bf16' (GLOMLIB_CPU_BF16=0, emulated on this CPU): auto would pick "
-          f"{no_bf16.precision}{'+channels_last' if no_bf16.channels_last else ''} = row '{forced_row}' = "
-          f"{forced_ratio:.2f}x the tutorial (a CPU without native bf16 runs every mode at its own speed; this "
-          f"shows the choice, not that CPU's figures)")
+    print(
+        f"  => FORCED rule 'no native bf16' (GLOMLIB_CPU_BF16=0, emulated on this CPU): auto would pick "
+        f"{no_bf16.precision}{'+channels_last' if no_bf16.channels_last else ''} = row '{forced_row}' = "
+        f"{forced_ratio:.2f}x the tutorial (a CPU without native bf16 runs every mode at its own speed; this "
+        f"shows the choice, not that CPU's figures)"
+    )
     if a.out:
-        Path(a.out).write_text(json.dumps({"settings": vars(a), "cpu": runtime.cpu_model(), "capabilities": caps,
-                                           "onednn_isa_cap": cap,
-                                           "images_per_s": res, "images_per_s_best_round": best,
-                                           "auto_plan": auto_plan.to_dict(),
-                                           "ratio_auto_vs_tutorial": ratio,
-                                           "forced_no_bf16_mode": forced_row,
-                                           "ratio_forced_no_bf16_vs_tutorial": forced_ratio}, indent=2))
+        Path(a.out).write_text(
+            json.dumps(
+                {
+                    "settings": vars(a),
+                    "cpu": runtime.cpu_model(),
+                    "capabilities": caps,
+                    "onednn_isa_cap": cap,
+                    "images_per_s": res,
+                    "images_per_s_best_round": best,
+                    "auto_plan": auto_plan.to_dict(),
+                    "ratio_auto_vs_tutorial": ratio,
+                    "forced_no_bf16_mode": forced_row,
+                    "ratio_forced_no_bf16_vs_tutorial": forced_ratio,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

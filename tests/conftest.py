@@ -66,8 +66,19 @@ def real_manifest(shared_data, tmp_path_factory) -> Path:
     return fetch_glomeruli_pas(out=out, mirror=shared_data, progress=False, verbose=False)
 
 
-def build_tiny_dataset(root, *, n_slides=6, per_slide=4, size=16, labels=("M1", "M0"), centers=("A", "B"),
-                       masks=True, seed=0, extra_columns=None, sidecar=True) -> Path:
+def build_tiny_dataset(
+    root,
+    *,
+    n_slides=6,
+    per_slide=4,
+    size=16,
+    labels=("M1", "M0"),
+    centers=("A", "B"),
+    masks=True,
+    seed=0,
+    extra_columns=None,
+    sidecar=True,
+) -> Path:
     """Write tiny PNGs under ``root/images/<label>/`` (+ masks) and ``root/manifest.csv``; return its path.
 
     Each slide mixes both labels (alternating), so grouped stratified folds are possible. ``sidecar``: also
@@ -114,8 +125,12 @@ def build_tiny_mirror(root, n_per_label=3) -> Path:
             name = f"{'SAS' if i % 2 else 'VUHSK'}_{label}_001-{i}.png"
             for sub in (f"Images/{label}", "Masks"):
                 rel = f"Patches/Raw/{sub}/{name}"
-                p = _write_png(root / rel, rng.integers(0, 255, (8, 8, 3), dtype=np.uint8) if sub != "Masks"
-                              else np.zeros((8, 8), np.uint8) + i)
+                p = _write_png(
+                    root / rel,
+                    rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+                    if sub != "Masks"
+                    else np.zeros((8, 8), np.uint8) + i,
+                )
                 sums.append(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {rel}")
     sums.append(f"{'0' * 64}  Patches/Raw/Images/GS/ABSENT_1_001-0.png")
     (root / "LICENSE").write_text("test license text\n")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
@@ -11,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from glomlib.review import audit
 from glomlib.core.config import ConfigError
+from glomlib.review import audit
 
 S = 64  # generated image size
 
@@ -39,11 +38,19 @@ def _save(path: Path, arr: np.ndarray, fmt: str = "PNG", **kw) -> str:
 def _df(paths, labels=None, slides=None, centers=None, masks=None) -> pd.DataFrame:
     n = len(paths)
     labels = labels or ["M0"] * n
-    return pd.DataFrame({
-        "path": [str(p) for p in paths], "label": labels, "y": [int(lab == "M1") for lab in labels],
-        "slide": slides or [f"s{i}" for i in range(n)], "patient": slides or [f"s{i}" for i in range(n)],
-        "center": centers or ["A"] * n, "split": [""] * n, "mask": masks or [""] * n, "row": np.arange(1, n + 1),
-    })
+    return pd.DataFrame(
+        {
+            "path": [str(p) for p in paths],
+            "label": labels,
+            "y": [int(lab == "M1") for lab in labels],
+            "slide": slides or [f"s{i}" for i in range(n)],
+            "patient": slides or [f"s{i}" for i in range(n)],
+            "center": centers or ["A"] * n,
+            "split": [""] * n,
+            "mask": masks or [""] * n,
+            "row": np.arange(1, n + 1),
+        }
+    )
 
 
 def _cfg(**kw) -> audit.AuditConfig:
@@ -124,8 +131,9 @@ def test_rotated_copy_found_only_with_rotation_check(tmp_path):
     df = _df([a, b])
     with_rot = audit.find_duplicates(audit.scan_images(df, _cfg(stats_size=96)), 8, rotated_distance=4)
     assert len(with_rot) == 1 and with_rot.distance[0] <= 4
-    no_rot = audit.find_duplicates(audit.scan_images(df, _cfg(stats_size=96, rotated_dup_distance=-1)), 8,
-                                   rotated_distance=-1)
+    no_rot = audit.find_duplicates(
+        audit.scan_images(df, _cfg(stats_size=96, rotated_dup_distance=-1)), 8, rotated_distance=-1
+    )
     assert len(no_rot) == 0
 
 
@@ -236,9 +244,13 @@ def test_real_patches_stain_and_figures(shared_data, tmp_path):
     assert flags["path"].nunique() < len(df) / 2  # sensible thresholds do not flag half the data
     counts = audit.counts(df)
     assert counts["by_center"]["total"].sum() == len(df)
-    for name, fig in {"m": audit.montage_by(df, "center", 4), "b": audit.channel_boxplots(scan.table),
-                      "o": audit.od_histogram_figure(audit.od_histograms(scan)),
-                      "q": audit.quality_histograms(scan.table, cfg), "a": audit.mask_area_figure(df, area)}.items():
+    for name, fig in {
+        "m": audit.montage_by(df, "center", 4),
+        "b": audit.channel_boxplots(scan.table),
+        "o": audit.od_histogram_figure(audit.od_histograms(scan)),
+        "q": audit.quality_histograms(scan.table, cfg),
+        "a": audit.mask_area_figure(df, area),
+    }.items():
         from glomlib.evaluate import plots
 
         assert plots.save_figure(fig, tmp_path, name).stat().st_size > 5000

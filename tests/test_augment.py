@@ -72,8 +72,9 @@ def test_clahe_probability_and_copy():
 
 def test_two_views_differ_and_are_normalised():
     x = _imgs(6, 32)
-    v0, v1 = A.two_views(x, A.AugmentParams(image_size=24, clahe_p=0.5), _g(), rng=np.random.default_rng(0),
-                         channels_last=True)
+    v0, v1 = A.two_views(
+        x, A.AugmentParams(image_size=24, clahe_p=0.5), _g(), rng=np.random.default_rng(0), channels_last=True
+    )
     assert v0.shape == v1.shape == (6, 3, 24, 24)
     assert not torch.allclose(v0, v1)
     assert v0.is_contiguous(memory_format=torch.channels_last)

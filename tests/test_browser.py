@@ -72,9 +72,19 @@ def chromium() -> str:
 
 
 def _flags(profile_dir: Path) -> list[str]:
-    return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={profile_dir}"]
+    return [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile_dir}",
+    ]
 
 
 def check_page(exe: str, page: Path, work: Path) -> dict:
@@ -85,16 +95,24 @@ def check_page(exe: str, page: Path, work: Path) -> dict:
     html = page.read_text(encoding="utf-8")
     html = html.replace("</body>", CHECK_JS + "</body>", 1) if "</body>" in html else html + CHECK_JS
     copy.write_text(html, encoding="utf-8")
-    proc = subprocess.run([exe, *_flags(work / "chromium-profile"), "--virtual-time-budget=15000",
-                           "--dump-dom", copy.as_uri()], capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [exe, *_flags(work / "chromium-profile"), "--virtual-time-budget=15000", "--dump-dom", copy.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     m = re.search(r'<pre id="glomlib-check">GLOMLIB-CHECK(.*?)GLOMLIB-END</pre>', proc.stdout, re.S)
     assert m, f"no check result from chromium for {page.name}: rc={proc.returncode} {proc.stderr[-2000:]}"
     return json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
 
 
 def screenshot(exe: str, page: Path, out_png: Path, work: Path) -> Path:
-    subprocess.run([exe, *_flags(work / "chromium-profile"), "--window-size=1280,1800",
-                    f"--screenshot={out_png}", page.as_uri()], capture_output=True, text=True, timeout=180)
+    subprocess.run(
+        [exe, *_flags(work / "chromium-profile"), "--window-size=1280,1800", f"--screenshot={out_png}", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out_png.is_file() and out_png.stat().st_size > 1000, f"no screenshot of {page.name}"
     dest = os.environ.get("GLOMLIB_SCREENSHOTS")
     if dest:
@@ -128,9 +146,15 @@ def test_report_in_headless_chromium(chromium, tmp_path):
 
     nbs = write_standin_notebooks(tmp_path / "notebooks")
     manifest = build_tiny_dataset(tmp_path / "data", n_slides=4, per_slide=2, size=8)
-    run = run_pipeline(write_profile(tmp_path / "p.yaml"), data=str(manifest), notebooks_dir=nbs,
-                       runs_root=tmp_path / "runs", reports_root=tmp_path / "reports", project_root=REPO,
-                       log=lambda m: None)
+    run = run_pipeline(
+        write_profile(tmp_path / "p.yaml"),
+        data=str(manifest),
+        notebooks_dir=nbs,
+        runs_root=tmp_path / "runs",
+        reports_root=tmp_path / "reports",
+        project_root=REPO,
+        log=lambda m: None,
+    )
     report = tmp_path / "reports" / run.name
     results = check_report_in_browser(chromium, report, tmp_path / "browser")
     assert results["01_data_audit.html"]["images"] >= 1
@@ -140,10 +164,12 @@ def test_report_in_headless_chromium(chromium, tmp_path):
 def test_browser_check_detects_problems(chromium, tmp_path):
     """The check itself works: a broken image, a visible code cell and a traceback are all caught."""
     page = tmp_path / "bad.html"
-    page.write_text('<!DOCTYPE html><html><head><title>bad</title></head><body>'
-                    '<img src="data:image/png;base64,AAAA"><img src="missing.png">'
-                    '<div class="jp-Cell jp-CodeCell"><div class="jp-InputArea">import os</div></div>'
-                    '<pre>Traceback (most recent call last):\n  File "x.py"</pre></body></html>')
+    page.write_text(
+        "<!DOCTYPE html><html><head><title>bad</title></head><body>"
+        '<img src="data:image/png;base64,AAAA"><img src="missing.png">'
+        '<div class="jp-Cell jp-CodeCell"><div class="jp-InputArea">import os</div></div>'
+        '<pre>Traceback (most recent call last):\n  File "x.py"</pre></body></html>'
+    )
     res = check_page(chromium, page, tmp_path / "browser")
     assert res["images"] == 2 and len(res["broken"]) == 2
     assert res["code_inputs"] == 1 and res["traceback"]

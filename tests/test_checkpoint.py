@@ -44,8 +44,9 @@ def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
 def test_encoder_roundtrip_and_metadata(tmp_path):
     torch.manual_seed(0)
     a, _ = models.build_backbone("resnet18")
-    p = checkpoint.save_encoder(tmp_path / "enc.safetensors", a, {"backbone": "resnet18", "image_size": 64,
-                                                                   "data_fingerprint": "abc"})
+    p = checkpoint.save_encoder(
+        tmp_path / "enc.safetensors", a, {"backbone": "resnet18", "image_size": 64, "data_fingerprint": "abc"}
+    )
     torch.manual_seed(1)
     b, _ = models.build_backbone("resnet18")
     meta = checkpoint.load_encoder_into(b, p, expect_backbone="resnet18")

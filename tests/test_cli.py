@@ -59,8 +59,9 @@ def test_simclr_module_entry_point_has_the_same_options():
     """torchrun launches ``python -m glomlib.train.simclr`` with the flags of ``glomlib ssl``."""
     from glomlib.train.simclr import SSLConfig
 
-    r = subprocess.run([sys.executable, "-m", "glomlib.train.simclr", "--help"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "glomlib.train.simclr", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     for f in dataclasses.fields(SSLConfig):
         assert f"--{f.name.replace('_', '-')}" in r.stdout
@@ -117,8 +118,24 @@ def test_steps_run_with_only_size_and_epoch_overrides(in_project, capsys):
     assert len(hist) == 1 and hist["lr"].iloc[0] < _config("ssl").lr  # warm-up clamped: the lr already decays
     assert json.loads((ssl_run / "config.json").read_text())["positive_label"] == ""
 
-    assert cli.main(["finetune", "--init", "imagenet", "--image-size", "32", "--epochs", "1", "--folds", "2",
-                     "--progress", "false"]) == 0
+    assert (
+        cli.main(
+            [
+                "finetune",
+                "--init",
+                "imagenet",
+                "--image-size",
+                "32",
+                "--epochs",
+                "1",
+                "--folds",
+                "2",
+                "--progress",
+                "false",
+            ]
+        )
+        == 0
+    )
     ft_run = _newest(in_project / "runs", "*-finetune-imagenet")
     metrics = json.loads((ft_run / "metrics.json").read_text())
     assert metrics["positive_label"] == "GS" and metrics["negative_label"] == "nonGS" and metrics["folds"] == 2
@@ -130,16 +147,29 @@ def test_steps_run_with_only_size_and_epoch_overrides(in_project, capsys):
     assert probe["positive_label"] == "GS" and probe["n"] == 64 and probe["init"] == "imagenet"
 
     pred_csv = in_project / "p.csv"
-    assert cli.main(["predict", "--model", str(ft_run / "model.safetensors"), "--manifest",
-                     "data/glomeruli-pas/manifest.csv", "--out", str(pred_csv)]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                "--model",
+                str(ft_run / "model.safetensors"),
+                "--manifest",
+                "data/glomeruli-pas/manifest.csv",
+                "--out",
+                str(pred_csv),
+            ]
+        )
+        == 0
+    )
     pred = pd.read_csv(pred_csv)
     assert len(pred) == 64 and set(pred["pred_label"]) <= {"GS", "nonGS"} and pred["prob"].between(0, 1).all()
 
 
 def test_missing_dataset_json_is_a_clear_data_error(tmp_path, capsys):
     m = build_tiny_dataset(tmp_path / "d", labels=("GS", "nonGS"), sidecar=False)
-    rc = cli.main(["probe", "--data", str(m), "--image-size", "16", "--folds", "2", "--backbone", "resnet18",
-                   "--init", "scratch"])
+    rc = cli.main(
+        ["probe", "--data", str(m), "--image-size", "16", "--folds", "2", "--backbone", "resnet18", "--init", "scratch"]
+    )
     err = capsys.readouterr().err
     assert rc == 1, err
     assert "labels found: GS (12), nonGS (12)" in err or "labels found: nonGS (12), GS (12)" in err

@@ -27,8 +27,18 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("cmp")
     manifest = build_tiny_dataset(root / "data", n_slides=8, per_slide=4, size=16)
     runs = root / "finetune"
-    common = dict(data=str(manifest), backbone="resnet18", image_size=16, epochs=1, batch_size=8, folds=2,
-                  positive_label="M1", progress=False, final_model=False, seeds=[0, 1])
+    common = dict(
+        data=str(manifest),
+        backbone="resnet18",
+        image_size=16,
+        epochs=1,
+        batch_size=8,
+        folds=2,
+        positive_label="M1",
+        progress=False,
+        final_model=False,
+        seeds=[0, 1],
+    )
     # "imagenet" stand-in: a second scratch run with another lr, written under imagenet/ (no weights needed)
     run_finetune(init="scratch", out=str(runs / "scratch"), lr=1e-3, label_fractions=[0.5, 1.0], **common)
     run_finetune(init="scratch", out=str(runs / "imagenet"), lr=3e-3, **common)
@@ -108,21 +118,28 @@ def test_label_efficiency_from_fractions_found(setup, tmp_path):
         fn(main, out=out)
     compare.plot_label_efficiency(le, out=out)
     table = compare.comparison_table(main)
-    compare.save_results(out, table, compare.pairwise_tests({**main, "copy": main["scratch"]}, n_boot=20), le,
-                         runs=found)
+    compare.save_results(
+        out, table, compare.pairwise_tests({**main, "copy": main["scratch"]}, n_boot=20), le, runs=found
+    )
     for f in ("comparison.csv", "pairwise.csv", "label_efficiency.csv", "comparison.json", "provenance.json"):
         assert (out / f).exists(), f
-    assert {p.name for p in (out / "figures").iterdir()} >= {"roc.png", "reliability.png", "fold_aucs.png",
-                                                             "label_efficiency.png"}
+    assert {p.name for p in (out / "figures").iterdir()} >= {
+        "roc.png",
+        "reliability.png",
+        "fold_aucs.png",
+        "label_efficiency.png",
+    }
     doc = json.loads((out / "comparison.json").read_text())
     assert set(doc) >= {"table", "pairwise", "label_efficiency", "runs"}
 
 
 def test_evaluate_never_imports_train():
     """04 (and every evaluate module) reads runs; importing them must not pull in the training code."""
-    code = ("import sys, pkgutil, importlib, glomlib.evaluate as e\n"
-            "for m in pkgutil.iter_modules(e.__path__): importlib.import_module('glomlib.evaluate.' + m.name)\n"
-            "print(sorted(m for m in sys.modules if m.startswith('glomlib.train')))")
+    code = (
+        "import sys, pkgutil, importlib, glomlib.evaluate as e\n"
+        "for m in pkgutil.iter_modules(e.__path__): importlib.import_module('glomlib.evaluate.' + m.name)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('glomlib.train')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -140,18 +157,34 @@ def test_config_parses_papermill_strings():
 def test_notebooks_03_and_04_execute(setup, tmp_path):
     manifest, runs, _ = setup
     out03 = tmp_path / "nb03"
-    papermill.execute_notebook(str(REPO / "notebooks" / "03_finetune.ipynb"), str(tmp_path / "03.ipynb"),
-                               parameters=dict(init="scratch", data=str(manifest), out=str(out03),
-                                               backbone="resnet18", image_size=16, epochs=1, folds=2,
-                                               label_fractions=[0.5, 1.0], positive_label="M1", progress=False),
-                               cwd=str(REPO), progress_bar=False)
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / "03_finetune.ipynb"),
+        str(tmp_path / "03.ipynb"),
+        parameters=dict(
+            init="scratch",
+            data=str(manifest),
+            out=str(out03),
+            backbone="resnet18",
+            image_size=16,
+            epochs=1,
+            folds=2,
+            label_fractions=[0.5, 1.0],
+            positive_label="M1",
+            progress=False,
+        ),
+        cwd=str(REPO),
+        progress_bar=False,
+    )
     assert (out03 / "figures" / "roc.png").exists() and (out03 / "model.safetensors").exists()
     assert (out03 / "checkpoints" / "frac0.5-seed0-fold1" / "model.safetensors").exists()
     out04 = tmp_path / "nb04"
-    papermill.execute_notebook(str(REPO / "notebooks" / "04_baseline_comparison.ipynb"), str(tmp_path / "04.ipynb"),
-                               parameters=dict(runs=str(runs), out=str(out04), inits=["scratch", "imagenet"],
-                                               n_boot=50),
-                               cwd=str(REPO), progress_bar=False)
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / "04_baseline_comparison.ipynb"),
+        str(tmp_path / "04.ipynb"),
+        parameters=dict(runs=str(runs), out=str(out04), inits=["scratch", "imagenet"], n_boot=50),
+        cwd=str(REPO),
+        progress_bar=False,
+    )
     assert (out04 / "comparison.csv").exists() and (out04 / "figures" / "label_efficiency.png").exists()
     table = pd.read_csv(out04 / "comparison.csv")
     assert list(table["init"]) == ["scratch", "imagenet"]

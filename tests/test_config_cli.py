@@ -50,8 +50,19 @@ def test_documented_spellings_lists_bools_and_defaults():
 
 @pytest.mark.parametrize(
     "argv",
-    [["--flag", "maybe"], ["--n", "1.5"], ["--seeds", "a,b"], ["--unknown", "1"], ["--n", "0"], ["--rate", "nan"],
-     ["--rate", "-1"], ["--seeds", "0,0"], ["--share", "1.5"], ["--mode", "c"], ["--mode", "b", "--flag"]],
+    [
+        ["--flag", "maybe"],
+        ["--n", "1.5"],
+        ["--seeds", "a,b"],
+        ["--unknown", "1"],
+        ["--n", "0"],
+        ["--rate", "nan"],
+        ["--rate", "-1"],
+        ["--seeds", "0,0"],
+        ["--share", "1.5"],
+        ["--mode", "c"],
+        ["--mode", "b", "--flag"],
+    ],
 )
 def test_bad_values_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as e:

@@ -75,7 +75,9 @@ def test_from_folder(tmp_path, write_png, capsys):
     root = tmp_path / "patches"
     for label in ("M1", "M0"):
         for i in range(3):
-            write_png(root / label / f"LAB_slide{i}-{label}{i}.png", np.full((8, 8, 3), 10 * i, np.uint8) + (label == "M1"))
+            write_png(
+                root / label / f"LAB_slide{i}-{label}{i}.png", np.full((8, 8, 3), 10 * i, np.uint8) + (label == "M1")
+            )
     out = tmp_path / "m" / "manifest.csv"
     assert run("from-folder", root, "--out", out, "--center-regex", "^([^_]+)_") == 0
     df = pd.read_csv(out, dtype=str)
@@ -116,19 +118,29 @@ def test_fetch_and_check_real_data_console_script(shared_data, tmp_path):
     exe = Path(sys.executable).with_name("glomlib")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "glomlib.cli"]
     out = tmp_path / "gp"
-    r = subprocess.run(cmd + ["data", "fetch", "glomeruli-pas", "--mirror", str(shared_data), "--out", str(out)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        cmd + ["data", "fetch", "glomeruli-pas", "--mirror", str(shared_data), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "794 verified images" in r.stderr and "25 slides" in r.stderr and "152 images" in r.stderr
-    r = subprocess.run(cmd + ["data", "check", str(out / "manifest.csv"), "--positive-label", "GS"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        cmd + ["data", "check", str(out / "manifest.csv"), "--positive-label", "GS"], capture_output=True, text=True
+    )
     assert r.returncode == 0 and "OK: 794 images" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize(
     "argv",
-    [["fetch", "other-dataset"], ["check", "m.csv", "--folds", "-1"], ["from-folder", "root"], ["check"],
-     ["apply-review", "r.csv", "--out", "x.csv"], ["check", "m.csv", "--quick", "maybe"]],
+    [
+        ["fetch", "other-dataset"],
+        ["check", "m.csv", "--folds", "-1"],
+        ["from-folder", "root"],
+        ["check"],
+        ["apply-review", "r.csv", "--out", "x.csv"],
+        ["check", "m.csv", "--quick", "maybe"],
+    ],
 )
 def test_usage_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as e:
@@ -137,9 +149,12 @@ def test_usage_errors_exit_2(argv, capsys):
 
 
 def test_help_lists_every_option_with_its_meaning(capsys):
-    for sub, options in (("check", ["--positive-label", "--skip-bad", "--label-map", "--folds"]),
-                         ("from-folder", ["--out", "--slide-regex", "--center-regex", "--positive-label"]),
-                         ("fetch", ["--mirror", "--no-mirror", "--sums"]), ("apply-review", ["--reviewer", "--rater"])):
+    for sub, options in (
+        ("check", ["--positive-label", "--skip-bad", "--label-map", "--folds"]),
+        ("from-folder", ["--out", "--slide-regex", "--center-regex", "--positive-label"]),
+        ("fetch", ["--mirror", "--no-mirror", "--sums"]),
+        ("apply-review", ["--reviewer", "--rater"]),
+    ):
         with pytest.raises(SystemExit) as e:
             run(sub, "--help")
         out = " ".join(capsys.readouterr().out.split())

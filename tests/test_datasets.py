@@ -7,12 +7,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from glomlib.data.public import (COMMIT, DatasetError, SUMS_RESOURCE, ensure_default_manifest, fetch_glomeruli_pas,
-                              find_mirror, read_sums)
-from glomlib.data.manifest import read_manifest
-
 from conftest import build_tiny_mirror
+
+from glomlib.data.manifest import read_manifest
+from glomlib.data.public import (
+    COMMIT,
+    SUMS_RESOURCE,
+    DatasetError,
+    ensure_default_manifest,
+    fetch_glomeruli_pas,
+    find_mirror,
+    read_sums,
+)
 
 
 @pytest.mark.realdata
@@ -131,8 +137,7 @@ def test_download_path_file_url(tmp_path, monkeypatch, capsys):
 
 def test_download_failure_is_clear(tmp_path):
     with pytest.raises(DatasetError, match="could not download"):
-        fetch_glomeruli_pas(out=tmp_path / "o", mirror=False, url=(tmp_path / "none.zip").as_uri(),
-                            verbose=False)
+        fetch_glomeruli_pas(out=tmp_path / "o", mirror=False, url=(tmp_path / "none.zip").as_uri(), verbose=False)
 
 
 def test_ensure_default_manifest(tmp_path, monkeypatch):

@@ -19,8 +19,9 @@ B = 6
 
 def _model_and_views():
     torch.manual_seed(0)
-    cfg = ssl.SSLConfig.from_params(backbone="resnet18", ssl_init="scratch", image_size=32, proj_hidden_dim=32,
-                                    proj_out_dim=16)
+    cfg = ssl.SSLConfig.from_params(
+        backbone="resnet18", ssl_init="scratch", image_size=32, proj_hidden_dim=32, proj_out_dim=16
+    )
     model = ssl.build_model(cfg).eval()  # eval: BatchNorm uses running stats, so ranks see identical layers
     g = torch.Generator().manual_seed(1)
     v0 = torch.randn(2 * B, 3, 32, 32, generator=g)
@@ -68,10 +69,41 @@ def test_two_gloo_ranks_match_single_process_on_combined_batch(tmp_path):
 def test_torchrun_two_processes_trains_and_saves(make_manifest, tmp_path):
     m = make_manifest(n_slides=6, per_slide=4, size=32)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "glomlib.train.simclr", "--progress", "false", "--out", str(out), "--data", str(m), "--epochs", "2",
-           "--image-size", "32", "--batch-size", "4", "--proj-hidden-dim", "32", "--proj-out-dim", "16",
-           "--folds", "3", "--knn-k", "3", "--precision", "fp32", "--backbone", "resnet18", "--ssl-init", "scratch"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "glomlib.train.simclr",
+        "--progress",
+        "false",
+        "--out",
+        str(out),
+        "--data",
+        str(m),
+        "--epochs",
+        "2",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--proj-hidden-dim",
+        "32",
+        "--proj-out-dim",
+        "16",
+        "--folds",
+        "3",
+        "--knn-k",
+        "3",
+        "--precision",
+        "fp32",
+        "--backbone",
+        "resnet18",
+        "--ssl-init",
+        "scratch",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

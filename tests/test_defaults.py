@@ -87,8 +87,13 @@ def test_parameters_cell_equals_dataclass_defaults(stem):
     extra = [k for k in declared if k not in defaults]
     assert not missing, f"{stem}.ipynb lacks parameters {missing} of {cls.__name__}; add them to its parameters cell"
     assert not extra, f"{stem}.ipynb declares {extra}, which {cls.__name__} has no field for"
-    differ = {k: (declared[k], defaults[k]) for k in defaults if declared[k] != defaults[k]
-              or type(declared[k]) is not type(defaults[k]) and not isinstance(defaults[k], float)}
+    differ = {
+        k: (declared[k], defaults[k])
+        for k in defaults
+        if declared[k] != defaults[k]
+        or type(declared[k]) is not type(defaults[k])
+        and not isinstance(defaults[k], float)
+    }
     assert not differ, f"{stem}.ipynb vs {cls.__name__} defaults differ (notebook, dataclass): {differ}"
 
 

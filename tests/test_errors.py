@@ -40,9 +40,19 @@ def model_file(tmp_path_factory):
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("m") / "model.safetensors"
-    save_model(build_classifier("resnet18").eval(), {"backbone": "resnet18", "image_size": 16, "mean": [0.5] * 3,
-                                                     "std": [0.25] * 3, "positive_label": "M1",
-                                                     "negative_label": "M0", "threshold": 0.5}, path)
+    save_model(
+        build_classifier("resnet18").eval(),
+        {
+            "backbone": "resnet18",
+            "image_size": 16,
+            "mean": [0.5] * 3,
+            "std": [0.25] * 3,
+            "positive_label": "M1",
+            "negative_label": "M0",
+            "threshold": 0.5,
+        },
+        path,
+    )
     return path
 
 
@@ -71,8 +81,24 @@ def test_single_class_manifest(tmp_path, write_png, capsys):
     m = _manifest(tmp_path, write_png, 6, lambda s, k: "M1")
     rc, err = _run(capsys, "data", "check", str(m), "--positive-label", "M1", "--negative-label", "M0")
     assert rc == EXIT_DATA and "only one class" in err, err
-    rc, err = _run(capsys, "finetune", "--data", str(m), "--out", str(tmp_path / "run"), "--init", "scratch", "--positive-label", "M1",
-                   "--backbone", "resnet18", "--image-size", "16", "--progress", "false")
+    rc, err = _run(
+        capsys,
+        "finetune",
+        "--data",
+        str(m),
+        "--out",
+        str(tmp_path / "run"),
+        "--init",
+        "scratch",
+        "--positive-label",
+        "M1",
+        "--backbone",
+        "resnet18",
+        "--image-size",
+        "16",
+        "--progress",
+        "false",
+    )
     assert rc == EXIT_DATA and "only one class" in err and "Traceback" not in err, err
 
 
@@ -84,8 +110,24 @@ def test_fewer_slides_than_folds_and_class_on_too_few_slides(tmp_path, write_png
     m2 = _manifest(tmp_path, write_png, 6, lambda s, k: "M1" if s < 2 and k else "M0", name="m2.csv")
     rc, err = _run(capsys, "data", "check", str(m2), "--positive-label", "M1")
     assert rc == EXIT_DATA and "positive class (y=1) occurs in only 2 slide(s), fewer than n_folds=5" in err
-    rc, err = _run(capsys, "finetune", "--data", str(m2), "--out", str(tmp_path / "run"), "--init", "scratch", "--positive-label", "M1",
-                   "--backbone", "resnet18", "--image-size", "16", "--progress", "false")
+    rc, err = _run(
+        capsys,
+        "finetune",
+        "--data",
+        str(m2),
+        "--out",
+        str(tmp_path / "run"),
+        "--init",
+        "scratch",
+        "--positive-label",
+        "M1",
+        "--backbone",
+        "resnet18",
+        "--image-size",
+        "16",
+        "--progress",
+        "false",
+    )
     assert rc == EXIT_DATA and "occurs in only 2 slide(s)" in err and "Traceback" not in err
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["status"] == "failed" and "new out folder" in run["what_now"]
@@ -93,9 +135,32 @@ def test_fewer_slides_than_folds_and_class_on_too_few_slides(tmp_path, write_png
     from conftest import build_tiny_dataset
 
     m3 = build_tiny_dataset(tmp_path / "fixed", n_slides=4, per_slide=4, size=16)
-    rc, err = _run(capsys, "finetune", "--data", str(m3), "--out", str(tmp_path / "run2"), "--init", "scratch", "--positive-label", "M1",
-                   "--backbone", "resnet18", "--image-size", "16", "--progress", "false", "--folds", "2",
-                   "--epochs", "1", "--final-model", "false", "--precision", "fp32")
+    rc, err = _run(
+        capsys,
+        "finetune",
+        "--data",
+        str(m3),
+        "--out",
+        str(tmp_path / "run2"),
+        "--init",
+        "scratch",
+        "--positive-label",
+        "M1",
+        "--backbone",
+        "resnet18",
+        "--image-size",
+        "16",
+        "--progress",
+        "false",
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--final-model",
+        "false",
+        "--precision",
+        "fp32",
+    )
     assert rc == 0, err
 
 
@@ -119,8 +184,9 @@ def test_read_only_out(model_file, unlabeled, tmp_path, capsys, monkeypatch):
         raise OSError(errno.EROFS, "Read-only file system", str(kw.get("dir", "")))
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
-    rc, err = _run(capsys, "predict", "--model", str(model_file), "--manifest", str(unlabeled), "--out",
-                   str(tmp_path / "p.csv"))
+    rc, err = _run(
+        capsys, "predict", "--model", str(model_file), "--manifest", str(unlabeled), "--out", str(tmp_path / "p.csv")
+    )
     assert rc == EXIT_OUTPUT and "Read-only file system" in err and "not writable" in err and "Traceback" not in err
 
 
@@ -137,16 +203,19 @@ def test_full_disk_names_path_and_free_space(model_file, unlabeled, tmp_path, ca
 
 
 # ------------------------------------------------------------------------------------------ model files
-@pytest.mark.parametrize("change, why", [
-    ({"std": [0.25, 0.0, 0.25]}, "std="),
-    ({"std": [0.25, 0.25]}, "std="),
-    ({"mean": ["a", 0.5, 0.5]}, "mean="),
-    ({"image_size": -16}, "image_size="),
-    ({"image_size": 0}, "image_size="),
-    ({"positive_label": ""}, "positive_label="),
-    ({"threshold": 7}, "threshold="),
-    ({"backbone": "vgg"}, "backbone="),
-])
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        ({"std": [0.25, 0.0, 0.25]}, "std="),
+        ({"std": [0.25, 0.25]}, "std="),
+        ({"mean": ["a", 0.5, 0.5]}, "mean="),
+        ({"image_size": -16}, "image_size="),
+        ({"image_size": 0}, "image_size="),
+        ({"positive_label": ""}, "positive_label="),
+        ({"threshold": 7}, "threshold="),
+        ({"backbone": "vgg"}, "backbone="),
+    ],
+)
 def test_tampered_model_metadata_is_refused(model_file, unlabeled, tmp_path, capsys, change, why):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
@@ -160,8 +229,9 @@ def test_tampered_model_metadata_is_refused(model_file, unlabeled, tmp_path, cap
     save_file(load_file(str(model_file)), str(bad), metadata=meta)
     with pytest.raises(ModelFileError, match=why):
         load_model(bad)
-    rc, err = _run(capsys, "predict", "--model", str(bad), "--manifest", str(unlabeled), "--out",
-                   str(tmp_path / "p.csv"))
+    rc, err = _run(
+        capsys, "predict", "--model", str(bad), "--manifest", str(unlabeled), "--out", str(tmp_path / "p.csv")
+    )
     assert rc == EXIT_MODEL and why in err and not (tmp_path / "p.csv").exists()
 
 
@@ -191,16 +261,18 @@ def test_debug_shows_the_traceback_and_bugs_say_so(model_file, unlabeled, tmp_pa
 
     out = tmp_path / "p.csv"
     out.write_text("x")
-    rc, err = _run(capsys, "--debug", "predict", "--model", str(model_file), "--manifest", str(unlabeled),
-                   "--out", str(out))
+    rc, err = _run(
+        capsys, "--debug", "predict", "--model", str(model_file), "--manifest", str(unlabeled), "--out", str(out)
+    )
     assert rc == EXIT_OUTPUT and "Traceback (most recent call last)" in err and "FileExistsError" in err
 
     def bug(*a, **kw):
         return 1 / 0
 
     monkeypatch.setattr(P, "predict_manifest", bug)
-    rc, err = _run(capsys, "predict", "--model", str(model_file), "--manifest", str(unlabeled), "--out",
-                   str(tmp_path / "q.csv"))
+    rc, err = _run(
+        capsys, "predict", "--model", str(model_file), "--manifest", str(unlabeled), "--out", str(tmp_path / "q.csv")
+    )
     assert rc == EXIT_INTERNAL and "unexpected ZeroDivisionError" in err and "--debug" in err
     assert "Traceback" not in err
     with pytest.raises(SystemExit) as ei:  # a missing option: argparse's usage error

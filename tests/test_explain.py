@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glomlib.review import explain
 import glomlib.review.audit  # noqa: F401  (the re-export test walks every review package)
 import glomlib.review.labels  # noqa: F401
+from glomlib.review import explain
 
 META = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "image_size": 32, "backbone": "tiny"}
 
@@ -31,9 +31,21 @@ def _rows(n=8, seeds=(0,), fraction=1.0, flip=()):
             prob = 0.9 if y else 0.1
             if i in flip:
                 prob = 1 - prob
-            rows.append(dict(path=f"/x/{i}.png", slide=f"s{i // 4}", center="A" if i < 4 else "B",
-                             label="M1" if y else "M0", y=y, prob=prob, pred=int(prob >= 0.5), fold=i % 2, seed=s,
-                             init="glom", label_fraction=fraction))
+            rows.append(
+                dict(
+                    path=f"/x/{i}.png",
+                    slide=f"s{i // 4}",
+                    center="A" if i < 4 else "B",
+                    label="M1" if y else "M0",
+                    y=y,
+                    prob=prob,
+                    pred=int(prob >= 0.5),
+                    fold=i % 2,
+                    seed=s,
+                    init="glom",
+                    label_fraction=fraction,
+                )
+            )
     return rows
 
 
@@ -208,8 +220,8 @@ def test_real_patches_gradcam_with_masks(shared_data, tmp_path):
     import matplotlib
     import torch
 
-    from glomlib.models.heads import build_classifier
     from glomlib.evaluate.predict import save_model
+    from glomlib.models.heads import build_classifier
 
     matplotlib.use("Agg")
     torch.manual_seed(0)
@@ -219,14 +231,36 @@ def test_real_patches_gradcam_with_masks(shared_data, tmp_path):
     for i, p in enumerate(paths):
         y = int(p.parent.name == "GS")
         prob = [0.2, 0.8][y] if i % 4 else [0.9, 0.1][y]  # every 4th image an error
-        rows.append(dict(path=str(p), slide=p.stem.rsplit("-", 1)[0], center=p.stem.split("_")[0],
-                         label=p.parent.name, y=y, prob=prob, pred=int(prob >= 0.5), fold=0, seed=0,
-                         init="scratch", label_fraction=1.0))
+        rows.append(
+            dict(
+                path=str(p),
+                slide=p.stem.rsplit("-", 1)[0],
+                center=p.stem.split("_")[0],
+                label=p.parent.name,
+                y=y,
+                prob=prob,
+                pred=int(prob >= 0.5),
+                fold=0,
+                seed=0,
+                init="scratch",
+                label_fraction=1.0,
+            )
+        )
     run = _pred_csv(tmp_path / "run", rows)
     model = build_classifier("resnet18").eval()
-    save_model(model, dict(backbone="resnet18", image_size=64, mean=[0.485, 0.456, 0.406],
-                           std=[0.229, 0.224, 0.225], positive_label="GS", negative_label="nonGS", init="scratch"),
-               run / "model.safetensors")
+    save_model(
+        model,
+        dict(
+            backbone="resnet18",
+            image_size=64,
+            mean=[0.485, 0.456, 0.406],
+            std=[0.229, 0.224, 0.225],
+            positive_label="GS",
+            negative_label="nonGS",
+            init="scratch",
+        ),
+        run / "model.safetensors",
+    )
     manifest = pd.DataFrame({"path": [str(p) for p in paths], "mask": [str(raw / "Masks" / p.name) for p in paths]})
     pred = explain.attach_masks(explain.load_predictions(run), manifest)
     assert pred["error"].sum() == 4
@@ -244,16 +278,20 @@ def test_real_patches_gradcam_with_masks(shared_data, tmp_path):
     out = tmp_path / "out"
     from glomlib.evaluate import plots
 
-    figs = {"g": explain.gradcam_figure(cam_rows, imgs, cams, masks, positive="GS"),
-            "fp": explain.error_gallery(pred, "FP", 4), "c": explain.confidence_figure(pred),
-            "r": explain.error_rate_figure(pred),
-            "n": explain.neighbour_gallery(pred, nn_idx[:2], explain.error_indices(pred, 2)),
-            "e": explain.embedding_figure(np.random.default_rng(0).random((16, 2)), pred)}
+    figs = {
+        "g": explain.gradcam_figure(cam_rows, imgs, cams, masks, positive="GS"),
+        "fp": explain.error_gallery(pred, "FP", 4),
+        "c": explain.confidence_figure(pred),
+        "r": explain.error_rate_figure(pred),
+        "n": explain.neighbour_gallery(pred, nn_idx[:2], explain.error_indices(pred, 2)),
+        "e": explain.embedding_figure(np.random.default_rng(0).random((16, 2)), pred),
+    }
     for name, fig in figs.items():
         assert plots.save_figure(fig, out, name).stat().st_size > 5000
         matplotlib.pyplot.close(fig)
-    paths_out = explain.write_outputs(out, pred, cam_rows,
-                                      explain.neighbour_table(pred, nn_idx, explain.error_indices(pred, 4)))
+    paths_out = explain.write_outputs(
+        out, pred, cam_rows, explain.neighbour_table(pred, nn_idx, explain.error_indices(pred, 4))
+    )
     errs = pd.read_csv(paths_out["errors"])
     assert len(errs) == 4 and errs["mask_share"].between(0, 1).all()
 
@@ -267,9 +305,20 @@ def fold_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("foldrun")
     manifest = build_tiny_dataset(root / "data", n_slides=8, per_slide=4, size=32)
-    res = run_finetune(data=str(manifest), out=str(root / "run"), init="scratch", backbone="resnet18",
-                       image_size=32, epochs=1, batch_size=8, folds=2, seeds=[0, 1], positive_label="M1",
-                       progress=False, final_model=False)
+    res = run_finetune(
+        data=str(manifest),
+        out=str(root / "run"),
+        init="scratch",
+        backbone="resnet18",
+        image_size=32,
+        epochs=1,
+        batch_size=8,
+        folds=2,
+        seeds=[0, 1],
+        positive_label="M1",
+        progress=False,
+        final_model=False,
+    )
     return res.out
 
 
@@ -284,8 +333,11 @@ def test_each_error_explained_by_the_fold_model_that_did_not_see_it(fold_run):
     pred = explain.load_predictions(fold_run, threshold=0.5)
     pred = pred.assign(prob=np.where(np.arange(len(pred)) % 3 == 0, 1 - pred["prob"], pred["prob"]))  # ensure errors
     pred["pred"] = (pred["prob"] >= 0.5).astype(int)
-    pred["outcome"] = np.select([(pred.y == 1) & (pred.pred == 1), (pred.y == 0) & (pred.pred == 0),
-                                 (pred.y == 0) & (pred.pred == 1)], ["TP", "TN", "FP"], "FN")
+    pred["outcome"] = np.select(
+        [(pred.y == 1) & (pred.pred == 1), (pred.y == 0) & (pred.pred == 0), (pred.y == 0) & (pred.pred == 1)],
+        ["TP", "TN", "FP"],
+        "FN",
+    )
     pred["confidence"] = np.where(pred["pred"] == 1, pred["prob"], 1 - pred["prob"])
     pred["error"] = pred["outcome"].isin(["FP", "FN"])
     pred["mask"] = ""
@@ -348,5 +400,9 @@ def test_review_packages_re_export_every_public_function():
         for info in pkgutil.iter_modules(pkg.__path__):
             mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
             for name, obj in vars(mod).items():
-                if not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == mod.__name__:
+                if (
+                    not name.startswith("_")
+                    and (inspect.isfunction(obj) or inspect.isclass(obj))
+                    and obj.__module__ == mod.__name__
+                ):
                     assert getattr(pkg, name) is obj, f"{pkg.__name__}.{name}"

@@ -4,8 +4,8 @@ transfer (a new calibrated model file, the old untouched), biopsy-level shares a
 from __future__ import annotations
 
 import hashlib
-import shutil
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -17,8 +17,8 @@ from glomlib.data.cache import load_images
 from glomlib.evaluate import biopsy as B
 from glomlib.evaluate import metrics as M
 from glomlib.evaluate import uncertainty as U
-from glomlib.evaluate.calibrate import calibrate_model, fit_calibration, local_label_curve
-from glomlib.evaluate.external import EvaluateConfig, run_evaluate
+from glomlib.evaluate.calibrate import fit_calibration, local_label_curve
+from glomlib.evaluate.external import run_evaluate
 from glomlib.evaluate.predict import load_model, predict
 from glomlib.models.calibration import apply_calibration
 from glomlib.models.files import read_model_meta, save_model
@@ -49,8 +49,14 @@ def _manifest(root, write_png, *, slides=8, per_slide=10, shade=0, seed=0, cente
             pos = bool(rng.random() < share)
             side = int(rng.choice([20, 28, 37]))  # mixed sizes
             p = write_png(root / f"{prefix}{s}" / f"{k}.png", _patch(rng, pos, side, shade))
-            rows.append({"path": str(p), "label": "M1" if pos else "M0", "slide": f"{prefix}{s}",
-                         "center": centers[s % len(centers)]})
+            rows.append(
+                {
+                    "path": str(p),
+                    "label": "M1" if pos else "M0",
+                    "slide": f"{prefix}{s}",
+                    "center": centers[s % len(centers)],
+                }
+            )
     df = pd.DataFrame(rows)
     out = root / "manifest.csv"
     df.to_csv(out, index=False)
@@ -61,9 +67,8 @@ def _manifest(root, write_png, *, slides=8, per_slide=10, shade=0, seed=0, cente
 def fitted_model(tmp_path_factory):
     """A resnet18 classifier whose head is a logistic regression fitted on its random features of training
     patches: an informative model without a training loop."""
-    from sklearn.linear_model import LogisticRegression
-
     from conftest import _write_png
+    from sklearn.linear_model import LogisticRegression
 
     root = tmp_path_factory.mktemp("train")
     man, df = _manifest(root, _write_png, slides=6, per_slide=16, seed=1)
@@ -76,9 +81,17 @@ def fitted_model(tmp_path_factory):
     with torch.no_grad():
         model.head.weight.copy_(torch.tensor(lr.coef_, dtype=torch.float32))
         model.head.bias.copy_(torch.tensor(lr.intercept_, dtype=torch.float32))
-    meta = {"backbone": "resnet18", "image_size": SIZE, "mean": [0.485, 0.456, 0.406],
-            "std": [0.229, 0.224, 0.225], "positive_label": "M1", "negative_label": "M0", "init": "scratch",
-            "threshold": 0.42, "threshold_rule": "fixed:0.42"}
+    meta = {
+        "backbone": "resnet18",
+        "image_size": SIZE,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "positive_label": "M1",
+        "negative_label": "M0",
+        "init": "scratch",
+        "threshold": 0.42,
+        "threshold_rule": "fixed:0.42",
+    }
     path = root / "model.safetensors"
     save_model(model, meta, path)
     return path
@@ -86,8 +99,14 @@ def fitted_model(tmp_path_factory):
 
 def test_evaluate_mixed_size_rgba(fitted_model, tmp_path, write_png):
     man, df = _manifest(tmp_path / "ext", write_png, seed=5)
-    res = run_evaluate(model=str(fitted_model), manifest=str(man), out=str(tmp_path / "eval"), n_boot=200,
-                       cache_dir=str(tmp_path / "cache"), device="cpu")
+    res = run_evaluate(
+        model=str(fitted_model),
+        manifest=str(man),
+        out=str(tmp_path / "eval"),
+        n_boot=200,
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+    )
     out = tmp_path / "eval"
     pred = pd.read_csv(out / "predictions.csv")
     assert len(pred) == len(df) and set(pred["slide"]) == set(df["slide"])
@@ -133,10 +152,20 @@ def test_evaluate_manifest_auto_uses_a_fold_models_unseen_slides(fitted_model, t
     model, meta = load_model(fitted_model)
     run = tmp_path / "run"
     save_model(model, meta, run / "model.safetensors")  # final model: trained on every slide
-    save_model(model, {**meta, "fold": 0, "label_fraction": 1.0, "test_slides": ["S1", "S4"]},
-               run / "checkpoints" / "seed0-fold0" / "model.safetensors")
-    res = run_evaluate(model=str(run), manifest="auto", data=str(man), out=str(tmp_path / "ev"), n_boot=20,
-                       device="cpu", cache_dir=str(tmp_path / "cache"))
+    save_model(
+        model,
+        {**meta, "fold": 0, "label_fraction": 1.0, "test_slides": ["S1", "S4"]},
+        run / "checkpoints" / "seed0-fold0" / "model.safetensors",
+    )
+    res = run_evaluate(
+        model=str(run),
+        manifest="auto",
+        data=str(man),
+        out=str(tmp_path / "ev"),
+        n_boot=20,
+        device="cpu",
+        cache_dir=str(tmp_path / "cache"),
+    )
     assert set(res.predictions["slide"]) == {"S1", "S4"} and len(res.predictions) == 8
     assert res.metrics["model"].endswith("seed0-fold0/model.safetensors")
     assert res.metrics["held_out_slides"] == ["S1", "S4"]
@@ -145,8 +174,15 @@ def test_evaluate_manifest_auto_uses_a_fold_models_unseen_slides(fitted_model, t
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     shutil.copytree(run, tmp_path / "runs" / "r1")
-    res2 = run_evaluate(model="latest", manifest="auto", data=str(man), out=str(tmp_path / "ev3"), n_boot=10,
-                        device="cpu", cache_dir=str(tmp_path / "cache"))
+    res2 = run_evaluate(
+        model="latest",
+        manifest="auto",
+        data=str(man),
+        out=str(tmp_path / "ev3"),
+        n_boot=10,
+        device="cpu",
+        cache_dir=str(tmp_path / "cache"),
+    )
     assert set(res2.predictions["slide"]) == {"S1", "S4"}
     save_model(model, meta, tmp_path / "alone" / "model.safetensors")
     with pytest.raises(Exception, match="manifest auto"):
@@ -159,8 +195,9 @@ def test_calibrate_writes_new_model_and_evaluate_shows_before_after(fitted_model
     test, _ = _manifest(tmp_path / "test", write_png, slides=6, per_slide=12, shade=130, seed=12, prefix="T")
     before = hashlib.sha256(fitted_model.read_bytes()).hexdigest()
     new = tmp_path / "calibrated.safetensors"
-    rc = main(["calibrate", "--model", str(fitted_model), "--manifest", str(local), "--out", str(new),
-               "--device", "cpu"])
+    rc = main(
+        ["calibrate", "--model", str(fitted_model), "--manifest", str(local), "--out", str(new), "--device", "cpu"]
+    )
     assert rc == 0 and new.exists()
     assert hashlib.sha256(fitted_model.read_bytes()).hexdigest() == before  # the source is untouched
     meta = read_model_meta(new)
@@ -169,17 +206,21 @@ def test_calibrate_writes_new_model_and_evaluate_shows_before_after(fitted_model
     assert meta["calibrated_from"]["n"] == 72
     # never overwrite, never write over the source
     assert main(["calibrate", "--model", str(fitted_model), "--manifest", str(local), "--out", str(new)]) != 0
-    assert main(["calibrate", "--model", str(fitted_model), "--manifest", str(local),
-                 "--out", str(fitted_model)]) != 0
+    assert main(["calibrate", "--model", str(fitted_model), "--manifest", str(local), "--out", str(fitted_model)]) != 0
     # predict() applies the stored calibration
     model, m2 = load_model(new)
-    imgs = np.asarray(load_images([str(p) for p in pd.read_csv(test)["path"][:5]], SIZE,
-                                  cache_dir=tmp_path / "cache"))
+    imgs = np.asarray(load_images([str(p) for p in pd.read_csv(test)["path"][:5]], SIZE, cache_dir=tmp_path / "cache"))
     raw = predict(model, m2, imgs, calibrated=False)
     assert np.allclose(predict(model, m2, imgs), apply_calibration(raw, m2["calibration"]))
     # evaluate on other slides of the same hospital: before (raw, 0.42) vs after (calibrated, re-fitted threshold)
-    res = run_evaluate(model=str(new), manifest=str(test), out=str(tmp_path / "ev"), n_boot=100, device="cpu",
-                       cache_dir=str(tmp_path / "cache"))
+    res = run_evaluate(
+        model=str(new),
+        manifest=str(test),
+        out=str(tmp_path / "ev"),
+        n_boot=100,
+        device="cpu",
+        cache_dir=str(tmp_path / "cache"),
+    )
     b, a = res.metrics["before_calibration"], res.metrics["overall"]
     assert b["threshold"] == pytest.approx(0.42)
     assert b["auc"]["value"] == pytest.approx(a["auc"]["value"], abs=1e-6)  # Platt is monotone: ranking unchanged
@@ -211,8 +252,9 @@ def test_bootstrap_ci_resamples_whole_slides():
     p = np.array([0.1, 0.9, 0.2, 0.8, 0.4, 0.6])
     one = U.bootstrap_ci(y, p, metric="auc", groups=["a"] * 6, n_boot=50)
     assert one["auc"]["ci_low"] == one["auc"]["ci_high"] == one["auc"]["value"] == 1.0  # one slide: no spread
-    acc = U.bootstrap_ci(y, p, metric=lambda yy, pp: float(np.mean((pp >= 0.5) == yy)), groups=list("aabbcc"),
-                         n_boot=50)
+    acc = U.bootstrap_ci(
+        y, p, metric=lambda yy, pp: float(np.mean((pp >= 0.5) == yy)), groups=list("aabbcc"), n_boot=50
+    )
     assert acc["value"]["value"] == 1.0 and acc["value"]["n_valid"] == 50
     y2 = np.r_[np.zeros(20), np.ones(20)].astype(int)
     p2 = np.random.default_rng(0).random(40)
@@ -257,12 +299,14 @@ def test_fit_calibration_improves_brier_and_isotonic_is_monotone():
 
 # ------------------------------------------------------------------------------------------- biopsy
 def _preds():
-    return pd.DataFrame({
-        "slide": ["a"] * 4 + ["b"] * 4 + ["c"] * 2,
-        "center": ["X"] * 8 + ["Y"] * 2,
-        "y": [1, 1, 1, 0, 0, 0, 0, 1, 0, 0],
-        "prob": [0.9, 0.6, 0.4, 0.2, 0.1, 0.3, 0.6, 0.7, 0.2, 0.2],
-    })
+    return pd.DataFrame(
+        {
+            "slide": ["a"] * 4 + ["b"] * 4 + ["c"] * 2,
+            "center": ["X"] * 8 + ["Y"] * 2,
+            "y": [1, 1, 1, 0, 0, 0, 0, 1, 0, 0],
+            "prob": [0.9, 0.6, 0.4, 0.2, 0.1, 0.3, 0.6, 0.7, 0.2, 0.2],
+        }
+    )
 
 
 def test_biopsy_table_and_agreement_by_hand():
@@ -322,13 +366,56 @@ def test_real_data_train_on_some_slides_evaluate_on_others(shared_data, tmp_path
     ev = df[df.slide.isin(eval_slides)].groupby(["slide", "label"]).head(5)
     train.to_csv(tmp_path / "train.csv", index=False)
     ev.to_csv(tmp_path / "eval.csv", index=False)
-    assert main(["finetune", "--init", "scratch", "--data", str(tmp_path / "train.csv"), "--out",
-                 str(tmp_path / "ft"), "--backbone", "resnet18", "--image-size", "32", "--epochs", "1", "--folds", "2",
-                 "--positive-label", "GS", "--progress", "false", "--min-steps", "0", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--init",
+                "scratch",
+                "--data",
+                str(tmp_path / "train.csv"),
+                "--out",
+                str(tmp_path / "ft"),
+                "--backbone",
+                "resnet18",
+                "--image-size",
+                "32",
+                "--epochs",
+                "1",
+                "--folds",
+                "2",
+                "--positive-label",
+                "GS",
+                "--progress",
+                "false",
+                "--min-steps",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     meta = read_model_meta(tmp_path / "ft" / "model.safetensors")
     assert meta["threshold_rule"].startswith("youden")
-    assert main(["evaluate", "--model", str(tmp_path / "ft"), "--manifest", str(tmp_path / "eval.csv"), "--out",
-                 str(tmp_path / "ev"), "--n-boot", "100", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tmp_path / "ft"),
+                "--manifest",
+                str(tmp_path / "eval.csv"),
+                "--out",
+                str(tmp_path / "ev"),
+                "--n-boot",
+                "100",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     pred = pd.read_csv(tmp_path / "ev" / "predictions.csv")
     assert len(pred) == len(ev) and not set(pred.slide) & set(train_slides)
     doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
@@ -338,8 +425,22 @@ def test_real_data_train_on_some_slides_evaluate_on_others(shared_data, tmp_path
     assert doc["biopsy"]["rule"] == "gs_bands" and doc["biopsy"]["agreement"]["mean probability"]["n_biopsies"] == 6
     local = ev[ev.slide.isin(eval_slides[:3])]
     local.to_csv(tmp_path / "local.csv", index=False)
-    assert main(["calibrate", "--model", str(tmp_path / "ft" / "model.safetensors"), "--manifest",
-                 str(tmp_path / "local.csv"), "--out", str(tmp_path / "cal.safetensors"), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(tmp_path / "ft" / "model.safetensors"),
+                "--manifest",
+                str(tmp_path / "local.csv"),
+                "--out",
+                str(tmp_path / "cal.safetensors"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert read_model_meta(tmp_path / "cal.safetensors")["calibrated_from"]["n"] == len(local)
 
 

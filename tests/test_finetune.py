@@ -17,8 +17,20 @@ PRED_COLUMNS = ["path", "slide", "center", "label", "y", "prob", "pred", "fold",
 
 
 def _params(manifest, out, **kw):
-    p = dict(data=str(manifest), out=str(out), backbone="resnet18", image_size=16, epochs=1, batch_size=8,
-             folds=2, seeds=[0], positive_label="M1", patience=1, progress=False, init="scratch")
+    p = dict(
+        data=str(manifest),
+        out=str(out),
+        backbone="resnet18",
+        image_size=16,
+        epochs=1,
+        batch_size=8,
+        folds=2,
+        seeds=[0],
+        positive_label="M1",
+        patience=1,
+        progress=False,
+        init="scratch",
+    )
     p.update(kw)
     return p
 
@@ -82,8 +94,11 @@ def test_glom_end_to_end(manifest, encoder, tmp_path):
 
 
 def test_imagenet_end_to_end(manifest, tmp_path):
-    res = run_finetune(**_params(manifest, tmp_path / "imnet", init="imagenet", backbone="efficientnet_lite0",
-                                 epochs=1, final_model=True))
+    res = run_finetune(
+        **_params(
+            manifest, tmp_path / "imnet", init="imagenet", backbone="efficientnet_lite0", epochs=1, final_model=True
+        )
+    )
     _check_run(res, manifest, "imagenet")
 
 
@@ -91,8 +106,7 @@ def test_glom_errors_are_clear(manifest, encoder, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_finetune(**_params(manifest, tmp_path / "a", init="glom", ssl_checkpoint=str(tmp_path / "none.st")))
     with pytest.raises(ValueError, match="resnet18"):  # encoder saved for resnet18, fine-tune asks resnet50
-        run_finetune(**_params(manifest, tmp_path / "b", init="glom", ssl_checkpoint=str(encoder),
-                               backbone="resnet50"))
+        run_finetune(**_params(manifest, tmp_path / "b", init="glom", ssl_checkpoint=str(encoder), backbone="resnet50"))
 
 
 def test_latest_encoder_missing(tmp_path, monkeypatch):
@@ -180,8 +194,8 @@ def test_passes_per_epoch():
     from glomlib.train.finetune import passes_per_epoch
 
     assert passes_per_epoch(500, 32, 15, 0) == 1
-    assert passes_per_epoch(500, 32, 15, 240) == 1    # 16 steps x 15 epochs already make 240
-    assert passes_per_epoch(50, 32, 15, 240) == 8     # 2 steps per pass: 8 passes per epoch -> 240 steps
+    assert passes_per_epoch(500, 32, 15, 240) == 1  # 16 steps x 15 epochs already make 240
+    assert passes_per_epoch(50, 32, 15, 240) == 8  # 2 steps per pass: 8 passes per epoch -> 240 steps
     assert passes_per_epoch(1, 32, 1, 5) == 5
 
 
@@ -275,9 +289,33 @@ def test_wrong_positive_label_is_explained(manifest, tmp_path):
 def test_cli(manifest, tmp_path):
     from glomlib.cli import main
 
-    rc = main(["finetune", "--init", "scratch", "--data", str(manifest), "--out", str(tmp_path / "cli"),
-               "--backbone", "resnet18", "--image-size", "16", "--epochs", "1", "--folds", "2",
-               "--positive-label", "M1", "--progress", "false", "--final-model", "false", "--seeds", "0"])
+    rc = main(
+        [
+            "finetune",
+            "--init",
+            "scratch",
+            "--data",
+            str(manifest),
+            "--out",
+            str(tmp_path / "cli"),
+            "--backbone",
+            "resnet18",
+            "--image-size",
+            "16",
+            "--epochs",
+            "1",
+            "--folds",
+            "2",
+            "--positive-label",
+            "M1",
+            "--progress",
+            "false",
+            "--final-model",
+            "false",
+            "--seeds",
+            "0",
+        ]
+    )
     assert rc == 0 and (tmp_path / "cli" / "metrics.json").exists()
 
 
@@ -294,8 +332,9 @@ def test_real_data_slice(shared_data, tmp_path):
     sub = df[df.slide.isin(slides)].groupby(["slide", "label"]).head(3)
     manifest = tmp_path / "manifest.csv"
     sub.to_csv(manifest, index=False)
-    res = run_finetune(**_params(manifest, tmp_path / "real", positive_label="GS", image_size=32, epochs=1,
-                                 final_model=False))
+    res = run_finetune(
+        **_params(manifest, tmp_path / "real", positive_label="GS", image_size=32, epochs=1, final_model=False)
+    )
     assert len(res.predictions) == len(sub)
     assert (res.predictions.groupby("slide")["fold"].nunique() == 1).all()
     assert np.isfinite(res.summary["auc"]["mean"])
@@ -305,8 +344,9 @@ def test_split_test_rows_are_held_out(tmp_path):
     """Rows with split=test never enter CV or the final model's training; the final model predicts them once."""
     from conftest import build_tiny_dataset
 
-    manifest = build_tiny_dataset(tmp_path / "d", n_slides=8, per_slide=4, size=16,
-                                  extra_columns={"split": lambda s, k: "test" if s == 7 else ""})
+    manifest = build_tiny_dataset(
+        tmp_path / "d", n_slides=8, per_slide=4, size=16, extra_columns={"split": lambda s, k: "test" if s == 7 else ""}
+    )
     res = run_finetune(**_params(manifest, tmp_path / "held", epochs=1))
     assert len(res.predictions) == 28 and "S07" not in set(res.predictions["slide"])
     held = pd.read_csv(res.out / "heldout_predictions.csv")
@@ -365,9 +405,21 @@ def test_duplicate_seeds_refused(capsys):
         FinetuneConfig.from_params(seeds="1,1")
 
 
-@pytest.mark.parametrize("argv", [["--patience", "0"], ["--patience", "-1"], ["--lr", "nan"], ["--lr", "-0.1"],
-                                  ["--weight-decay", "-1"], ["--stain-augment", "-0.1"], ["--val-fraction", "1"],
-                                  ["--stain-normalize", "bogus"], ["--label-fractions", "0,1"], ["--epochs", "0"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--patience", "0"],
+        ["--patience", "-1"],
+        ["--lr", "nan"],
+        ["--lr", "-0.1"],
+        ["--weight-decay", "-1"],
+        ["--stain-augment", "-0.1"],
+        ["--val-fraction", "1"],
+        ["--stain-normalize", "bogus"],
+        ["--label-fractions", "0,1"],
+        ["--epochs", "0"],
+    ],
+)
 def test_bad_options_are_usage_errors(argv):
     """(6) `--patience 0|-1` silently trained one epoch; `--lr nan` and a bogus stain option exited 70."""
     from glomlib.cli import main
@@ -409,9 +461,32 @@ def test_interrupt_after_final_model_leaves_a_resumable_run(manifest, tmp_path, 
     assert any(issubclass(w.category, ft_cv.SmallValidationWarning) for w in recwarn)
     assert (out / "model.safetensors").is_file() and json.loads((out / "run.json").read_text())["status"] == "failed"
     monkeypatch.setattr(ft_cv, "save_final_model", real)
-    argv = ["finetune", "--data", str(manifest), "--out", str(out), "--backbone", "resnet18", "--image-size", "16",
-            "--epochs", "1", "--batch-size", "8", "--folds", "2", "--positive-label", "M1", "--patience", "1",
-            "--progress", "false", "--init", "scratch", "--resume"]
+    argv = [
+        "finetune",
+        "--data",
+        str(manifest),
+        "--out",
+        str(out),
+        "--backbone",
+        "resnet18",
+        "--image-size",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--folds",
+        "2",
+        "--positive-label",
+        "M1",
+        "--patience",
+        "1",
+        "--progress",
+        "false",
+        "--init",
+        "scratch",
+        "--resume",
+    ]
     assert main(argv) == 0
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
     assert main(argv) == 2  # now finished: never replaced

@@ -15,9 +15,24 @@ def test_gpu_check_tiny_runs_every_step_on_cpu(make_manifest, tmp_path):
     manifest = make_manifest(n_slides=6, per_slide=6, size=40)
     out_json = tmp_path / "rows.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOMLIB_CACHE": str(tmp_path / "cache")}
-    p = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--tiny", "--data", str(manifest),
-                        "--json", str(out_json), "--out", str(tmp_path / "runs")],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/gpu_check.py",
+            "--tiny",
+            "--data",
+            str(manifest),
+            "--json",
+            str(out_json),
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     rows = {r["check"].split(",")[0].split(" ")[0]: r for r in json.loads(out_json.read_text())}
     assert {"device", "patch", "SimCLR", "torchrun", "fine-tune", "prediction", "total"} <= set(rows)

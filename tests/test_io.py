@@ -13,9 +13,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glomlib.core.io import (CLAIM_FILE, TMP_MARK, DiskFullError, ResumeError, claim_dir, mark_run,
-                             open_for_resume, publish_new, read_run_status, run_status, sweep_stale_temp,
-                             write_json_atomic, write_with)
+from glomlib.core.io import (
+    CLAIM_FILE,
+    TMP_MARK,
+    DiskFullError,
+    ResumeError,
+    claim_dir,
+    mark_run,
+    open_for_resume,
+    publish_new,
+    read_run_status,
+    run_status,
+    sweep_stale_temp,
+    write_json_atomic,
+    write_with,
+)
 
 TRIALS = 40
 
@@ -83,8 +95,9 @@ def _predict_job(name, path):
     from glomlib.evaluate.predict import predict_manifest
 
     root = Path(path).parent
-    predict_manifest(root / "model.safetensors", root / f"manifest-{name}.csv", Path(str(path) + ".csv"),
-                     device="cpu", batch_size=8)
+    predict_manifest(
+        root / "model.safetensors", root / f"manifest-{name}.csv", Path(str(path) + ".csv"), device="cpu", batch_size=8
+    )
 
 
 def test_two_predicts_with_one_out_exactly_one_wins(tmp_path, write_png, monkeypatch):
@@ -94,14 +107,30 @@ def test_two_predicts_with_one_out_exactly_one_wins(tmp_path, write_png, monkeyp
     from glomlib.models.heads import build_classifier
 
     torch.manual_seed(0)
-    save_model(build_classifier("resnet18").eval(),
-               {"backbone": "resnet18", "image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3,
-                "positive_label": "M1", "negative_label": "M0", "threshold": 0.5}, tmp_path / "model.safetensors")
+    save_model(
+        build_classifier("resnet18").eval(),
+        {
+            "backbone": "resnet18",
+            "image_size": 16,
+            "mean": [0.5] * 3,
+            "std": [0.25] * 3,
+            "positive_label": "M1",
+            "negative_label": "M0",
+            "threshold": 0.5,
+        },
+        tmp_path / "model.safetensors",
+    )
     rng = np.random.default_rng(0)
     for name, n in (("a", 6), ("b", 9)):  # different manifests -> different outputs: a splice would show
-        rows = [{"path": str(write_png(tmp_path / name / f"{name}{i}.png",
-                                       rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))),
-                 "slide": f"{name}-s{i % 2}"} for i in range(n)]
+        rows = [
+            {
+                "path": str(
+                    write_png(tmp_path / name / f"{name}{i}.png", rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+                ),
+                "slide": f"{name}-s{i % 2}",
+            }
+            for i in range(n)
+        ]
         pd.DataFrame(rows).to_csv(tmp_path / f"manifest-{name}.csv", index=False)
     monkeypatch.setenv("GLOMLIB_CACHE", str(tmp_path / "cache"))  # the spawned racers inherit it
     outcomes = race(_predict_job, tmp_path, trials=20)
@@ -190,9 +219,13 @@ def test_failed_write_leaves_no_temp_and_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
 
 
-@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
-                                   RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0"
-                                                ": No space left on device")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0: No space left on device"),
+    ],
+)
 def test_disk_full_names_path_and_free_space(tmp_path, error):
     def full(tmp):
         tmp.write_bytes(b"x" * 10)
@@ -210,8 +243,10 @@ def test_torch_save_iostream_error_on_a_nearly_full_disk_is_disk_full(tmp_path, 
     import glomlib.core.io.atomic as io
 
     def vague(tmp):
-        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
-                           "data/0: file write failed; basic_ios::clear: iostream error")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+            "data/0: file write failed; basic_ios::clear: iostream error"
+        )
 
     with pytest.raises(RuntimeError) as ei:  # plenty of space: a real error, passed on as it is
         write_with(tmp_path / "checkpoint.pt", vague)
@@ -238,8 +273,16 @@ def test_resume_refuses_finished_changed_or_other_data_listing_differences(tmp_p
     write_json_atomic(run / "config.json", {"epochs": 10, "lr": 0.1, "device": "cpu"})
     write_json_atomic(run / "provenance.json", {"data_fingerprint": "aaaa"})
     # same data and settings (device may change): allowed
-    assert open_for_resume(run, {"epochs": 10, "lr": 0.1, "device": "cuda"}, "aaaa", free_fields={"device"},
-                           finished=["encoder.safetensors"]) == run
+    assert (
+        open_for_resume(
+            run,
+            {"epochs": 10, "lr": 0.1, "device": "cuda"},
+            "aaaa",
+            free_fields={"device"},
+            finished=["encoder.safetensors"],
+        )
+        == run
+    )
     with pytest.raises(ResumeError) as ei:
         open_for_resume(run, {"epochs": 20, "lr": 0.1, "device": "cpu"}, "bbbb", finished=["encoder.safetensors"])
     msg = str(ei.value)

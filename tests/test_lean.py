@@ -82,5 +82,7 @@ if __name__ == "__main__":
             print(f"{f.relative_to(PACKAGE.parent)}:{name}: {k} lines <-- function over limit")
         if flag:
             print(f"{f.relative_to(PACKAGE.parent)}: {n} lines{flag}")
-    print(f"lines in these files: {sum(line_count(f) for f in files)}; core package total: {core_lines()} "
-          f"(budget {MAX_CORE_LINES}, counted apart: {', '.join(COUNTED_APART)})")
+    print(
+        f"lines in these files: {sum(line_count(f) for f in files)}; core package total: {core_lines()} "
+        f"(budget {MAX_CORE_LINES}, counted apart: {', '.join(COUNTED_APART)})"
+    )

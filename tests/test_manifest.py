@@ -10,8 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from glomlib.data.manifest import (ManifestError, ManifestWarning, data_fingerprint, read_manifest, validate_manifest,
-                              write_manifest)
+from glomlib.data.manifest import (
+    ManifestError,
+    ManifestWarning,
+    data_fingerprint,
+    read_manifest,
+    validate_manifest,
+    write_manifest,
+)
 
 
 def _csv(m: Path) -> pd.DataFrame:
@@ -36,8 +42,18 @@ def _raises(m, **kw) -> ManifestError:
 
 def test_good_manifest_columns_and_attrs(tiny_manifest):
     df = read_manifest(tiny_manifest)
-    assert list(df.columns[:10]) == ["path", "label", "y", "slide", "patient", "center", "split", "mask", "row",
-                                     "sha256"]
+    assert list(df.columns[:10]) == [
+        "path",
+        "label",
+        "y",
+        "slide",
+        "patient",
+        "center",
+        "split",
+        "mask",
+        "row",
+        "sha256",
+    ]
     assert len(df) == 24 and set(df["y"]) == {0, 1}
     assert (df["y"] == (df["label"] == "M1")).all()
     assert all(Path(p).is_absolute() and Path(p).exists() for p in df["path"])
@@ -244,7 +260,7 @@ def test_write_manifest_refuses_different_content(tiny_manifest, tmp_path):
 
 
 def test_positive_label_from_dataset_json(make_manifest):
-    """"" (the default) reads dataset.json beside the manifest; without one the error lists the labels."""
+    """ "" (the default) reads dataset.json beside the manifest; without one the error lists the labels."""
     from glomlib.data.manifest import read_dataset_info, resolve_positive_label, write_dataset_info
 
     m = make_manifest(labels=("GS", "nonGS"))

@@ -7,8 +7,14 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, brier_score_loss, f1_score, recall_score,
-                             roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    brier_score_loss,
+    f1_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from glomlib.evaluate import metrics as M
 from glomlib.evaluate import uncertainty as U
@@ -152,8 +158,7 @@ def test_grouped_bootstrap_is_wider_for_clustered_data():
 
 def test_pairwise_comparisons_table():
     y, a, b = _synthetic(n=200, seed=2)
-    t = U.pairwise_comparisons(y, {"glom": a, "imagenet": b, "scratch": 1 - b}, groups=np.arange(200) // 10,
-                               n_boot=100)
+    t = U.pairwise_comparisons(y, {"glom": a, "imagenet": b, "scratch": 1 - b}, groups=np.arange(200) // 10, n_boot=100)
     assert list(zip(t["a"], t["b"])) == [("glom", "imagenet"), ("glom", "scratch"), ("imagenet", "scratch")]
     assert {"diff", "boot_ci_low", "boot_ci_high", "delong_p", "text"} <= set(t.columns)
 

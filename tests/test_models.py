@@ -115,8 +115,7 @@ def test_efficientnet_lite0_imagenet_logits_are_sensible():
 
     m = models.efficientnet_lite0_imagenet_classifier().eval()
     img = load_sample_image("china.jpg")[:, 106:533]  # centre square
-    x = torch.nn.functional.interpolate(models.to_tensor_batch(img), size=(224, 224), mode="bilinear",
-                                        antialias=True)
+    x = torch.nn.functional.interpolate(models.to_tensor_batch(img), size=(224, 224), mode="bilinear", antialias=True)
     with torch.no_grad():
         p = m(x).softmax(1)[0]
     top5 = set(p.topk(5).indices.tolist())

@@ -17,5 +17,6 @@ def test_module_opens_with_a_one_line_summary(path):
     assert doc, f"{path.relative_to(PKG.parent)}: add a module docstring saying what the module is for"
     first = doc.splitlines()[0].strip()
     assert first and len(first) <= 120, f"{path.relative_to(PKG.parent)}: first docstring line empty or too long"
-    assert first.endswith((".", ":", "?")), \
+    assert first.endswith((".", ":", "?")), (
         f"{path.relative_to(PKG.parent)}: the first line should be a complete sentence: {first!r}"
+    )

@@ -43,11 +43,13 @@ def _params(cell) -> dict[str, object]:
     tree = ast.parse(cell.source)
     out = {}
     for node in tree.body:
-        assert isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name), \
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name), (
             f"parameters cell line {node.lineno}: only simple 'name = value' assignments are allowed"
+        )
         value = ast.literal_eval(node.value)
-        assert isinstance(value, (str, int, float, bool, list)), \
+        assert isinstance(value, (str, int, float, bool, list)), (
             f"parameter {node.targets[0].id}: use str/int/float/bool/list, not {type(value).__name__}"
+        )
         out[node.targets[0].id] = value
     return out
 
@@ -72,8 +74,9 @@ def test_first_code_cell_is_parameters_with_comments(path):
         if re.match(r"^\s*[A-Za-z_]\w*\s*=", line):
             assert "#" in line, f"{path.name}: parameter line without a comment: {line!r}"
     nxt = _code_cells(nb)[1] if len(_code_cells(nb)) > 1 else None
-    assert nxt is not None and "chdir_project_root" in nxt.source, \
+    assert nxt is not None and "chdir_project_root" in nxt.source, (
         f"{path.name}: the first code cell after 'parameters' must call glomlib.core.paths.chdir_project_root()"
+    )
 
 
 PIPELINE_NOTEBOOKS = [p for p in NOTEBOOKS if p.stem in PIPELINE_PARAMS]  # 07 (label review) is not a pipeline step
@@ -130,5 +133,7 @@ def test_papermill_sees_every_parameter(path):
     params = _params(_parameters_cell(_read(path)))
     seen = papermill.inspect_notebook(str(path))
     missing = [p for p in params if p not in seen]
-    assert not missing, (f"{path.name}: papermill cannot parse the parameter line(s) of {missing}; "
-                         "avoid '=' inside their comments (write 'auto means ...', '0 turns it off')")
+    assert not missing, (
+        f"{path.name}: papermill cannot parse the parameter line(s) of {missing}; "
+        "avoid '=' inside their comments (write 'auto means ...', '0 turns it off')"
+    )

@@ -18,8 +18,14 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from glomlib.core.config import ConfigError
 from glomlib.core.io import ResumeError
-from glomlib.publish.pipeline import (PipelineError, load_run_profile, plan_steps, run_pipeline, select_steps,
-                              step_parameters)
+from glomlib.publish.pipeline import (
+    PipelineError,
+    load_run_profile,
+    plan_steps,
+    run_pipeline,
+    select_steps,
+    step_parameters,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import build_tiny_dataset  # noqa: E402
@@ -29,8 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------------------ stand-in notebooks
 def _nb(title: str, params: str, body: list[str], narrative: str = "") -> nbformat.NotebookNode:
-    cells = [new_markdown_cell(f"# {title}\n\n{narrative or 'A stand-in notebook for the pipeline tests.'}"),
-             new_code_cell(params, metadata={"tags": ["parameters"]})]
+    cells = [
+        new_markdown_cell(f"# {title}\n\n{narrative or 'A stand-in notebook for the pipeline tests.'}"),
+        new_code_cell(params, metadata={"tags": ["parameters"]}),
+    ]
     cells += [new_code_cell(src) for src in body]
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -38,9 +46,11 @@ def _nb(title: str, params: str, body: list[str], narrative: str = "") -> nbform
 
 
 _COMMON = 'data = "data/glomeruli-pas/manifest.csv"  # manifest\nout = "auto"  # output folder\n'
-_MKOUT = ("import json, os, sys, pathlib\nout = pathlib.Path(out)\n"
-          "assert not (out.exists() and any(out.iterdir())), f'{out} exists and is not empty'\n"
-          "out.mkdir(parents=True, exist_ok=True)")
+_MKOUT = (
+    "import json, os, sys, pathlib\nout = pathlib.Path(out)\n"
+    "assert not (out.exists() and any(out.iterdir())), f'{out} exists and is not empty'\n"
+    "out.mkdir(parents=True, exist_ok=True)"
+)
 _FAIL = "if fail:\n    raise ValueError(f'stand-in failure requested in {pathlib.Path(out).name}')"
 
 
@@ -50,40 +60,58 @@ def write_standin_notebooks(folder: Path) -> Path:
         "01_data_audit": _nb(
             "Data audit: what is in the data?",
             _COMMON + 'positive_label = "M1"  # positive label\nimage_size = 16  # px\nfail = False  # fail on purpose',
-            [_MKOUT, _FAIL,
-             "import pandas as pd\ndf = pd.read_csv(data)\nprint('manifest:', os.path.abspath(data))\n"
-             "print('warning: something noisy', file=sys.stderr)\n(out / 'audit.json').write_text(json.dumps({'n': len(df)}))",
-             "df.groupby('slide').size().rename('images').to_frame()",
-             "import matplotlib\nmatplotlib.use('agg')\nimport matplotlib.pyplot as plt\n%matplotlib inline\n"
-             "fig, ax = plt.subplots(figsize=(3, 2))\nax.bar(['a', 'b'], [1, 2])\nax.set_title('images per label')\n"
-             "(out / 'figures').mkdir()\nfig.savefig(out / 'figures' / 'counts.png')\nplt.show()",
-             "from IPython.display import Markdown\nMarkdown(f'The first slide is **{df.slide.iloc[0]}**; '\n"
-             "         f'home is {os.path.expanduser(\"~\")}.')"],
-            "Counts of images per slide and label."),
+            [
+                _MKOUT,
+                _FAIL,
+                "import pandas as pd\ndf = pd.read_csv(data)\nprint('manifest:', os.path.abspath(data))\n"
+                "print('warning: something noisy', file=sys.stderr)\n(out / 'audit.json').write_text(json.dumps({'n': len(df)}))",
+                "df.groupby('slide').size().rename('images').to_frame()",
+                "import matplotlib\nmatplotlib.use('agg')\nimport matplotlib.pyplot as plt\n%matplotlib inline\n"
+                "fig, ax = plt.subplots(figsize=(3, 2))\nax.bar(['a', 'b'], [1, 2])\nax.set_title('images per label')\n"
+                "(out / 'figures').mkdir()\nfig.savefig(out / 'figures' / 'counts.png')\nplt.show()",
+                "from IPython.display import Markdown\nMarkdown(f'The first slide is **{df.slide.iloc[0]}**; '\n"
+                "         f'home is {os.path.expanduser(\"~\")}.')",
+            ],
+            "Counts of images per slide and label.",
+        ),
         "02_simclr_pretrain": _nb(
             "Self-supervised pretraining",
             _COMMON + "epochs = 1  # epochs\nimage_size = 16  # px\nfail = False  # fail on purpose",
-            [_MKOUT, _FAIL, "(out / 'encoder.safetensors').write_bytes(b'x' * epochs)\nprint('encoder written')"]),
+            [_MKOUT, _FAIL, "(out / 'encoder.safetensors').write_bytes(b'x' * epochs)\nprint('encoder written')"],
+        ),
         "03_finetune": _nb(
             "Fine-tuning",
             _COMMON + 'init = "glom"  # glom | imagenet | scratch\nssl_checkpoint = ""  # encoder from 02\n'
-                      "epochs = 1  # epochs\nlr = 0.001  # learning rate\nfail = False  # fail on purpose",
-            [_MKOUT, _FAIL,
-             "if init == 'glom':\n    assert pathlib.Path(ssl_checkpoint).is_file(), ssl_checkpoint",
-             "auc = {'glom': 0.9, 'imagenet': 0.8, 'scratch': 0.6}.get(init, 0.5)\n"
-             "(out / 'metrics.json').write_text(json.dumps({'init': init, 'summary': {'auc': {'mean': auc, 'std': 0.01}},"
-             " 'per_fold': []}))\n(out / 'model.safetensors').write_bytes(b'm')\nprint(init, auc, lr)"]),
+            "epochs = 1  # epochs\nlr = 0.001  # learning rate\nfail = False  # fail on purpose",
+            [
+                _MKOUT,
+                _FAIL,
+                "if init == 'glom':\n    assert pathlib.Path(ssl_checkpoint).is_file(), ssl_checkpoint",
+                "auc = {'glom': 0.9, 'imagenet': 0.8, 'scratch': 0.6}.get(init, 0.5)\n"
+                "(out / 'metrics.json').write_text(json.dumps({'init': init, 'summary': {'auc': {'mean': auc, 'std': 0.01}},"
+                " 'per_fold': []}))\n(out / 'model.safetensors').write_bytes(b'm')\nprint(init, auc, lr)",
+            ],
+        ),
         "04_baseline_comparison": _nb(
             "Comparison",
             _COMMON + 'runs = ""  # folder of fine-tune runs\nfail = False  # fail on purpose',
-            [_MKOUT, _FAIL,
-             "rows = {p.parent.name: json.loads(p.read_text())['summary']['auc']['mean']\n"
-             "        for p in sorted(pathlib.Path(runs).glob('*/metrics.json'))}\n"
-             "(out / 'table.json').write_text(json.dumps(rows))\nrows"]),
+            [
+                _MKOUT,
+                _FAIL,
+                "rows = {p.parent.name: json.loads(p.read_text())['summary']['auc']['mean']\n"
+                "        for p in sorted(pathlib.Path(runs).glob('*/metrics.json'))}\n"
+                "(out / 'table.json').write_text(json.dumps(rows))\nrows",
+            ],
+        ),
         "05_error_analysis": _nb(
             "Error analysis",
             _COMMON + 'run = ""  # one fine-tune run\nfail = False  # fail on purpose',
-            [_MKOUT, _FAIL, "m = json.loads((pathlib.Path(run) / 'metrics.json').read_text())\nprint('analysing', m['init'])"]),
+            [
+                _MKOUT,
+                _FAIL,
+                "m = json.loads((pathlib.Path(run) / 'metrics.json').read_text())\nprint('analysing', m['init'])",
+            ],
+        ),
     }
     for stem, nb in nbs.items():
         nbformat.write(nb, str(folder / f"{stem}.ipynb"))
@@ -93,8 +121,12 @@ def write_standin_notebooks(folder: Path) -> Path:
 def write_profile(path: Path, **over) -> Path:
     import yaml
 
-    prof = {"description": "stand-in", "inits": ["glom", "scratch"], "common": {"image_size": 16},
-            "steps": {"02_simclr_pretrain": {"epochs": 2}, "03_finetune": {"per_init": {"scratch": {"lr": 0.01}}}}}
+    prof = {
+        "description": "stand-in",
+        "inits": ["glom", "scratch"],
+        "common": {"image_size": 16},
+        "steps": {"02_simclr_pretrain": {"epochs": 2}, "03_finetune": {"per_init": {"scratch": {"lr": 0.01}}}},
+    }
     prof.update(over)
     path.write_text(yaml.safe_dump(prof))
     return path
@@ -115,8 +147,9 @@ def _run(standin, **kw):
     kw.setdefault("render", False)
     kw.setdefault("runs_root", base / "runs")
     kw.setdefault("reports_root", base / "reports")
-    return run_pipeline(kw.pop("profile", profile), data=str(manifest), notebooks_dir=nbs, project_root=REPO,
-                        log=lambda m: None, **kw)
+    return run_pipeline(
+        kw.pop("profile", profile), data=str(manifest), notebooks_dir=nbs, project_root=REPO, log=lambda m: None, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +187,7 @@ def test_resume_skips_completed_steps(standin, completed_run):
     before = (completed_run / "notebooks" / "01_data_audit.ipynb").stat().st_mtime_ns
     lines: list[str] = []
     nbs, manifest, profile, base = standin
-    run_pipeline(resume=completed_run, project_root=REPO, render=False, log=lines.append,
-                 reports_root=base / "reports")
+    run_pipeline(resume=completed_run, project_root=REPO, render=False, log=lines.append, reports_root=base / "reports")
     assert (completed_run / "notebooks" / "01_data_audit.ipynb").stat().st_mtime_ns == before
     assert sum("skipped" in ln for ln in lines) == 6
 
@@ -200,8 +232,20 @@ def test_cli_failure_exit_code_and_message(standin, tmp_path, capsys):
 
     nbs, manifest, profile, base = standin
     bad = write_profile(tmp_path / "bad.yaml", steps={"01_data_audit": {"fail": True}})
-    rc = main(["run", "--profile", str(bad), "--data", str(manifest), "--notebooks", str(nbs),
-               "--runs-root", str(tmp_path / "runs"), "--no-report"])
+    rc = main(
+        [
+            "run",
+            "--profile",
+            str(bad),
+            "--data",
+            str(manifest),
+            "--notebooks",
+            str(nbs),
+            "--runs-root",
+            str(tmp_path / "runs"),
+            "--no-report",
+        ]
+    )
     assert rc != 0
     err = capsys.readouterr().err
     assert "01_data_audit.ipynb" in err and "stand-in failure" in err and "--resume" in err
@@ -209,8 +253,16 @@ def test_cli_failure_exit_code_and_message(standin, tmp_path, capsys):
 
 def test_only_reruns_a_step_and_keeps_the_earlier_output(standin, tmp_path):
     nbs, manifest, profile, base = standin
-    run = run_pipeline(profile, data=str(manifest), notebooks_dir=nbs, runs_root=tmp_path / "runs",
-                     project_root=REPO, render=False, only=["01", "ssl"], log=lambda m: None)
+    run = run_pipeline(
+        profile,
+        data=str(manifest),
+        notebooks_dir=nbs,
+        runs_root=tmp_path / "runs",
+        project_root=REPO,
+        render=False,
+        only=["01", "ssl"],
+        log=lambda m: None,
+    )
     state = json.loads((run / "state.json").read_text())["steps"]
     assert state["01_data_audit"]["status"] == state["02_simclr_pretrain"]["status"] == "completed"
     assert state["03_finetune/glom"]["status"] == "pending"
@@ -222,8 +274,15 @@ def test_only_reruns_a_step_and_keeps_the_earlier_output(standin, tmp_path):
 
 def test_run_folders_are_never_reused(standin, tmp_path):
     nbs, manifest, profile, base = standin
-    kw = dict(data=str(manifest), notebooks_dir=nbs, runs_root=tmp_path / "runs", project_root=REPO,
-              render=False, only=["01"], log=lambda m: None)
+    kw = dict(
+        data=str(manifest),
+        notebooks_dir=nbs,
+        runs_root=tmp_path / "runs",
+        project_root=REPO,
+        render=False,
+        only=["01"],
+        log=lambda m: None,
+    )
     a = run_pipeline(profile, **kw)
     b = run_pipeline(profile, **kw)
     assert a != b and a.parent == b.parent
@@ -253,8 +312,10 @@ def test_profile_errors_name_key_and_notebook(standin, tmp_path):
 
 def test_missing_pipeline_parameter_is_reported(tmp_path):
     prof = {"name": "p", "inits": ["glom"], "common": {}, "steps": {}}
-    declared = {s: {"data": 1, "out": 1} for s in ("01_data_audit", "02_simclr_pretrain", "04_baseline_comparison",
-                                                   "05_error_analysis")}
+    declared = {
+        s: {"data": 1, "out": 1}
+        for s in ("01_data_audit", "02_simclr_pretrain", "04_baseline_comparison", "05_error_analysis")
+    }
     declared["03_finetune"] = {"data": 1, "out": 1, "init": 1}
     declared["04_baseline_comparison"]["runs"] = 1
     declared["05_error_analysis"]["run"] = 1
@@ -297,8 +358,13 @@ def test_smoke_profile_end_to_end_on_real_data(real_manifest, tmp_path):
             pytest.fail("notebooks 01..05 missing")
         pytest.skip("not all notebooks 01..05 exist yet")
     t0 = time.monotonic()
-    run = run_pipeline("smoke", data=str(real_manifest), runs_root=tmp_path / "runs",
-                       reports_root=tmp_path / "reports", project_root=REPO)
+    run = run_pipeline(
+        "smoke",
+        data=str(real_manifest),
+        runs_root=tmp_path / "runs",
+        reports_root=tmp_path / "reports",
+        project_root=REPO,
+    )
     seconds = time.monotonic() - t0
     summary = json.loads((run / "summary.json").read_text())
     assert all(s == "completed" for s in summary["status"].values()), summary["status"]
@@ -322,9 +388,17 @@ def test_pseudonymise_new_run_gives_notebooks_pseudonymised_slides(standin, tmp_
     """With --pseudonymise on a new run, the notebooks themselves only ever see pseudonyms (so tables and
     figures made from the slide column carry them), and the report goes to reports/<run>-pseudonymised/."""
     nbs, manifest, profile, base = standin
-    run = run_pipeline(profile, data=str(manifest), notebooks_dir=nbs, runs_root=tmp_path / "runs",
-                       reports_root=tmp_path / "reports", project_root=REPO, only=["01"], pseudonymise=True,
-                       log=lambda m: None)
+    run = run_pipeline(
+        profile,
+        data=str(manifest),
+        notebooks_dir=nbs,
+        runs_root=tmp_path / "runs",
+        reports_root=tmp_path / "reports",
+        project_root=REPO,
+        only=["01"],
+        pseudonymise=True,
+        log=lambda m: None,
+    )
     executed = (run / "notebooks" / "01_data_audit.ipynb").read_text()
     assert "slide-" in executed
     assert not any(f'"{s}' in executed or f">{s}<" in executed for s in ("S00", "S01", "S02", "S03"))
@@ -340,21 +414,42 @@ def test_external_manifest_runs_notebook_06_with_pseudonymised_slides(standin, t
     assert "06_external_validation" not in [s.stem for s in plan_steps(load_run_profile(profile))]
     folder = tmp_path / "notebooks"
     shutil.copytree(nbs, folder)
-    nb6 = _nb("External validation", _COMMON + 'model = "latest"  # model file\nmanifest = "auto"  # labelled manifest',
-              [_MKOUT, "import pandas as pd\nseen = sorted(set(pd.read_csv(manifest)['slide']))\n"
-                       "(out / 'seen.json').write_text(json.dumps({'model': model, 'slides': seen}))\nprint(seen)"])
+    nb6 = _nb(
+        "External validation",
+        _COMMON + 'model = "latest"  # model file\nmanifest = "auto"  # labelled manifest',
+        [
+            _MKOUT,
+            "import pandas as pd\nseen = sorted(set(pd.read_csv(manifest)['slide']))\n"
+            "(out / 'seen.json').write_text(json.dumps({'model': model, 'slides': seen}))\nprint(seen)",
+        ],
+    )
     nbformat.write(nb6, str(folder / "06_external_validation.ipynb"))
     ext = build_tiny_dataset(tmp_path / "ext", n_slides=2, per_slide=2, size=8)
     prof = write_profile(tmp_path / "ext.yaml", external=str(ext))
     assert plan_steps(load_run_profile(prof))[-1].stem == "06_external_validation"
-    run = run_pipeline(prof, data=str(manifest), notebooks_dir=folder, runs_root=tmp_path / "runs",
-                       reports_root=tmp_path / "reports", project_root=REPO, pseudonymise=True, render=True,
-                       log=lambda m: None)
+    run = run_pipeline(
+        prof,
+        data=str(manifest),
+        notebooks_dir=folder,
+        runs_root=tmp_path / "runs",
+        reports_root=tmp_path / "reports",
+        project_root=REPO,
+        pseudonymise=True,
+        render=True,
+        log=lambda m: None,
+    )
     seen = json.loads((run / "external" / "seen.json").read_text())
     assert seen["model"].endswith("finetune/glom/model.safetensors")
     assert seen["slides"] and all(s.startswith("slide-") for s in seen["slides"])
     assert (tmp_path / "reports" / f"{run.name}-pseudonymised" / "06_external_validation.html").is_file()
     missing = write_profile(tmp_path / "bad.yaml", external=str(tmp_path / "nope.csv"))
     with pytest.raises(PipelineError, match="external manifest"):
-        run_pipeline(missing, data=str(manifest), notebooks_dir=folder, runs_root=tmp_path / "runs2",
-                     project_root=REPO, render=False, log=lambda m: None)
+        run_pipeline(
+            missing,
+            data=str(manifest),
+            notebooks_dir=folder,
+            runs_root=tmp_path / "runs2",
+            project_root=REPO,
+            render=False,
+            log=lambda m: None,
+        )

@@ -40,8 +40,14 @@ def test_montage_grid_captions_masks_and_empty():
     imgs = [np.full((8, 8, 3), v, np.uint8) for v in (0, 100, 200)]
     mask = np.zeros((8, 8), np.uint8)
     mask[2:6, 2:6] = 1
-    fig = plots.montage(imgs, captions=["a", "b", "c"], ncols=2, title="T", masks=[mask, None, None],
-                        caption_colours=["red", "black", "black"])
+    fig = plots.montage(
+        imgs,
+        captions=["a", "b", "c"],
+        ncols=2,
+        title="T",
+        masks=[mask, None, None],
+        caption_colours=["red", "black", "black"],
+    )
     axes = fig.axes
     assert len(axes) == 4  # 2 x 2 grid, the last tile empty
     assert [ax.get_title() for ax in axes[:3]] == ["a", "b", "c"] and axes[3].get_images() == []

@@ -12,8 +12,16 @@ from glomlib.models.heads import build_classifier
 
 
 def _meta(size=16):
-    return {"backbone": "resnet18", "image_size": size, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-            "positive_label": "M1", "negative_label": "M0", "init": "scratch", "threshold": 0.5}
+    return {
+        "backbone": "resnet18",
+        "image_size": size,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "positive_label": "M1",
+        "negative_label": "M0",
+        "init": "scratch",
+        "threshold": 0.5,
+    }
 
 
 @pytest.fixture(scope="module")

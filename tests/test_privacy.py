@@ -23,8 +23,8 @@ def png_text(data: bytes) -> bytes:
     """The text of a PNG's tEXt / zTXt / iTXt chunks (decompressed), joined."""
     out, i = [], 8
     while i + 8 <= len(data):
-        n, kind = struct.unpack(">I4s", data[i:i + 8])
-        body = data[i + 8:i + 8 + n]
+        n, kind = struct.unpack(">I4s", data[i : i + 8])
+        body = data[i + 8 : i + 8 + n]
         if kind == b"tEXt":
             out.append(body)
         elif kind == b"zTXt":
@@ -73,8 +73,9 @@ def leaks(folder: Path, identifiers: set[str], skip: Path | None = None) -> dict
 def test_manifest_names_files_slides_and_patients_by_pseudonym(tmp_path):
     from conftest import build_tiny_dataset
 
-    src = build_tiny_dataset(tmp_path / "src", n_slides=3, per_slide=2, size=16,
-                             extra_columns={"patient": lambda s, k: f"PAT{s}"})
+    src = build_tiny_dataset(
+        tmp_path / "src", n_slides=3, per_slide=2, size=16, extra_columns={"patient": lambda s, k: f"PAT{s}"}
+    )
     dest = write_pseudonymised_manifest(src, tmp_path / "run" / "data" / "m.csv", b"key", "M1")
     real = pd.read_csv(src, dtype=str, keep_default_na=False)
     text = dest.read_text()
@@ -125,8 +126,14 @@ def test_smoke_run_with_pseudonymise_leaks_no_real_identifier(real_manifest, tmp
     # every file stem holds its slide ID: searching the slide IDs finds any stem too (a single fast pass)
     assert all(any(slide in stem for slide in real["slide"]) for stem in stems)
     t0 = time.monotonic()
-    run = run_pipeline("smoke", data=str(real_manifest), runs_root=tmp_path / "runs",
-                       reports_root=tmp_path / "reports", project_root=REPO, pseudonymise=True)
+    run = run_pipeline(
+        "smoke",
+        data=str(real_manifest),
+        runs_root=tmp_path / "runs",
+        reports_root=tmp_path / "reports",
+        project_root=REPO,
+        pseudonymise=True,
+    )
     print(f"smoke --pseudonymise: {time.monotonic() - t0:.0f} s")
     report = tmp_path / "reports" / f"{run.name}-pseudonymised"
     assert (report / "index.html").is_file() and not (tmp_path / "reports" / run.name).exists()

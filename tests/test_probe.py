@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-import torch
 
-from glomlib.models import backbones as models
 from glomlib.evaluate import probe
+from glomlib.models import backbones as models
 
 
 def _separable(n=120, d=8, seed=0):

@@ -51,16 +51,26 @@ def test_pipeline_streams_kernel_progress_and_hides_tcp_warning(tmp_path, capfd)
     import papermill
 
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("from glomlib.core import progress\n"
-                                          "for e in range(3):\n"
-                                          "    progress.report(f'epoch {e + 1}/3')\n"
-                                          "print('cell output')")]
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "from glomlib.core import progress\n"
+            "for e in range(3):\n"
+            "    progress.report(f'epoch {e + 1}/3')\n"
+            "print('cell output')"
+        )
+    ]
     src, out = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
     nbformat.write(nb, src)
     shown: list[str] = []
     with pipeline._streamed_progress(tmp_path / "progress" / "step.log", shown.append):
-        papermill.execute_notebook(str(src), str(out), kernel_name=pipeline.KERNEL, progress_bar=False,
-                                   log_output=False, extra_arguments=pipeline.KERNEL_ARGS)
+        papermill.execute_notebook(
+            str(src),
+            str(out),
+            kernel_name=pipeline.KERNEL,
+            progress_bar=False,
+            log_output=False,
+            extra_arguments=pipeline.KERNEL_ARGS,
+        )
     assert [s.strip().split(" ", 1)[1] for s in shown] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
     executed = json.dumps(nbformat.read(out, as_version=4)["cells"][0]["outputs"])
     assert "cell output" in executed and "epoch" not in executed

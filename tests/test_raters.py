@@ -18,8 +18,20 @@ from glomlib.review import agreement
 def test_fleiss_kappa_worked_example():
     """Fleiss (1971) as reproduced on Wikipedia ("Fleiss' kappa", worked example): 10 items, 14 raters, 5
     categories; kappa = 0.210 (P_bar = 0.378, P_e = 0.213)."""
-    table = np.array([[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-                      [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]])
+    table = np.array(
+        [
+            [0, 0, 0, 0, 14],
+            [0, 2, 6, 4, 2],
+            [0, 0, 3, 5, 6],
+            [0, 3, 9, 2, 0],
+            [2, 2, 8, 1, 1],
+            [7, 7, 0, 0, 0],
+            [3, 2, 6, 3, 0],
+            [2, 5, 3, 2, 2],
+            [6, 5, 2, 1, 0],
+            [0, 2, 2, 3, 7],
+        ]
+    )
     assert raters.fleiss_kappa(table) == pytest.approx(0.20993, abs=5e-5)
     with pytest.raises(ValueError, match="same number"):
         raters.fleiss_kappa(np.array([[1, 1], [2, 1]]))
@@ -32,7 +44,7 @@ def test_fleiss_equals_scotts_pi_for_two_raters():
     df = pd.DataFrame({"label_a": a, "label_b": b})
     po = (a == b).mean()
     pj = np.array([((a == c).sum() + (b == c).sum()) / 600 for c in ("GS", "nonGS")])
-    scott = (po - (pj ** 2).sum()) / (1 - (pj ** 2).sum())
+    scott = (po - (pj**2).sum()) / (1 - (pj**2).sum())
     assert raters.fleiss_kappa(raters.category_counts(df)) == pytest.approx(scott, abs=1e-12)
 
 
@@ -65,8 +77,16 @@ def _multi_rater_manifest(real_manifest, tmp_path):
         df[c] = [str((base / p).resolve()) for p in df[c]]
     out = tmp_path / "raters.csv"
     df.to_csv(out, index=False)
-    return out, df, {"shared": set(shared.tolist()), "unrated": set(unrated.tolist()), "r2": set(r2_rows.tolist()),
-                     "r3": set(r3_only.tolist())}
+    return (
+        out,
+        df,
+        {
+            "shared": set(shared.tolist()),
+            "unrated": set(unrated.tolist()),
+            "r2": set(r2_rows.tolist()),
+            "r3": set(r3_only.tolist()),
+        },
+    )
 
 
 @pytest.mark.realdata
@@ -87,8 +107,8 @@ def test_multi_rater_real_labels_kappas_consensus_and_training_labels(real_manif
     counts = raters.category_counts(full, ["label_rater1", "label_rater2", "label_rater3"]).to_numpy()
     n_, k_ = counts.shape[0], 3
     p_j = counts.sum(0) / (n_ * k_)
-    P_i = ((counts ** 2).sum(1) - k_) / (k_ * (k_ - 1))
-    assert rep["fleiss"]["kappa"] == pytest.approx((P_i.mean() - (p_j ** 2).sum()) / (1 - (p_j ** 2).sum()))
+    P_i = ((counts**2).sum(1) - k_) / (k_ * (k_ - 1))
+    assert rep["fleiss"]["kappa"] == pytest.approx((P_i.mean() - (p_j**2).sum()) / (1 - (p_j**2).sum()))
     assert set(rep["per_group"]["center"]) == set(df["center"]) and rep["per_group"]["images"].sum() == len(df)
     # ties: exactly the rows rater3 left empty (rater1 and rater2 disagree there)
     assert set(rep["ties"].index) == planted["unrated"]
@@ -134,13 +154,15 @@ def test_multi_rater_real_labels_kappas_consensus_and_training_labels(real_manif
         assert res.at[r, "model_kappa"] == pytest.approx(cohen_kappa_score(calls, df[f"label_{r}"]), abs=1e-12)
     ok = df["label_rater3"] != ""
     assert res.at["rater3", "model_kappa"] == pytest.approx(
-        cohen_kappa_score(calls[ok], df.loc[ok, "label_rater3"]), abs=1e-12)
+        cohen_kappa_score(calls[ok], df.loc[ok, "label_rater3"]), abs=1e-12
+    )
     assert res.at["rater1", "model_accuracy"] == pytest.approx(1 - 25 / len(df))
     assert res.at["consensus", "images"] == len(df) - len(planted["unrated"])
     km = agreement.kappa_matrix(t)
     assert km.loc["rater1", "rater2"] == pytest.approx(k12) and km.loc["model", "rater1"] == km.loc["rater1", "model"]
     assert res.at["rater1", "rater_kappa_with_other_raters"] == pytest.approx(
-        np.mean([km.loc["rater1", "rater2"], km.loc["rater1", "rater3"]]))
+        np.mean([km.loc["rater1", "rater2"], km.loc["rater1", "rater3"]])
+    )
 
 
 def test_run_agreement_from_a_run_folder(make_manifest, tmp_path):
@@ -154,8 +176,9 @@ def test_run_agreement_from_a_run_folder(make_manifest, tmp_path):
     prob[[1, 7]] = 1 - prob[[1, 7]]
     run = tmp_path / "run"
     run.mkdir()
-    pd.DataFrame({"path": df["path"], "slide": df["slide"], "label": df["label"], "y": df["y"], "prob": prob,
-                  "fold": 0}).to_csv(run / "predictions.csv", index=False)
+    pd.DataFrame(
+        {"path": df["path"], "slide": df["slide"], "label": df["label"], "y": df["y"], "prob": prob, "fold": 0}
+    ).to_csv(run / "predictions.csv", index=False)
     (run / "config.json").write_text(json.dumps({"data": str(manifest)}))
     res, km = agreement.run_agreement(run)
     calls = np.where(prob >= 0.5, "M1", "M0")
@@ -209,4 +232,6 @@ def test_library_kappas_match_the_hand_written_ones_on_real_labels(real_manifest
         assert np.isfinite(k) and k == pytest.approx(_fleiss_reference(table), abs=1e-9)
     one = pd.DataFrame({"label_a": ["x"] * 4, "label_b": ["x"] * 4})
     assert raters.cohen_kappa(one["label_a"], one["label_b"]) == _cohen_reference(one["label_a"], one["label_b"]) == 1.0
-    assert np.isnan(raters.fleiss_kappa(raters.category_counts(one))) and np.isnan(_fleiss_reference(raters.category_counts(one)))
+    assert np.isnan(raters.fleiss_kappa(raters.category_counts(one))) and np.isnan(
+        _fleiss_reference(raters.category_counts(one))
+    )

@@ -12,8 +12,14 @@ from pathlib import Path
 import pytest
 
 from glomlib.publish.pipeline import run_pipeline
-from glomlib.publish.report import (GLOMERULI_PAS_LICENSE, Scrubber, dataset_license, pseudonym, pseudonym_key,
-                            render_run)
+from glomlib.publish.report import (
+    GLOMERULI_PAS_LICENSE,
+    Scrubber,
+    dataset_license,
+    pseudonym,
+    pseudonym_key,
+    render_run,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import build_tiny_dataset  # noqa: E402
@@ -27,7 +33,7 @@ SLIDES = ["S00", "S01", "S02", "S03"]
 
 def visible_text(page: str) -> str:
     """What a reader sees: the body without style/script blocks, tags and base64 data."""
-    body = page[page.find("<body"):]
+    body = page[page.find("<body") :]
     body = re.sub(r"<(style|script)\b.*?</\1>", " ", body, flags=re.S | re.I)
     body = re.sub(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=\s]+", " ", body)
     return re.sub(r"<[^>]+>", " ", body)
@@ -55,19 +61,37 @@ def rendered(tmp_path_factory):
     nbs = write_standin_notebooks(base / "notebooks")
     data = base / "glomeruli-pas"
     manifest = build_tiny_dataset(data, n_slides=4, per_slide=2, size=8)
-    (data / "LICENSE").write_text("glomeruli-pas data license: CC BY-NC-SA 4.0\n"
-                                  "https://creativecommons.org/licenses/by-nc-sa/4.0/\n\nfull text ...\n")
+    (data / "LICENSE").write_text(
+        "glomeruli-pas data license: CC BY-NC-SA 4.0\n"
+        "https://creativecommons.org/licenses/by-nc-sa/4.0/\n\nfull text ...\n"
+    )
     (data / "CITATION.txt").write_text("Bueno G. et al. (2020) Data in Brief 29:105314\nWeishaupt H. et al. (2025)\n")
-    run = run_pipeline(write_profile(base / "p.yaml"), data=str(manifest), notebooks_dir=nbs,
-                       runs_root=base / "runs", reports_root=base / "reports", project_root=REPO,
-                       render=False, log=lambda m: None)
+    run = run_pipeline(
+        write_profile(base / "p.yaml"),
+        data=str(manifest),
+        notebooks_dir=nbs,
+        runs_root=base / "runs",
+        reports_root=base / "reports",
+        project_root=REPO,
+        render=False,
+        log=lambda m: None,
+    )
     plain = render_run(run, reports_root=base / "reports", project_root=REPO, log=lambda m: None).parent
     # a pseudonymised report comes from a run made with --pseudonymise (its notebooks only ever see pseudonyms)
-    run_p = run_pipeline(write_profile(base / "p.yaml"), data=str(manifest), notebooks_dir=nbs,
-                         runs_root=base / "runs-p", reports_root=base / "reports", project_root=REPO,
-                         render=False, pseudonymise=True, log=lambda m: None)
-    pseudo = render_run(run_p, reports_root=base / "reports", project_root=REPO, pseudonymise=True,
-                        log=lambda m: None).parent
+    run_p = run_pipeline(
+        write_profile(base / "p.yaml"),
+        data=str(manifest),
+        notebooks_dir=nbs,
+        runs_root=base / "runs-p",
+        reports_root=base / "reports",
+        project_root=REPO,
+        render=False,
+        pseudonymise=True,
+        log=lambda m: None,
+    )
+    pseudo = render_run(
+        run_p, reports_root=base / "reports", project_root=REPO, pseudonymise=True, log=lambda m: None
+    ).parent
     return {"base": base, "run": run, "run_p": run_p, "plain": plain, "pseudo": pseudo}
 
 
@@ -77,8 +101,13 @@ def test_a_real_identifier_run_is_never_rendered_as_pseudonymised(rendered):
     from glomlib.publish.pipeline import PipelineError
 
     with pytest.raises(PipelineError, match="real identifiers"):
-        render_run(rendered["run"], reports_root=rendered["base"] / "reports-x", project_root=REPO,
-                   pseudonymise=True, log=lambda m: None)
+        render_run(
+            rendered["run"],
+            reports_root=rendered["base"] / "reports-x",
+            project_root=REPO,
+            pseudonymise=True,
+            log=lambda m: None,
+        )
     assert not (rendered["base"] / "reports-x").exists() or not any((rendered["base"] / "reports-x").iterdir())
 
 
@@ -88,8 +117,15 @@ def _pages(folder: Path) -> dict[str, str]:
 
 def test_one_page_per_notebook_linked_from_index(rendered):
     pages = _pages(rendered["plain"])
-    expected = {"01_data_audit.html", "02_simclr_pretrain.html", "03_finetune-glom.html",
-                "03_finetune-scratch.html", "04_baseline_comparison.html", "05_error_analysis.html", "index.html"}
+    expected = {
+        "01_data_audit.html",
+        "02_simclr_pretrain.html",
+        "03_finetune-glom.html",
+        "03_finetune-scratch.html",
+        "04_baseline_comparison.html",
+        "05_error_analysis.html",
+        "index.html",
+    }
     assert set(pages) == expected
     index = pages["index.html"]
     for name in expected - {"index.html"}:
@@ -128,7 +164,7 @@ def test_images_are_embedded_and_no_external_resources(rendered):
 
 def test_no_absolute_paths_user_or_host(rendered):
     for folder in (rendered["plain"], rendered["pseudo"]):
-        for name, page in _pages(folder).items():
+        for _name, page in _pages(folder).items():
             assert_shareable(page, rendered["base"], "/tmp/")
 
 
@@ -149,10 +185,16 @@ def test_pseudonymise_replaces_slide_ids_stably(rendered):
     assert re.fullmatch(r"slide-[0-9a-f]{6}", pseudonym("S00", key))
     assert "pseudonyms" in pseudo_pages["index.html"]  # says what is covered
     # stable: a second rendering gives the same pseudonyms
-    again = render_run(rendered["run_p"], reports_root=rendered["base"] / "reports2", project_root=REPO,
-                       pseudonymise=True, log=lambda m: None).parent
-    assert visible_text((again / "01_data_audit.html").read_text()).count(pseudonym("S00", key)) == \
-        visible_text(pseudo_pages["01_data_audit.html"]).count(pseudonym("S00", key))
+    again = render_run(
+        rendered["run_p"],
+        reports_root=rendered["base"] / "reports2",
+        project_root=REPO,
+        pseudonymise=True,
+        log=lambda m: None,
+    ).parent
+    assert visible_text((again / "01_data_audit.html").read_text()).count(pseudonym("S00", key)) == visible_text(
+        pseudo_pages["01_data_audit.html"]
+    ).count(pseudonym("S00", key))
 
 
 def test_scrubber_rules(tmp_path):

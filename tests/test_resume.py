@@ -17,10 +17,36 @@ from glomlib.train import simclr as ssl
 from glomlib.train.finetune import cv as ft_cv
 from glomlib.train.simclr import run as ssl_run
 
-SSL_ARGS = ["--progress", "false", "--image-size", "32", "--batch-size", "8", "--knn-every", "0",
-            "--proj-hidden-dim", "32", "--proj-out-dim", "16", "--precision", "fp32", "--backbone", "resnet18",
-            "--ssl-init", "scratch", "--freeze-bn", "false", "--final-probe", "false", "--channels-last", "false",
-            "--warmup-epochs", "0", "--folds", "2"]
+SSL_ARGS = [
+    "--progress",
+    "false",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--knn-every",
+    "0",
+    "--proj-hidden-dim",
+    "32",
+    "--proj-out-dim",
+    "16",
+    "--precision",
+    "fp32",
+    "--backbone",
+    "resnet18",
+    "--ssl-init",
+    "scratch",
+    "--freeze-bn",
+    "false",
+    "--final-probe",
+    "false",
+    "--channels-last",
+    "false",
+    "--warmup-epochs",
+    "0",
+    "--folds",
+    "2",
+]
 
 
 def _snapshot(run: Path, names) -> dict[str, bytes]:
@@ -52,13 +78,28 @@ def test_ssl_resume_of_a_finished_run_with_other_data_and_epochs_is_refused(mani
     assert _snapshot(out, kept) == kept  # nothing rewritten
 
 
-def test_ssl_failed_run_is_marked_and_resumes_only_with_same_data_and_settings(manifests, tmp_path,
-                                                                                monkeypatch):
+def test_ssl_failed_run_is_marked_and_resumes_only_with_same_data_and_settings(manifests, tmp_path, monkeypatch):
     a, b = manifests
     out = tmp_path / "ssl"
-    kw = dict(data=str(a), out=str(out), backbone="resnet18", ssl_init="scratch", image_size=32, batch_size=8,
-              epochs=1, knn_every=0, proj_hidden_dim=32, proj_out_dim=16, precision="fp32", channels_last=False,
-              freeze_bn=False, final_probe=False, warmup_epochs=0, progress=False, folds=2)
+    kw = dict(
+        data=str(a),
+        out=str(out),
+        backbone="resnet18",
+        ssl_init="scratch",
+        image_size=32,
+        batch_size=8,
+        epochs=1,
+        knn_every=0,
+        proj_hidden_dim=32,
+        proj_out_dim=16,
+        precision="fp32",
+        channels_last=False,
+        freeze_bn=False,
+        final_probe=False,
+        warmup_epochs=0,
+        progress=False,
+        folds=2,
+    )
     real = ssl.pretrain
 
     def crash(*args, **kwargs):
@@ -83,8 +124,21 @@ def test_ssl_failed_run_is_marked_and_resumes_only_with_same_data_and_settings(m
 
 
 def _ft_params(manifest, out, **kw):
-    p = dict(data=str(manifest), out=str(out), backbone="resnet18", image_size=16, epochs=1, batch_size=8,
-             folds=2, seeds=[0], positive_label="M1", patience=1, progress=False, init="scratch", precision="fp32")
+    p = dict(
+        data=str(manifest),
+        out=str(out),
+        backbone="resnet18",
+        image_size=16,
+        epochs=1,
+        batch_size=8,
+        folds=2,
+        seeds=[0],
+        positive_label="M1",
+        patience=1,
+        progress=False,
+        init="scratch",
+        precision="fp32",
+    )
     p.update(kw)
     return p
 
@@ -101,10 +155,41 @@ def test_finetune_resume_after_labels_changed_is_refused_and_keeps_the_record(ma
         df[col] = [str(a.parent / p) for p in df[col]]
     df.loc[0, "label"] = "M0" if df.loc[0, "label"] == "M1" else "M1"
     df.to_csv(relabelled / "manifest.csv", index=False)
-    rc = main(["finetune", "--data", str(relabelled / "manifest.csv"), "--out", str(out), "--resume", "true",
-               "--backbone", "resnet18", "--image-size", "16", "--epochs", "1", "--batch-size", "8", "--folds",
-               "2", "--seeds", "0", "--positive-label", "M1", "--patience", "1", "--progress", "false", "--init",
-               "scratch", "--final-model", "false", "--precision", "fp32"])
+    rc = main(
+        [
+            "finetune",
+            "--data",
+            str(relabelled / "manifest.csv"),
+            "--out",
+            str(out),
+            "--resume",
+            "true",
+            "--backbone",
+            "resnet18",
+            "--image-size",
+            "16",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--folds",
+            "2",
+            "--seeds",
+            "0",
+            "--positive-label",
+            "M1",
+            "--patience",
+            "1",
+            "--progress",
+            "false",
+            "--init",
+            "scratch",
+            "--final-model",
+            "false",
+            "--precision",
+            "fp32",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == EXIT_USAGE, err
     assert "finished (metrics.json)" in err and "data fingerprint: " in err, err

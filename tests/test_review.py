@@ -19,7 +19,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest import _write_png, build_tiny_dataset  # noqa: E402
-
 from test_browser import check_page, chromium  # noqa: E402,F401  (chromium: the shared browser fixture)
 
 from glomlib.cli import main  # noqa: E402
@@ -40,9 +39,21 @@ def make_run(tmp_path: Path, manifest: Path, positive: str = "M1", planted=PLANT
         prob[i] = 0.02 if df.at[i, "y"] == 1 else 0.97
     run = tmp_path / "run"
     run.mkdir()
-    pd.DataFrame({"path": df["path"], "slide": df["slide"], "center": df["center"], "label": df["label"],
-                  "y": df["y"], "prob": prob, "pred": (prob >= 0.5).astype(int), "fold": np.arange(len(df)) % 3,
-                  "seed": 0, "init": "imagenet", "label_fraction": 1.0}).to_csv(run / "predictions.csv", index=False)
+    pd.DataFrame(
+        {
+            "path": df["path"],
+            "slide": df["slide"],
+            "center": df["center"],
+            "label": df["label"],
+            "y": df["y"],
+            "prob": prob,
+            "pred": (prob >= 0.5).astype(int),
+            "fold": np.arange(len(df)) % 3,
+            "seed": 0,
+            "init": "imagenet",
+            "label_fraction": 1.0,
+        }
+    ).to_csv(run / "predictions.csv", index=False)
     (run / "config.json").write_text(json.dumps({"data": str(manifest), "positive_label": positive}))
     return run
 
@@ -103,8 +114,10 @@ def test_round_trip_review_apply(tmp_path, capsys, show_paths):
     manifest = build_tiny_dataset(tmp_path / "data", size=16)
     before = manifest.read_bytes()
     run = make_run(tmp_path, manifest)
-    rv, paths = R.run_review(R.ReviewConfig(run=str(run), out=str(tmp_path / "review"), n_pairs=0,
-                                            show_paths=show_paths), slide_names={"S00": "slide-x"})
+    rv, paths = R.run_review(
+        R.ReviewConfig(run=str(run), out=str(tmp_path / "review"), n_pairs=0, show_paths=show_paths),
+        slide_names={"S00": "slide-x"},
+    )
     sheet = pd.read_csv(paths["csv"], dtype=str, keep_default_na=False)
     assert list(sheet.columns) == R.REVIEW_COLUMNS
     assert (sheet["reviewed_label"] == "").all() and (sheet["comment"] == "").all()
@@ -113,21 +126,36 @@ def test_round_trip_review_apply(tmp_path, capsys, show_paths):
     page = paths["html"].read_text()
     assert "<script" not in page and 'src="http' not in page and page.count("data:image/png;base64,") >= len(sheet)
     if not show_paths:
-        text = re.sub(r'data:image/png;base64,[A-Za-z0-9+/=]+', "", page)
+        text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
         assert ".png" not in text and "S00" not in text and "slide-x" in text
     items = rv.items.set_index("path")
     other = {"M1": "M0", "M0": "M1"}
-    want = {items.at[rv.items.at[3, "path"], "image_id"]: (other[rv.items.at[3, "label"]], "no sclerosis seen"),
-            items.at[rv.items.at[10, "path"], "image_id"]: (other[rv.items.at[10, "label"]], ""),
-            items.at[rv.items.at[5, "path"], "image_id"]: (rv.items.at[5, "label"], "label is right"),  # confirm
-            items.at[rv.items.at[16, "path"], "image_id"]: ("unsure", "poor focus")}
+    want = {
+        items.at[rv.items.at[3, "path"], "image_id"]: (other[rv.items.at[3, "label"]], "no sclerosis seen"),
+        items.at[rv.items.at[10, "path"], "image_id"]: (other[rv.items.at[10, "label"]], ""),
+        items.at[rv.items.at[5, "path"], "image_id"]: (rv.items.at[5, "label"], "label is right"),  # confirm
+        items.at[rv.items.at[16, "path"], "image_id"]: ("unsure", "poor focus"),
+    }
     assert set(want) <= set(sheet["image_id"])
     filled = _fill(sheet, want)
     filled_csv = tmp_path / "filled.csv"
     filled.to_csv(filled_csv, index=False)
     out = tmp_path / "reviewed" / "manifest.csv"
-    rc = main(["data", "apply-review", str(filled_csv), "--manifest", str(manifest), "--out", str(out),
-               "--reviewer", "Dr P", "--date", "2026-11-26"])
+    rc = main(
+        [
+            "data",
+            "apply-review",
+            str(filled_csv),
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(out),
+            "--reviewer",
+            "Dr P",
+            "--date",
+            "2026-11-26",
+        ]
+    )
     assert rc == 0
     err = capsys.readouterr().err
     assert "2 label(s) changed" in err, err
@@ -157,17 +185,22 @@ def test_round_trip_review_apply(tmp_path, capsys, show_paths):
     assert side["changed"] == 2 and side["manifest_sha256"] == hashlib.sha256(before).hexdigest()
     assert {c["manifest_row"] for c in side["changes"] if c["decision"] == "changed"} == {4, 11}
     # never overwrites
-    rc = main(["data", "apply-review", str(filled_csv), "--manifest", str(manifest), "--out", str(out),
-               "--reviewer", "Dr P"])
+    rc = main(
+        ["data", "apply-review", str(filled_csv), "--manifest", str(manifest), "--out", str(out), "--reviewer", "Dr P"]
+    )
     assert rc == 3 and "already exists" in capsys.readouterr().err  # exit 3: output exists (documented)
 
 
 def test_apply_review_reports_every_problem_and_writes_nothing(tmp_path):
     manifest = build_tiny_dataset(tmp_path / "data", size=16)
     df = read_manifest(manifest, positive_label="M1")
-    bad = pd.DataFrame({"image_id": [df.at[0, "sha256"][:16], "0" * 16, df.at[1, "sha256"][:16],
-                                     df.at[0, "sha256"][:16]],
-                        "reviewed_label": ["M1", "M0", "GS", "M0"], "comment": ""})
+    bad = pd.DataFrame(
+        {
+            "image_id": [df.at[0, "sha256"][:16], "0" * 16, df.at[1, "sha256"][:16], df.at[0, "sha256"][:16]],
+            "reviewed_label": ["M1", "M0", "GS", "M0"],
+            "comment": "",
+        }
+    )
     csv = tmp_path / "bad.csv"
     bad.to_csv(csv, index=False)
     out = tmp_path / "new.csv"
@@ -197,14 +230,15 @@ def test_shifted_rotated_crop_of_real_glomerulus_is_caught(shared_data, tmp_path
     src = files[25]  # a nonGS glomerulus
     im = np.asarray(Image.open(src).convert("RGB"))
     h, w = im.shape[:2]
-    crop = np.asarray(Image.fromarray(im[int(0.12 * h):, int(0.08 * w):]).resize((w, h)))
+    crop = np.asarray(Image.fromarray(im[int(0.12 * h) :, int(0.08 * w) :]).resize((w, h)))
     _write_png(tmp_path / "copy.png", np.rot90(crop, 1))
     rows.append({"path": str(tmp_path / "copy.png"), "label": "GS", "slide": "COPY_1"})
     manifest = tmp_path / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     df = read_manifest(manifest, positive_label="GS")
     items = df[["path", "label", "y", "slide", "center", "mask", "sha256"]].assign(
-        prob=np.where(df["y"] == 1, 0.8, 0.2), image_id=[h[:16] for h in df["sha256"]])
+        prob=np.where(df["y"] == 1, 0.8, 0.2), image_id=[h[:16] for h in df["sha256"]]
+    )
     rv = R.build_review(items, R.ReviewConfig(n_pairs=5, feature_size=96))
     first = rv.pairs.iloc[0]
     assert {first["path_a"], first["path_b"]} == {str(src), str(tmp_path / "copy.png")}
@@ -231,11 +265,18 @@ def test_review_page_loads_in_headless_chromium(chromium, tmp_path):
 
 def test_apply_review_into_a_rater_column(tmp_path):
     """With --rater the decision goes into label_<rater>; the label column and the other raters stay as they were."""
-    manifest = build_tiny_dataset(tmp_path / "data", size=16, extra_columns={
-        "label_r1": lambda s, k: ("M1", "M0")[(s + k) % 2], "label_r2": lambda s, k: ("M1", "M0")[(s + k) % 2]})
+    manifest = build_tiny_dataset(
+        tmp_path / "data",
+        size=16,
+        extra_columns={
+            "label_r1": lambda s, k: ("M1", "M0")[(s + k) % 2],
+            "label_r2": lambda s, k: ("M1", "M0")[(s + k) % 2],
+        },
+    )
     df = read_manifest(manifest, positive_label="M1")
-    review = pd.DataFrame({"image_id": [df.at[2, "sha256"][:16]], "reviewed_label": ["M0" if df.at[2, "label"] ==
-                                                                                     "M1" else "M1"]})
+    review = pd.DataFrame(
+        {"image_id": [df.at[2, "sha256"][:16]], "reviewed_label": ["M0" if df.at[2, "label"] == "M1" else "M1"]}
+    )
     review.to_csv(tmp_path / "r.csv", index=False)
     out = tmp_path / "new" / "m.csv"
     s = apply_review(tmp_path / "r.csv", manifest, out, reviewer="Dr Q", rater="r2")

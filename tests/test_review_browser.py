@@ -68,33 +68,59 @@ def test_review_browser_in_jupyterlab_writes_csv(chromium, tmp_path):  # noqa: F
     lab.mkdir()
     nb = papermill.parameterize.parameterize_notebook(
         papermill.iorw.load_notebook_node(str(NOTEBOOK)),
-        {"run": str(run), "out": str(out), "n_pairs": 0, "thumb_size": 64})
+        {"run": str(run), "out": str(out), "n_pairs": 0, "thumb_size": 64},
+    )
     papermill.iorw.write_ipynb(nb, str(lab / "review.ipynb"))
 
     token, port = secrets.token_hex(16), _free_port()
-    env = dict(os.environ, GLOMLIB_ROOT=str(REPO), JUPYTER_CONFIG_DIR=str(tmp_path / "jcfg"),
-               JUPYTER_RUNTIME_DIR=str(tmp_path / "jrt"), JUPYTER_DATA_DIR=str(tmp_path / "jdata"),
-               IPYTHONDIR=str(tmp_path / "ipy"), OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        GLOMLIB_ROOT=str(REPO),
+        JUPYTER_CONFIG_DIR=str(tmp_path / "jcfg"),
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "jrt"),
+        JUPYTER_DATA_DIR=str(tmp_path / "jdata"),
+        IPYTHONDIR=str(tmp_path / "ipy"),
+        OMP_NUM_THREADS="1",
+    )
     env.pop("GLOMLIB_INTERACTIVE", None)  # the kernel must detect the live JupyterLab front end by itself
     log = open(tmp_path / "jupyter.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}",
-         "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={lab}",
-         "--LabApp.news_url=", "--ServerApp.open_browser=False"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=lab)
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--allow-root",
+            f"--port={port}",
+            "--ServerApp.ip=127.0.0.1",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={lab}",
+            "--LabApp.news_url=",
+            "--ServerApp.open_browser=False",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=lab,
+    )
     try:
+
         def up():
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2) as r:
                     return r.status == 200
             except OSError:
                 return server.poll() is not None and (_ for _ in ()).throw(
-                    AssertionError(f"jupyter lab exited: {(tmp_path / 'jupyter.log').read_text()[-2000:]}"))
+                    AssertionError(f"jupyter lab exited: {(tmp_path / 'jupyter.log').read_text()[-2000:]}")
+                )
+
         _wait(up, 120, "the JupyterLab server")
         csv = out / "review.csv"
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium,
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            browser = p.chromium.launch(
+                executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+            )
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(f"http://127.0.0.1:{port}/lab/tree/review.ipynb?token={token}")
@@ -105,8 +131,14 @@ def test_review_browser_in_jupyterlab_writes_csv(chromium, tmp_path):  # noqa: F
                     select.first.click()
                 except PlaywrightTimeout:
                     pass
-                _wait(lambda: page.locator(".jp-Dialog").count() == 0
-                      and page.locator("text=Python 3 (ipykernel) | Idle").count() > 0, 120, "an idle kernel")
+                _wait(
+                    lambda: (
+                        page.locator(".jp-Dialog").count() == 0
+                        and page.locator("text=Python 3 (ipykernel) | Idle").count() > 0
+                    ),
+                    120,
+                    "an idle kernel",
+                )
                 page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
                 page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
                 item = page.locator(f".glomlib-review-{iid}")
@@ -117,8 +149,11 @@ def test_review_browser_in_jupyterlab_writes_csv(chromium, tmp_path):  # noqa: F
                 box = item.locator("input[type='text']").first
                 box.fill("open capillaries, not sclerosed")
                 box.press("Enter")
-                _wait(lambda: _csv_value(csv, iid, "comment") == "open capillaries, not sclerosed", 30,
-                      "the comment in review.csv")
+                _wait(
+                    lambda: _csv_value(csv, iid, "comment") == "open capillaries, not sclerosed",
+                    30,
+                    "the comment in review.csv",
+                )
                 page.screenshot(path=str(tmp_path / "review-browser.png"))
             except Exception:
                 page.screenshot(path=str(tmp_path / "failure.png"))  # what the browser showed, for the report

@@ -34,10 +34,16 @@ def base(tmp_path_factory):
     b = tmp_path_factory.mktemp("integrity")
     nbs = write_standin_notebooks(b / "notebooks")
     # 02 waits while a flag file exists: lets a test interrupt a step that is running
-    nb = _nb("Self-supervised pretraining", _COMMON + 'epochs = 1  # epochs\nwait_file = ""  # wait while it exists',
-             [_MKOUT, "import time\nprint('step 02 started', flush=True)\n"
-                      "while wait_file and pathlib.Path(wait_file).exists():\n    time.sleep(0.2)",
-              "(out / 'encoder.safetensors').write_bytes(b'x')"])
+    nb = _nb(
+        "Self-supervised pretraining",
+        _COMMON + 'epochs = 1  # epochs\nwait_file = ""  # wait while it exists',
+        [
+            _MKOUT,
+            "import time\nprint('step 02 started', flush=True)\n"
+            "while wait_file and pathlib.Path(wait_file).exists():\n    time.sleep(0.2)",
+            "(out / 'encoder.safetensors').write_bytes(b'x')",
+        ],
+    )
     nbformat.write(nb, str(nbs / "02_simclr_pretrain.ipynb"))
     return b, nbs
 
@@ -46,8 +52,16 @@ def _new_run(base, tmp_path, only=("01",), **prof):
     b, nbs = base
     data = build_tiny_dataset(tmp_path / "data", n_slides=4, per_slide=2, size=8)
     profile = write_profile(tmp_path / "p.yaml", steps=prof.pop("steps", {}), **prof)
-    run = run_pipeline(profile, data=str(data), notebooks_dir=nbs, runs_root=tmp_path / "runs", project_root=REPO,
-                       render=False, only=list(only), log=lambda m: None)
+    run = run_pipeline(
+        profile,
+        data=str(data),
+        notebooks_dir=nbs,
+        runs_root=tmp_path / "runs",
+        project_root=REPO,
+        render=False,
+        only=list(only),
+        log=lambda m: None,
+    )
     return run, data, profile
 
 
@@ -118,8 +132,21 @@ def test_a_failed_step_exits_6_and_the_report_says_so(base, tmp_path, capsys):
     b, nbs = base
     data = build_tiny_dataset(tmp_path / "data", n_slides=4, per_slide=2, size=8)
     bad = write_profile(tmp_path / "bad.yaml", steps={"04_baseline_comparison": {"fail": True}})
-    rc = main(["run", "--profile", str(bad), "--data", str(data), "--notebooks", str(nbs), "--runs-root",
-               str(tmp_path / "runs"), "--reports-root", str(tmp_path / "reports")])
+    rc = main(
+        [
+            "run",
+            "--profile",
+            str(bad),
+            "--data",
+            str(data),
+            "--notebooks",
+            str(nbs),
+            "--runs-root",
+            str(tmp_path / "runs"),
+            "--reports-root",
+            str(tmp_path / "reports"),
+        ]
+    )
     assert rc == 6
     index = next((tmp_path / "reports").glob("*/index.html")).read_text()
     assert "This run is incomplete: a step failed" in index and "04_baseline_comparison</strong> failed" in index
@@ -143,8 +170,14 @@ def test_interrupted_right_after_a_step_finished_resumes_without_rerunning_it(ba
 
 def _cli(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "glomlib.cli", "run", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-m", "glomlib.cli", "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 180) -> None:
@@ -167,8 +200,19 @@ def test_interrupts_leave_a_resumable_run(base, tmp_path, how):
     flag = tmp_path / "wait"
     flag.write_text("")
     prof = write_profile(tmp_path / "p.yaml", steps={"02_simclr_pretrain": {"wait_file": str(flag)}})
-    proc = _cli("--profile", str(prof), "--data", str(data), "--notebooks", str(nbs), "--runs-root",
-                str(tmp_path / "runs"), "--no-report", "--only", "01,02")
+    proc = _cli(
+        "--profile",
+        str(prof),
+        "--data",
+        str(data),
+        "--notebooks",
+        str(nbs),
+        "--runs-root",
+        str(tmp_path / "runs"),
+        "--no-report",
+        "--only",
+        "01,02",
+    )
     _wait_for(proc, "02_simclr_pretrain ->")
     time.sleep(4)  # the kernel is running the notebook
     proc.send_signal(how)
@@ -190,8 +234,9 @@ def test_interrupts_leave_a_resumable_run(base, tmp_path, how):
 
 
 def test_a_metric_never_covers_less_than_its_fold(tmp_path):
-    folds = pd.DataFrame({"seed": [0, 0, 0, 0], "slide": ["a", "b", "c", "d"], "fold": [0, 0, 1, -1],
-                          "n": [2, 1, 2, 5]})
+    folds = pd.DataFrame(
+        {"seed": [0, 0, 0, 0], "slide": ["a", "b", "c", "d"], "fold": [0, 0, 1, -1], "n": [2, 1, 2, 5]}
+    )
     pred = pd.DataFrame({"path": list("pqrst"), "seed": 0, "fold": [0, 0, 0, 1, 1]})
     cov = fold_coverage(pred, folds)
     assert [(r["fold"], r["predicted"], r["expected"]) for r in cov] == [(0, 3, 3), (1, 2, 2)]

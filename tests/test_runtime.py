@@ -27,8 +27,14 @@ def clean_runtime(tmp_path, monkeypatch):
 def tiny_workload(calls: list):
     def build():
         calls.append(1)
-        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, 2),
+        )
 
     return runtime.Workload("tiny-test-net", 16, 4, build)
 
@@ -84,7 +90,9 @@ def test_cache_entry_decides_and_is_keyed_by_workload(clean_runtime, monkeypatch
     w = tiny_workload(calls)
     key = runtime.calibration_key(torch.device("cpu"), w)
     for chosen in ("fp32", "bf16"):
-        (clean_runtime / runtime.CALIBRATION_FILE).write_text(json.dumps({key: {"chosen": chosen, "speedup_bf16": 1.0}}))
+        (clean_runtime / runtime.CALIBRATION_FILE).write_text(
+            json.dumps({key: {"chosen": chosen, "speedup_bf16": 1.0}})
+        )
         runtime._CALIBRATION_MEMO.clear()
         assert runtime.plan("cpu", "auto", workload=w).precision == chosen
     assert calls == []
@@ -123,8 +131,17 @@ def test_explicit_precision_never_calibrates(clean_runtime, monkeypatch):
     assert calls == []
 
 
-@pytest.mark.parametrize("cap, capped", [("AVX512_CORE", True), ("avx512_core_vnni", True), ("AVX2", True),
-                                         ("AVX512_CORE_BF16", False), ("ALL", False), ("", False)])
+@pytest.mark.parametrize(
+    "cap, capped",
+    [
+        ("AVX512_CORE", True),
+        ("avx512_core_vnni", True),
+        ("AVX2", True),
+        ("AVX512_CORE_BF16", False),
+        ("ALL", False),
+        ("", False),
+    ],
+)
 def test_a_onednn_isa_cap_below_bf16_means_no_native_bf16(clean_runtime, monkeypatch, cap, capped):
     """ONEDNN_MAX_CPU_ISA below AVX512_CORE_BF16 leaves oneDNN without bf16 kernels (bf16 is then emulated and
     slow), so auto must not pick bf16 whatever the CPU has; that is also how a no-bf16 CPU is emulated."""

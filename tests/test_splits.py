@@ -14,8 +14,15 @@ def _df(n_slides=10, per=6, pos_every=2, patient=None):
     rows = []
     for s in range(n_slides):
         for k in range(per):
-            rows.append({"slide": f"S{s}", "patient": patient(s) if patient else f"S{s}",
-                         "center": "C", "split": "", "y": int((s + k) % pos_every == 0)})
+            rows.append(
+                {
+                    "slide": f"S{s}",
+                    "patient": patient(s) if patient else f"S{s}",
+                    "center": "C",
+                    "split": "",
+                    "y": int((s + k) % pos_every == 0),
+                }
+            )
     return pd.DataFrame(rows)
 
 

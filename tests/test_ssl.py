@@ -19,15 +19,29 @@ from glomlib.models import files as checkpoint
 from glomlib.train import simclr as ssl
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(backbone="resnet18", ssl_init="scratch", freeze_bn=False, image_size=32, batch_size=8, epochs=2, knn_every=1, knn_k=3, proj_hidden_dim=32, proj_out_dim=16,
-            precision="fp32", channels_last=False, clahe_p=0.5, warmup_epochs=1)
+TINY = dict(
+    backbone="resnet18",
+    ssl_init="scratch",
+    freeze_bn=False,
+    image_size=32,
+    batch_size=8,
+    epochs=2,
+    knn_every=1,
+    knn_k=3,
+    proj_hidden_dim=32,
+    proj_out_dim=16,
+    precision="fp32",
+    channels_last=False,
+    clahe_p=0.5,
+    warmup_epochs=1,
+)
 
 
 def _images(n=24, s=32, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.integers(150, 230, (n, s, s, 3), dtype=np.uint8)
     y = np.arange(n) % 2
-    x[y == 1, s // 4: 3 * s // 4, s // 4: 3 * s // 4] //= 3  # a dark blob on positives
+    x[y == 1, s // 4 : 3 * s // 4, s // 4 : 3 * s // 4] //= 3  # a dark blob on positives
     return x, y, np.arange(n) % 3
 
 
@@ -200,10 +214,40 @@ def test_out_folder_is_never_overwritten(make_manifest, tmp_path):
 
 
 def _cli(out, manifest, epochs, *extra):
-    return [sys.executable, "-m", "glomlib.train.simclr", "--progress", "false", "--out", str(out),
-            "--data", str(manifest), "--epochs", str(epochs), "--image-size", "32", "--batch-size", "4",
-            "--knn-k", "3", "--knn-every", "1", "--proj-hidden-dim", "32", "--proj-out-dim", "16", "--folds", "3",
-            "--precision", "fp32", "--backbone", "resnet18", "--ssl-init", "scratch", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "glomlib.train.simclr",
+        "--progress",
+        "false",
+        "--out",
+        str(out),
+        "--data",
+        str(manifest),
+        "--epochs",
+        str(epochs),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--knn-k",
+        "3",
+        "--knn-every",
+        "1",
+        "--proj-hidden-dim",
+        "32",
+        "--proj-out-dim",
+        "16",
+        "--folds",
+        "3",
+        "--precision",
+        "fp32",
+        "--backbone",
+        "resnet18",
+        "--ssl-init",
+        "scratch",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -225,8 +269,7 @@ def test_sigkill_mid_epoch_then_resume_finishes(make_manifest, tmp_path):
     ck = checkpoint.load_checkpoint(out / "checkpoint.pt")
     assert 1 <= ck["epoch"] < 4
     assert not (out / "encoder.safetensors").exists()
-    r = subprocess.run(_cli(out, m, 4, "--resume"), cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(_cli(out, m, 4, "--resume"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert f"Resuming {out} after epoch {ck['epoch']}/4" in r.stdout
     assert list(ssl.read_history(out)["epoch"]) == [1, 2, 3, 4]
@@ -242,9 +285,21 @@ def test_glomlib_ssl_options():
     assert cfg.lr == ssl.SSLConfig.lr  # options not given keep the dataclass default
 
 
-@pytest.mark.parametrize("argv", [["--batch-size", "1"], ["--lr", "nan"], ["--lr", "-1e-3"], ["--temperature", "0"],
-                                  ["--warmup-epochs", "-1"], ["--stain-normalize", "bogus"], ["--epochs", "0"],
-                                  ["--weight-decay", "-0.1"], ["--optimizer", "adam"], ["--resume"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--batch-size", "1"],
+        ["--lr", "nan"],
+        ["--lr", "-1e-3"],
+        ["--temperature", "0"],
+        ["--warmup-epochs", "-1"],
+        ["--stain-normalize", "bogus"],
+        ["--epochs", "0"],
+        ["--weight-decay", "-0.1"],
+        ["--optimizer", "adam"],
+        ["--resume"],
+    ],
+)
 def test_bad_ssl_options_are_usage_errors(argv, capsys):
     """Issue 19 (6): refused where they enter, exit 2 (the old CLI trained, or exited 70 on --lr nan)."""
     from glomlib import cli

@@ -15,8 +15,9 @@ from glomlib.train.augment import hed_jitter
 
 def _tissue(shade: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    img = np.stack([rng.integers(150, 230, (24, 24)), rng.integers(90, 170, (24, 24)),
-                    rng.integers(140, 220, (24, 24))], axis=-1)
+    img = np.stack(
+        [rng.integers(150, 230, (24, 24)), rng.integers(90, 170, (24, 24)), rng.integers(140, 220, (24, 24))], axis=-1
+    )
     return np.clip(img - shade, 0, 255).astype(np.uint8)
 
 
@@ -61,9 +62,22 @@ def test_finetune_leave_one_centre_out_with_stain_options(tiny_manifest, tmp_pat
     from glomlib.evaluate.predict import load_model
     from glomlib.train.finetune import run_finetune
 
-    res = run_finetune(data=str(tiny_manifest), out=str(tmp_path / "loco"), init="scratch", backbone="resnet18",
-                       image_size=16, epochs=1, folds=2, cv="centre", positive_label="M1", progress=False,
-                       stain_augment=0.05, stain_normalize="reinhard", min_steps=0, device="cpu")
+    res = run_finetune(
+        data=str(tiny_manifest),
+        out=str(tmp_path / "loco"),
+        init="scratch",
+        backbone="resnet18",
+        image_size=16,
+        epochs=1,
+        folds=2,
+        cv="centre",
+        positive_label="M1",
+        progress=False,
+        stain_augment=0.05,
+        stain_normalize="reinhard",
+        min_steps=0,
+        device="cpu",
+    )
     p = res.predictions
     assert (p.groupby("fold")["center"].nunique() == 1).all() and p.groupby("center")["fold"].nunique().eq(1).all()
     assert set(p["center"]) == {"A", "B"}
@@ -136,8 +150,9 @@ def test_the_cache_normalises_once_and_keeps_what_it_left_unchanged(tmp_path, wr
     plain = load_images(paths, 24, cache_dir=cd)
     mac = load_images(paths, 24, cache_dir=cd, stain="macenko")
     assert np.array_equal(np.asarray(mac), normalize_stain(np.asarray(plain), "macenko"))
-    assert np.array_equal(np.asarray(load_images(paths, 24, cache_dir=cd, stain="reinhard")),
-                          reinhard(np.asarray(plain)))
+    assert np.array_equal(
+        np.asarray(load_images(paths, 24, cache_dir=cd, stain="reinhard")), reinhard(np.asarray(plain))
+    )
     assert mac.filename != plain.filename and len(list(cd.glob("*.npy"))) == 3
     rep = stain_report(mac)
     assert rep.method == "macenko" and rep.n_images == 5 and rep.unchanged == [4] and "stained pixels" in rep.reasons[0]
@@ -182,9 +197,20 @@ def test_finetune_writes_the_stain_report(tiny_manifest, tmp_path):
     from glomlib.evaluate.predict import load_model
     from glomlib.train.finetune import run_finetune
 
-    res = run_finetune(data=str(tiny_manifest), out=str(tmp_path / "m"), init="scratch", backbone="resnet18",
-                       image_size=16, epochs=1, folds=2, positive_label="M1", progress=False,
-                       stain_normalize="macenko", min_steps=0, device="cpu")
+    res = run_finetune(
+        data=str(tiny_manifest),
+        out=str(tmp_path / "m"),
+        init="scratch",
+        backbone="resnet18",
+        image_size=16,
+        epochs=1,
+        folds=2,
+        positive_label="M1",
+        progress=False,
+        stain_normalize="macenko",
+        min_steps=0,
+        device="cpu",
+    )
     doc = json.loads((tmp_path / "m" / "stain.json").read_text())
     assert doc["method"] == "macenko" and doc["n_images"] == 24
     assert doc["n_unchanged"] == len(doc.get("unchanged_files", []))
@@ -199,17 +225,36 @@ def test_ssl_can_leave_a_centre_out_and_normalise_stain(make_manifest, tmp_path)
     from glomlib.train.simclr import SSLConfig, load_data, run_ssl
 
     man = make_manifest(centers=("A", "B", "C"))
-    cfg = SSLConfig(data=str(man), exclude_centre="B", stain_normalize="reinhard", positive_label="M1",
-                    image_size=16, backbone="resnet18", ssl_init="scratch")
+    cfg = SSLConfig(
+        data=str(man),
+        exclude_centre="B",
+        stain_normalize="reinhard",
+        positive_label="M1",
+        image_size=16,
+        backbone="resnet18",
+        ssl_init="scratch",
+    )
     d = load_data(cfg)
     assert "B" not in set(d["df"]["center"]) and len(d["df"]) == 16
     from glomlib.data.cache import load_images
 
     plain = load_images(d["df"]["path"].tolist(), 16)
     assert np.array_equal(np.asarray(d["images"]), reinhard(np.asarray(plain)))
-    res = run_ssl(SSLConfig(**{**cfg.__dict__, "out": str(tmp_path / "ssl"), "epochs": 1, "batch_size": 8,
-                               "final_probe": False, "knn_every": 0, "progress": False, "device": "cpu"}),
-                  progress=False)
+    res = run_ssl(
+        SSLConfig(
+            **{
+                **cfg.__dict__,
+                "out": str(tmp_path / "ssl"),
+                "epochs": 1,
+                "batch_size": 8,
+                "final_probe": False,
+                "knn_every": 0,
+                "progress": False,
+                "device": "cpu",
+            }
+        ),
+        progress=False,
+    )
     meta = read_encoder_meta(res.encoder_path)
     assert meta["exclude_centre"] == "B" and meta["stain_normalize"] == "reinhard"
     with pytest.raises(ConfigError, match=r"exclude_centre='X'.*\['A', 'B', 'C'\]"):
@@ -227,13 +272,40 @@ def test_glom_leave_one_centre_out_uses_the_encoder_pretrained_without_the_test_
 
     man = make_manifest(centers=("A", "B", "C"))
     for c in ("A", "B", "C"):
-        run_ssl(SSLConfig(data=str(man), exclude_centre=c, out=str(tmp_path / f"ssl-without-{c}"), epochs=1,
-                          batch_size=8, image_size=16, backbone="resnet18", ssl_init="scratch", final_probe=False,
-                          knn_every=0, progress=False, device="cpu", positive_label="M1"), progress=False)
+        run_ssl(
+            SSLConfig(
+                data=str(man),
+                exclude_centre=c,
+                out=str(tmp_path / f"ssl-without-{c}"),
+                epochs=1,
+                batch_size=8,
+                image_size=16,
+                backbone="resnet18",
+                ssl_init="scratch",
+                final_probe=False,
+                knn_every=0,
+                progress=False,
+                device="cpu",
+                positive_label="M1",
+            ),
+            progress=False,
+        )
     spec = str(tmp_path / "ssl-without-{centre}")
-    kw = dict(data=str(man), init="glom", ssl_checkpoint=spec, backbone="resnet18", image_size=16, epochs=1,
-              folds=3, cv="centre", final_model=False, positive_label="M1", progress=False, min_steps=0,
-              device="cpu")
+    kw = dict(
+        data=str(man),
+        init="glom",
+        ssl_checkpoint=spec,
+        backbone="resnet18",
+        image_size=16,
+        epochs=1,
+        folds=3,
+        cv="centre",
+        final_model=False,
+        positive_label="M1",
+        progress=False,
+        min_steps=0,
+        device="cpu",
+    )
     res = run_finetune(out=str(tmp_path / "ft"), **kw)
     for k in range(3):
         fold = json.loads((tmp_path / "ft" / "checkpoints" / f"seed0-fold{k}" / "result.json").read_text())
@@ -265,8 +337,16 @@ def test_centre_summary_is_the_mean_and_sd_over_seeds():
             for s in slides:
                 for i in range(8):
                     y = int(i % 3 == 0)
-                    rows.append({"path": f"{s}-{i}.png", "slide": s, "center": c, "y": y, "seed": seed,
-                                 "prob": float(np.clip(0.6 * y + rng.normal(0.2, 0.2), 0, 1))})
+                    rows.append(
+                        {
+                            "path": f"{s}-{i}.png",
+                            "slide": s,
+                            "center": c,
+                            "y": y,
+                            "seed": seed,
+                            "prob": float(np.clip(0.6 * y + rng.normal(0.2, 0.2), 0, 1)),
+                        }
+                    )
     pred = pd.DataFrame(rows)
     t = centre_summary({"r": pred}).set_index("centre")
     per_seed = [centre_table({"r": pred[pred["seed"] == s]}).set_index("centre") for s in (0, 1, 2)]

@@ -29,6 +29,7 @@ from glomlib.data.stain import write_stain_report
 from glomlib.evaluate import metrics as M
 from glomlib.models.heads import build_classifier
 from glomlib.models.inference import predict_probs
+from glomlib.models.integrity import pixel_stats
 from glomlib.train.finetune.config import RESUME_FREE_FIELDS, FinetuneConfig
 from glomlib.train.finetune.encoder import ssl_encoders
 from glomlib.train.finetune.save import model_meta, save_final_model, save_fold_model, zero_nonfinite_weights
@@ -210,6 +211,7 @@ def _train_fold(run: _Run, folds: np.ndarray, frac: float, seed: int, k: int, fd
     row.update({key: info[key] for key in ROW_INFO}, test_slides=";".join(test_slides), checkpoint=fdir.name)
     meta = model_meta(cfg, run.labels, run.fingerprint, label_fraction=frac, seed=seed, fold=k, test_slides=test_slides)
     meta.update(epochs=info["best_epoch"], n_train=info["n_train"], cv_auc=f"{row['auc']:.3f} (this fold)")
+    meta.update(pixel_stats=pixel_stats(run.images[torch.from_numpy(sp["train"])].numpy()))
     model_file = save_fold_model(model, meta, fdir / "model.safetensors", test_images, probs, run.plan)
     io.write_csv_atomic(pred, fdir / "predictions.csv")
     io.write_json_atomic(fdir / "history.json", info["history"])
@@ -289,6 +291,7 @@ def _final_model(run: _Run, folds: np.ndarray, doc: dict[str, Any], predictions:
     oof = predictions[predictions["label_fraction"].astype(float) == frac]
     meta = model_meta(cfg, run.labels, run.fingerprint, label_fraction=frac, epochs=n_ep, n_train=int(len(idx_all)))
     meta.update(cv_auc=doc["summary"].get("auc", {}).get("text"), threshold=M.threshold_from_oof(oof, "youden"))
+    meta.update(pixel_stats=pixel_stats(run.images[torch.from_numpy(idx_all)].numpy()))
     held = np.flatnonzero(folds < 0)
     zero_nonfinite_weights(model)  # as saved (see save_final_model)
     if len(held):  # rows with split=test: never in CV, predicted once by the final model
