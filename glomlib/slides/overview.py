@@ -7,15 +7,16 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
-from glomlib.core.config import StepConfig
+from glomlib.core.config import NonNegativeFloat, PositiveInt, StepConfig
 from glomlib.slides.extract import safe_name
 from glomlib.slides.read import open_slide
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SlidesConfig(StepConfig):
     """Parameters of notebook 00 (slides overview)."""
 
@@ -23,11 +24,13 @@ class SlidesConfig(StepConfig):
     slides_csv: str = ""  # slides CSV (slide, wsi, annotations) to extract, empty means build the demo slides
     out: str = "auto"  # output folder, auto means a new folder runs/<UTC stamp>-slides
     predictions: str = ""  # optional predictions CSV (glomlib predict on the manifest): outlines coloured by prediction
-    target_mpp: float = 0.0  # micrometres per pixel of the crops, 0 means each slide's own
-    context: float = 0.25  # share of the outline's box added on each side of a crop
-    reader: str = "tiffslide"  # slide reader: tiffslide, or openslide (pip install 'glomlib[openslide]')
-    max_slides: int = 12  # slides shown
-    thumbnail_size: int = 1024  # longer side of each slide thumbnail (px)
+    target_mpp: NonNegativeFloat = 0.0  # micrometres per pixel of the crops, 0 means each slide's own
+    context: NonNegativeFloat = 0.25  # share of the outline's box added on each side of a crop
+    reader: Literal["tiffslide", "openslide"] = (
+        "tiffslide"  # slide reader: tiffslide, or openslide (pip install 'glomlib[openslide]')
+    )
+    max_slides: PositiveInt = 12  # slides shown
+    thumbnail_size: PositiveInt = 1024  # longer side of each slide thumbnail (px)
 
 
 LABEL_COLORS = ("tab:red", "tab:green", "tab:blue", "tab:orange", "tab:purple")
