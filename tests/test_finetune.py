@@ -430,7 +430,8 @@ def test_bad_options_are_usage_errors(argv):
 
 
 def test_numeric_labels_refused_before_training(tmp_path, monkeypatch):
-    """(4) labels 0/1 trained every fold, then failed at save ("positive_label=1 must name the positive class")."""
+    """(4) labels 0/1 trained every fold, then failed at save ("positive_label=1 must name the positive class");
+    now reading the manifest refuses them, naming the fix, before any training."""
     from conftest import build_tiny_dataset
 
     import glomlib.train.finetune.cv as ft_cv
@@ -438,7 +439,7 @@ def test_numeric_labels_refused_before_training(tmp_path, monkeypatch):
 
     m = build_tiny_dataset(tmp_path / "d", n_slides=4, labels=("1", "0"))
     monkeypatch.setattr(ft_cv, "train_one", lambda *a, **kw: pytest.fail("trained before refusing the labels"))
-    with pytest.raises(ManifestError, match="label column.*--positive-label"):
+    with pytest.raises(ManifestError, match="not class names.*--label-map"):
         run_finetune(**_params(m, tmp_path / "run", positive_label="1"))
 
 

@@ -1,4 +1,6 @@
-"""The run-folder layout, known once: where a run's models, folds, predictions, metrics and reports live, how
+"""The run-folder layout, known once.
+
+Where a run's models, folds, predictions, metrics and reports live, how
 ``latest`` is found (the newest match under ``runs/`` by modification time) and how a run argument resolves."""
 
 from __future__ import annotations

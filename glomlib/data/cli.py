@@ -87,7 +87,7 @@ class FromFolderConfig(StepConfig):
     slide_regex: str = DEFAULT_SLIDE_REGEX  # regex on the file name (no extension); group 'slide' (or 1) = slide ID
     center_regex: str | None = None  # regex searched in the slide ID; group 'center' (or 1) = centre, e.g. '^([^_]+)_'
     extensions: str = ",".join(IMAGE_EXTENSIONS)  # image file extensions
-    positive_label: str | None = None  # positive class; written to dataset.json beside the manifest for every step
+    positive_label: str = ""  # positive class; written to dataset.json beside the manifest for every step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,9 +106,9 @@ class FetchConfig(StepConfig):
 class ApplyReviewConfig(StepConfig):
     """Apply a filled review.csv (glomlib review) to a manifest -> a NEW manifest."""
 
-    review: tyro.conf.Positional[
-        str
-    ]  # review.csv with reviewed_label (a manifest label, 'unsure', or empty) and comment
+    # fmt: off
+    review: tyro.conf.Positional[str]  # review.csv with reviewed_label (a manifest label, 'unsure', or empty) and comment
+    # fmt: on
     manifest: str  # the manifest the review was made from (never changed)
     out: str  # the new manifest to write (must not exist)
     reviewer: str | None = None  # who reviewed (unless the review has a 'reviewer' column)

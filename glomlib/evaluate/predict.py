@@ -1,4 +1,6 @@
-"""Apply a fine-tuned ``model.safetensors`` (weights plus the metadata that says how to use them; no pickle) to
+"""Apply a fine-tuned ``model.safetensors`` to new patches.
+
+The file holds weights plus the metadata that says how to use them (no pickle); applied to
 new patches: :func:`predict` per image, ``glomlib predict`` per manifest (never overwriting ``--out``).
 """
 

@@ -124,9 +124,7 @@ class ProbeConfig(StepConfig):
 
     data: str = str(DEFAULT_MANIFEST)  # manifest CSV (its labelled rows are probed)
     out: str = ""  # JSON file for the result ("" = print it); never overwritten
-    backbone: Literal["resnet18", "resnet50", "efficientnet_lite0"] = (
-        "efficientnet_lite0"  # resnet18 | resnet50 | efficientnet_lite0
-    )
+    backbone: Literal["resnet18", "resnet50", "efficientnet_lite0"] = "efficientnet_lite0"  # the encoder's network
     init: Literal["scratch", "imagenet"] = "imagenet"  # scratch | imagenet (weights probed when no encoder is given)
     encoder: str = ""  # encoder.safetensors of an SSL run ("" = use init)
     image_size: PositiveInt = 96  # pixels fed to the encoder

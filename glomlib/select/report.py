@@ -1,4 +1,6 @@
-"""What a selection simulation says, in words and one figure; the sentence claims an order only where a CI
+"""What a selection simulation says, in words and one figure.
+
+The sentence claims an order only where a CI
 excludes 0, and names slide-stratified random the default when no strategy beats random."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Slide overviews for notebooks and reports: each slide's thumbnail with its outlines drawn, coloured by label
+"""Slide overviews for notebooks and reports.
+
+Each slide's thumbnail with its outlines drawn, coloured by label
 or by prediction."""
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ class SlidesConfig(StepConfig):
     predictions: str = ""  # optional predictions CSV (glomlib predict on the manifest): outlines coloured by prediction
     target_mpp: NonNegativeFloat = 0.0  # micrometres per pixel of the crops, 0 means each slide's own
     context: NonNegativeFloat = 0.25  # share of the outline's box added on each side of a crop
-    reader: Literal["tiffslide", "openslide"] = (
-        "tiffslide"  # slide reader: tiffslide, or openslide (pip install 'glomlib[openslide]')
-    )
+    # fmt: off
+    reader: Literal["tiffslide", "openslide"] = "tiffslide"  # slide reader (openslide: pip install 'glomlib[openslide]')
+    # fmt: on
     max_slides: PositiveInt = 12  # slides shown
     thumbnail_size: PositiveInt = 1024  # longer side of each slide thumbnail (px)
 

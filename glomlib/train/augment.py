@@ -1,4 +1,6 @@
-"""Batched tensor augmentations (CPU or GPU), each switchable: SimCLR's views (:func:`augment_batch`,
+"""Batched tensor augmentations (CPU or GPU), each switchable.
+
+SimCLR's views (:func:`augment_batch`,
 :func:`two_views`) and fine-tuning's light one (:func:`light_augment`).
 
 SimCLR (the KSN 2025 study's list plus vertical flip, optional grayscale/blur): random resized crop, flips,

@@ -1,4 +1,6 @@
-"""Files that never lose anything: atomic writes (:mod:`.atomic`), exclusive run-folder claims and run status
+"""Files that never lose anything.
+
+Atomic writes (:mod:`.atomic`), exclusive run-folder claims and run status
 (:mod:`.claims`), one writer per run folder (:mod:`.lock`), provenance (:mod:`.provenance`)."""
 
 from glomlib.core.io.atomic import (  # noqa: F401

@@ -1,4 +1,6 @@
-"""The one runtime: hardware and plan (:mod:`.hardware`), precision policy (:mod:`.precision`) and its timed
+"""The one runtime policy: device, precision, memory format, seeding.
+
+Hardware and plan (:mod:`.hardware`), precision policy (:mod:`.precision`) and its timed
 :mod:`.calibration`, model input (:mod:`.tensors`), training-loop seeding and LR factor (:mod:`.loop`)."""
 
 from glomlib.core.runtime.calibration import _CALIBRATION_MEMO, CALIBRATION_FILE, calibrate, calibration_key  # noqa: F401

@@ -41,15 +41,13 @@ class EvaluateConfig(StepConfig):
 class ExternalValidationConfig(EvaluateConfig):
     """Parameters of notebook 06: :class:`EvaluateConfig` plus the threshold-transfer experiment."""
 
-    local_sizes: list[int] = dataclasses.field(
-        default_factory=lambda: [10, 20, 50, 100]
-    )  # local labelled glomeruli to re-fit on
+    local_sizes: list[int] = dataclasses.field(default_factory=lambda: [10, 20, 50, 100])  # local labels to re-fit on
     repeats: PositiveInt = 20  # random draws per size
     calibration: Literal["platt", "isotonic"] = "platt"  # platt | isotonic
     threshold_rule: str = "youden"  # youden | sensitivity:0.9 | fixed:0.5
-    pool_fraction: Annotated[float, at.Gt(0), at.Lt(1)] = (
-        0.5  # share of the external slides that may give local labels; the rest are the test slides
-    )
+    # fmt: off
+    pool_fraction: Annotated[float, at.Gt(0), at.Lt(1)] = 0.5  # share of the external slides that may give local labels; the rest are the test slides
+    # fmt: on
 
     def validate(self) -> None:
         super().validate()

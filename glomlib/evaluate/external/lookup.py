@@ -1,4 +1,6 @@
-"""Run-folder lookups of ``glomlib evaluate``/``predict``: which model file, which slides it never saw, and a
+"""Run-folder lookups of ``glomlib evaluate`` and ``predict``.
+
+Which model file, which slides it never saw, and a
 manifest read against the model's class names."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""A run's identity (``identity.json``): what its numbers were computed from — the data (paths, labels, slides,
+"""A run's identity (``identity.json``): what its numbers were computed from.
+
+The data (paths, labels, slides,
 patients, centres, file contents, label mapping), the profile and every step's parameters, the seeds and the code
 version. Recorded when the run starts; every resume recomputes it and refuses any difference (exit 2)."""
 

@@ -1,4 +1,6 @@
-"""One executed notebook -> one self-contained HTML page without code (nbconvert's ``HTMLExporter``, figures
+"""One executed notebook -> one self-contained HTML page without code.
+
+nbconvert's ``HTMLExporter``, figures
 embedded as base64, no external scripts). Cleaned on a copy: no stderr, widgets or remove-tagged cells."""
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from glomlib.core.coverage import fold_coverage
 from glomlib.core.paths import DEFAULT_MANIFEST, DEFAULT_RUNS_ROOT
 from glomlib.data import splits
 from glomlib.data.cache import load_images, stain_report
-from glomlib.data.manifest import ManifestError, data_fingerprint, read_manifest
+from glomlib.data.manifest import data_fingerprint, read_manifest
 from glomlib.data.stain import write_stain_report
 from glomlib.evaluate import metrics as M
 from glomlib.models.heads import build_classifier
@@ -91,22 +91,7 @@ def _load_data(cfg: FinetuneConfig) -> tuple[pd.DataFrame, str, str]:
             f"positive_label={pos!r} matches no image of {cfg.data}; its labels are "
             f"{sorted(set(df['label']))}. Pass the right positive_label (e.g. GS for glomeruli-pas)."
         )
-    _check_label_names(cfg, df, pos)
     return df.reset_index(drop=True), pos, neg
-
-
-def _check_label_names(cfg: FinetuneConfig, df: pd.DataFrame, pos: str) -> None:
-    """Refuse now what saving the first model would refuse (models/files.py reads the class name back as JSON:
-    a positive label such as 1 or true comes back as a number, and the file's metadata is invalid)."""
-    from glomlib.models.files import meta_from_strings
-
-    if meta_from_strings({"label": pos})["label"] != pos:
-        raise ManifestError(
-            f"positive_label={pos!r}: the labels of {cfg.data} are {sorted(set(df['label']) - {''})}; a label "
-            "value that reads as a number or true/false cannot be kept as the class name in a model file (saving "
-            "the first fold model would fail). Name the classes in the label column (e.g. GS / nonGS) and pass "
-            "--positive-label with the positive one."
-        )
 
 
 def _prepare_out(cfg: FinetuneConfig, cfg_dict: dict[str, Any], fingerprint: str) -> Path:

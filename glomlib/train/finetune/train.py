@@ -1,4 +1,6 @@
-"""One fine-tuned model: :func:`train_one` (AdamW, warm-up + cosine, class-weighted BCE, light augmentation,
+"""One fine-tuned model.
+
+:func:`train_one`: AdamW, warm-up + cosine, class-weighted BCE, light augmentation,
 epoch selection on a validation split, early stopping, per-epoch state for resuming)."""
 
 from __future__ import annotations

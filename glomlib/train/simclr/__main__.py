@@ -1,3 +1,5 @@
+"""``python -m glomlib.train.simclr``: what torchrun launches (the options of ``glomlib ssl``)."""
+
 import sys
 
 from glomlib.train.simclr.cli import main

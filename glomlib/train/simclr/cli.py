@@ -1,4 +1,6 @@
-"""``glomlib ssl`` and ``python -m glomlib.train.simclr`` (what torchrun launches): the same options, SSLConfig's
+"""``glomlib ssl`` and ``python -m glomlib.train.simclr`` (what torchrun launches).
+
+The same options, SSLConfig's
 fields."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""SimCLR data: the manifest's patches from the image cache, per-epoch index batches, the two-view loader, and
+"""SimCLR data.
+
+The manifest's patches from the image cache, per-epoch index batches, the two-view loader, and
 history.csv."""
 
 from __future__ import annotations
