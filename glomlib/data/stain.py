@@ -11,7 +11,6 @@ them): medians over the glomeruli-pas patches of SAS and VUHSK at 64 px, a gener
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -112,8 +111,9 @@ def macenko(images: Any, target: dict[str, Any] | None = None, report: StainRepo
             rep.reasons.append(f"{tissue:.1%} stained pixels (< {MACENKO_MIN_TISSUE:.0%})")
             continue
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")  # NaN from a degenerate covariance is an error here, not a warning
+            # NaN from a degenerate covariance is an error here, not a warning. np.errstate is thread-safe (images are
+            # normalised in worker threads); warnings.catch_warnings is not and could leave "error" set process-wide.
+            with np.errstate(divide="raise", invalid="raise", over="raise"):
                 res, _, _ = norm.normalize(I=np.ascontiguousarray(im), Io=_IO, alpha=_ALPHA, beta=_BETA, stains=False)
         except (np.linalg.LinAlgError, ValueError, FloatingPointError, RuntimeWarning) as e:
             rep.unchanged.append(i)

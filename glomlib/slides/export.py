@@ -152,7 +152,7 @@ def biopsy_table(df: pd.DataFrame, positive: str, low: pd.Series) -> pd.DataFram
 
 def model_settings(model: str | os.PathLike) -> dict:
     """``threshold``, ``positive_label`` and ``calibrated`` from a fine-tuned model.safetensors' metadata."""
-    from glomlib.evaluate.predict import read_model_meta  # torch is imported only when a model is named
+    from glomlib.models.files import read_model_meta  # torch is imported only when a model is named
 
     meta = read_model_meta(model)
     return {
