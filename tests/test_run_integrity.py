@@ -40,6 +40,7 @@ def base(tmp_path_factory):
         [
             _MKOUT,
             "import time\nprint('step 02 started', flush=True)\n"
+            "if wait_file:\n    pathlib.Path(wait_file + '.started').touch()\n"
             "while wait_file and pathlib.Path(wait_file).exists():\n    time.sleep(0.2)",
             "(out / 'encoder.safetensors').write_bytes(b'x')",
         ],
@@ -214,7 +215,12 @@ def test_interrupts_leave_a_resumable_run(base, tmp_path, how):
         "01,02",
     )
     _wait_for(proc, "02_simclr_pretrain ->")
-    time.sleep(4)  # the kernel is running the notebook
+    started = flag.with_name(flag.name + ".started")
+    for _ in range(600):  # until the kernel runs the notebook's waiting cell (a loaded machine starts kernels slowly)
+        if started.exists():
+            break
+        time.sleep(0.2)
+    time.sleep(1)
     proc.send_signal(how)
     out, err = proc.communicate(timeout=120)
     run = next((tmp_path / "runs").iterdir())
