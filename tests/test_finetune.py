@@ -524,3 +524,16 @@ def test_resume_after_interrupt_is_bit_identical(manifest, tmp_path, monkeypatch
     assert info["epochs_run"] == 3
     for (k, a), b in zip(ref.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_missing_encoder_exits_5(tmp_path, capsys):
+    """(19, defect 11) a missing SSL encoder is a model-file problem (exit 5), named with how to make it."""
+    from conftest import build_tiny_dataset
+
+    from glomlib.cli import EXIT_MODEL, main
+
+    m = build_tiny_dataset(tmp_path / "d", n_slides=4, labels=("GS", "nonGS"))
+    argv = ["finetune", "--data", str(m), "--positive-label", "GS", "--init", "glom", "--out", str(tmp_path / "r")]
+    assert main([*argv, "--ssl-checkpoint", str(tmp_path / "missing.safetensors")]) == EXIT_MODEL
+    assert "notebook 02" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

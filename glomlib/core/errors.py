@@ -12,4 +12,10 @@ class ConfigError(ValueError):
     exit_code = 2  # glomlib.cli's exit-code table
 
 
-__all__ = ["ConfigError"]
+class ModelFileMissing(FileNotFoundError):
+    """A model or encoder file (or the run that should hold one) does not exist; the message says how to make it."""
+
+    exit_code = 5  # glomlib.cli's exit-code table: a model or encoder file is missing
+
+
+__all__ = ["ConfigError", "ModelFileMissing"]

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from glomlib.core.errors import ModelFileMissing
 from glomlib.core.paths import DEFAULT_RUNS_ROOT
 
 MODEL = "model.safetensors"  # a fine-tune run's final model
@@ -33,7 +34,7 @@ def newest(root: str | Path, pattern: str, keep: Callable[[Path], bool] = lambda
 def latest_model(root: str | Path = DEFAULT_RUNS_ROOT) -> Path:
     found = newest(root, MODEL)
     if not found:
-        raise FileNotFoundError(
+        raise ModelFileMissing(
             f"model='latest' but no model.safetensors exists under {Path(root).resolve()}. Run a fine-tune first "
             "(notebook 03 or `glomlib finetune`), or pass --model PATH."
         )
@@ -51,7 +52,7 @@ def model_path(spec: str | Path, root: str | Path = DEFAULT_RUNS_ROOT) -> Path:
 def latest_encoder(root: str | Path = DEFAULT_RUNS_ROOT) -> Path:
     found = newest(root, ENCODER)
     if not found:
-        raise FileNotFoundError(
+        raise ModelFileMissing(
             f"init='glom' with ssl_checkpoint='latest' but no encoder.safetensors exists under "
             f"{Path(root).resolve()}. Run notebook 02 (SimCLR pretraining) first, or pass "
             "ssl_checkpoint=<path to encoder.safetensors>."
@@ -66,7 +67,7 @@ def encoder_path(spec: str | Path | None, root: str | Path = DEFAULT_RUNS_ROOT) 
     p = Path(spec)
     p = p / ENCODER if p.is_dir() else p
     if not p.is_file():
-        raise FileNotFoundError(
+        raise ModelFileMissing(
             f"ssl_checkpoint={spec!r}: {p} does not exist. Give the encoder.safetensors written by notebook 02 "
             "(or its run folder), or 'latest'."
         )
@@ -117,7 +118,7 @@ def latest_fold_model(
             continue
         if m.get("test_slides") and float(m.get("label_fraction", 1.0)) >= 1:
             return f, [str(s) for s in m["test_slides"]]
-    raise FileNotFoundError(
+    raise ModelFileMissing(
         f"model latest with manifest auto: no fold model (checkpoints/<fold>/model.safetensors with test slides) "
         f"under {Path(root).resolve()}. Run a fine-tune first (notebook 03 or `glomlib finetune`), or pass model "
         "and a labelled manifest of slides the model never saw."
