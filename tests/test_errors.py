@@ -214,6 +214,7 @@ def test_full_disk_names_path_and_free_space(model_file, unlabeled, tmp_path, ca
         ({"positive_label": ""}, "positive_label="),
         ({"threshold": 7}, "threshold="),
         ({"backbone": "vgg"}, "backbone="),
+        ({"stain_normalize": "bogus"}, "stain_normalize="),  # issue 19 defect 6: was exit 70
     ],
 )
 def test_tampered_model_metadata_is_refused(model_file, unlabeled, tmp_path, capsys, change, why):

@@ -80,6 +80,7 @@ def _label_problems(meta: Mapping[str, Any]) -> list[str]:
 def meta_problems(meta: Mapping[str, Any], classifier: bool = True) -> list[str]:
     """What is wrong with a model (or encoder) file's metadata: backbone, image_size, mean/std, labels, threshold,
     pixel statistics."""
+    from glomlib.data.stain import STAIN_METHODS
     from glomlib.models.backbones import BACKBONES
 
     out = []
@@ -94,6 +95,8 @@ def meta_problems(meta: Mapping[str, Any], classifier: bool = True) -> list[str]
         out += _label_problems(meta)
         if "threshold" in meta and (_number(meta["threshold"]) is None or not 0 <= float(meta["threshold"]) <= 1):
             out.append(f"threshold={meta['threshold']!r} must be a probability in [0, 1]")
+    if meta.get("stain_normalize", "") not in STAIN_METHODS:
+        out.append(f"stain_normalize={meta['stain_normalize']!r} is not one of {list(STAIN_METHODS)}")
     stats = meta.get("pixel_stats")
     if stats is not None and (not isinstance(stats, dict) or _triple_problems(stats)):
         out.append(f"pixel_stats={stats!r} must hold 3 channel means and 3 stds > 0")
