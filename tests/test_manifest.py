@@ -247,6 +247,9 @@ def test_fingerprint_stable_and_sensitive(tiny_manifest):
     relabel = df.copy()
     relabel.loc[0, "label"] = "M0"
     assert data_fingerprint(relabel) != f
+    moved = df.assign(center="A")
+    moved.loc[0, "center"] = "B"  # a slide moved to another centre changes the leave-one-centre-out folds
+    assert data_fingerprint(moved) != data_fingerprint(df.assign(center="A"))
 
 
 def test_write_manifest_refuses_different_content(tiny_manifest, tmp_path):

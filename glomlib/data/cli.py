@@ -86,7 +86,7 @@ class FromFolderConfig(StepConfig):
     out: str  # manifest CSV to write (never overwritten)
     slide_regex: str = DEFAULT_SLIDE_REGEX  # regex on the file name (no extension); group 'slide' (or 1) = slide ID
     center_regex: str | None = None  # regex searched in the slide ID; group 'center' (or 1) = centre, e.g. '^([^_]+)_'
-    extensions: str = ",".join(IMAGE_EXTENSIONS)  # image file extensions
+    extensions: list[str] = dataclasses.field(default_factory=lambda: list(IMAGE_EXTENSIONS))  # image file extensions
     positive_label: str = ""  # positive class; written to dataset.json beside the manifest for every step
 
 
@@ -224,7 +224,7 @@ def check(cfg: DataCheckConfig) -> int:
 def _scan(cfg: FromFolderConfig):
     """The folder's rows and notes, or the exit code of what stops it (printed)."""
     try:
-        exts = tuple(e.strip() for e in cfg.extensions.split(",") if e.strip())
+        exts = tuple(cfg.extensions)  # the one comma-list parser: glomlib.core.config
         df, notes = scan_folder(cfg.root, slide_regex=cfg.slide_regex, center_regex=cfg.center_regex, extensions=exts)
     except re.error as e:
         _err(f"error: a regular expression (--slide-regex / --center-regex) is not valid: {e}")

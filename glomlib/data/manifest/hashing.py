@@ -38,10 +38,11 @@ def hash_files(paths: Iterable[str], workers: int | None = None) -> list[str]:
 
 
 def data_fingerprint(df: pd.DataFrame) -> str:
-    """A stable 16-hex-digit fingerprint of the data: file contents + label, slide, patient and split of
-    every row (independent of row order and of where the files live). Uses ``df["sha256"]`` when present."""
+    """A stable 16-hex-digit fingerprint of the data: file contents + label, slide, patient, centre and split of
+    every row (independent of row order and of where the files live). Uses ``df["sha256"]`` when present. The
+    centre counts: it defines the leave-one-centre-out folds, so a resume after it changed must be refused."""
     hashes = list(df["sha256"]) if "sha256" in df.columns else hash_files(df["path"])
-    cols = [c for c in ("label", "slide", "patient", "split") if c in df.columns]
+    cols = [c for c in ("label", "slide", "patient", "center", "split") if c in df.columns]
     parts = sorted("\t".join([h] + [str(df[c].iloc[i]) for c in cols]) for i, h in enumerate(hashes))
     d = hashlib.sha256("\t".join(cols).encode())
     for p in parts:
