@@ -17,7 +17,7 @@ from typing import Any
 from glomlib.publish.report.scrub import scrub_html_literals
 
 REMOVE_CELL_TAGS = {"remove_cell", "remove-cell", "hide_cell"}
-REMOVE_OUTPUT_TAGS = {"remove_output", "remove-output", "hide_output", "hide-output"}
+REMOVE_OUTPUT_TAGS = {"remove_output", "remove-output", "hide_output", "hide-output", "dev"}  # dev: JupyterLab only
 
 _TEXT_MIME = re.compile(r"^(text/|image/svg\+xml$|application/(javascript|json)$)")
 
