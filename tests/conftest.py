@@ -8,6 +8,9 @@
   fresh temp folder; positives (default label ``M1``) carry a dark central blob so a model can learn them.
 * ``tiny_manifest``: ``make_manifest()`` with defaults: 6 slides x 4 images, 16 px, labels M1/M0,
   2 centres, masks, and a ``dataset.json`` naming M1 positive.
+* ``smoke_report``: the smoke profile run once on the real data for the whole session (notebooks 01..05, the
+  report rendered): ``{"run", "report", "base", "seconds"}``. Shared by the pipeline, reader and browser tests so
+  CI runs that pipeline once.
 * ``build_tiny_mirror(root)``: a fake glomeruli-pas tree (6 images + masks, LICENSE) and a sums file listing
   one extra absent image; returns the sums path.
 * ``write_png``: ``write_png(path, array)`` writes an RGB/grey/RGBA uint8/uint16 array as PNG.
@@ -64,6 +67,30 @@ def real_manifest(shared_data, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("glomeruli-pas")
     return fetch_glomeruli_pas(out=out, mirror=shared_data, progress=False, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def smoke_report(real_manifest, tmp_path_factory) -> dict:
+    import time
+
+    from glomlib.publish.pipeline import STEMS, run_pipeline
+
+    if not all((REPO_ROOT / "notebooks" / f"{s}.ipynb").is_file() for s in STEMS):
+        if os.environ.get("CI") == "true":
+            pytest.fail("notebooks 01..05 missing")
+        pytest.skip("not all notebooks 01..05 exist yet")
+    base = tmp_path_factory.mktemp("smoke")
+    t0 = time.monotonic()
+    run = run_pipeline(
+        "smoke",
+        data=str(real_manifest),
+        runs_root=base / "runs",
+        reports_root=base / "reports",
+        project_root=REPO_ROOT,
+    )
+    seconds = time.monotonic() - t0
+    print(f"smoke profile: {seconds:.0f} s")
+    return {"run": run, "report": base / "reports" / run.name, "base": base, "seconds": seconds}
 
 
 def build_tiny_dataset(

@@ -1,14 +1,20 @@
-"""The rendered reports in a real browser (headless Chromium): every image loads, no code cell and no
-Python traceback is visible; a screenshot is saved for a human look.
+"""The rendered reports in a real browser (headless Chromium through Playwright), the way a reader opens them on a
+laptop: every page at 1,024 px wide; it fails on a console error or an uncaught script error, an image that does not
+load, a page wider than the window (horizontal scrolling), a network request (pages work offline), a visible code
+cell or Python traceback.
 
-Chromium is Debian's ``chromium`` package; when it is missing and we run as root (CI does), the fixture
-installs it with apt-get. Without it the test skips locally and fails when ``CI=true``.
-Screenshots go to the test's temp folder, and also to ``$GLOMLIB_SCREENSHOTS`` when that is set.
+Chromium is Debian's ``chromium`` package (Playwright drives it; no browser download); when it is missing and we run
+as root (CI does), the fixture installs it with apt-get. Without it the test skips locally and fails when ``CI=true``.
+
+Run as a script, it writes a full-height PNG of every page of a report and lists what the browser found
+(``make screenshots RUN=reports/<run>`` -> ``reports/<run>/screenshots/``)::
+
+    python tests/test_browser.py [--screenshots DIR] [--width 1024] [--check] reports/<run>
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
 import re
 import shutil
@@ -21,31 +27,64 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 REPO = Path(__file__).resolve().parents[1]
+WIDTH = 1024  # a laptop browser window
 
-CHECK_JS = """
-<script>
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var text = document.body.innerText || '';
-  var codeInputs = document.querySelectorAll(
-      '.jp-CodeCell .jp-InputArea, .jp-CodeCell .jp-Editor, .jp-CodeCell .highlight, .jp-InputPrompt, .jp-OutputPrompt');
-  var visibleCode = Array.prototype.filter.call(codeInputs, function (e) { return e.offsetParent !== null; });
-  var res = {
+# wait until every image (lazy ones too) has loaded or failed, at most 10 s
+LOAD_IMAGES_JS = """async () => {
+  const imgs = Array.from(document.images);
+  imgs.forEach(i => { i.loading = 'eager'; });
+  await Promise.all(imgs.map(i => (i.complete ? 0 : new Promise(r => {
+    i.addEventListener('load', r); i.addEventListener('error', r); setTimeout(r, 10000); }))));
+}"""
+
+CHECK_JS = """() => {
+  const W = window.innerWidth;
+  const imgs = Array.from(document.images);
+  const text = document.body.innerText || '';
+  const code = document.querySelectorAll('.jp-CodeCell .jp-InputArea, .jp-CodeCell .jp-Editor, '
+      + '.jp-CodeCell .highlight, .jp-InputPrompt, .jp-OutputPrompt');
+  const heads = Array.from(document.querySelectorAll('h1, h2, h3, h4'));
+  const headingAbove = el => {
+    const top = el.getBoundingClientRect().top; let name = '';
+    heads.forEach(h => { if (h.getBoundingClientRect().top <= top) name = h.innerText.trim().slice(0, 60); });
+    return name;
+  };
+  const clipped = el => {
+    for (let a = el.parentElement; a && a !== document.documentElement; a = a.parentElement) {
+      const o = getComputedStyle(a).overflowX;
+      if (o !== 'visible') return a.getBoundingClientRect().right <= W + 1;
+    }
+    return false;
+  };
+  const scrollWidth = document.documentElement.scrollWidth;
+  const wide = [];
+  if (scrollWidth > W + 1) {
+    for (const el of document.body.querySelectorAll('*')) {
+      const r = el.getBoundingClientRect();
+      if (r.right <= W + 1 || r.width === 0 || clipped(el)) continue;
+      const p = el.parentElement;
+      if (p !== document.body && p.getBoundingClientRect().right > W + 1) continue;  // the outermost one only
+      const cls = (el.getAttribute('class') || '').split(/\\s+/).filter(Boolean).slice(0, 2).join('.');
+      wide.push(`<${el.tagName.toLowerCase()}${cls ? '.' + cls : ''}> ${Math.round(r.width)} px wide, right edge at `
+        + `${Math.round(r.right)} px, under "${headingAbove(el)}": `
+        + JSON.stringify((el.innerText || el.getAttribute('alt') || '').trim().slice(0, 60)));
+      if (wide.length >= 5) break;
+    }
+  }
+  return {
     images: imgs.length,
-    broken: imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); })
-                .map(function (i) { return (i.getAttribute('src') || '').slice(0, 60); }),
-    code_inputs: visibleCode.length,
+    broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0))
+                .map(i => (i.getAttribute('src') || '').slice(0, 60) + ' under "' + headingAbove(i) + '"'),
+    code_inputs: Array.prototype.filter.call(code, e => e.offsetParent !== null).length,
     traceback: /Traceback \\(most recent call last\\)|Error Traceback|^\\s*-{5,}\\s*$/m.test(text),
     text_chars: text.length,
-    title: document.title
+    title: document.title,
+    width: W,
+    scroll_width: scrollWidth,
+    wide: wide,
+    height: document.documentElement.scrollHeight,
   };
-  var pre = document.createElement('pre');
-  pre.id = 'glomlib-check';
-  pre.textContent = 'GLOMLIB-CHECK' + JSON.stringify(res) + 'GLOMLIB-END';
-  document.body.appendChild(pre);
-});
-</script>
-"""
+}"""
 
 
 def find_chromium() -> str | None:
@@ -71,74 +110,86 @@ def chromium() -> str:
     return exe
 
 
-def _flags(profile_dir: Path) -> list[str]:
-    return [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-        f"--user-data-dir={profile_dir}",
-    ]
+def _open(ctx, page_file: Path, shot: Path | None) -> dict:
+    page = ctx.new_page()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"console.{m.type}: {m.text[:300]}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: console.append(f"uncaught error: {str(e)[:300]}"))
+    requests: list[str] = []
+
+    def block(route):  # a shared page makes no network request: record it and refuse it
+        requests.append(route.request.url[:120])
+        route.abort()
+
+    page.route(re.compile(r"^(https?|wss?|ftp)://"), block)
+    page.goto(page_file.resolve().as_uri(), wait_until="load", timeout=120_000)
+    page.evaluate(LOAD_IMAGES_JS)
+    res = page.evaluate(CHECK_JS)
+    if shot is not None:
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shot), full_page=True)
+    page.close()
+    return {**res, "console": console, "requests": requests}
 
 
-def check_page(exe: str, page: Path, work: Path) -> dict:
-    """Open a copy of ``page`` with the check script injected; return the script's findings."""
-    page, work = Path(page).resolve(), Path(work).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    copy = work / f"check-{page.name}"
-    html = page.read_text(encoding="utf-8")
-    html = html.replace("</body>", CHECK_JS + "</body>", 1) if "</body>" in html else html + CHECK_JS
-    copy.write_text(html, encoding="utf-8")
-    proc = subprocess.run(
-        [exe, *_flags(work / "chromium-profile"), "--virtual-time-budget=15000", "--dump-dom", copy.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    m = re.search(r'<pre id="glomlib-check">GLOMLIB-CHECK(.*?)GLOMLIB-END</pre>', proc.stdout, re.S)
-    assert m, f"no check result from chromium for {page.name}: rc={proc.returncode} {proc.stderr[-2000:]}"
-    return json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+def inspect_pages(exe: str, pages: list[Path], *, width: int = WIDTH, shots: Path | None = None) -> dict[str, dict]:
+    """Open each page in one headless Chromium at ``width`` px; return per page name what the browser found
+    (``images``, ``broken``, ``console``, ``requests``, ``scroll_width``, ``wide``, ``code_inputs``, ``traceback``,
+    ``text_chars``, ``title``, ``height``). With ``shots``, a full-height PNG of each page goes there."""
+    from playwright.sync_api import sync_playwright
+
+    out = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=exe, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars"]
+        )
+        try:
+            ctx = browser.new_context(viewport={"width": width, "height": 900}, device_scale_factor=1)
+            for f in pages:
+                out[Path(f).name] = _open(ctx, Path(f), shots / f"{Path(f).stem}.png" if shots else None)
+        finally:
+            browser.close()
+    return out
 
 
-def screenshot(exe: str, page: Path, out_png: Path, work: Path) -> Path:
-    subprocess.run(
-        [exe, *_flags(work / "chromium-profile"), "--window-size=1280,1800", f"--screenshot={out_png}", page.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert out_png.is_file() and out_png.stat().st_size > 1000, f"no screenshot of {page.name}"
-    dest = os.environ.get("GLOMLIB_SCREENSHOTS")
-    if dest:
-        Path(dest).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(out_png, Path(dest) / out_png.name)
-    return out_png
+def check_page(exe: str, page: Path, work: Path | None = None) -> dict:
+    """What the browser finds on one page (see :func:`inspect_pages`)."""
+    return inspect_pages(exe, [Path(page)])[Path(page).name]
+
+
+def problems(results: dict[str, dict]) -> list[str]:
+    """Every problem a reader would meet, one line per page and kind, naming the page."""
+    out = []
+    for name, r in results.items():
+        out += [f"{name}: image does not load: {b}" for b in r["broken"]]
+        out += [f"{name}: {c}" for c in r["console"]]
+        out += [f"{name}: network request (pages must work offline): {u}" for u in r["requests"]]
+        if r["scroll_width"] > r["width"] + 1:
+            out.append(f"{name}: page is {r['scroll_width']} px wide in a {r['width']} px window (horizontal scroll)")
+            out += [f"{name}:   too wide: {w}" for w in r["wide"]]
+        if r["code_inputs"]:
+            out.append(f"{name}: {r['code_inputs']} code input areas visible")
+        if r["traceback"]:
+            out.append(f"{name}: a Python traceback is visible")
+        if r["text_chars"] <= 100:
+            out.append(f"{name}: page looks empty ({r['text_chars']} characters)")
+    return out
 
 
 def check_report_in_browser(exe: str, report_dir: Path, work: Path, *, min_images: int = 1) -> dict[str, dict]:
-    """Assert every page of a report folder loads its images and shows no code/traceback; screenshot each."""
-    results = {}
-    report_dir, work = Path(report_dir).resolve(), Path(work).resolve()
-    for page in sorted(report_dir.glob("*.html")):
-        res = check_page(exe, page, work)
-        assert not res["broken"], f"{page.name}: images did not load: {res['broken']}"
-        assert res["code_inputs"] == 0, f"{page.name}: {res['code_inputs']} code input areas visible"
-        assert not res["traceback"], f"{page.name}: a Python traceback is visible"
-        assert res["text_chars"] > 100, f"{page.name}: page looks empty"
-        screenshot(exe, page, work / f"{report_dir.name}-{page.stem}.png", work)
-        results[page.name] = res
+    """Assert every page of a report folder opens cleanly at 1,024 px (see :func:`problems`); screenshot each into
+    ``work`` (and ``$GLOMLIB_SCREENSHOTS`` when set)."""
+    shots = Path(os.environ.get("GLOMLIB_SCREENSHOTS") or Path(work) / "screenshots")
+    results = inspect_pages(exe, sorted(Path(report_dir).glob("*.html")), shots=shots)
+    found = problems(results)
+    assert not found, f"{len(found)} problem(s) in the browser at {WIDTH} px:\n" + "\n".join(found)
     assert sum(r["images"] for r in results.values()) >= min_images, "no figure in the whole report"
     return results
 
 
 @pytest.mark.slow
 def test_report_in_headless_chromium(chromium, tmp_path):
+    """The stand-in notebooks' report (the report machinery, independent of the real notebooks' pages)."""
     from conftest import build_tiny_dataset
     from test_pipeline import write_profile, write_standin_notebooks
 
@@ -161,15 +212,84 @@ def test_report_in_headless_chromium(chromium, tmp_path):
     assert results["index.html"]["title"].startswith("glomlib report")
 
 
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_smoke_report_in_headless_chromium(chromium, smoke_report, tmp_path):
+    """The real notebooks' pages (the session's smoke run on real data), every page at 1,024 px."""
+    results = check_report_in_browser(chromium, smoke_report["report"], tmp_path, min_images=5)
+    assert results["01_data_audit.html"]["images"] >= 1
+    assert all(p.stat().st_size > 1000 for p in (tmp_path / "screenshots").glob("*.png"))
+
+
 def test_browser_check_detects_problems(chromium, tmp_path):
-    """The check itself works: a broken image, a visible code cell and a traceback are all caught."""
+    """The check itself works: broken images, a visible code cell, a traceback, a console error, an uncaught error,
+    a network request and a table wider than the window are all caught, and named."""
     page = tmp_path / "bad.html"
     page.write_text(
-        "<!DOCTYPE html><html><head><title>bad</title></head><body>"
+        "<!DOCTYPE html><html><head><title>bad</title></head><body><h2>Results</h2>"
         '<img src="data:image/png;base64,AAAA"><img src="missing.png">'
         '<div class="jp-Cell jp-CodeCell"><div class="jp-InputArea">import os</div></div>'
-        '<pre>Traceback (most recent call last):\n  File "x.py"</pre></body></html>'
+        '<pre>Traceback (most recent call last):\n  File "x.py"</pre>'
+        '<table class="wide" style="width:1500px"><tr><td>fold 0 AUC</td></tr></table>'
+        '<script>console.error("boom"); undefinedFunction();</script>'
+        '<img src="https://example.org/logo.png" alt="logo"></body></html>'
     )
-    res = check_page(chromium, page, tmp_path / "browser")
-    assert res["images"] == 2 and len(res["broken"]) == 2
+    res = check_page(chromium, page)
+    assert res["images"] == 3 and len(res["broken"]) == 3
     assert res["code_inputs"] == 1 and res["traceback"]
+    assert res["scroll_width"] >= 1500 and res["wide"][0].startswith("<table.wide> 1500 px wide")
+    assert 'under "Results"' in res["wide"][0] and "fold 0 AUC" in res["wide"][0]
+    assert res["requests"] == ["https://example.org/logo.png"]
+    found = "\n".join(problems({"bad.html": res}))
+    for expected in (
+        "bad.html: console.error: boom",
+        "bad.html: uncaught error: ",
+        "undefinedFunction",
+        "bad.html: page is 15",
+        "bad.html: network request",
+        "bad.html: image does not load: missing.png",
+    ):
+        assert expected in found, (expected, found)
+
+
+def test_a_clean_page_passes(chromium, tmp_path):
+    """No false alarm: a page with a wide table in a scrolling box, a loaded image, no errors."""
+    page = tmp_path / "good.html"
+    page.write_text(
+        "<!DOCTYPE html><html><head><title>good</title></head><body><h1>Fine</h1><p>Some text. "
+        * 5
+        + '<div style="overflow-x:auto"><table style="width:1500px"><tr><td>wide, but scrolls in its box</td></tr>'
+        "</table></div><img alt='one red pixel' src='data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAA"
+        "fFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=='></body></html>"
+    )
+    res = check_page(chromium, page)
+    assert problems({"good.html": res}) == [], res
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description="Open every page of a report in headless Chromium; screenshots.")
+    ap.add_argument("report", type=Path, help="a report folder, e.g. reports/<run>")
+    ap.add_argument("--screenshots", type=Path, help="write a full-height PNG of every page here")
+    ap.add_argument("--width", type=int, default=WIDTH, help="window width in px (default 1024)")
+    ap.add_argument("--check", action="store_true", help="exit 1 when the browser finds a problem")
+    a = ap.parse_args(argv)
+    exe = find_chromium()
+    if exe is None:
+        print("chromium not found: apt-get install -y chromium", file=sys.stderr)
+        return 2
+    pages = sorted(a.report.glob("*.html"))
+    if not pages:
+        print(f"no HTML page in {a.report}", file=sys.stderr)
+        return 2
+    results = inspect_pages(exe, pages, width=a.width, shots=a.screenshots)
+    for name, r in results.items():
+        print(f"{name}: {r['images']} images, {r['height']} px tall")
+    found = problems(results)
+    print("\n".join(found) if found else f"no problem in the browser at {a.width} px")
+    if a.screenshots:
+        print(f"screenshots: {a.screenshots}/<page>.png")
+    return 1 if (found and a.check) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
