@@ -10,7 +10,8 @@
   2 centres, masks, and a ``dataset.json`` naming M1 positive.
 * ``smoke_report``: the smoke profile run once on the real data for the whole session (notebooks 01..05, the
   report rendered): ``{"run", "report", "base", "seconds"}``. Shared by the pipeline, reader and browser tests so
-  CI runs that pipeline once.
+  CI runs that pipeline once. ``GLOMLIB_SMOKE_REPORT=reports/<run>`` reuses a finished smoke run instead (its run
+  folder is ``runs/<run>`` beside it): re-render a page, then run the reader and browser tests in seconds.
 * ``build_tiny_mirror(root)``: a fake glomeruli-pas tree (6 images + masks, LICENSE) and a sums file listing
   one extra absent image; returns the sums path.
 * ``write_png``: ``write_png(path, array)`` writes an RGB/grey/RGBA uint8/uint16 array as PNG.
@@ -79,6 +80,15 @@ def smoke_report(real_manifest, tmp_path_factory) -> dict:
         if os.environ.get("CI") == "true":
             pytest.fail("notebooks 01..05 missing")
         pytest.skip("not all notebooks 01..05 exist yet")
+    reuse = os.environ.get("GLOMLIB_SMOKE_REPORT")
+    if reuse:
+        report = Path(reuse).resolve()
+        return {
+            "run": report.parent.parent / "runs" / report.name,
+            "report": report,
+            "base": report.parent.parent,
+            "seconds": 0.0,
+        }
     base = tmp_path_factory.mktemp("smoke")
     t0 = time.monotonic()
     run = run_pipeline(

@@ -24,13 +24,14 @@ MAX_PER_CHECK = 8  # quotes per page and check (the rest are counted)
 TEXT_PATTERNS: dict[str, list[tuple[str, re.Pattern]]] = {
     "python repr": [
         ("dict/list repr", re.compile(r"[{\[]'")),
+        ("JSON", re.compile(r"[{\[]\s*\"[^\"\n]{1,40}\"\s*:\s")),
         ("path object", re.compile(r"\b(?:Posix|Windows|Pure\w*)Path\(")),
         ("dict view", re.compile(r"\bdict_(?:keys|values|items)\(")),
         ("array/tensor repr", re.compile(r"\b(?:array|tensor)\(\[")),
         ("object repr", re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>|<(?:Figure|Axes|matplotlib\.)[^>]{0,60}>")),
         ("pandas Series repr", re.compile(r"\b(?:Name: \w+, )?dtype: (?:object|int64|float64|bool|category)\b")),
         ("dataclass repr", re.compile(r"\b[A-Z][A-Za-z0-9]+\([a-z_]+=")),
-        ("config key=value", re.compile(r"\b[a-z][a-z0-9]*_[a-z0-9_]+\s*=\s*[-\w.'\"]")),
+        ("config key=value", re.compile(r"\b[a-z][a-z0-9]*_[a-z0-9_]+\s*=\s*[-\w.'\"]+")),
     ],
     "file path": [
         ("run/report folder", re.compile(r"(?<![\w.-])(?:runs|reports)/(?=[\w.…-])")),
@@ -63,19 +64,26 @@ TEXT_PATTERNS: dict[str, list[tuple[str, re.Pattern]]] = {
         ("progress bar", re.compile(r"\d+%\|")),
     ],
     "alt text": [("default alt text", re.compile(re.escape(DEFAULT_ALT)))],
+    "code name": [("identifier", re.compile(r"(?<![\w./\[-])[a-z][a-z0-9]*(?:_[a-z0-9]+)+(?![\w/(-]|\.\w|\s*=)"))],
 }
 
 _COUNT_HEADER = re.compile(
     r"^(?:n|#|no\.|count|counts|number(?: of)?|tp|fp|tn|fn|true positives|false positives|true negatives|"
-    r"false negatives|errors?|images|glomeruli|patches|slides|patients|biopsies)\b"
-    r"|\b(?:n|count|counts|images|glomeruli|patches|slides|patients|biopsies|errors)\s*(?:\([^)]*\))?$"
+    r"false negatives|errors?|images|glomeruli|patches|slides|patients|biopsies|total|folds|seeds|epochs)\b"
+    r"|\b(?:n|count|counts|images|glomeruli|patches|slides|patients|biopsies|errors|folds|seeds|epochs)\s*"
+    r"(?:\([^)]*\))?$"
 )
 _NOT_COUNT = re.compile(
     r"mean|median|average|avg|\bper\b|share|%|ratio|rate|\bstd\b|\bsd\b|fraction|proportion|=|size|px|µm|"
     r"score|probabilit|auc|\bmb\b|\bkb\b|second|time|minute"
 )
 _DECIMAL = re.compile(r"^[-−]?[\d,]*\d\.\d+$")
-_CODE_HEADER = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)+$|^(?:auc|ece|mcc|f1|brier|acc)$")
+_CODE_HEADER = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)+$|^(?:auc|ece|mcc|f1|brier|acc|init|lr)$")
+# an inline code span in reader text that names a file, a folder or an identifier
+_CODE_SPAN = re.compile(
+    r"^[\w.-]*\w\.(?:csv|json|png|jpe?g|pt|pth|ckpt|ipynb|ya?ml|parquet|npz|npy|log|txt|html|py)$"
+    r"|^[\w.-]+/$|^[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)+$|/"
+)
 _SKIP = {"script", "style", "head", "template", "noscript", "title"}
 _VOID = {"br", "img", "hr", "meta", "link", "input", "area", "base", "col", "embed", "source", "track", "wbr"}
 _BLOCK = {
@@ -109,6 +117,8 @@ class _Reader(HTMLParser):
         self.heading = ""
         self._h: list[str] | None = None
         self.in_head = False
+        self.code_spans: list[dict] = []  # inline <code> outside <pre>
+        self._code: dict | None = None
         self.pos = 0  # characters of visible text so far
 
     @property
@@ -140,6 +150,9 @@ class _Reader(HTMLParser):
             self.open_tables.append(t)
         elif tag == "thead":
             self.in_head = True
+        elif tag == "code" and not any(t == "pre" for t, _ in self.stack):
+            self._code = {"text": "", "_heading": self.heading}
+            self.code_spans.append(self._code)
         elif tag == "tr" and self.open_tables:
             self.open_tables[-1]["rows"].append({"head": self.in_head, "cells": []})
         elif tag in ("td", "th") and self.open_tables and self.open_tables[-1]["rows"]:
@@ -165,6 +178,8 @@ class _Reader(HTMLParser):
             self.in_head = False
         elif tag in ("td", "th"):
             self.cell = None
+        elif tag == "code":
+            self._code = None
 
     def handle_data(self, data):
         if self.hidden:
@@ -174,6 +189,8 @@ class _Reader(HTMLParser):
             self._h.append(data)
         if self.cell is not None:
             self.cell["text"] += data
+        if self._code is not None:
+            self._code["text"] += data
 
 
 def read_page(html: str) -> _Reader:
@@ -200,7 +217,7 @@ def _quote(text: str, start: int, end: int, context: int = 40) -> str:
 
 
 def _table_label(t: dict) -> str:
-    head = [c["text"] for row in t["rows"] if row["head"] for c in row["cells"]][:6]
+    head = [c["text"] for row in _header_rows(t) for c in row][:6]
     where = f' under "{t["heading"]}"' if t["heading"] else ""
     return f"table{where} with header {head}"
 
@@ -279,6 +296,17 @@ def check_images(r: _Reader) -> list[tuple[str, str]]:
     return out
 
 
+def check_code_spans(r: _Reader) -> list[tuple[str, str]]:
+    """Inline code in reader text that names a file, folder or identifier (`flags.csv`, `figures/`, `od_total`)."""
+    out = []
+    for c in r.code_spans:
+        text = " ".join(c["text"].split())
+        if _CODE_SPAN.search(text):
+            under = f' under "{c["_heading"]}"' if c["_heading"] else ""
+            out.append(("code name", f"code span «{text[:60]}»{under}"))
+    return out
+
+
 def check_summary(r: _Reader) -> list[tuple[str, str]]:
     """Every page opens with "What this page shows" / "What to conclude", before any figure or table."""
     at = r.text.find("What this page shows")
@@ -288,23 +316,25 @@ def check_summary(r: _Reader) -> list[tuple[str, str]]:
     return [("summary", "a figure or table comes before the summary box")] if first < at else []
 
 
-def scan_page(name: str, html: str) -> list[Finding]:
+def scan_page(name: str, html: str, limit: int = MAX_PER_CHECK) -> list[Finding]:
     """Every leftover of one page, as findings that quote the offending text."""
     r = read_page(html)
     found: list[tuple[str, str]] = []
+    headers = {c["text"] for t in r.tables for row in _header_rows(t) for c in row}  # checked as headers
     for check, patterns in TEXT_PATTERNS.items():
         for what, pat in patterns:
             for m in pat.finditer(r.text):
-                found.append((check, f"{what}: {_quote(r.text, m.start(), m.end())}"))
+                if not (check == "code name" and m.group() in headers):
+                    found.append((check, f"{what}: {_quote(r.text, m.start(), m.end())}"))
     for t in r.tables:
         found += check_table(t)
-    found += check_images(r) + check_summary(r)
+    found += check_images(r) + check_code_spans(r) + check_summary(r)
     out, seen = [], {}
     for check, snippet in dict.fromkeys(found):
         seen[check] = seen.get(check, 0) + 1
-        if seen[check] <= MAX_PER_CHECK:
+        if seen[check] <= limit:
             out.append(Finding(name, check, snippet))
-    out += [Finding(name, c, f"... and {n - MAX_PER_CHECK} more") for c, n in seen.items() if n > MAX_PER_CHECK]
+    out += [Finding(name, c, f"... and {n - limit} more") for c, n in seen.items() if n > limit]
     return out
 
 
@@ -332,7 +362,7 @@ def scan_report(folder: Path, **limits) -> list[Finding]:
     return found + check_sizes(folder, **limits)
 
 
-CHECKS = [*TEXT_PATTERNS, "index column", "code-name header", "truncated cell", "summary", "page size"]
+CHECKS = [*TEXT_PATTERNS, "index column", "code-name header", "code name", "truncated cell", "summary", "page size"]
 
 
 def main(argv: list[str]) -> int:

@@ -112,6 +112,7 @@ def chromium() -> str:
 
 def _open(ctx, page_file: Path, shot: Path | None) -> dict:
     page = ctx.new_page()
+    page.set_default_timeout(180_000)  # a slow shared CPU
     console: list[str] = []
     page.on("console", lambda m: console.append(f"console.{m.type}: {m.text[:300]}") if m.type == "error" else None)
     page.on("pageerror", lambda e: console.append(f"uncaught error: {str(e)[:300]}"))
@@ -127,7 +128,7 @@ def _open(ctx, page_file: Path, shot: Path | None) -> dict:
     res = page.evaluate(CHECK_JS)
     if shot is not None:
         shot.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(shot), full_page=True)
+        page.screenshot(path=str(shot), full_page=True, timeout=180_000)
     page.close()
     return {**res, "console": console, "requests": requests}
 
@@ -176,10 +177,12 @@ def problems(results: dict[str, dict]) -> list[str]:
     return out
 
 
-def check_report_in_browser(exe: str, report_dir: Path, work: Path, *, min_images: int = 1) -> dict[str, dict]:
+def check_report_in_browser(
+    exe: str, report_dir: Path, *, min_images: int = 1, shots: Path | None = None
+) -> dict[str, dict]:
     """Assert every page of a report folder opens cleanly at 1,024 px (see :func:`problems`); screenshot each into
-    ``work`` (and ``$GLOMLIB_SCREENSHOTS`` when set)."""
-    shots = Path(os.environ.get("GLOMLIB_SCREENSHOTS") or Path(work) / "screenshots")
+    ``shots`` (default ``$GLOMLIB_SCREENSHOTS``, else none)."""
+    shots = shots or (Path(os.environ["GLOMLIB_SCREENSHOTS"]) if os.environ.get("GLOMLIB_SCREENSHOTS") else None)
     results = inspect_pages(exe, sorted(Path(report_dir).glob("*.html")), shots=shots)
     found = problems(results)
     assert not found, f"{len(found)} problem(s) in the browser at {WIDTH} px:\n" + "\n".join(found)
@@ -207,7 +210,7 @@ def test_report_in_headless_chromium(chromium, tmp_path):
         log=lambda m: None,
     )
     report = tmp_path / "reports" / run.name
-    results = check_report_in_browser(chromium, report, tmp_path / "browser")
+    results = check_report_in_browser(chromium, report)
     assert results["01_data_audit.html"]["images"] >= 1
     assert results["index.html"]["title"].startswith("glomlib report")
 
@@ -216,9 +219,11 @@ def test_report_in_headless_chromium(chromium, tmp_path):
 @pytest.mark.slow
 def test_smoke_report_in_headless_chromium(chromium, smoke_report, tmp_path):
     """The real notebooks' pages (the session's smoke run on real data), every page at 1,024 px."""
-    results = check_report_in_browser(chromium, smoke_report["report"], tmp_path, min_images=5)
+    shots = tmp_path / "screenshots"  # as `make screenshots` writes them
+    results = check_report_in_browser(chromium, smoke_report["report"], min_images=5, shots=shots)
     assert results["01_data_audit.html"]["images"] >= 1
-    assert all(p.stat().st_size > 1000 for p in (tmp_path / "screenshots").glob("*.png"))
+    pngs = {p.name: p.stat().st_size for p in shots.glob("*.png")}
+    assert set(pngs) == {f"{Path(n).stem}.png" for n in results} and min(pngs.values()) > 1000, pngs
 
 
 def test_browser_check_detects_problems(chromium, tmp_path):

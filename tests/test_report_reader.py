@@ -43,7 +43,9 @@ BAD = """<!DOCTYPE html><html><head><title>x</title><style>.a{}</style><script>v
 <p>output folder: runs/…/audit</p><p>Written: runs/…/audit/flags.csv</p><p>PosixPath('/work/x')</p>
 <p>papermill 03_finetune.ipynb out.ipynb -p epochs 1</p><p>FinetuneConfig: 8 setting(s) differ from the defaults</p>
 <p>p = 0.0000, delong_p=0.0000, mean 100.188477, NaN, dict_keys(['a'])</p><p>[data]/Patches/x.png</p>
-<p>epoch 1/3 train_loss=0.693</p><p>We saw 3.0 slides.</p><p>/home/ann/x.csv</p>
+<p>epoch 1/3 train_loss=0.693</p><p>see <code>flags.csv</code> and <code>figures/</code></p>
+<pre>subset:
+  per_slide_label: 4</pre><pre>{ "stats_size": 64 }</pre><p>We saw 3.0 slides.</p><p>/home/ann/x.csv</p>
 <table class="dataframe"><thead><tr><th></th><th>auc</th><th>count</th><th>Images (n)</th></tr>
 <tr><th>init</th><th></th><th></th><th></th></tr></thead>
 <tbody><tr><th>0</th><td>0.9</td><td>3.0</td><td>1.0</td></tr><tr><th>1</th><td>nan</td><td>2.0</td><td>(med...</td></tr>
@@ -57,7 +59,7 @@ GOOD = """<!DOCTYPE html><html><head><title>x</title><style>td{color:red}</style
 <h3>What to conclude</h3><p>The runs agree: AUC 0.912 (95 % CI 0.871 to 0.950), difference 0.000 (95 % CI -0.012
 to 0.014), p &lt; 0.0001; 1.5 % of images; Dr Nanami; see https://doi.org/10.17632/k7nvtgn2x6.3 and
 https://creativecommons.org/licenses/by-nc-sa/4.0/. Version 2.3.1, 0.0001 learning rate, tiles at 224 px.</p></div>
-<p>The glom encoder ran for 3 epochs; it runs on any machine. Centre = SESCAM holds 129 of the 160 GS.</p>
+<p>The glom encoder ran for 3 epochs; it runs on any machine; the manifest's <code>slide</code> column; <code>glomlib run --profile quick-cpu</code>. Centre = SESCAM holds 129 of the 160 GS.</p>
 <table class="glom-t"><caption>Mean 31.8 images per slide.</caption><thead><tr><th>Centre</th><th>Images</th>
 <th>Images per slide (mean)</th><th>Share of GS</th><th>Number of slides</th><th>AUC (n = 794)</th></tr></thead>
 <tbody><tr><td>SESCAM</td><td class=n>397</td><td class=n>31.8</td><td>1.5 %</td><td>8</td><td>0.912</td></tr>
@@ -69,11 +71,13 @@ https://creativecommons.org/licenses/by-nc-sa/4.0/. Version 2.3.1, 0.0001 learni
 
 
 def test_scanner_finds_every_leftover_and_quotes_it():
-    found = scan_page("bad.html", BAD)
+    found = scan_page("bad.html", BAD, limit=1000)
     text = "\n".join(map(str, found))
     for check in ("python repr", "file path", "missing value", "0.0000", "long decimals", "float count"):
         assert any(f.check == check for f in found), (check, text)
-    for check in ("developer output", "index column", "code-name header", "alt text", "truncated cell", "summary"):
+    for check in ("developer output", "index column", "code-name header", "code name", "alt text", "truncated cell"):
+        assert any(f.check == check for f in found), (check, text)
+    for check in ("summary",):
         assert any(f.check == check for f in found), (check, text)
     assert all(f.page == "bad.html" for f in found)
     for quote in (
@@ -89,7 +93,11 @@ def test_scanner_finds_every_leftover_and_quotes_it():
         "[NaN]",
         "[dict_keys(]",
         "[[data]]",
-        "[train_loss=0]",
+        "[train_loss=0.693]",
+        "[per_slide_label] : 4",
+        'code span «flags.csv» under "Data"',
+        "code span «figures/»",
+        '[{ "stats_size":] 64',
         "[3.0 slides]",
         "[/home/]",
         "'count' holds ['3.0', '2.0']",
