@@ -322,9 +322,13 @@ def scan_page(name: str, html: str, limit: int = MAX_PER_CHECK) -> list[Finding]
     found: list[tuple[str, str]] = []
     headers = {c["text"] for t in r.tables for row in _header_rows(t) for c in row}  # checked as headers
     for check, patterns in TEXT_PATTERNS.items():
+        taken: list[tuple[int, int]] = []  # one finding per place and check (the first pattern that matches)
         for what, pat in patterns:
             for m in pat.finditer(r.text):
-                if not (check == "code name" and m.group() in headers):
+                if check == "code name" and m.group() in headers:
+                    continue
+                if not any(a < m.end() and m.start() < b for a, b in taken):
+                    taken.append(m.span())
                     found.append((check, f"{what}: {_quote(r.text, m.start(), m.end())}"))
     for t in r.tables:
         found += check_table(t)
