@@ -251,8 +251,9 @@ def _index_leftovers(t: dict, heads: list, body: list, label: str) -> list[tuple
             out.append(("index column", f"index-name header row [{row[0]['text']!r}, '', ...]: {label}"))
     first = [r[0] for r in body if r]
     labels = [c["text"] for c in first]
-    if len(first) >= 2 and all(c["tag"] == "th" for c in first) and labels == [str(i) for i in range(len(first))]:
-        out.append(("index column", f"row labels 0, 1, 2, ... (a pandas RangeIndex): {label}"))
+    if len(first) >= 2 and all(c["tag"] == "th" for c in first) and labels[0] in ("0", "1"):
+        if labels == [str(i) for i in range(int(labels[0]), int(labels[0]) + len(first))]:
+            out.append(("index column", f"row labels {labels[0]}, {int(labels[0]) + 1}, ... (a pandas index): {label}"))
     return out
 
 

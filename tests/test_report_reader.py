@@ -108,7 +108,7 @@ def test_scanner_finds_every_leftover_and_quotes_it():
         "first header cell is empty",
         "index-name header row ['init'",
         "a pandas DataFrame shown as is",
-        "row labels 0, 1, 2",
+        "row labels 0, 1, ... (a pandas index)",
         'image 1 of 2 under "Data" has the default alt text',
         'image 2 of 2 under "Data" has no alt text',
     ):
