@@ -367,7 +367,7 @@ def scan_report(folder: Path, **limits) -> list[Finding]:
     return found + check_sizes(folder, **limits)
 
 
-CHECKS = [*TEXT_PATTERNS, "index column", "code-name header", "code name", "truncated cell", "summary", "page size"]
+CHECKS = [*TEXT_PATTERNS, "index column", "code-name header", "truncated cell", "summary", "page size"]
 
 
 def main(argv: list[str]) -> int:
