@@ -12,7 +12,7 @@ from sklearn.manifold import TSNE
 from sklearn.preprocessing import StandardScaler
 
 from glomlib.evaluate import plots
-from glomlib.review.explain.galleries import caption, load_display_images
+from glomlib.review.explain.galleries import load_display_images
 from glomlib.review.explain.models import ExplainModels, embeddings
 
 
@@ -117,8 +117,8 @@ def neighbour_gallery(pred: pd.DataFrame, nn_idx: np.ndarray, errors: Sequence[i
     caps, cols = [], []
     for row, e in zip(nn_idx, errors):
         er = pred.iloc[e]
-        caps.append("ERROR " + caption(er))
-        cols.append(plots.OUTCOME_COLOURS[er["outcome"]])
+        caps.append(f"ERROR ({er['outcome']}): truly {er['label'] or er['y']}, p={er['prob']:.2f}\n{er['slide']}")
+        cols.append("black")
         for j in row:
             r = pred.iloc[j]
             caps.append(f"{r['label'] or r['y']} p={r['prob']:.2f}\n{r['slide']}")
