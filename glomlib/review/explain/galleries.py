@@ -35,7 +35,9 @@ def confidence_figure(pred: pd.DataFrame, threshold: float = 0.5, labels: tuple[
     fig, axes = plt.subplots(1, 2, figsize=(plots.REPORT_WIDTH, 3.8))
     bins = np.linspace(0, 1, 26)
     for y, name, colour in ((1, labels[0], plots.OUTCOME_COLOURS["TP"]), (0, labels[1], plots.OUTCOME_COLOURS["TN"])):
-        axes[0].hist(pred.loc[pred["y"] == y, "prob"], bins=bins, alpha=0.6, color=colour, label=f"truly {name}")
+        axes[0].hist(
+            pred.loc[pred["y"] == y, "prob"], bins=bins, histtype="step", lw=2, color=colour, label=f"truly {name}"
+        )
     axes[0].axvline(threshold, color="black", linestyle="--", label="threshold")
     axes[0].set_yscale("log")
     axes[0].set_xlabel(f"predicted probability of {labels[0]}")
