@@ -154,6 +154,58 @@ def test_target_layer_per_backbone():
     assert explain.head_layer(r) is r.head
 
 
+def _map_side(model, layer, size: int) -> int:
+    """The side of ``layer``'s output for a ``size`` px input, measured independently of cam_layer."""
+    import torch
+
+    seen = []
+    h = layer.register_forward_hook(lambda m, i, o: seen.append(min(o.shape[-2:])) and None)
+    with torch.no_grad():
+        model.eval()(torch.rand(1, 3, size, size))
+    h.remove()
+    return int(seen[0])
+
+
+def test_cam_layer_gives_a_map_of_at_least_7x7_or_refuses():
+    """At 64 px (quick-cpu) the last stage of EfficientNet-Lite0 / ResNet-18 gives 2x2 maps (stride 32), which say
+    nothing about where the evidence is: the chosen layer is the deepest one with a map of at least 7x7; at 224 px
+    that is the usual last stage; with no such layer (a 12 px input) the choice is refused (layer None)."""
+    from glomlib.models.heads import build_classifier
+
+    for backbone, stages in (("efficientnet_lite0", "backbone.blocks"), ("resnet18", "backbone.layer")):
+        model = build_classifier(backbone)
+        named = dict(model.named_modules())
+        c = explain.cam_layer(model, 64)
+        assert c["last_side"] == 2 == _map_side(model, explain.target_layer(model), 64)
+        assert c["layer"] is named[c["name"]] and c["name"].startswith(stages)
+        assert c["side"] == _map_side(model, c["layer"], 64) >= 7
+        deeper = [m for k, m in named.items() if k.startswith(stages) and k.count(".") == c["name"].count(".")]
+        nxt = deeper[deeper.index(c["layer"]) + 1]
+        assert _map_side(model, nxt, 64) < 7  # the deepest usable one
+        full = explain.cam_layer(model, 224)
+        assert full["layer"] is explain.target_layer(model) and full["side"] == 7
+        tiny = explain.cam_layer(model, 12)
+        assert tiny["layer"] is None and tiny["name"] is None and tiny["side"] < 7
+        cams = explain.gradcam(model, META | {"image_size": 64}, np.zeros((1, 64, 64, 3), np.uint8), [1], c["layer"])
+        assert cams.shape == (1, 64, 64)
+
+
+def test_cam_tile_is_native_size_with_heat_and_mask_outline(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((224, 224, 3), 200, np.uint8)).save(tmp_path / "p.png")
+    mask = np.zeros((224, 224), np.uint8)
+    mask[56:168, 56:168] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    plain = explain.cam_tile(str(tmp_path / "p.png"))
+    assert plain.shape == (224, 224, 3) and (plain == 200).all()  # native size, untouched without map or mask
+    cam = np.zeros((8, 8), np.float32)
+    cam[0, 0] = 1.0  # evidence in the top-left corner only
+    t = explain.cam_tile(str(tmp_path / "p.png"), cam, str(tmp_path / "m.png"))
+    assert not np.array_equal(t[5, 5], plain[5, 5]) and (t[200, 200] == 200).all()  # heat where the map is
+    assert (t[56:168, 56] == 255).all() and (t[112, 112] == 200).all()  # white outline, inside untouched
+
+
 def test_embeddings_neighbours_and_tsne():
     model = _channel_model(0)
     rng = np.random.default_rng(1)
@@ -180,8 +232,9 @@ def test_interactive_switch_and_browser(monkeypatch, tmp_path):
     assert explain.live_frontend(True) is True
     assert explain.live_frontend(False) is False
     monkeypatch.setenv("GLOMLIB_INTERACTIVE", "0")
-    assert explain.show_error_browser(_fake_pred(tmp_path), tmp_path / "o", True) == "static"
-    assert (tmp_path / "o" / "figures" / "error_gallery.png").exists()
+    assert explain.show_error_browser(_fake_pred(tmp_path), True) == "static"  # the page's gallery stands in
+    monkeypatch.setenv("GLOMLIB_INTERACTIVE", "1")
+    assert explain.show_error_browser(_fake_pred(tmp_path), True) == "widget"
 
 
 def _fake_pred(tmp_path: Path) -> pd.DataFrame:
@@ -267,10 +320,15 @@ def test_real_patches_gradcam_with_masks(shared_data, tmp_path):
     models = explain.explain_models(run, pred)  # no fold models in this folder: the final model, with a note
     assert models.source == "final" and "before fold models were kept" in models.note
     model, meta = explain.load_run_model(run)
-    cam_rows, imgs, cams, masks = explain.gradcam_errors(models, pred, n_per_kind=2)
+    layer = explain.cam_layer(model, 64)
+    assert layer["name"] == "backbone.layer2" and layer["side"] == 8  # not layer4's 2x2 at 64 px
+    cam_rows, imgs, cams, masks = explain.gradcam_errors(models, pred, n_per_kind=2, layer=layer["name"])
     assert len(cam_rows) == 4 and cams.shape == (4, 64, 64)
     shares = cam_rows["mask_share"].to_numpy()
     assert np.all((shares >= 0) & (shares <= 1))
+    assert np.allclose(cams[0], explain.gradcam(model, meta, imgs[:1], [1], layer=layer["layer"])[0], atol=1e-5)
+    native = explain.cam_tile(cam_rows["path"].iloc[0], cams[0], cam_rows["mask"].iloc[0])
+    assert native.shape == (224, 224, 3)  # the real patch at its native size, not the 64 px input
     by_model = explain.embeddings_by_model(models, explain.load_display_images(pred["path"].tolist(), 64))
     emb = by_model[run / "model.safetensors"]
     assert emb.shape == (16, 512)
@@ -279,8 +337,6 @@ def test_real_patches_gradcam_with_masks(shared_data, tmp_path):
     from glomlib.evaluate import plots
 
     figs = {
-        "g": explain.gradcam_figure(cam_rows, imgs, cams, masks, positive="GS"),
-        "fp": explain.error_gallery(pred, "FP", 4),
         "c": explain.confidence_figure(pred),
         "r": explain.error_rate_figure(pred),
         "n": explain.neighbour_gallery(pred, nn_idx[:2], explain.error_indices(pred, 2)),

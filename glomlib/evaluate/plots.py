@@ -12,8 +12,9 @@ import numpy as np
 REPORT_WIDTH = 12.0  # inches; a report column
 DPI = 110
 
-# One colour per class / outcome, used consistently across figures.
-OUTCOME_COLOURS = {"TP": "#1b9e77", "TN": "#7570b3", "FP": "#d95f02", "FN": "#e7298a"}
+# One colour per outcome, colour-blind safe (Okabe & Ito; == publish.present.ERROR_COLORS): TP the positive class's
+# vermillion, TN the negative class's blue, false positives sky blue, false negatives orange.
+OUTCOME_COLOURS = {"TP": "#D55E00", "TN": "#0072B2", "FP": "#56B4E9", "FN": "#E69F00"}
 
 
 def _plt():

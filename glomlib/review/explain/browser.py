@@ -1,9 +1,8 @@
-"""The error browser: ipywidgets in a live kernel, a static gallery in rendered reports."""
+"""The error browser: ipywidgets in a live kernel (the rendered report shows notebook 05's error gallery)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -49,24 +48,6 @@ def filter_errors(
         d = d[d["center"].astype(str) == centre]
     d = d[(d["confidence"] >= confidence[0]) & (d["confidence"] <= confidence[1])]
     return d.sort_values("confidence", ascending=False)
-
-
-def static_gallery(pred: pd.DataFrame, max_images: int = 48, size: int = 140):
-    """All errors (up to ``max_images``), most confident first: the report's stand-in for the browser."""
-    d = filter_errors(pred).head(max_images)
-    imgs = load_display_images(d["path"].tolist(), size) if len(d) else []
-    masks = load_display_masks(d["mask"].tolist(), size) if "mask" in d and len(d) else None
-    cols = [plots.OUTCOME_COLOURS[o] for o in d["outcome"]]
-    n_all = int(pred["error"].sum())
-    return plots.montage(
-        list(imgs),
-        [caption(r) for _, r in d.iterrows()],
-        ncols=8,
-        masks=masks,
-        caption_colours=cols,
-        caption_size=8,
-        title=f"All errors, most confident first ({len(d)} of {n_all} shown)",
-    )
 
 
 def error_browser(pred: pd.DataFrame, page_size: int = 12, size: int = 160):
@@ -127,20 +108,10 @@ def error_browser(pred: pd.DataFrame, page_size: int = 12, size: int = 160):
     return w.VBox([w.HBox([kind, centre, conf]), w.HBox([prev_b, next_b, info]), out])
 
 
-def show_error_browser(pred: pd.DataFrame, out: str | Path | None = None, interactive: bool = True) -> str:
-    """Widget browser in a live kernel; otherwise the static gallery (saved as ``error_gallery``).
-    Returns "widget" or "static"."""
+def show_error_browser(pred: pd.DataFrame, interactive: bool = True) -> str:
+    """The widget browser in a live kernel ("widget"); elsewhere (papermill, rendered reports) nothing ("static":
+    the page's error gallery stands in)."""
     if live_frontend(interactive):
         display(error_browser(pred))
-        if out is not None:  # the figures folder stays complete in interactive sessions too
-            fig = static_gallery(pred)
-            plots.save_figure(fig, out, "error_gallery")
-            plt.close(fig)
         return "widget"
-    plots.show(
-        static_gallery(pred),
-        out,
-        "error_gallery",
-        "every error (up to 48), most confident first; caption colour = outcome (orange FP, pink FN).",
-    )
     return "static"

@@ -11,7 +11,7 @@ import pandas as pd
 from glomlib.data.cache import load_images
 from glomlib.evaluate import plots
 from glomlib.review.display import mask_or_none
-from glomlib.review.explain.inputs import error_rates, ranked_errors
+from glomlib.review.explain.inputs import error_rates
 
 
 def load_display_images(paths: Sequence[str], size: int) -> np.ndarray:
@@ -30,48 +30,34 @@ def caption(r: pd.Series, extra: str = "") -> str:
     return f"{r['outcome']} p={r['prob']:.2f}{extra}\n{where}"
 
 
-def error_gallery(pred: pd.DataFrame, kind: str, n: int = 16, size: int = 160, ncols: int = 8):
-    """Gallery of the ``n`` most confident false positives or negatives with mask outlines."""
-    e = ranked_errors(pred, kind, n)
-    imgs = load_display_images(e["path"].tolist(), size) if len(e) else []
-    masks = load_display_masks(e["mask"].tolist(), size) if "mask" in e and len(e) else None
-    what = {
-        "FP": "False positives (called positive, truly negative)",
-        "FN": "False negatives (called negative, truly positive)",
-    }[kind]
-    return plots.montage(
-        list(imgs),
-        [caption(r) for _, r in e.iterrows()],
-        ncols=ncols,
-        masks=masks,
-        title=f"{what}, most confident first (p = predicted probability of the positive class)",
-        caption_size=9,
-    )
-
-
 def confidence_figure(pred: pd.DataFrame, threshold: float = 0.5, labels: tuple[str, str] = ("positive", "negative")):
     """Left: predicted probability per true class; right: confidence of correct calls vs errors."""
     fig, axes = plt.subplots(1, 2, figsize=(plots.REPORT_WIDTH, 3.8))
     bins = np.linspace(0, 1, 26)
-    for y, name, colour in ((1, labels[0], "#d95f02"), (0, labels[1], "#1b9e77")):
-        axes[0].hist(pred.loc[pred["y"] == y, "prob"], bins=bins, alpha=0.6, color=colour, label=f"truly {name}")
+    for y, name, colour in ((1, labels[0], plots.OUTCOME_COLOURS["TP"]), (0, labels[1], plots.OUTCOME_COLOURS["TN"])):
+        axes[0].hist(
+            pred.loc[pred["y"] == y, "prob"], bins=bins, histtype="step", lw=2, color=colour, label=f"truly {name}"
+        )
     axes[0].axvline(threshold, color="black", linestyle="--", label="threshold")
     axes[0].set_yscale("log")
     axes[0].set_xlabel(f"predicted probability of {labels[0]}")
     axes[0].set_ylabel("images (log scale)")
     axes[0].legend(fontsize=9, frameon=False)
     cb = np.linspace(0.5, 1, 21)
-    for err, name, colour in ((False, "correct", "#7570b3"), (True, "errors", "#e7298a")):
+    kinds = (("correct", ~pred["error"], "#7F7F7F"), ("false positives", pred["outcome"] == "FP", "FP"))
+    for name, sel, colour in (*kinds, ("false negatives", pred["outcome"] == "FN", "FN")):
+        share = np.ones(int(sel.sum())) / max(1, int(sel.sum()))  # each group sums to 1: comparable shapes
         axes[1].hist(
-            pred.loc[pred["error"] == err, "confidence"],
+            pred.loc[sel, "confidence"],
             bins=cb,
-            alpha=0.6,
-            color=colour,
-            density=True,
-            label=f"{name} (n={int((pred['error'] == err).sum())})",
+            weights=share,
+            histtype="step",
+            linewidth=2,
+            color=plots.OUTCOME_COLOURS.get(colour, colour),
+            label=f"{name} ({int(sel.sum())})",
         )
     axes[1].set_xlabel("confidence of the model in its call")
-    axes[1].set_ylabel("density")
+    axes[1].set_ylabel("share of the group")
     axes[1].legend(fontsize=9, frameon=False)
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -88,12 +74,12 @@ def error_rate_figure(pred: pd.DataFrame):
     )
     for ax, t, title in ((axes[0], by_c, "per centre"), (axes[1], by_s, "per slide")):
         t = t.iloc[::-1]
-        ax.barh(t.index.astype(str), t["FP"] / t["images"], color="#d95f02", label="false positives")
+        ax.barh(t.index.astype(str), t["FP"] / t["images"], color=plots.OUTCOME_COLOURS["FP"], label="false positives")
         ax.barh(
             t.index.astype(str),
             t["FN"] / t["images"],
             left=t["FP"] / t["images"],
-            color="#e7298a",
+            color=plots.OUTCOME_COLOURS["FN"],
             label="false negatives",
         )
         for k, (_, r) in enumerate(t.iterrows()):

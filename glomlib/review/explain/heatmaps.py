@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,8 +10,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from glomlib.evaluate import plots
-from glomlib.review.explain.galleries import caption, load_display_images, load_display_masks
+from glomlib.review import display
+from glomlib.review.explain.galleries import load_display_images, load_display_masks
 from glomlib.review.explain.inputs import ranked_errors
 from glomlib.review.explain.models import ExplainModels, _normalise, _plan
 
@@ -32,6 +33,47 @@ def target_layer(model, backbone: str | None = None):
     if not convs:
         raise ValueError("No convolutional layer found for Grad-CAM.")
     return convs[-1]
+
+
+def _stages(model) -> list[tuple[str, object]]:
+    """Grad-CAM candidates, shallow to deep: ResNet ``layer1..4``; EfficientNet each of ``blocks``; else every Conv2d."""
+    import torch.nn as nn
+
+    named = list(model.named_modules())
+    res = [(k, m) for k, m in named if re.search(r"(^|\.)layer[1-4]$", k)]
+    blocks = [(k, m) for k, m in named if k.endswith("blocks") and isinstance(m, (nn.Sequential, nn.ModuleList))]
+    if res or blocks:
+        return res or [(f"{blocks[-1][0]}.{i}", b) for i, b in enumerate(blocks[-1][1])]
+    return [(k, m) for k, m in named if isinstance(m, nn.Conv2d)]
+
+
+def cam_layer(model, image_size: int, min_side: int = 7) -> dict[str, Any]:
+    """The deepest candidate layer whose Grad-CAM map is at least ``min_side`` x ``min_side`` for ``image_size`` px
+    inputs (measured by a forward pass), for a map that can say *where* in the patch the evidence lies.
+    ``{"layer": module or None (no candidate is fine enough), "name", "side", "stage" (1-based, of "stages"),
+    "last_name", "last_side"}``, where ``last_*`` is the default layer (:func:`target_layer`)'s map."""
+    import torch
+
+    stages, sides = _stages(model), {}
+
+    def record(key):  # a forward hook must return None (a value would replace the layer's output)
+        return lambda m, i, o: sides.setdefault(key, int(min(o.shape[-2:]))) and None
+
+    default = target_layer(model)
+    hooks = [m.register_forward_hook(record(k)) for k, m in [*stages, ("", default)]]
+    p = next(iter(model.parameters()))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, image_size, image_size, device=p.device, dtype=p.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+    last = next((k for k, m in stages if m is default), "last layer")
+    fine = [i for i, (k, _) in enumerate(stages) if int(sides[k]) >= min_side]
+    k, m = stages[fine[-1]] if fine else (None, None)
+    side = int(sides[k]) if k else max(int(v) for v in sides.values())
+    out = {"layer": m, "name": k, "side": side, "stage": fine[-1] + 1 if fine else None, "stages": len(stages)}
+    return {**out, "last_name": last, "last_side": int(sides[""])}
 
 
 class LogitTarget:
@@ -83,10 +125,11 @@ def mask_share(cam: np.ndarray, mask: np.ndarray | None) -> float:
 
 
 def gradcam_errors(
-    models: ExplainModels, pred: pd.DataFrame, n_per_kind: int = 8, batch_size: int = 8
+    models: ExplainModels, pred: pd.DataFrame, n_per_kind: int = 8, batch_size: int = 8, layer: str | None = None
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list]:
     """Grad-CAM for the most confident FP and FN, each computed with its own model from ``models`` (the fold model
-    that did not see it). Returns ``(rows with columns mask_share and model, images, cams, masks)``.
+    that did not see it) at the layer named ``layer`` (e.g. :func:`cam_layer`'s ``name``; None: :func:`target_layer`).
+    Returns ``(rows with columns mask_share, mask_area, mask_enrichment and model, images, cams, masks)``.
 
     The maps always explain the *positive* class: with a one-logit classifier the "negative" map is the exact
     negative of the positive one (all zero after Grad-CAM's ReLU wherever the positive map is positive), so
@@ -107,7 +150,8 @@ def gradcam_errors(
     for path, members in models.groups(positions).items():
         model, meta = models.load(path)
         sel = [positions.index(m) for m in members]
-        cams[sel] = gradcam(model, meta, imgs[sel], [1] * len(sel), batch_size=batch_size)
+        at = dict(model.named_modules())[layer] if layer else None
+        cams[sel] = gradcam(model, meta, imgs[sel], [1] * len(sel), layer=at, batch_size=batch_size)
     rows = rows.assign(model=[str(models.files[i]) for i in positions])
     masks = load_display_masks(rows["mask"].tolist() if "mask" in rows else [""] * len(rows), size)
     area = [float(np.mean(m)) if m is not None and np.any(m) else float("nan") for m in masks]
@@ -117,31 +161,19 @@ def gradcam_errors(
     return rows, imgs, cams, masks
 
 
-def gradcam_figure(
-    rows: pd.DataFrame,
-    images: np.ndarray,
-    cams: np.ndarray,
-    masks: list,
-    pairs_per_row: int = 4,
-    positive: str = "positive",
-):
-    """Image and Grad-CAM overlay side by side (yellow = glomerulus mask outline), captioned with the share of
-    attribution inside the mask."""
-    tiles, caps, mks = [], [], []
-    for (_, r), img, cam, m in zip(rows.iterrows(), images, cams, masks):
-        share = (
-            ""
-            if not np.isfinite(r["mask_share"])
-            else f"\n{100 * r['mask_share']:.0f}% heat in mask ({100 * r.get('mask_area', np.nan):.0f}% of area)"
-        )
-        tiles += [np.asarray(img), plots.cam_overlay(np.asarray(img), cam)]
-        caps += [caption(r), f"Grad-CAM: evidence for {positive}{share}"]
-        mks += [m, m]
-    return plots.montage(
-        tiles,
-        caps,
-        ncols=2 * pairs_per_row,
-        masks=mks,
-        caption_size=8,
-        title=f"Where the model saw {positive}: errors with Grad-CAM (red = strongest evidence, scaled per image)",
-    )
+def cam_tile(path: str, cam: np.ndarray | None = None, mask: str = "", alpha: float = 0.55) -> np.ndarray:
+    """The patch at its native size with ``cam`` (resized to it) blended in ("inferno", more opaque where the map is
+    strong, so weak evidence leaves the tissue visible) and the glomerulus mask's outline in white."""
+    import matplotlib
+
+    img = display.tile(path, None)
+    h, w = img.shape[:2]
+    if cam is not None:
+        c = np.clip(cv2.resize(np.asarray(cam, np.float32), (w, h), interpolation=cv2.INTER_LINEAR), 0, 1)[..., None]
+        heat = matplotlib.colormaps["inferno"](c[..., 0])[..., :3] * 255
+        img = np.clip((1 - alpha * c) * img + alpha * c * heat, 0, 255).astype(np.uint8)
+    m = display.mask_or_none(mask, None) if mask else None
+    if m is not None and m.shape == (h, w):
+        contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        img = cv2.drawContours(np.ascontiguousarray(img), contours, -1, (255, 255, 255), max(1, h // 112))
+    return img

@@ -12,7 +12,7 @@ from sklearn.manifold import TSNE
 from sklearn.preprocessing import StandardScaler
 
 from glomlib.evaluate import plots
-from glomlib.review.explain.galleries import caption, load_display_images
+from glomlib.review.explain.galleries import load_display_images
 from glomlib.review.explain.models import ExplainModels, embeddings
 
 
@@ -67,23 +67,24 @@ def embed_2d(emb: np.ndarray, method: str = "umap", seed: int = 0) -> tuple[np.n
 
 
 def embedding_figure(xy: np.ndarray, pred: pd.DataFrame, method: str = "UMAP"):
-    """2x2 maps coloured by true label, prediction, correctness (outcome) and centre; errors drawn on top."""
+    """2x2 maps coloured by true label, prediction (the classes in their outcome colours: positive vermillion,
+    negative blue), outcome and centre; errors drawn on top with a black edge."""
     fig, axes = plt.subplots(2, 2, figsize=(plots.REPORT_WIDTH, 10))
-    lab = pred["label"].astype(str).where(pred["label"].astype(str) != "", pred["y"].astype(str))
-    predicted = np.where(pred["pred"] == 1, "called positive", "called negative")
+    names = {y: str(pred.loc[pred["y"] == y, "label"].iloc[0]) if (pred["y"] == y).any() else str(y) for y in (0, 1)}
+    colours = {names[1]: plots.OUTCOME_COLOURS["TP"], names[0]: plots.OUTCOME_COLOURS["TN"], **plots.OUTCOME_COLOURS}
+    colours.update({f"called {names[1]}": colours[names[1]], f"called {names[0]}": colours[names[0]]})
     panels = [
-        ("true label", lab.to_numpy()),
-        ("prediction", predicted),
+        ("true label", pred["y"].map(names).to_numpy()),
+        ("prediction", np.array([f"called {names[int(v)]}" for v in pred["pred"]])),
         ("outcome", pred["outcome"].to_numpy()),
         ("centre", pred["center"].astype(str).to_numpy()),
     ]
+    others = ["#009E73", "#CC79A7", "#F0E442", "#7F7F7F", "#000000"]  # Okabe-Ito, not the class/outcome colours
     err = pred["error"].to_numpy()
     for ax, (title, values) in zip(axes.flat, panels):
-        cats = sorted(set(values))
-        cmap = plt.get_cmap("tab10")
-        for k, c in enumerate(cats):
+        for k, c in enumerate(sorted(set(values))):
             sel = values == c
-            colour = plots.OUTCOME_COLOURS.get(c, cmap(k % 10))
+            colour = colours.get(c, others[k % len(others)]) if title != "centre" else others[k % len(others)]
             ax.scatter(xy[sel & ~err, 0], xy[sel & ~err, 1], s=9, alpha=0.6, color=colour, label=f"{c} ({sel.sum()})")
             ax.scatter(
                 xy[sel & err, 0], xy[sel & err, 1], s=40, alpha=0.95, color=colour, edgecolors="black", linewidths=0.8
@@ -108,7 +109,7 @@ def nearest_neighbours(emb: np.ndarray, query: Sequence[int], k: int = 5) -> np.
 
 def neighbour_gallery(pred: pd.DataFrame, nn_idx: np.ndarray, errors: Sequence[int], size: int = 140):
     """One row per error: the error, then its nearest neighbours ``nn_idx`` (from :func:`neighbours_by_model`;
-    label and probability in the caption; red caption = neighbour of the other class than the error's true label)."""
+    label and probability in the caption, coloured by the neighbour's class: vermillion positive, blue negative)."""
     nn_idx = np.asarray(nn_idx, int).reshape(len(errors), -1)
     k = nn_idx.shape[1]
     order = [i for row, e in zip(nn_idx, errors) for i in (e, *row)]
@@ -116,12 +117,12 @@ def neighbour_gallery(pred: pd.DataFrame, nn_idx: np.ndarray, errors: Sequence[i
     caps, cols = [], []
     for row, e in zip(nn_idx, errors):
         er = pred.iloc[e]
-        caps.append("ERROR " + caption(er))
-        cols.append("#d95f02")
+        caps.append(f"ERROR ({er['outcome']}): truly {er['label'] or er['y']}, p={er['prob']:.2f}\n{er['slide']}")
+        cols.append("black")
         for j in row:
             r = pred.iloc[j]
             caps.append(f"{r['label'] or r['y']} p={r['prob']:.2f}\n{r['slide']}")
-            cols.append("#c0392b" if r["y"] != er["y"] else "black")
+            cols.append(plots.OUTCOME_COLOURS["TP" if r["y"] == 1 else "TN"])
     return plots.montage(
         list(imgs),
         caps,
