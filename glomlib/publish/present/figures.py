@@ -71,7 +71,7 @@ def figure(fig: Any, alt: str, caption: str = "", photo: bool = False, close: bo
 
 _TILE_CSS = (
     "<style>.glom-tiles{display:flex;flex-wrap:wrap;gap:10px}.glom-tiles figure{margin:0;width:min-content}"
-    ".glom-tiles img{display:block;cursor:zoom-in;transition:transform .15s;transform-origin:top left}"
+    ".glom-tiles img{display:block;max-width:none;cursor:zoom-in;transition:transform .15s;transform-origin:top left}"
     ".glom-tiles img:focus{transform:scale(2);position:relative;z-index:5;cursor:zoom-out;"
     "box-shadow:0 0 12px #0008;outline:none}"
     ".glom-tiles figcaption{font-size:.8em;line-height:1.25;color:#333;margin-top:2px}</style>"

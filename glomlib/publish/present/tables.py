@@ -10,8 +10,8 @@ from glomlib.publish.present.numbers import MISSING, _absent
 
 _CSS = (
     "<style>table.glom-t{border-collapse:collapse;margin:.4em 0 1em;font-size:.92em}"
-    "table.glom-t th,table.glom-t td{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left}"
-    "table.glom-t td.n{text-align:right;font-variant-numeric:tabular-nums}"
+    "table.glom-t th,table.glom-t td{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left!important}"
+    "table.glom-t td.n{text-align:right!important;font-variant-numeric:tabular-nums}"
     "table.glom-t caption{caption-side:bottom;text-align:left;color:#555;font-size:.9em;padding-top:.3em}"
     "</style>"
 )
