@@ -80,6 +80,26 @@ def test_blurred_image_is_flagged_and_sharp_is_not(tmp_path):
     assert list(flags.columns) == audit.FLAG_COLUMNS
 
 
+def test_cohort_and_class_confounders_state_what_separates_the_classes(tmp_path):
+    """The cohort table counts per centre and in all; the confounders find the blurred positive class and say
+    which class and centre the blur flags come from (the numbers page 01's summary is written from)."""
+    import cv2
+
+    sharp = [_save(tmp_path / f"n{i}.png", _texture(10 + i)) for i in range(3)]
+    soft = [_save(tmp_path / f"p{i}.png", cv2.GaussianBlur(_texture(20 + i), (0, 0), 3)) for i in range(2)]
+    df = _df(sharp + soft, labels=["M0"] * 3 + ["M1"] * 2, slides=["a", "a", "b", "c", "c"], centers=list("XXYYY"))
+    coh = audit.cohort(df).set_index("center")
+    assert coh.loc["X", ["slides", "positive", "negative", "glomeruli"]].tolist() == [1, 0, 2, 2]
+    assert coh.loc["Y", ["slides", "positive", "negative"]].tolist() == [2, 2, 1]
+    assert coh.loc["All centres", "share_positive"] == pytest.approx(0.4) and coh.index[-1] == "All centres"
+    assert audit.cohort(df, patients=False)["patients"].isna().all()  # not recorded: no number made up
+    scan = audit.scan_images(df, _cfg())
+    conf = audit.class_confounders(scan.table, audit.quality_flags(scan, _cfg()))
+    assert conf["sharpness_per_class"]["M0"] > 10 * conf["sharpness_per_class"]["M1"]
+    assert set(conf["sharpness_per_centre"]["Y"]) == {"M0", "M1"} and set(conf["sharpness_per_centre"]["X"]) == {"M0"}
+    assert conf["blur_flags"] == [{"label": "M1", "center": "Y", "images": 2}]
+
+
 def test_background_image_is_flagged(tmp_path):
     img = _texture(1)
     empty = img.copy()

@@ -41,11 +41,17 @@ def montage_by(df: pd.DataFrame, by: str, n: int = 8, seed: int = 0, size: int =
 
 
 def flagged_gallery(
-    flags: pd.DataFrame, df: pd.DataFrame, max_per_reason: int = 8, size: int = 160, reasons: list[str] | None = None
+    flags: pd.DataFrame,
+    df: pd.DataFrame,
+    max_per_reason: int = 8,
+    size: int = 160,
+    reasons: list[str] | None = None,
+    colors: dict[str, str] | None = None,
 ):
-    """Montage of flagged images, one row per reason (worst first), captioned with reason and value."""
+    """Montage of flagged images, one row per reason (worst first), captioned with reason, value and class (in
+    ``colors[class]``); the glomerulus mask, where the manifest has one, outlined in yellow."""
     masks = dict(zip(df["path"], df["mask"])) if "mask" in df else {}
-    images, captions, mks = [], [], []
+    images, captions, mks, cols = [], [], [], []
     reasons = reasons or sorted(flags["reason"].unique())
     for reason in reasons:
         f = flags[flags["reason"] == reason].drop_duplicates("path")
@@ -60,17 +66,18 @@ def flagged_gallery(
             if k < len(f):
                 r = f.iloc[k]
                 images.append(tile(r["path"], size))
-                mks.append(mask_or_none(masks.get(r["path"], ""), size) if reason == "mask_small" else None)
+                mks.append(mask_or_none(masks.get(r["path"], ""), size))
                 val = r["value"]
                 vtxt = f"{val:g}" if isinstance(val, (int, float, np.floating, np.integer)) and np.isfinite(val) else ""
-                captions.append(f"{reason} {vtxt}\n{Path(r['path']).stem}")
+                captions.append(f"{reason} {vtxt}\n{r['label']}\n{Path(r['path']).stem}")
+                cols.append((colors or {}).get(str(r["label"]), "black"))
             else:
                 images.append(np.full((size, size, 3), 255, np.uint8))
                 mks.append(None)
                 captions.append("")
-    return plots.montage(
-        images, captions, ncols=max_per_reason, title="Flagged images (one row per reason)", caption_size=8, masks=mks
-    )
+                cols.append("black")
+    title = "Flagged images (one row per reason)"
+    return plots.montage(images, captions, max_per_reason, title, caption_size=8, masks=mks, caption_colours=cols)
 
 
 def duplicate_gallery(pairs: pd.DataFrame, max_pairs: int = 8, size: int = 140):
@@ -161,8 +168,9 @@ def quality_histograms(table: pd.DataFrame, cfg: AuditConfig):
     return fig
 
 
-def mask_area_figure(df: pd.DataFrame, area: pd.Series):
-    """Distribution of the glomerulus share of the patch, per class and per centre."""
+def mask_area_figure(df: pd.DataFrame, area: pd.Series, colors: dict[str, str] | None = None):
+    """Distribution of the glomerulus share of the patch, per class and per centre (``colors``: group -> colour,
+    e.g. the class colours)."""
     d = df.assign(area=area.to_numpy(), center=_centre(df), label=_label(df))
     d = d[d["area"] >= 0]
     fig, axes = plt.subplots(1, 2, figsize=(plots.REPORT_WIDTH, 3.6), sharey=True)
@@ -174,6 +182,7 @@ def mask_area_figure(df: pd.DataFrame, area: pd.Series):
                 histtype="step",
                 linewidth=1.8,
                 density=True,
+                color=(colors or {}).get(str(g)),
                 label=f"{g} (median {grp['area'].median():.2f})",
             )
         ax.set_xlabel("glomerulus area / patch area (from mask)")

@@ -36,6 +36,41 @@ def counts(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
+def cohort(df: pd.DataFrame, patients: bool = True) -> pd.DataFrame:
+    """Per centre, then all centres: slides, patients (None when ``patients`` is False: not recorded), positive
+    (``y`` 1) and negative (``y`` 0) glomeruli, all glomeruli and the share positive among the labelled."""
+    d = df.assign(center=_centre(df))
+    recs = []
+    for name, g in [*d.groupby("center"), ("All centres", d)]:
+        pos, neg = int((g["y"] == 1).sum()), int((g["y"] == 0).sum())
+        recs.append(
+            {"center": name, "slides": int(g["slide"].nunique()), "positive": pos, "negative": neg}
+            | {"patients": int(g["patient"].nunique()) if patients and "patient" in g else None, "glomeruli": len(g)}
+            | {"share_positive": pos / (pos + neg) if pos + neg else None}
+        )
+    return pd.DataFrame(recs)
+
+
+def class_confounders(table: pd.DataFrame, flags: pd.DataFrame) -> dict[str, Any]:
+    """What differs by class besides the lesion, so a model could use it: median sharpness (variance of the
+    Laplacian) and tissue OD per class, overall and per centre, and the blur flags per class and centre."""
+    t = table[table["error"] == ""].assign(center=_centre(table), label=_label(table))
+    per = lambda col, by: {str(k): float(v) for k, v in t.groupby(by)[col].median().items()}  # noqa: E731
+    sharp_c = t.pivot_table(index="center", columns="label", values="blur_lapvar", aggfunc="median")
+    blur = flags[flags["reason"] == "blur"].drop_duplicates("path").assign(center=_centre, label=_label)
+    return {
+        "sharpness_per_class": per("blur_lapvar", "label"),
+        "sharpness_per_centre": {
+            str(c): {str(k): float(v) for k, v in r.dropna().items()} for c, r in sharp_c.iterrows()
+        },
+        "od_per_class": per("od_total", "label"),
+        "blur_flags": [
+            {"label": str(k[0]), "center": str(k[1]), "images": int(v)}
+            for k, v in blur.groupby(["label", "center"]).size().items()
+        ],
+    }
+
+
 def format_table(table: pd.DataFrame) -> pd.DataFrame:
     """How many images have each (width, height, mode, format); unreadable files listed as such."""
     t = table.copy()
@@ -109,6 +144,8 @@ def summarise(
             orient="index"
         ),
     }
+    s["cohort"] = cohort(df).to_dict(orient="records")
+    s["confounders"] = class_confounders(scan.table, flags)
     if area is not None and area.notna().any():
         a = area[area >= 0]
         s["mask_area_median"] = float(a.median())
