@@ -5,17 +5,13 @@ profile's caveat, and the notebook settings that differ from their defaults."""
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 from glomlib.publish import present as P
 
-INIT_WORDS = {
-    "glom": "glom (self-supervised on these glomeruli)",
-    "imagenet": "imagenet (pretrained on everyday photographs)",
-    "scratch": "scratch (random start)",
-}
 _PATH_SETTINGS = {"data", "out", "runs", "run", "ssl_checkpoint", "imagenet_weights", "cache_dir", "progress"}
 
 
@@ -39,7 +35,7 @@ def comparison(run_dir: Path, definition: dict[str, Any]) -> dict[str, Any] | No
     rows = []
     for init in main:
         b = bootstrap_ci(y, oof[init].to_numpy(), metric=auc, groups=groups, n_boot=n_boot)["value"]
-        rows.append({"init": INIT_WORDS.get(init, init), "auc": b["value"], "lo": b["ci_low"], "hi": b["ci_high"]})
+        rows.append({"init": init, "auc": b["value"], "lo": b["ci_low"], "hi": b["ci_high"]})
     saved = run_dir / "comparison" / "pairwise.csv"  # notebook 04's own numbers, so the index and 04 agree
     pairs = pd.read_csv(saved) if saved.is_file() else compare.pairwise_tests(main, n_boot=n_boot)
     first = next(iter(main.values()))
@@ -54,8 +50,14 @@ def comparison(run_dir: Path, definition: dict[str, Any]) -> dict[str, Any] | No
         "centres": len(centres),
         "fraction": compare.main_fraction(found),
         "n_boot": n_boot,
+        "ssl_from": ", continued from ImageNet weights" if _ssl_init(run_dir) == "imagenet" else "",
     }
     return {"auc": rows, "pairs": pairs.to_dict("records"), "task": task}
+
+
+def _ssl_init(run_dir: Path) -> str:
+    cfg = run_dir / "ssl" / "config.json"
+    return str(json.loads(cfg.read_text()).get("ssl_init", "")) if cfg.is_file() else ""
 
 
 def _parameter_cell(nb: Any, tag: str) -> dict[str, tuple[Any, str]]:
@@ -124,6 +126,6 @@ def settings_sentence(run_dir: Path, steps: list[Any], profile: dict[str, Any]) 
     n_seeds = len(seeds) if isinstance(seeds, list) else 1
     text = (
         f"{profile.get('name', 'this profile')}: {size} px {'thumbnails' if size < 224 else 'images'}, "
-        f"{P.count(epochs)} epochs, {P.count(folds)} folds, {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+        f"{P.count(epochs)} epoch{'s' if epochs != 1 else ''}, {P.count(folds)} folds, {n_seeds} seed{'s' if n_seeds != 1 else ''}"
     )
     return text + (", a slice of the data" if profile.get("subset") else ""), (size < 96 or epochs < 10)

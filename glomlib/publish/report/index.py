@@ -74,8 +74,8 @@ INDEX_CSS = """
 body{font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:62rem;margin:0 auto;padding:0 1rem;
 color:#1d1d1d} h1{font-size:1.55em;line-height:1.25;margin:.6em 0 .1em} h2{font-size:1.25em;margin:1.2em 0 .3em}
 .sub{color:#555;margin:0 0 .6em} a{color:#0b5394} table{border-collapse:collapse;max-width:100%}
-th,td{border-bottom:1px solid #ddd;padding:.25em .7em;text-align:left;vertical-align:top} th{background:#f3f5f7}
-.answer{display:flex;flex-wrap:wrap;gap:0 2em} .answer>*{flex:1 1 26rem}
+th,td{border-bottom:1px solid #ddd;padding:.25em .7em;text-align:left;vertical-align:top} th{background:#f3f5f7} th:first-child{white-space:nowrap}
+.answer{display:flex;flex-wrap:wrap;gap:0 1.5em} .answer td{white-space:nowrap} .answer>div{flex:1 1 20rem} .answer>div:first-child{flex:0 0 auto}
 pre{background:#f6f8fa;padding:.6em;white-space:pre-wrap;font-size:.85em}
 .note{background:#fff8e1;border-left:4px solid #E69F00;padding:.4em 1em} ol.pages li{margin:.3em 0}
 ol.pages span{color:#555}
@@ -132,7 +132,7 @@ def _summary(answer: dict[str, Any] | None, setting: str, demo: bool) -> str:
     t = answer["task"]
     pos, neg = t["positive"], t["negative"]
     shows = [
-        f"Whether a network that first learnt from these glomeruli without labels (**glom**) tells **{pos}** from "
+        f"Whether a network that first learnt from these glomeruli without labels (**glom**{t['ssl_from']}) tells **{pos}** from "
         f"**{neg}** better than one pretrained on everyday photographs (**imagenet**) or trained from a random "
         "start (**scratch**).",
         f"{P.count(t['n'])} glomeruli ({P.count(t['n_pos'])} {pos}, {P.share(t['n_pos'] / max(t['n'], 1), 0)}) from "
@@ -164,8 +164,8 @@ def _run_rows(definition: dict[str, Any], provenance: dict[str, Any], run_name: 
         ("Data fingerprint", f"<code>{html.escape(str(definition.get('data_fingerprint')))}</code>"),
         ("Code version (git commit)", f"<code>{html.escape(str(provenance.get('git_commit')))[:12]}</code>"),
         ("Software", html.escape(", ".join(f"{k} {v}" for k, v in versions.items() if k != "platform"))),
-        ("Run started (UTC)", html.escape(str(definition.get("created_utc", provenance.get("created_utc", ""))))),
-        ("Report rendered (UTC)", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")),
+        ("Run started (UTC)", html.escape(str(definition.get("created_utc", provenance.get("created_utc", "")))[:16])),
+        ("Report rendered (UTC)", _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M")),
     ]
 
 
@@ -188,28 +188,14 @@ def _status_note(summary: dict[str, Any]) -> str:
     )
 
 
-def _pseudonym_note(pseudonymised_data: bool, pseudonymised: bool) -> str:
-    if pseudonymised_data:
-        return (
-            '<p class="note">Slide and patient identifiers are stable pseudonyms (e.g. '
-            "<code>slide-7f3a2c</code>): the notebooks ran on a pseudonymised manifest, so tables and "
-            "figures show pseudonyms. Images titled with their file names still show the original "
-            "file name: check the galleries before sharing outside the lab.</p>"
-        )
-    if pseudonymised:
-        return (
-            '<p class="note">Slide and patient identifiers are replaced by stable pseudonyms (e.g. '
-            "<code>slide-7f3a2c</code>) in all text, tables and vector figures. Raster figures (PNG) "
-            "are embedded unchanged: check that none shows an identifier before sharing outside the "
-            "lab (or make a new run with <code>glomlib run --pseudonymise</code>).</p>"
-        )
-    return ""
-
-
-def _identifiers(pseudonymised_data: bool, pseudonymised: bool) -> str:
-    if pseudonymised_data or pseudonymised:
-        return "Slide and patient identifiers in this report are pseudonyms (e.g. slide-7f3a2c), not the real ones."
-    return "Slide and patient identifiers in this report are the data's real identifiers (not pseudonymised)."
+def _identifiers(pseudonymised: bool) -> str:
+    if not pseudonymised:
+        return "slide and patient identifiers are the data's real identifiers (not pseudonymised)"
+    return (
+        "slide and patient identifiers are stable pseudonyms (e.g. <code>slide-7f3a2c</code>) in the text, tables "
+        "and figures; image file names drawn as pixels may still show a real slide name: check the galleries "
+        "before sharing outside the lab"
+    )
 
 
 def render_index(
@@ -231,41 +217,29 @@ def render_index(
     reproducibility details (run, code, data fingerprint, software, settings that differ from the defaults)."""
     prof = definition.get("profile", {})
     cmp = next((p for p in pages if p.get("stem") == "04_baseline_comparison" and p.get("file")), None)
-    link = (
-        f'<p>Paired tests, ROC curves and AUC within each centre: <a href="{cmp["file"]}">{html.escape(cmp["title"])}</a>.</p>'
-        if cmp
-        else ""
-    )
+    link = f'<p>Paired tests, ROC curves and AUC within each centre: <a href="{cmp["file"]}">{cmp["title"]}</a>.</p>'
     t = answer["task"] if answer else {}
     heading = f"{t['positive']} vs {t['negative']}: which starting point classifies best?" if t else "glomlib report"
-    ident = _identifiers(bool(definition.get("pseudonymised_data")), pseudonymised)
-    changed = (
-        P.table(
-            settings,
-            {"step": "Step", "setting": "Setting", "value": "This run", "default": "Default"},
-            caption="Settings given by the profile that differ from the notebooks' defaults.",
-        )
-        if settings
-        else ""
-    )
+    ident = _identifiers(bool(definition.get("pseudonymised_data")) or pseudonymised)
+    cols = {"step": "Step", "setting": "Setting", "value": "This run", "default": "Default"}
+    changed = P.table(settings, cols, caption="Settings of this run that differ from the notebooks' defaults.")
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>glomlib report: {html.escape(run_name)}</title><style>{INDEX_CSS}</style></head><body>
 <h1>{html.escape(heading)}</h1>
-<p class="sub">glomlib report &middot; profile <strong>{html.escape(str(prof.get("name", "?")))}</strong> &middot; {html.escape(ident)}</p>
+<p class="sub">glomlib report &middot; profile <strong>{html.escape(str(prof.get("name", "?")))}</strong> &middot; {ident}</p>
 {_status_note(summary)}
 {_summary(answer, *setting)}
 <h2>The answer: AUC per starting point and paired differences</h2>
-{_answer(answer, summary, link)}
+{_answer(answer, summary, link if cmp else "")}
 <h2>Pages</h2>
 <ol class="pages">{_page_list(pages)}</ol>
-{_pseudonym_note(bool(definition.get("pseudonymised_data")), pseudonymised)}
 <h2>Dataset license and citation</h2>
 <p><strong>License:</strong> {html.escape(license_info["license"])}</p>
 <p><strong>Cite:</strong></p><pre>{html.escape(license_info["citation"])}</pre>
 <h2>Reproducibility</h2>
 {_table(_run_rows(definition, provenance, run_name))}
-{changed}
+{changed if settings else ""}
 </body></html>
 """
     path = out_dir / "index.html"
