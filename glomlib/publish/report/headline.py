@@ -87,7 +87,8 @@ def notebook_settings(nb_path: Path) -> dict[str, dict[str, Any]]:
         return {}
     nb = nbformat.read(str(nb_path), as_version=4)
     defaults, given = _parameter_cell(nb, "parameters"), _parameter_cell(nb, "injected-parameters")
-    words = {k: re.split(r"[;(:]| \| |, empty| means", c)[0].strip() or k for k, (_, c) in defaults.items()}
+    words = {k: re.split(r"[;(:]|, empty| means", c)[0].strip() for k, (_, c) in defaults.items()}
+    words = {k: k if not w or "|" in w else w for k, w in words.items()}  # "auto | cpu | cuda": a choice list
     return {k: {"value": given.get(k, (d, ""))[0], "default": d, "words": words[k]} for k, (d, _) in defaults.items()}
 
 
@@ -111,7 +112,12 @@ def changed_settings(run_dir: Path, steps: list[Any], titles: dict[str, str]) ->
             key = (step.stem, name, _shown(v))
             if key not in seen:
                 seen.add(key)
-                rows.append({"step": titles.get(step.stem, step.stem), "setting": f"{s['words']} ({name})"})
+                rows.append(
+                    {
+                        "step": titles.get(step.stem, step.stem),
+                        "setting": s["words"] + (f" ({name})" if s["words"] != name else ""),
+                    }
+                )
                 rows[-1].update(value=_shown(v), default=_shown(d))
     return rows
 
