@@ -96,7 +96,9 @@ def _shown(v: Any) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, (list, tuple)):
-        return ", ".join(map(str, v)) or "none"
+        return ", ".join(map(_shown, v)) or "none"
+    if isinstance(v, float):  # 5e-05 -> 0.00005, 1.0 -> 1
+        return f"{v:.10f}".rstrip("0").rstrip(".")
     return "empty" if v == "" else str(v)
 
 

@@ -237,7 +237,7 @@ def render_index(
 <h2>Dataset license and citation</h2>
 <p><strong>License:</strong> {html.escape(license_info["license"])}</p>
 <p><strong>Cite:</strong></p><pre>{html.escape(license_info["citation"])}</pre>
-<h2>Reproducibility</h2>
+<h2 id="reproducibility">Reproducibility</h2>
 {_table(_run_rows(definition, provenance, run_name))}
 {changed if settings else ""}
 </body></html>
@@ -254,7 +254,7 @@ def footer(
         f'<div class="glomlib-foot"><strong>Run</strong> {html.escape(run_name)} &middot; profile '
         f"{html.escape(profile)} &middot; data fingerprint <code>{html.escape(str(fingerprint))[:24]}</code> "
         f"&middot; git <code>{html.escape(str(commit))[:12]}</code> &middot; "
-        f'<a href="index.html">configuration and software versions</a><br>'
+        f'<a href="index.html#reproducibility">settings and software versions</a><br>'
         f"<strong>Data license:</strong> {html.escape(license_info['license'])}"
         f"<pre><strong>Cite:</strong> {html.escape(license_info['citation'])}</pre></div>"
     )

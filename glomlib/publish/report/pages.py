@@ -115,7 +115,8 @@ PAGE_CSS = """
 body{font:16px/1.55 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d1d1d;margin:0;background:#fff}
 main,.glomlib-foot{max-width:62rem;margin:0 auto;padding:0 1rem} h1{font-size:1.7em;line-height:1.25}
 h2{font-size:1.35em;margin-top:1.6em;border-bottom:1px solid #ddd} h3{font-size:1.1em} a{color:#0b5394}
-img,svg{max-width:100%;height:auto} table{border-collapse:collapse;display:block;overflow-x:auto;max-width:100%}
+img,svg{max-width:100%;height:auto}
+table{border-collapse:collapse;border:0;display:block;overflow-x:auto;max-width:100%;width:max-content}
 th,td{padding:.3em .7em;border:0;border-bottom:1px solid #ddd;text-align:left;vertical-align:top} th{background:#f3f5f7}
 pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f8fa;padding:.6em;font-size:.85em}
 .output_subarea{max-width:100%;margin:.3em 0} .output_stderr{display:none}
