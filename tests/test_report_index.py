@@ -5,6 +5,7 @@ large photographs embedded as PNG become JPEG."""
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -67,6 +68,7 @@ def test_index_leads_with_aucs_and_paired_differences_with_cis(tmp_path):
         "centres": 3,
         "fraction": 1.0,
         "n_boot": 200,
+        "ssl_from": "",  # no ssl/config.json: nothing said about the encoder's start
     }
     pages_ = [{"file": "04_baseline_comparison.html", "title": "Comparison", "stem": "04_baseline_comparison"}]
     index = render_index(
@@ -115,3 +117,39 @@ def test_large_photographs_become_jpeg_diagrams_stay_png():
     out = pages._PNG_URI.sub(pages._jpeg_if_photo, body)
     assert out.count("data:image/jpeg;base64,") == 1 and out.count("data:image/png;base64,") == 1
     assert len(out) < len(body)
+
+
+def test_no_order_claimed_when_the_printed_interval_touches_zero(tmp_path):
+    """A CI of +0.0000985 to +0.026 prints as "+0.000 to +0.026": the index claims no order (the demo's glom vs
+    imagenet), while +0.025 to +0.085 does."""
+    task = {"positive": "GS", "negative": "nonGS", "n": 794, "n_pos": 160, "slides": 25, "centres": 3}
+    task.update(fraction=1.0, n_boot=1000, ssl_from="")
+    pairs = [
+        {
+            "a": "glom",
+            "b": "imagenet",
+            "diff": 0.0104988,
+            "boot_ci_low": 9.85e-05,
+            "boot_ci_high": 0.0257,
+            "delong_p": 0.05,
+        },
+        {"a": "glom", "b": "scratch", "diff": 0.0555, "boot_ci_low": 0.0252, "boot_ci_high": 0.0848, "delong_p": 1e-8},
+    ]
+    answer = {"auc": [{"init": "glom", "auc": 0.99, "lo": 0.98, "hi": 1.0}], "pairs": pairs, "task": task}
+    page = render_index(
+        tmp_path,
+        run_name="r",
+        pages=[],
+        definition={"profile": {"name": "quick-cpu"}},
+        provenance={},
+        summary={},
+        license_info={"license": "x", "citation": "y"},
+        pseudonymised=True,
+        scrub=lambda s: s,
+        answer=answer,
+    ).read_text()
+    text = " ".join(html.unescape(visible_text(page)).split())
+    assert "glom and imagenet cannot be told apart on this data (difference +0.010 (95 % CI +0.000 to +0.026)" in text
+    assert "glom has a higher AUC than scratch" in text and "< 0.0001" in text
+    assert "identifiers are stable pseudonyms" in text and "Caveat" not in text  # no demo caveat without settings
+    assert "None" not in text and "Data fingerprint not recorded" in text

@@ -73,13 +73,11 @@ STEP_QUESTIONS = {
 INDEX_CSS = """
 body{font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:62rem;margin:0 auto;padding:0 1rem;
 color:#1d1d1d} h1{font-size:1.55em;line-height:1.25;margin:.6em 0 .1em} h2{font-size:1.25em;margin:1.2em 0 .3em}
-.sub{color:#555;margin:0 0 .6em} a{color:#0b5394} table{border-collapse:collapse;max-width:100%}
+.sub{color:#555;margin:0 0 .6em} a{color:#0b5394} table{border-collapse:collapse;max-width:100%} ol.pages span{color:#555}
 th,td{border-bottom:1px solid #ddd;padding:.25em .7em;text-align:left;vertical-align:top} th{background:#f3f5f7} th:first-child{white-space:nowrap}
 .answer{display:flex;flex-wrap:wrap;gap:0 1.5em} .answer td{white-space:nowrap} .answer>div{flex:1 1 20rem} .answer>div:first-child{flex:0 0 auto}
-pre{background:#f6f8fa;padding:.6em;white-space:pre-wrap;font-size:.85em}
-.note{background:#fff8e1;border-left:4px solid #E69F00;padding:.4em 1em} ol.pages li{margin:.3em 0}
-ol.pages span{color:#555}
-"""
+pre{background:#f6f8fa;padding:.6em;white-space:pre-wrap;font:inherit;font-size:.9em} ol.pages li{margin:.3em 0}
+.note{background:#fff8e1;border-left:4px solid #E69F00;padding:.4em 1em}"""
 
 
 def _table(rows: Iterable[tuple[str, str]]) -> str:
@@ -139,7 +137,9 @@ def _summary(answer: dict[str, Any] | None, setting: str, demo: bool) -> str:
         f"{P.count(t['slides'])} slides of {P.count(t['centres'])} centres; every glomerulus is scored by a model "
         "that never saw its slide (slide-grouped cross-validation).",
     ]
-    conclude = [P.claim_order(r["a"], r["b"], r["diff"], r["boot_ci_low"], r["boot_ci_high"]) for r in answer["pairs"]]
+    # an order only where the CI as printed (3 decimals) excludes 0: "+0.000 to +0.026" claims none
+    ends = [(round(r["boot_ci_low"], 3), round(r["boot_ci_high"], 3)) for r in answer["pairs"]]
+    conclude = [P.claim_order(r["a"], r["b"], r["diff"], *e) for r, e in zip(answer["pairs"], ends)]
     caveat = f"{setting}: a demonstration of the workflow, not a result." if demo else ""
     return str(P.summary(shows, conclude, caveat)).replace("What this page shows", "What this report shows")
 
@@ -156,17 +156,17 @@ def _page_list(pages: list[dict[str, str]]) -> str:
 
 
 def _run_rows(definition: dict[str, Any], provenance: dict[str, Any], run_name: str) -> list:
-    prof = definition.get("profile", {})
-    versions = provenance.get("versions", {}) or {}
-    return [
-        ("Run", html.escape(run_name)),
-        ("Profile", html.escape(f"{prof.get('name', '?')}: {prof.get('description', '')}")),
-        ("Data fingerprint", f"<code>{html.escape(str(definition.get('data_fingerprint')))}</code>"),
-        ("Code version (git commit)", f"<code>{html.escape(str(provenance.get('git_commit')))[:12]}</code>"),
-        ("Software", html.escape(", ".join(f"{k} {v}" for k, v in versions.items() if k != "platform"))),
-        ("Run started (UTC)", html.escape(str(definition.get("created_utc", provenance.get("created_utc", "")))[:16])),
+    prof, versions = definition.get("profile", {}), provenance.get("versions", {}) or {}
+    rows = [
+        ("Run", run_name),
+        ("Profile", f"{prof.get('name', '?')}: {prof.get('description', '')}"),
+        ("Data fingerprint", definition.get("data_fingerprint")),
+        ("Code version (git commit)", str(provenance.get("git_commit") or "")[:12]),
+        ("Software", ", ".join(f"{k} {v}" for k, v in versions.items() if k != "platform")),
+        ("Run started (UTC)", str(definition.get("created_utc", provenance.get("created_utc", "")))[:16]),
         ("Report rendered (UTC)", _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M")),
     ]
+    return [(k, html.escape(str(v or "not recorded"))) for k, v in rows]
 
 
 def _status_note(summary: dict[str, Any]) -> str:
@@ -217,7 +217,10 @@ def render_index(
     reproducibility details (run, code, data fingerprint, software, settings that differ from the defaults)."""
     prof = definition.get("profile", {})
     cmp = next((p for p in pages if p.get("stem") == "04_baseline_comparison" and p.get("file")), None)
-    link = f'<p>Paired tests, ROC curves and AUC within each centre: <a href="{cmp["file"]}">{cmp["title"]}</a>.</p>'
+    link = (
+        cmp
+        and f'<p>Paired tests, ROC curves and AUC within each centre: <a href="{cmp["file"]}">{cmp["title"]}</a>.</p>'
+    )
     t = answer["task"] if answer else {}
     heading = f"{t['positive']} vs {t['negative']}: which starting point classifies best?" if t else "glomlib report"
     ident = _identifiers(bool(definition.get("pseudonymised_data")) or pseudonymised)
@@ -231,7 +234,7 @@ def render_index(
 {_status_note(summary)}
 {_summary(answer, *setting)}
 <h2>The answer: AUC per starting point and paired differences</h2>
-{_answer(answer, summary, link if cmp else "")}
+{_answer(answer, summary, link or "")}
 <h2>Pages</h2>
 <ol class="pages">{_page_list(pages)}</ol>
 <h2>Dataset license and citation</h2>
