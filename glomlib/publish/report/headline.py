@@ -1,6 +1,5 @@
-"""The index's answer, generated from the run's own files: AUC per initialisation with a 95 % CI (slide bootstrap of
-the pooled out-of-fold predictions), notebook 04's paired differences with their CIs, the task in words, the
-profile's caveat, and the notebook settings that differ from their defaults."""
+"""The index's answer from the run's own files: AUC per init with a 95 % CI (slide bootstrap of the pooled out-of-fold
+predictions), 04's paired differences, the task in words, the profile's caveat, settings that differ from defaults."""
 
 from __future__ import annotations
 
@@ -39,8 +38,7 @@ def comparison(run_dir: Path, definition: dict[str, Any]) -> dict[str, Any] | No
     saved = run_dir / "comparison" / "pairwise.csv"  # notebook 04's own numbers, so the index and 04 agree
     pairs = pd.read_csv(saved) if saved.is_file() else compare.pairwise_tests(main, n_boot=n_boot)
     first = next(iter(main.values()))
-    pred = first["predictions"].drop_duplicates("path")
-    centres = {c for c in pred.get("center", pd.Series(dtype=str)).astype(str) if c.strip()}
+    centres = {str(c) for c in first["predictions"].get("center", []) if str(c).strip()}
     task = {
         "positive": first["metrics"].get("positive_label", "positive"),
         "negative": first["metrics"].get("negative_label", "negative"),
@@ -61,8 +59,7 @@ def _ssl_init(run_dir: Path) -> str:
 
 
 def _parameter_cell(nb: Any, tag: str) -> dict[str, tuple[Any, str]]:
-    """``{name: (value, comment)}`` of the notebook's cell tagged ``tag`` (``parameters`` or papermill's
-    ``injected-parameters``)."""
+    """``{name: (value, comment)}`` of the cell tagged ``tag`` (``parameters`` or ``injected-parameters``)."""
     for cell in nb.cells:
         if cell.cell_type == "code" and tag in cell.metadata.get("tags", []):
             lines, out = cell.source.splitlines(), {}
