@@ -85,7 +85,7 @@ def notebook_settings(nb_path: Path) -> dict[str, dict[str, Any]]:
     nb = nbformat.read(str(nb_path), as_version=4)
     defaults, given = _parameter_cell(nb, "parameters"), _parameter_cell(nb, "injected-parameters")
     words = {k: re.split(r"[;(:]|, empty| means", c)[0].strip() for k, (_, c) in defaults.items()}
-    words = {k: k if not w or "|" in w else w for k, w in words.items()}  # "auto | cpu | cuda": a choice list
+    words = {k: k.replace("_", " ") if not w or "|" in w else w for k, w in words.items()}  # "auto | cpu": choices
     return {k: {"value": given.get(k, (d, ""))[0], "default": d, "words": words[k]} for k, (d, _) in defaults.items()}
 
 
@@ -94,8 +94,8 @@ def _shown(v: Any) -> str:
         return "yes" if v else "no"
     if isinstance(v, (list, tuple)):
         return ", ".join(map(_shown, v)) or "none"
-    if isinstance(v, float):  # 5e-05 -> 0.00005, 1.0 -> 1
-        return f"{v:.10f}".rstrip("0").rstrip(".")
+    if isinstance(v, float):  # 1.0 -> 1, 5e-05 stays short
+        return f"{v:g}"
     return "empty" if v == "" else str(v)
 
 
@@ -111,13 +111,8 @@ def changed_settings(run_dir: Path, steps: list[Any], titles: dict[str, str]) ->
             key = (step.stem, name, _shown(v))
             if key not in seen:
                 seen.add(key)
-                rows.append(
-                    {
-                        "step": titles.get(step.stem, step.stem),
-                        "setting": s["words"] + (f" ({name})" if s["words"] != name else ""),
-                    }
-                )
-                rows[-1].update(value=_shown(v), default=_shown(d))
+                rows.append({"step": titles.get(step.stem, step.stem), "setting": s["words"], "value": _shown(v)})
+                rows[-1]["default"] = _shown(d)
     return rows
 
 

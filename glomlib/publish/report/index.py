@@ -141,7 +141,7 @@ def _summary(answer: dict[str, Any] | None, setting: str, demo: bool) -> str:
     ends = [(round(r["boot_ci_low"], 3), round(r["boot_ci_high"], 3)) for r in answer["pairs"]]
     conclude = [P.claim_order(r["a"], r["b"], r["diff"], *e) for r, e in zip(answer["pairs"], ends)]
     caveat = f"{setting}: a demonstration of the workflow, not a result." if demo else ""
-    return str(P.summary(shows, conclude, caveat)).replace("What this page shows", "What this report shows")
+    return str(P.summary(shows, conclude, caveat))
 
 
 def _page_list(pages: list[dict[str, str]]) -> str:
