@@ -85,7 +85,7 @@ def notebook_settings(nb_path: Path) -> dict[str, dict[str, Any]]:
     nb = nbformat.read(str(nb_path), as_version=4)
     defaults, given = _parameter_cell(nb, "parameters"), _parameter_cell(nb, "injected-parameters")
     words = {k: re.split(r"[;(:]|, empty| means", c)[0].strip() for k, (_, c) in defaults.items()}
-    words = {k: k.replace("_", " ") if not w or "|" in w else w for k, w in words.items()}  # "auto | cpu": choices
+    words = {k: (k if not w or "|" in w else w).replace("_", " ") for k, w in words.items()}  # "auto | cpu": choices
     return {k: {"value": given.get(k, (d, ""))[0], "default": d, "words": words[k]} for k, (d, _) in defaults.items()}
 
 

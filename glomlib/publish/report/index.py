@@ -126,7 +126,8 @@ def _answer(answer: dict[str, Any] | None, summary: dict[str, Any], link: str) -
 
 def _summary(answer: dict[str, Any] | None, setting: str, demo: bool) -> str:
     if answer is None:
-        return ""
+        why = "the run holds no complete out-of-fold predictions of every starting point (see the steps below)"
+        return str(P.summary("The pages of this run and how it was made.", f"No comparison of starting points: {why}."))
     t = answer["task"]
     pos, neg = t["positive"], t["negative"]
     shows = [
