@@ -132,8 +132,8 @@ def test_one_page_per_notebook_linked_from_index(rendered):
         assert f'href="{name}"' in index
     assert "Data audit: what is in the data?" in index  # readable title from the notebook's heading
     assert "Fine-tuning: init scratch" in index
-    assert "0.900 &plusmn; 0.010" in index  # headline metrics
-    assert "numpy" in index and "data fingerprint" in index and "git commit" in index  # versions, provenance
+    assert "0.900 ± 0.010" in index  # headline metrics (no CI: the stand-in runs save no predictions)
+    assert "numpy" in index and "Data fingerprint" in index and "git commit" in index  # versions, provenance
     for name, page in pages.items():
         if name != "index.html":
             assert 'href="index.html"' in page
@@ -147,8 +147,7 @@ def test_no_code_no_prompts_no_stderr(rendered):
         assert not re.search(r"In\s*\[\d*\]", text) and not re.search(r"Out\[\d+\]", text), name
         assert "something noisy" not in page, "stderr output must be stripped"
         assert "Traceback" not in text
-        for cell in re.findall(r'<div class="(jp-Cell jp-CodeCell[^"]*)"', page):
-            assert "jp-mod-noInput" in cell, (name, cell)
+        assert not re.search(r'class="[^"]*(input_area|jp-InputArea|highlight)', page), name
 
 
 def test_images_are_embedded_and_no_external_resources(rendered):
@@ -234,3 +233,17 @@ def test_scrubber_replaces_whole_path_components_only():
     assert s(f"{REPO}2/x") == f"../{REPO.name}2/x"  # a sibling folder, not the project
     assert s(f"{REPO}") == "." and s(f"({REPO})") == "(.)"
     assert s(f"{REPO.parent}/shared/data") == "../shared/data"
+
+
+def test_one_zip_to_email_and_lean_pages(rendered):
+    """reports/<run>.zip holds every page (one file to attach); pages carry no JupyterLab CSS and stay small."""
+    import zipfile
+
+    folder = rendered["plain"]
+    with zipfile.ZipFile(folder.parent / f"{folder.name}.zip") as z:
+        names = set(z.namelist())
+    assert names == {f"{folder.name}/{n}" for n in _pages(folder)}
+    for name, page in _pages(folder).items():
+        assert "--jp-" not in page and "jp-Cell" not in page, name
+        assert len(page.encode()) < 150_000, (name, len(page))
+        assert "max-width:100%" in page.replace(" ", ""), name  # figures and tables never overflow

@@ -221,7 +221,7 @@ def _terminate_as_interrupt():
 def _render(run_dir: Path, definition, pseudonymise: bool, reports_root, root: Path, log) -> None:
     pseudo = pseudonymise or bool(definition.get("pseudonymised_data"))
     index = render_run(run_dir, reports_root=abs_in(reports_root, root), pseudonymise=pseudo, project_root=root)
-    log(f"Report: {_rel(index, root)}")
+    log(f"Report: {_rel(index, root)} (one file to e-mail: {_rel(index.parent, root)}.zip)")
 
 
 def _go(run_dir: Path, definition, opts: dict[str, Any], root: Path, log) -> None:

@@ -1,10 +1,19 @@
-"""Render a pipeline run's executed notebooks into shareable, code-free HTML reports under ``reports/<run>/``.
+"""Render a pipeline run's executed notebooks into shareable, code-free HTML reports under ``reports/<run>/``,
+and the same folder as one file to e-mail, ``reports/<run>.zip``.
 
-``index.html`` (:mod:`.index`) links one self-contained page per notebook (:mod:`.pages`) and shows the run's
-profile, parameters, software versions, data fingerprint, git commit and the dataset's license and citation.
-Every text is scrubbed (:mod:`.scrub`); with ``pseudonymise=True`` slide and patient identifiers become stable
-pseudonyms. Raster figures (PNG) cannot be rewritten, so a pseudonymised report is made only from a run whose
-notebooks saw pseudonyms (``glomlib run --pseudonymise``).
+``index.html`` (:mod:`.index`) leads with the answer (AUC per initialisation and the paired differences, each with
+a 95 % CI, :mod:`.headline`), then links one self-contained page per notebook (:mod:`.pages`) and ends with the
+dataset's license and citation and the reproducibility details. Every text is scrubbed (:mod:`.scrub`): absolute
+paths, user and host names.
+
+What ``--pseudonymise`` covers. A run made with ``glomlib run --pseudonymise`` gives its notebooks a manifest whose
+``slide`` and ``patient`` columns already hold stable pseudonyms (``slide-7f3a2c``), so everything the notebooks
+compute and draw from those columns shows pseudonyms: text, tables and figures (axis labels, captions, tile
+captions). The rendered text, tables and vector figures are scrubbed again (a real identifier left in text becomes
+its pseudonym). It does NOT cover: image file names drawn as pixels (a figure titled with a file name keeps the
+real slide ID), identifiers inside the images themselves, centre names (kept), and the run folder ``runs/<run>/``
+(share the report, not the run folder). A run made without it cannot be pseudonymised afterwards (refused): its
+figures draw real identifiers as pixels.
 """
 
 from __future__ import annotations
@@ -13,11 +22,13 @@ import json
 import os
 import re
 import shutil
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from glomlib.publish.privacy import pseudonym, pseudonym_key  # noqa: F401
+from glomlib.publish.report.headline import changed_settings, comparison, settings_sentence
 from glomlib.publish.report.index import GLOMERULI_PAS_LICENSE, STEP_TITLES, dataset_license, footer, render_index  # noqa: F401
 from glomlib.publish.report.pages import notebook_title, render_notebook
 from glomlib.publish.report.scrub import Scrubber, manifest_info
@@ -52,6 +63,7 @@ def _render_pages(run_dir: Path, root: Path, definition, state, tmp: Path, scrub
         title = STEP_TITLES.get(step.stem, step.stem)
         if st != "completed" or not nb_path.is_file():
             pages.append({"file": "", "title": title + (f" ({step.init})" if step.init else ""), "status": st})
+            pages[-1]["stem"] = step.stem
             continue
         title = notebook_title(nbformat.read(str(nb_path), as_version=4), title)
         if step.init and not re.search(rf"(?<![\w-]){re.escape(step.init)}(?![\w-])", title):
@@ -60,7 +72,7 @@ def _render_pages(run_dir: Path, root: Path, definition, state, tmp: Path, scrub
         log(f"  rendering {step.executed_name} -> {out_html.name}")
         bases = [root, run_dir, run_dir / step.out]
         render_notebook(nb_path, out_html, title=scrub(title), scrub=scrub, footer_html=foot, bases=bases, log=log)
-        pages.append({"file": out_html.name, "title": scrub(title), "status": st})
+        pages.append({"file": out_html.name, "title": scrub(title), "status": st, "stem": step.stem})
     return pages
 
 
@@ -73,6 +85,11 @@ def _replace(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(final)
+    part = final.parent / f".{final.name}.zip.part"
+    with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(final.glob("*.html")):
+            z.write(f, f"{final.name}/{f.name}")
+    part.replace(final.parent / f"{final.name}.zip")
 
 
 def render_run(
@@ -84,7 +101,8 @@ def render_run(
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """Render every executed notebook of a pipeline run into ``reports_root/<run>[-pseudonymised]/``;
-    returns the index page. An earlier rendering of the same run is replaced as a whole."""
+    returns the index page; ``reports_root/<name>.zip`` holds the same pages as one file to e-mail. An earlier
+    rendering of the same run is replaced as a whole."""
     log = log or (lambda m: print(m, flush=True))
     root = Path(project_root).resolve() if project_root else find_project_root()
     run_dir = Path(run_dir).resolve()
@@ -113,6 +131,9 @@ def render_run(
         license_info=license_info,
         pseudonymised=pseudonymise,
         scrub=scrub,
+        answer=comparison(run_dir, definition),
+        settings=changed_settings(run_dir, plan_steps(definition["profile"]), STEP_TITLES),
+        setting=settings_sentence(run_dir, plan_steps(definition["profile"]), definition["profile"]),
     )
     _replace(tmp, reports_root / name)
     return reports_root / name / "index.html"

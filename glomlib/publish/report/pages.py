@@ -1,13 +1,15 @@
 """One executed notebook -> one self-contained HTML page without code.
 
-nbconvert's ``HTMLExporter``, figures
-embedded as base64, no external scripts). Cleaned on a copy: no stderr, widgets or remove-tagged cells."""
+nbconvert's ``basic`` template (the cells only) in a small page of our own (:data:`PAGE_CSS`: readable at 1,024 px,
+tables and figures never wider than the page), figures embedded as base64, no external scripts, no JupyterLab CSS.
+Cleaned on a copy: no stderr, widgets or remove-tagged cells; large PNG photographs are re-encoded as JPEG."""
 
 from __future__ import annotations
 
 import base64
 import copy
 import html
+import io
 import mimetypes
 import re
 from collections.abc import Callable
@@ -110,13 +112,34 @@ def _embed_local_images(body: str, bases: list[Path], log: Callable[[str], None]
 
 
 PAGE_CSS = """
-<style>
-.glomlib-nav{font:14px/1.4 system-ui,sans-serif;padding:8px 16px;background:#f3f5f7;border-bottom:1px solid #dde}
-.glomlib-nav a{color:#1a4f8b;text-decoration:none}
-.glomlib-foot{font:13px/1.5 system-ui,sans-serif;color:#444;margin:32px 16px;padding-top:12px;border-top:1px solid #dde}
-.glomlib-foot pre{white-space:pre-wrap;font:inherit;margin:4px 0}
-</style>
+body{font:16px/1.55 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d1d1d;margin:0;background:#fff}
+main,.glomlib-foot{max-width:62rem;margin:0 auto;padding:0 1rem} h1{font-size:1.7em;line-height:1.25}
+h2{font-size:1.35em;margin-top:1.6em;border-bottom:1px solid #ddd} h3{font-size:1.1em} a{color:#0b5394}
+img,svg{max-width:100%;height:auto}
+table{border-collapse:collapse;border:0;display:block;overflow-x:auto;max-width:100%;width:max-content}
+th,td{padding:.3em .7em;border:0;border-bottom:1px solid #ddd;text-align:left;vertical-align:top} th{background:#f3f5f7}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f8fa;padding:.6em;font-size:.85em}
+.output_subarea{max-width:100%;margin:.3em 0} .output_stderr{display:none}
+.glomlib-nav{font-size:.9em;padding:.5em 1rem;background:#f3f5f7;border-bottom:1px solid #ddd}
+.glomlib-nav a{text-decoration:none}
+.glomlib-foot{font-size:.8em;color:#444;margin:2em auto;padding-top:.8em;border-top:1px solid #ddd}
+.glomlib-foot pre{white-space:pre-wrap;font:inherit;margin:.3em 0;background:none;padding:0}
 """
+_PNG_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]{200000,})")
+
+
+def _jpeg_if_photo(m: re.Match) -> str:
+    """A large embedded PNG with many colours (a photograph) as JPEG q85; diagrams and small images stay PNG."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(base64.b64decode(m.group(1)))).convert("RGB")
+    colours = img.getcolors(maxcolors=img.width * img.height) or []
+    if len(colours) < 4096 or max(c for c, _ in colours) > 0.5 * img.width * img.height:  # a diagram on white
+        return m.group(0)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85, optimize=True)
+    jpeg = base64.b64encode(buf.getvalue()).decode()
+    return f"data:image/jpeg;base64,{jpeg}" if len(jpeg) < len(m.group(1)) else m.group(0)
 
 
 def render_notebook(
@@ -135,7 +158,7 @@ def render_notebook(
 
     nb = clean_notebook(nbformat.read(str(nb_path), as_version=4), scrub)
     exporter = HTMLExporter(
-        template_name="lab",
+        template_name="basic",
         exclude_input=True,
         exclude_input_prompt=True,
         exclude_output_prompt=True,
@@ -144,15 +167,14 @@ def render_notebook(
     )
     resources = {"metadata": {"name": title, "path": str(bases[0])}}
     body, _ = exporter.from_notebook_node(nb, resources=resources)
-    body = _EXTERNAL_SCRIPT.sub("", body)
-    body = _MODULE_SCRIPT.sub("", body)
-    body = _embed_local_images(body, bases, log)
-    nav = (
+    body = _MODULE_SCRIPT.sub("", _EXTERNAL_SCRIPT.sub("", body))
+    body = _PNG_URI.sub(_jpeg_if_photo, _embed_local_images(body, bases, log))
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{PAGE_CSS}</style></head><body>"
         f'<div class="glomlib-nav"><a href="index.html">&larr; Report index</a> &middot; '
-        f"<strong>{html.escape(title)}</strong></div>"
+        f"<strong>{html.escape(title)}</strong></div><main>{body}</main>{footer_html}</body></html>\n"
     )
-    body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + PAGE_CSS + nav, body, count=1)
-    body = body.replace("</body>", footer_html + "</body>", 1)
-    body = scrub_html_literals(body, scrub)
-    out_html.write_text(body, encoding="utf-8")
+    out_html.write_text(scrub_html_literals(page, scrub), encoding="utf-8")
     return out_html
