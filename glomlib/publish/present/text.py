@@ -54,6 +54,7 @@ def note(text: str | Sequence[str]) -> Html:
 def claim_order(a: str, b: str, diff: float, low: float, high: float, metric: str = "AUC", digits: int = 3) -> str:
     """One sentence about ``a`` vs ``b`` that claims an order only where the 95 % CI of the difference excludes 0."""
     d = ci(diff, low, high, digits=digits, signed=True)
+    low, high = round(low, digits), round(high, digits)  # decide on the numbers the reader sees
     if low > 0:
         return f"**{a}** has a higher {metric} than **{b}** (difference {d})."
     if high < 0:
