@@ -247,7 +247,7 @@ def plot_roc(
     for init, r in runs.items():
         p, c = pooled(r), COLORS.get(init)
         band = roc_band(p["y"], p["prob"], groups=p["slide"], n_boot=n_boot)
-        ax.fill_between(band["grid"], band["tpr_low"], band["tpr_high"], color=c, alpha=0.18, lw=0)
+        ax.fill_between(band["grid"], band["tpr_low"], band["tpr_high"], color=c, alpha=0.12, lw=0)
         ax.plot(band["fpr"], band["tpr"], color=c, lw=2, label=f"{init}: AUC {auc(p['y'], p['prob']):.3f}")
         call, pos = p["prob"] >= threshold, p["y"] == 1
         ax.plot(
