@@ -215,3 +215,31 @@ def test_per_center_auc(setup):
     t = compare.per_center_auc(found)
     assert list(t.index) == ["A", "B"] and list(t.columns) == ["n", "n_pos", "imagenet", "scratch"]
     assert t["n"].sum() == 32
+
+
+def _fake_run(d: Path, init: str, fp: str, metas: list[dict]) -> Path:
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"init": init}))
+    (d / "provenance.json").write_text(json.dumps({"data_fingerprint": fp}))
+    for k, meta in enumerate(metas):
+        (d / "checkpoints" / f"seed0-fold{k}").mkdir(parents=True)
+        doc = {"init_info": {"init": init, "ssl_meta": meta}}
+        (d / "checkpoints" / f"seed0-fold{k}" / "result.json").write_text(json.dumps(doc))
+    return d
+
+
+def test_starting_weights_says_what_the_encoder_saw(tmp_path):
+    from glomlib.evaluate.runs import starting_weights
+
+    meta = {"data_fingerprint": "abc", "ssl_init": "imagenet", "epochs": "6", "exclude_centre": "", "config": "{}"}
+    w = starting_weights(_fake_run(tmp_path / "g", "glom", "abc", [meta, meta]))
+    assert w == {"init": "glom", "ssl_init": "imagenet", "ssl_epochs": 6, "exclude_centre": [], "same_data": True}
+    other = starting_weights(_fake_run(tmp_path / "o", "glom", "xyz", [meta]))
+    assert other["same_data"] is False  # pretrained on other data: it did not see these test images
+    sub = {**meta, "config": {"max_images": 100}}  # a parsed config, pretrained on a subset
+    assert starting_weights(_fake_run(tmp_path / "s", "glom", "abc", [sub]))["same_data"] is False
+    loco = [{**meta, "exclude_centre": c} for c in ("B", "A")]
+    w = starting_weights(_fake_run(tmp_path / "l", "glom", "abc", loco))
+    assert w["exclude_centre"] == ["A", "B"] and w["same_data"] is False
+    assert starting_weights(_fake_run(tmp_path / "i", "imagenet", "abc", [])) == {"init": "imagenet"}
+    assert starting_weights(_fake_run(tmp_path / "n", "glom", "abc", []))["same_data"] is None  # cannot tell

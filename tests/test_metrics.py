@@ -168,3 +168,51 @@ def test_per_group_metrics():
     df = pd.DataFrame({"y": y, "prob": a, "fold": np.arange(100) % 4, "seed": 0})
     t = M.per_group_metrics(df, ["seed", "fold"])
     assert len(t) == 4 and t["n"].sum() == 100
+
+
+def test_operating_point_counts_rates_and_slide_cis():
+    # 10 images, 4 GS: at 0.5 three GS are called (one missed) and one nonGS is a false alarm
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.2, 0.6, 0.4, 0.3, 0.2, 0.1, 0.1])
+    op = U.operating_point(y, p, threshold=0.5, groups=np.arange(10) // 2, n_boot=300)
+    assert (op["tp"], op["fn"], op["fp"], op["tn"], op["n"]) == (3, 1, 1, 5, 10)
+    assert op["prevalence"] == pytest.approx(0.4)
+    assert op["sensitivity"]["value"] == pytest.approx(0.75) and op["specificity"]["value"] == pytest.approx(5 / 6)
+    assert op["ppv"]["value"] == pytest.approx(0.75) and op["npv"]["value"] == pytest.approx(5 / 6)
+    for k in ("sensitivity", "specificity", "ppv", "npv"):
+        e = op[k]
+        assert 0 <= e["ci_low"] <= e["value"] <= e["ci_high"] <= 1 and e["n_valid"] > 200
+    assert U.operating_point(y, p, threshold=0.95, n_boot=20)["ppv"]["value"] != U.operating_point(y, p)["ppv"]["value"]
+    # nothing called positive: PPV is undefined (NaN), not 0 and not an error
+    assert math.isnan(U.operating_point(y, p, threshold=0.99, n_boot=20)["ppv"]["value"])
+
+
+def test_operating_point_slide_ci_wider_than_image_ci():
+    rng = np.random.default_rng(1)
+    slide = np.repeat(np.arange(20), 15)
+    y = np.repeat(rng.random(20) < 0.4, 15).astype(int)  # every glomerulus of a slide has one label
+    p = np.clip(0.5 * y + np.repeat(rng.normal(0.25, 0.2, 20), 15) + rng.normal(0, 0.02, 300), 0, 1)
+    grouped = U.operating_point(y, p, groups=slide, n_boot=400)["sensitivity"]
+    flat = U.operating_point(y, p, n_boot=400)["sensitivity"]
+    assert grouped["ci_high"] - grouped["ci_low"] > 1.5 * (flat["ci_high"] - flat["ci_low"])
+
+
+def test_roc_band_holds_the_curve_and_stays_in_unit_square():
+    y, a, _ = _synthetic(200, seed=2)
+    band = U.roc_band(y, a, groups=np.arange(200) // 5, n_boot=200)
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(y, a)
+    assert np.allclose(band["fpr"], fpr) and np.allclose(band["tpr"], tpr)
+    point = np.interp(band["grid"], fpr, tpr)
+    inside = (band["tpr_low"] <= point + 1e-9) & (point <= band["tpr_high"] + 1e-9)
+    assert inside.mean() > 0.9 and band["n_valid"] == 200
+    assert band["tpr_low"].min() >= 0 and band["tpr_high"].max() <= 1
+    assert (band["tpr_high"] - band["tpr_low"])[10:90].mean() > 0.02  # a real band, not a line
+
+
+def test_mean_ci():
+    r = U.mean_ci([0.1, 0.2, 0.3, 0.4, np.nan], n_boot=500)
+    assert r["value"] == pytest.approx(0.25) and r["n"] == 4
+    assert 0.1 <= r["ci_low"] < 0.25 < r["ci_high"] <= 0.4
+    assert math.isnan(U.mean_ci([], n_boot=10)["value"])

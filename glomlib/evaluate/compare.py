@@ -21,7 +21,7 @@ from glomlib.core.io import ensure_new_dir, new_run_dir, write_json_atomic, writ
 from glomlib.core.runs import finished_runs
 from glomlib.evaluate.metrics import METRIC_LABELS, METRICS, auc, expected_calibration_error, reliability_table
 from glomlib.evaluate.runs import INITS, fraction_view, label_fractions, load_run
-from glomlib.evaluate.uncertainty import pairwise_comparisons
+from glomlib.evaluate.uncertainty import pairwise_comparisons, roc_band
 
 #: The study's numbers (KSN 2025 abstract), M1 vs M0, for reference next to ours.
 STUDY_REFERENCE = {
@@ -29,7 +29,8 @@ STUDY_REFERENCE = {
     "imagenet": {"auc": "0.796 ± 0.013"},
     "scratch": {"auc": "0.637 ± 0.027"},
 }
-COLORS = {"glom": "tab:green", "imagenet": "tab:blue", "scratch": "tab:grey"}
+# publish.present.INIT_COLORS (Okabe-Ito), repeated here: evaluate does not import publish
+COLORS = {"glom": "#009E73", "imagenet": "#E69F00", "scratch": "#CC79A7"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,20 +227,50 @@ def _save(fig, out: Path | None, name: str):
     return fig
 
 
-def plot_roc(runs: dict[str, dict[str, Any]], out: Path | None = None, name: str = "roc.png"):
-    """ROC curves of the pooled out-of-fold predictions, one per init (AUC mean ± std over folds in the legend)."""
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
+def pooled(run: dict[str, Any]) -> pd.DataFrame:
+    """One row per image of a run's out-of-fold predictions: ``y``, ``prob`` (mean over seeds), ``slide`` and
+    ``center`` (when known)."""
+    p = run["predictions"]
+    extra = {c: (c, "first") for c in ("slide", "center") if c in p.columns}
+    return p.groupby("path", sort=True).agg(y=("y", "first"), prob=("prob", "mean"), **extra)
 
-    fig, ax = plt.subplots(figsize=(5, 5))
+
+def plot_roc(
+    runs: dict[str, dict[str, Any]], out: Path | None = None, name: str = "roc.png", threshold: float = 0.5, n_boot=1000
+):
+    """ROC (slide-bootstrap 95 % band, operating point at ``threshold`` as a dot) and precision-recall curves of
+    the pooled out-of-fold predictions, one colour per init; the PR panel's dotted line is the prevalence."""
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.6))
     for init, r in runs.items():
-        p = r["predictions"].groupby("path").agg(y=("y", "first"), prob=("prob", "mean"))
-        fpr, tpr, _ = roc_curve(p["y"], p["prob"])
-        ax.plot(fpr, tpr, color=COLORS.get(init), label=f"{init}: AUC {r['metrics']['summary']['auc']['text']}")
+        p, c = pooled(r), COLORS.get(init)
+        band = roc_band(p["y"], p["prob"], groups=p["slide"], n_boot=n_boot)
+        ax.fill_between(band["grid"], band["tpr_low"], band["tpr_high"], color=c, alpha=0.12, lw=0)
+        ax.plot(band["fpr"], band["tpr"], color=c, lw=2, label=f"{init}: AUC {auc(p['y'], p['prob']):.3f}")
+        call, pos = p["prob"] >= threshold, p["y"] == 1
+        ax.plot(
+            (call & ~pos).sum() / max((~pos).sum(), 1), (call & pos).sum() / max(pos.sum(), 1), "o", color=c, mec="k"
+        )
+        prec, rec, _ = precision_recall_curve(p["y"], p["prob"])
+        ax2.plot(
+            rec,
+            prec,
+            color=c,
+            lw=2,
+            label=f"{init}: average precision {average_precision_score(p['y'], p['prob']):.3f}",
+        )
     ax.plot([0, 1], [0, 1], ls=":", color="k", lw=0.8)
-    ax.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity (true-positive rate)")
-    ax.set_title("ROC, out-of-fold predictions (slide-grouped CV)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_title(f"ROC: shaded 95 % CI (slide bootstrap), dot = threshold {threshold:g}", fontsize=10)
+    prev = float(p["y"].mean())
+    ax2.axhline(prev, ls=":", color="k", lw=0.8, label=f"prevalence {prev:.1%} (guessing)")
+    ax2.set(xlabel="sensitivity (recall)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.01))
+    ax2.set_title("Precision-recall", fontsize=10)
+    for a in (ax, ax2):
+        a.legend(loc="lower right" if a is ax else "lower left", fontsize=8)
+    fig.tight_layout()
     return _save(fig, out, name)
 
 
@@ -251,7 +282,7 @@ def plot_reliability(
 
     fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 4), squeeze=False)
     for ax, (init, r) in zip(axes[0], runs.items()):
-        p = r["predictions"]
+        p = pooled(r)
         t = reliability_table(p["y"], p["prob"], n_bins=n_bins)
         ok = t["count"] > 0
         centers = (t["bin_lo"] + t["bin_hi"]) / 2
@@ -259,10 +290,10 @@ def plot_reliability(
         ax.bar(centers[ok], t["frac_pos"][ok], **bar)
         ax.plot([0, 1], [0, 1], ls=":", color="k", lw=0.8, label="perfect calibration")
         for c, n, fp in zip(centers[ok], t["count"][ok], t["frac_pos"][ok]):
-            ax.text(c, min(fp + 0.02, 0.95), f"{int(n)}", ha="center", fontsize=6)
+            ax.text(c, min(fp + 0.02, 0.93), f"{int(n)}", ha="center", fontsize=9)
         ece = expected_calibration_error(p["y"], p["prob"], n_bins=n_bins)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed positive fraction")
-        ax.set_title(f"{init} (pooled ECE {ece:.3f})")
+        ax.set_title(f"{init} (ECE {ece:.3f}, all test folds pooled)", fontsize=10)
         ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     return _save(fig, out, name)
@@ -276,7 +307,10 @@ def plot_label_efficiency(le, out: Path | None = None, name: str = "label_effici
     for init, g in le.groupby("init", sort=False):
         g = g.sort_values("fraction")
         style = {"marker": "o", "capsize": 3, "color": COLORS.get(init), "label": init}
-        ax.errorbar(g["fraction"] * 100, g["auc_mean"], yerr=g["auc_std"], **style)
+        low = np.minimum(g["auc_std"], g["auc_mean"])  # the bars stay within [0, 1]
+        ax.errorbar(
+            g["fraction"] * 100, g["auc_mean"], yerr=[low, np.minimum(g["auc_std"], 1 - g["auc_mean"])], **style
+        )
     ax.set_xscale("log")
     ticks = sorted(le["fraction"].unique() * 100)
     ax.set_xticks(ticks)

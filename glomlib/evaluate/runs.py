@@ -94,3 +94,28 @@ def fold_models(run_dir: str | Path, label_fraction: float | None = None) -> pd.
         )
     cols = ["label_fraction", "seed", "fold", "model", "test_slides"]
     return pd.DataFrame(rows, columns=cols).sort_values(["label_fraction", "seed", "fold"]).reset_index(drop=True)
+
+
+def starting_weights(run_dir: str | Path) -> dict[str, Any]:
+    """What a fine-tune run's networks started from, read from its fold results: ``init``, and for glom the SSL
+    encoder's ``ssl_init`` (weights SimCLR continued from), ``ssl_epochs``, ``exclude_centre`` (centres each encoder
+    never saw, one per held-out centre) and ``same_data`` (True when the encoder was pretrained, without labels, on
+    this run's data fingerprint: every image, the test folds' included). Fields it cannot tell are None."""
+    run_dir = Path(run_dir)
+    init = str(json.loads((run_dir / "config.json").read_text()).get("init"))
+    out: dict[str, Any] = {"init": init}
+    if init != "glom":
+        return out
+    metas = []
+    for res in sorted(run_dir.glob("checkpoints/*/result.json")):
+        metas.append(json.loads(res.read_text()).get("init_info", {}).get("ssl_meta") or {})
+    meta = metas[0] if metas else {}
+    prov = run_dir / "provenance.json"
+    fp = json.loads(prov.read_text()).get("data_fingerprint") if prov.is_file() else None
+    cfg = meta.get("config") or {}
+    cfg = json.loads(cfg) if isinstance(cfg, str) else cfg
+    out.update(ssl_init=meta.get("ssl_init"), ssl_epochs=int(meta["epochs"]) if meta.get("epochs") else None)
+    out["exclude_centre"] = sorted({str(m.get("exclude_centre")) for m in metas if m.get("exclude_centre")})
+    same = meta.get("data_fingerprint") == fp if meta.get("data_fingerprint") and fp else None
+    out["same_data"] = same and not out["exclude_centre"] and not cfg.get("max_images")
+    return out

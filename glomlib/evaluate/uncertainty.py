@@ -1,4 +1,5 @@
-"""Confidence intervals and paired AUC tests: one slide (group) bootstrap, and DeLong's test.
+"""Confidence intervals and paired AUC tests: one slide (group) bootstrap, and DeLong's test; the operating point
+(confusion matrix, sensitivity, specificity, PPV, NPV with CIs) and a ROC band for reports.
 
 Glomeruli of one slide look alike, so every bootstrap here resamples whole groups (slides) with replacement
 (:func:`group_resamples`); without groups each image is its own group.
@@ -178,3 +179,66 @@ def pairwise_comparisons(
             }
         )
     return pd.DataFrame(rows)
+
+
+def _rates(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, float]:
+    pred = prob >= threshold
+    tp, fn = int(np.sum(pred & (y == 1))), int(np.sum(~pred & (y == 1)))
+    fp, tn = int(np.sum(pred & (y == 0))), int(np.sum(~pred & (y == 0)))
+
+    def ratio(a: int, b: int) -> float:
+        return a / (a + b) if a + b else math.nan
+
+    return {"sensitivity": ratio(tp, fn), "specificity": ratio(tn, fp), "ppv": ratio(tp, fp), "npv": ratio(tn, fn)}
+
+
+def operating_point(
+    y: Any,
+    prob: Any,
+    threshold: float = 0.5,
+    groups: Any = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """The confusion matrix at ``threshold`` (``tp``, ``fn``, ``fp``, ``tn``, ``n``, ``prevalence``) and the
+    sensitivity, specificity, PPV and NPV, each a :func:`bootstrap_ci` entry over whole groups (slides)."""
+    y, prob = _as_arrays(y, prob)
+    pred = prob >= threshold
+    out: dict[str, Any] = {"threshold": float(threshold), "n": int(y.size)}
+    out.update(tp=int(np.sum(pred & (y == 1))), fn=int(np.sum(~pred & (y == 1))))
+    out.update(fp=int(np.sum(pred & (y == 0))), tn=int(np.sum(~pred & (y == 0))))
+    out["prevalence"] = float(y.mean()) if y.size else math.nan
+    rates = bootstrap_ci(
+        y, prob, lambda yy, pp: _rates(yy, pp, threshold), groups=groups, n_boot=n_boot, seed=seed, alpha=alpha
+    )
+    return {**out, **rates}
+
+
+def roc_band(
+    y: Any, prob: Any, groups: Any = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, n_grid: int = 101
+) -> dict[str, Any]:
+    """The ROC curve (``fpr``, ``tpr``) and a pointwise percentile band of the sensitivity on a fixed grid of
+    false-positive rates (``grid``, ``tpr_low``, ``tpr_high``) over :func:`group_resamples` (one-class resamples
+    left out, ``n_valid`` counts the rest)."""
+    from sklearn.metrics import roc_curve
+
+    y, prob = _as_arrays(y, prob)
+    grid = np.linspace(0.0, 1.0, n_grid)
+    fpr, tpr, _ = roc_curve(y, prob)
+    curves = []
+    for idx in group_resamples(groups, y.size, n_boot, seed):
+        if 0 < y[idx].sum() < idx.size:
+            f, t, _ = roc_curve(y[idx], prob[idx])
+            curves.append(np.interp(grid, f, t))
+    lo, hi = np.quantile(np.asarray(curves), [alpha / 2, 1 - alpha / 2], axis=0) if curves else (grid * np.nan,) * 2
+    return {"fpr": fpr, "tpr": tpr, "grid": grid, "tpr_low": lo, "tpr_high": hi, "n_valid": len(curves)}
+
+
+def mean_ci(values: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict[str, float]:
+    """Mean of ``values`` (one per independent unit, e.g. a biopsy's error) with a percentile bootstrap CI."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    draws = [float(v[i].mean()) for i in group_resamples(None, v.size, n_boot, seed)]
+    lo, hi = _interval(draws, alpha)
+    return {"value": float(v.mean()) if v.size else math.nan, "ci_low": lo, "ci_high": hi, "n": int(v.size)}
