@@ -57,6 +57,9 @@ def test_round_trip_members_and_checksums(members):
     assert all(len(m["sha256"]) == 64 for m in meta["members"]) and meta["combine"] == "mean_prob"
     with safe_open(str(bundle), framework="pt") as f:  # a float16 member is stored as it was
         assert f.get_slice("members.0.head.weight").get_dtype() == "F16"
+    from glomlib.slides.export import model_settings  # slides export reads the bundle like a model file
+
+    assert model_settings(bundle) == {"threshold": 0.5, "positive_label": "M1", "calibrated": False}
     for net, p in zip(model.members, paths):
         single, _ = load_model(p)
         for k, v in single.state_dict().items():
@@ -94,7 +97,9 @@ def test_tampered_member_refused_exit_5(members, tmp_path, tiny_manifest):
     bad = _tamper(members[2], tmp_path / "bundle.safetensors")
     with pytest.raises(ModelFileError, match=r"member 1 \(seed0-fold1\).*sha256"):
         load_model(bad)
-    assert main(["predict", "--model", str(bad), "--manifest", str(tiny_manifest), "--out", str(tmp_path / "p.csv")]) == 5
+    assert (
+        main(["predict", "--model", str(bad), "--manifest", str(tiny_manifest), "--out", str(tmp_path / "p.csv")]) == 5
+    )
 
 
 def test_predict_evaluate_calibrate_accept_bundle(members, tmp_path, make_manifest):
