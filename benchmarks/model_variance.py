@@ -33,7 +33,7 @@ QUICK.update(lr=1e-3, min_steps=0, folds=3, label_fractions=[1.0], positive_labe
 
 
 def _train(df: pd.DataFrame, centre: str, seed: int, out: Path) -> Path:
-    run = out / f"without-{centre}-seed{seed}"
+    run = out / f"without-{centre}-{QUICK['image_size']}px-{QUICK['epochs']}ep-seed{seed}"
     if (run / BUNDLE_FILE).exists():
         return run
     man = out / f"without-{centre}.csv"
@@ -103,8 +103,9 @@ def main(argv=None) -> None:
     ap.add_argument("--draws", type=int, default=10, help="random draws of the local glomeruli")
     ap.add_argument("--epochs", type=int, default=QUICK["epochs"])
     ap.add_argument("--folds", type=int, default=QUICK["folds"], help="folds per run: the bundle = folds + final")
+    ap.add_argument("--image-size", type=int, default=QUICK["image_size"])
     args = ap.parse_args(argv)
-    QUICK.update(epochs=args.epochs, folds=args.folds)
+    QUICK.update(epochs=args.epochs, folds=args.folds, image_size=args.image_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = Path(args.data).resolve().parent
