@@ -125,7 +125,8 @@ def main(argv=None) -> None:
     with pd.option_context("display.width", 220, "display.max_columns", 20, "display.max_rows", 200):
         print(summ.to_string())
         piv = summ["auc_sd"].unstack("kind")
-        piv["ratio single/bundle (sd)"] = piv["single (final model)"] / piv["bundle mean_prob"]
+        for how in ("mean_prob", "mean_logit"):
+            piv[f"sd ratio single/bundle {how}"] = piv["single (final model)"] / piv[f"bundle {how}"]
         print(piv.round(4).to_string())
     (out / "model_variance.json").write_text(json.dumps(summ.reset_index().to_dict("records"), indent=1))
 

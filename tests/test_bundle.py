@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from glomlib.evaluate.biopsy_ci import MIN_GLOMERULI, biopsy_ci
 from glomlib.evaluate.predict import predict, predict_manifest
-from glomlib.models.bundle import TTA, BundleModel, combine_probs, pack_files, save_bundle
+from glomlib.models.bundle import DEFAULT_COMBINE, TTA, BundleModel, combine_probs, pack_files, save_bundle
 from glomlib.models.files import ModelFileError, load_model, save_model
 from glomlib.models.heads import build_classifier
 
@@ -54,7 +54,7 @@ def test_round_trip_members_and_checksums(members):
     model, meta = load_model(bundle)
     assert isinstance(model, BundleModel) and not model.training and len(model.members) == 3
     assert [m["name"] for m in meta["members"]] == ["seed0-fold0", "seed0-fold1", "final"]
-    assert all(len(m["sha256"]) == 64 for m in meta["members"]) and meta["combine"] == "mean_prob"
+    assert all(len(m["sha256"]) == 64 for m in meta["members"]) and meta["combine"] == DEFAULT_COMBINE
     with safe_open(str(bundle), framework="pt") as f:  # a float16 member is stored as it was
         assert f.get_slice("members.0.head.weight").get_dtype() == "F16"
     from glomlib.slides.export import model_settings  # slides export reads the bundle like a model file
@@ -72,14 +72,14 @@ def test_probability_is_mean_of_members(members, tmp_path):
     imgs = _images()
     each = np.stack([predict(load_model(p)[0], meta, imgs) for p in paths], axis=1)
     assert each.std(axis=1).max() > 0.05  # the members really differ
-    assert np.allclose(predict(model, meta, imgs), each.mean(axis=1), atol=1e-5)
-    sds = [(m.state_dict(), {"name": f"m{i}"}) for i, m in enumerate(model.members)]
-    logit_file = save_bundle(sds, {**meta, "combine": "mean_logit"}, tmp_path / "logit.safetensors")
-    lm, lmeta = load_model(logit_file)
+    assert np.allclose(predict(model, meta, imgs), combine_probs(each, DEFAULT_COMBINE), atol=1e-5)
     z = np.log(each) - np.log1p(-each)
-    assert lmeta["combine"] == "mean_logit"
-    assert np.allclose(predict(lm, lmeta, imgs), 1 / (1 + np.exp(-z.mean(axis=1))), atol=1e-5)
-    assert np.allclose(combine_probs(each, "mean_logit"), 1 / (1 + np.exp(-z.mean(axis=1))))
+    expected = {"mean_prob": each.mean(axis=1), "mean_logit": 1 / (1 + np.exp(-z.mean(axis=1)))}
+    sds = [(m.state_dict(), {"name": f"m{i}"}) for i, m in enumerate(model.members)]
+    for how, want in expected.items():
+        lm, lmeta = load_model(save_bundle(sds, {**meta, "combine": how}, tmp_path / f"{how}.safetensors"))
+        assert lmeta["combine"] == how and np.allclose(predict(lm, lmeta, imgs), want, atol=1e-5)
+        assert np.allclose(combine_probs(each, how), want)
 
 
 def _tamper(src, dst):
@@ -114,7 +114,7 @@ def test_predict_evaluate_calibrate_accept_bundle(members, tmp_path, make_manife
     b = ev.metrics["bundle"]
     assert len(b["member_auc"]) == 3 and b["member_auc_spread"]["min"] <= b["member_auc_spread"]["max"]
     cols = [f"prob_member_{i}" for i in range(3)]
-    assert np.allclose(ev.predictions["prob_raw"], ev.predictions[cols].mean(axis=1))
+    assert np.allclose(ev.predictions["prob_raw"], combine_probs(ev.predictions[cols], DEFAULT_COMBINE))
     ci = pd.read_csv(tmp_path / "ev" / "biopsy_ci.csv")
     assert len(ci) == 4 and ci["too_few"].all()  # 4 glomeruli per biopsy < 8
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["biopsy_ci"]["min_glomeruli"] == MIN_GLOMERULI

@@ -171,7 +171,7 @@ def run_evaluate(cfg: EvaluateConfig | None = None, **params: Any) -> EvaluateRe
     }
     if is_bundle(meta):
         cols = [c for c in pred.columns if c.startswith("prob_member_")]
-        doc["bundle"] = {**member_spread(pred["y"], pred[cols].to_numpy(), meta), "auc": doc["overall"]["auc"]}
+        doc["bundle"] = {**member_spread(pred["y"], pred[cols].to_numpy(), meta), "auc": doc["overall"]["auc"]["value"]}
     write_csv_atomic(ci, out / "biopsy_ci.csv")
     for name, table in (("predictions", pred), ("per_slide", per_slide), ("per_center", per_center)):
         write_csv_atomic(table, out / f"{name}.csv")
@@ -245,13 +245,8 @@ def _print_bundle_and_biopsies(res: EvaluateResult) -> None:
     b, ci = res.metrics.get("bundle"), res.metrics["biopsy_ci"]
     if b:
         s = b["member_auc_spread"]
-        print(f"bundle of {len(b['member_auc'])} ({b['combine']}): AUC {_num(b['auc'])}; members' AUC min "
+        print(f"bundle of {len(b['member_auc'])} ({b['combine']}): AUC {b['auc']:.3f}; members' AUC min "
               f"{s['min']:.3f}, median {s['median']:.3f}, max {s['max']:.3f}")  # fmt: skip
     if ci["too_few"]:
         print(f"WARNING: {len(ci['too_few'])} biopsy(ies) with {ci['why']}: {', '.join(ci['too_few'])}")
     print(f"per-biopsy shares with 95 % CIs: {res.out / 'biopsy_ci.csv'}")
-
-
-def _num(v: Any) -> str:
-    v = v.get("estimate", v.get("value")) if isinstance(v, Mapping) else v
-    return "—" if v is None else f"{float(v):.3f}"

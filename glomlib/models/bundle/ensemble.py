@@ -15,11 +15,11 @@ from torch.nn import functional as F
 
 COMBINES = ("mean_prob", "mean_logit")
 #: measured under leave-one-centre-out on glomeruli-pas (benchmarks/model_variance.py, README "Model bundles")
-DEFAULT_COMBINE = "mean_prob"
+DEFAULT_COMBINE = "mean_logit"
 COMBINE_WHY = (
-    "mean of probabilities: under leave-one-centre-out on glomeruli-pas (benchmarks/model_variance.py) it gave "
-    "the same AUC as the mean of logits and a per-biopsy %GS error no worse; one over-confident member cannot "
-    "outvote the others (a logit is unbounded, a probability is not)"
+    "mean of logits: under leave-one-centre-out on glomeruli-pas (benchmarks/model_variance.py, SESCAM unseen, 3 "
+    "seeds, 32 px) it gave AUC 0.911 (sd 0.0065 across seeds) vs 0.909 (sd 0.0077) for the mean of probabilities "
+    "and a per-biopsy %GS error from hard calls of 16.5 vs 17.2 points; the difference is small"
 )
 
 
