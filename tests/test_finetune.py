@@ -96,7 +96,9 @@ def test_run_writes_bundle_of_fold_models_and_final(scratch_run):
     imgs = np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
     each = np.stack([predict(m, meta, imgs) for m in model.members], axis=1)
     assert np.allclose(predict(final, fmeta, imgs), each[:, -1], atol=1e-6)  # the final model is a member
-    assert np.allclose(predict(model, meta, imgs), each.mean(axis=1), atol=1e-5)
+    from glomlib.models.bundle import combine_probs
+
+    assert np.allclose(predict(model, meta, imgs), combine_probs(each, meta["combine"]), atol=1e-5)
 
 
 def test_glom_end_to_end(manifest, encoder, tmp_path):
