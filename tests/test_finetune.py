@@ -86,6 +86,21 @@ def test_scratch_end_to_end(scratch_run, manifest):
     assert folds["slide"].is_unique and folds["n"].sum() == 32
 
 
+def test_run_writes_bundle_of_fold_models_and_final(scratch_run):
+    from glomlib.evaluate.predict import load_model, predict
+
+    model, meta = load_model(scratch_run.out / "bundle.safetensors")
+    assert [m["name"] for m in meta["members"]] == ["seed0-fold0", "seed0-fold1", "final"]
+    final, fmeta = load_model(scratch_run.out / "model.safetensors")
+    assert meta["threshold"] == fmeta["threshold"] and meta["combine"] in ("mean_prob", "mean_logit")
+    imgs = np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
+    each = np.stack([predict(m, meta, imgs) for m in model.members], axis=1)
+    assert np.allclose(predict(final, fmeta, imgs), each[:, -1], atol=1e-6)  # the final model is a member
+    from glomlib.models.bundle import combine_probs
+
+    assert np.allclose(predict(model, meta, imgs), combine_probs(each, meta["combine"]), atol=1e-5)
+
+
 def test_glom_end_to_end(manifest, encoder, tmp_path):
     res = run_finetune(**_params(manifest, tmp_path / "glom", init="glom", ssl_checkpoint=str(encoder), epochs=1))
     _check_run(res, manifest, "glom")

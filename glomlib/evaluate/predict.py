@@ -20,6 +20,7 @@ from glomlib.core.io import write_csv_new
 from glomlib.data.cache import load_images
 from glomlib.data.stain import normalize_stain
 from glomlib.evaluate.qc import qc_column, qc_line, sizes_checked
+from glomlib.models.bundle import DEFAULT_COMBINE, TTA
 from glomlib.models.calibration import apply_calibration
 from glomlib.models.files import ModelFileError, load_model, save_model
 from glomlib.models.inference import predict_probs
@@ -41,6 +42,7 @@ def predict(
     device: str | None = None,
     precision: str = "auto",
     calibrated: bool = True,
+    tta: bool = False,
 ) -> np.ndarray:
     """Probability of ``meta['positive_label']`` for each image.
 
@@ -48,7 +50,8 @@ def predict(
     ``calibrated=False`` (then the network's raw probabilities come back).
 
     ``images``: uint8 RGB ``(N, H, W, 3)`` (resized to ``meta['image_size']`` when needed) or a list of file
-    paths (decoded through :func:`glomlib.data.cache.load_images`).
+    paths (decoded through :func:`glomlib.data.cache.load_images`). ``tta``: average over the 8 flips/90-degree
+    rotations of each image (:class:`glomlib.models.bundle.TTA`; 8x the compute).
     """
     size = int(meta["image_size"])
     if isinstance(images, (list, tuple)) and (not images or isinstance(images[0], (str, Path))):
@@ -63,14 +66,35 @@ def predict(
         images = normalize_stain(images, meta["stain_normalize"])
     dev = next(model.parameters()).device if device is None else runtime.resolve_device(device)
     model.to(dev)
+    net = TTA(model, meta.get("combine", DEFAULT_COMBINE)) if tta else model
     raw = predict_probs(
-        model, images, mean=meta["mean"], std=meta["std"], plan=runtime.plan(str(dev), precision), batch_size=batch_size
+        net, images, mean=meta["mean"], std=meta["std"], plan=runtime.plan(str(dev), precision), batch_size=batch_size
     ).astype(float)
     return apply_calibration(raw, meta.get("calibration")) if calibrated else raw
 
 
+def member_probs(bundle, meta: dict[str, Any], images, tta: bool = False, **kw: Any) -> np.ndarray:
+    """A bundle's members' raw probabilities ``(N, M)`` (combine them with ``combine_probs(P, meta['combine'])``)."""
+    return np.stack([predict(m, meta, images, calibrated=False, tta=tta, **kw) for m in bundle.members], axis=1)
+
+
+def member_spread(y: Any, probs: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+    """The members' AUCs (each on its own) next to the bundle's: min, median, max; names and how combined."""
+    from glomlib.evaluate.metrics import auc
+
+    aucs = [float(auc(y, probs[:, i])) for i in range(probs.shape[1])]
+    names = [str(m.get("name", i)) for i, m in enumerate(meta.get("members") or [])]
+    spread = {"min": float(np.min(aucs)), "median": float(np.median(aucs)), "max": float(np.max(aucs))}
+    return {"combine": meta.get("combine"), "members": names, "member_auc": aucs, "member_auc_spread": spread}
+
+
 def predict_manifest(
-    model_path: str | Path, manifest: str | Path, out: str | Path, device: str = "auto", batch_size: int = 64
+    model_path: str | Path,
+    manifest: str | Path,
+    out: str | Path,
+    device: str = "auto",
+    batch_size: int = 64,
+    tta: bool = False,
 ):
     """Predict every image of ``manifest`` and write ``out`` (CSV) with a ``qc`` column (see
     :mod:`glomlib.evaluate.qc`). Refuses to overwrite ``out``: the file is published create-exclusively, so of
@@ -87,7 +111,7 @@ def predict_manifest(
     df = read_for_model(manifest, meta, require_labels=False)
     sizes = sizes_checked(list(df["path"]))
     images = load_images(list(df["path"]), int(meta["image_size"]), hashes=list(df["sha256"]))
-    probs = predict(model, meta, images, batch_size=batch_size)
+    probs = predict(model, meta, images, batch_size=batch_size, tta=tta)
     thr = float(meta.get("threshold", 0.5))
     res = pd.DataFrame({"path": df["path"], "prob": probs})
     res["pred_label"] = np.where(probs >= thr, meta["positive_label"], meta.get("negative_label", "negative"))
@@ -106,16 +130,18 @@ class PredictConfig(StepConfig):
     (columns path and slide required, label optional: empty, or the model's class names, one class alone is fine),
     with a per-image qc column."""
 
-    model: str  # model.safetensors of a fine-tune run (or its run folder)
+    model: str  # model.safetensors or bundle.safetensors of a fine-tune run (or its run folder)
     manifest: str  # manifest CSV of the images to predict: columns path and slide (required), label (optional)
     out: str  # output CSV (must not exist)
     device: Device = "auto"  # auto | cpu | cuda
     batch_size: PositiveInt = 64  # images per forward pass
+    tta: bool = False  # test-time augmentation: mean over the 8 flips/90-degree rotations (8x the compute)
 
 
 def cli_run(cfg: PredictConfig) -> int:
     """``glomlib predict``: failures become one message and an exit code in glomlib.cli.main."""
-    res = predict_manifest(cfg.model, cfg.manifest, cfg.out, device=cfg.device, batch_size=cfg.batch_size)
+    kw = {"device": cfg.device, "batch_size": cfg.batch_size, "tta": cfg.tta}
+    res = predict_manifest(cfg.model, cfg.manifest, cfg.out, **kw)
     print(f"wrote {len(res)} predictions to {cfg.out}; {qc_line(res['qc'])}")
     return 0
 

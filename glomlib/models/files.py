@@ -141,6 +141,7 @@ def load_encoder_into(
 
 # ------------------------------------------------------------------------------- fine-tuned model files
 MODEL_FORMAT = "glomlib.train.finetune.model/1"
+BUNDLE_FORMAT = "glomlib.models.bundle/1"  # glomlib.models.bundle: several models in one file, read like one
 MODEL_FILE = "model.safetensors"
 _REQUIRED = ("backbone", "image_size", "mean", "std", "positive_label")
 
@@ -160,6 +161,10 @@ def save_model(model, meta: dict[str, Any], path: str | Path, dtype: torch.dtype
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise ValueError(f"save_model: meta lacks {missing}.")
+    if getattr(unwrap(model), "is_bundle", False):  # e.g. glomlib calibrate on a bundle
+        from glomlib.models.bundle.pack import save_bundle_module
+
+        return save_bundle_module(model, meta, path)
     extra = {"weights_dtype": str(dtype).replace("torch.", "")} if dtype is not None else {}
     full = {"format": MODEL_FORMAT, **{k: v for k, v in meta.items() if k != CHECKSUM_KEY}, **extra}
     stored = meta_to_strings(full)
@@ -189,7 +194,7 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
         )
     stored, shapes = _read_raw(path, ModelFileError, missing, "safetensors file")
     meta = meta_from_strings(stored)
-    if meta.get("format") != MODEL_FORMAT:
+    if meta.get("format") not in (MODEL_FORMAT, BUNDLE_FORMAT):
         raise ModelFileError(
             f"{path} is not a glomlib fine-tuned model (format={meta.get('format')!r}; expected "
             f"{MODEL_FORMAT!r}). An SSL encoder.safetensors is not a classifier: fine-tune it first."
@@ -213,6 +218,10 @@ def load_model(path: str | Path, device: str = "cpu"):
     """Load ``model.safetensors`` -> ``(model in eval mode, meta dict)``."""
 
     meta = read_model_meta(path)
+    if meta["format"] == BUNDLE_FORMAT:
+        from glomlib.models.bundle.pack import load_bundle
+
+        return load_bundle(path, meta, device), meta
     model = build_classifier(meta["backbone"])
     sd = load_file(str(path))
     try:

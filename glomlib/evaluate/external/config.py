@@ -16,7 +16,7 @@ from glomlib.evaluate import biopsy as B
 class EvaluateConfig(StepConfig):
     """Parameters of notebook 06 (``notebooks/06_external_validation.ipynb``) and of ``glomlib evaluate``."""
 
-    model: str = "latest"  # model.safetensors, a fine-tune run folder, or "latest" (newest under runs/; with manifest auto the newest fold model)
+    model: str = "latest"  # model.safetensors (or bundle.safetensors), a fine-tune run folder, or "latest" (newest under runs/; with manifest auto the newest fold model)
     manifest: str = "auto"  # labelled manifest CSV to evaluate on (path, label, slide[, patient, center]); auto: the test slides of a fold model of the run (see data)
     data: str = str(DEFAULT_MANIFEST)  # the model's own training manifest, used only by manifest auto
     out: str = "auto"  # new output folder; "auto" = runs/<stamp>-evaluate
@@ -28,6 +28,7 @@ class EvaluateConfig(StepConfig):
     device: Device = "auto"  # auto | cpu | cuda
     batch_size: PositiveInt = 64  # images per forward pass
     cache_dir: str = ""  # image cache folder ("" = glomlib.data.cache default)
+    tta: bool = False  # test-time augmentation: mean over the 8 flips/90-degree rotations (8x the compute)
 
     def validate(self) -> None:
         if self.biopsy_rule != "auto":

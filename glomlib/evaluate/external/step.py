@@ -16,6 +16,7 @@ from glomlib.data.cache import load_images
 from glomlib.data.manifest import data_fingerprint
 from glomlib.data.public import ensure_default_manifest
 from glomlib.evaluate import biopsy as B
+from glomlib.evaluate import biopsy_ci as BCI
 from glomlib.evaluate import calibrate as CAL
 from glomlib.evaluate.external.config import EvaluateConfig, ExternalValidationConfig
 from glomlib.evaluate.external.lookup import (
@@ -34,8 +35,9 @@ from glomlib.evaluate.external.tables import (
     rule_for,
 )
 from glomlib.evaluate.plots import save_figure
-from glomlib.evaluate.predict import predict
+from glomlib.evaluate.predict import member_probs, member_spread, predict
 from glomlib.evaluate.qc import qc_column, qc_line, qc_summary, sizes_checked
+from glomlib.models.bundle import combine_probs, is_bundle
 from glomlib.models.calibration import apply_calibration
 from glomlib.models.files import load_model
 
@@ -98,11 +100,18 @@ def _predictions(cfg: EvaluateConfig, model: Any, meta: dict, df: pd.DataFrame) 
     sizes = sizes_checked(list(df["path"]))
     kw = {"cache_dir": cfg.cache_dir} if cfg.cache_dir else {}
     images = load_images(list(df["path"]), int(meta["image_size"]), hashes=list(df["sha256"]), **kw)
-    raw = predict(model, meta, images, batch_size=cfg.batch_size, calibrated=False)
+    members = None
+    if is_bundle(meta):  # every member's probability is kept: the members' spread and the biopsy CIs use them
+        members = member_probs(model, meta, images, tta=cfg.tta, batch_size=cfg.batch_size)
+        raw = combine_probs(members, meta["combine"])
+    else:
+        raw = predict(model, meta, images, batch_size=cfg.batch_size, calibrated=False, tta=cfg.tta)
     prob = apply_calibration(raw, meta.get("calibration"))
     pred = df[["path", "slide", "patient", "center"]].astype({c: str for c in ("slide", "patient", "center")})
     pred = pred.assign(label=df["label"], y=df["y"].astype(int), prob=prob, prob_raw=raw)
     pred = pred.assign(pred=(prob >= float(meta.get("threshold", 0.5))).astype(int))
+    if members is not None:
+        pred = pred.assign(**{f"prob_member_{i}": members[:, i] for i in range(members.shape[1])})
     return pred.assign(qc=qc_column(sizes, images, meta))
 
 
@@ -154,6 +163,16 @@ def run_evaluate(cfg: EvaluateConfig | None = None, **params: Any) -> EvaluateRe
     thr = float(meta.get("threshold", 0.5))
     per_slide, per_center = per_group_table(pred, "slide", thr), per_group_table(pred, "center", thr)
     ro = B.readouts(pred, threshold=thr, rule=rule_for(meta, cfg.biopsy_rule), by=cfg.by)
+    ci = BCI.from_predictions(pred, meta, by=cfg.by, n_boot=cfg.n_boot, seed=cfg.seed)
+    doc["biopsy_ci"] = {
+        "min_glomeruli": BCI.MIN_GLOMERULI,
+        "why": BCI.MIN_WHY,
+        "too_few": ci.loc[ci["too_few"], "biopsy"].tolist(),
+    }
+    if is_bundle(meta):
+        cols = [c for c in pred.columns if c.startswith("prob_member_")]
+        doc["bundle"] = {**member_spread(pred["y"], pred[cols].to_numpy(), meta), "auc": doc["overall"]["auc"]["value"]}
+    write_csv_atomic(ci, out / "biopsy_ci.csv")
     for name, table in (("predictions", pred), ("per_slide", per_slide), ("per_center", per_center)):
         write_csv_atomic(table, out / f"{name}.csv")
     write_csv_atomic(ro.table.reset_index(), out / "biopsy_table.csv")
@@ -212,6 +231,7 @@ def cli_run(cfg: EvaluateConfig) -> int:
     print(qc_line(res.predictions["qc"]))
     for w in res.metrics["warnings"]:
         print(f"WARNING: {w}")
+    _print_bundle_and_biopsies(res)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(res.table().T.to_string())
         print(res.biopsy.agreement.round(3).to_string())
@@ -219,3 +239,14 @@ def cli_run(cfg: EvaluateConfig) -> int:
         if before:
             print("before calibration: " + ", ".join(f"{k} MAE {v['mae']:.3f}" for k, v in before["agreement"].items()))
     return 0
+
+
+def _print_bundle_and_biopsies(res: EvaluateResult) -> None:
+    b, ci = res.metrics.get("bundle"), res.metrics["biopsy_ci"]
+    if b:
+        s = b["member_auc_spread"]
+        print(f"bundle of {len(b['member_auc'])} ({b['combine']}): AUC {b['auc']:.3f}; members' AUC min "
+              f"{s['min']:.3f}, median {s['median']:.3f}, max {s['max']:.3f}")  # fmt: skip
+    if ci["too_few"]:
+        print(f"WARNING: {len(ci['too_few'])} biopsy(ies) with {ci['why']}: {', '.join(ci['too_few'])}")
+    print(f"per-biopsy shares with 95 % CIs: {res.out / 'biopsy_ci.csv'}")

@@ -32,7 +32,13 @@ from glomlib.models.inference import predict_probs
 from glomlib.models.integrity import pixel_stats
 from glomlib.train.finetune.config import RESUME_FREE_FIELDS, FinetuneConfig
 from glomlib.train.finetune.encoder import ssl_encoders
-from glomlib.train.finetune.save import model_meta, save_final_model, save_fold_model, zero_nonfinite_weights
+from glomlib.train.finetune.save import (
+    model_meta,
+    save_final_model,
+    save_fold_model,
+    save_run_bundle,
+    zero_nonfinite_weights,
+)
 from glomlib.train.finetune.train import subsample_labels, train_one
 from glomlib.train.resume import finished_outputs
 
@@ -307,5 +313,7 @@ def run_finetune(cfg: FinetuneConfig | None = None, **params: Any) -> FinetuneRe
         fold_coverage(predictions, folds_df)  # never a metric over part of a fold (issue 19)
         doc = _metrics(run, per_fold, predictions)
         model_path = _final_model(run, folds_by_seed[cfg.seeds[0]], doc, predictions) if cfg.final_model else None
+        if model_path is not None:  # fold models + final model as one file (glomlib.models.bundle)
+            save_run_bundle(run.out, model_path, doc["label_fraction"])
     summaries = {f: v["summary"] for f, v in doc["by_fraction"].items()}
     return FinetuneResult(run.out, predictions, pd.DataFrame(per_fold), doc["summary"], folds_df, model_path, summaries)

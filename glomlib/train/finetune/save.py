@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from glomlib.core import runtime
+from glomlib.core import runs, runtime
 from glomlib.models.backbones import IMAGENET_MEAN, IMAGENET_STD
-from glomlib.models.files import load_model, save_model
+from glomlib.models.bundle import BUNDLE_FILE, pack_files
+from glomlib.models.files import load_model, read_model_meta, save_model
 from glomlib.models.inference import predict_probs
 from glomlib.train.finetune.config import FinetuneConfig
 
@@ -73,3 +74,18 @@ def save_fold_model(
             break
     res = {"file": path.name, "dtype": str(dtype).replace("torch.", ""), "max_abs_diff": diff}
     return {**res, "max_abs_diff_tried": tried, "zeroed_nonfinite": zeroed}
+
+
+def save_run_bundle(out: Path, final: Path, label_fraction: float) -> Path:
+    """``bundle.safetensors``: the fold models of every seed at ``label_fraction`` and the final model, packed as one
+    (glomlib.models.bundle); threshold and stain option are the final model's. Skipped when it exists (resume)."""
+    path = out / BUNDLE_FILE
+    if path.exists():
+        return path
+    folds = [
+        f
+        for f in runs.fold_model_files(out)
+        if float(read_model_meta(f).get("label_fraction", 1)) == float(label_fraction)
+    ]
+    rule = "youden (pooled out-of-fold predictions of the fold members; the final model's threshold)"
+    return pack_files([*folds, final], path, meta_from=final, threshold_rule=rule)

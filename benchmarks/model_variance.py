@@ -1,0 +1,135 @@
+"""Model variance under leave-one-centre-out: repeated trainings (seeds) of a single model vs the run's bundle.
+
+For each held-out centre C and seed s: ``glomlib finetune`` (quick-cpu settings) on the OTHER centres, slide-grouped
+CV, which writes the final model and bundle.safetensors (its fold models + the final model). On C, never seen:
+AUC of the single (final) model and of the bundle (mean of probabilities / of logits, with and without test-time
+augmentation), and the per-biopsy %GS error (mean absolute error over C's test slides, percentage points) before
+and after calibrating (Platt + Youden threshold, glomlib calibrate's fit) on ``--n-local`` glomeruli drawn from
+C's other slides. Prints per centre the AUC spread across seeds (single vs bundle, their ratio) and the errors.
+
+    nice python benchmarks/model_variance.py --out runs/variance [--centres SAS,SESCAM,VUHSK] [--seeds 0,1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from glomlib.data.cache import load_images
+from glomlib.evaluate import calibrate as CAL
+from glomlib.evaluate import metrics as M
+from glomlib.evaluate.predict import predict
+from glomlib.models.bundle import BUNDLE_FILE, combine_probs
+from glomlib.models.calibration import apply_calibration
+from glomlib.models.files import load_model
+from glomlib.train.finetune import run_finetune
+
+QUICK = dict(backbone="efficientnet_lite0", image_size=64, init="imagenet", epochs=5, patience=2, batch_size=32)
+QUICK.update(lr=1e-3, min_steps=0, folds=3, label_fractions=[1.0], positive_label="GS", progress=False)
+
+
+def _train(df: pd.DataFrame, centre: str, seed: int, out: Path) -> Path:
+    run = out / f"without-{centre}-{QUICK['image_size']}px-{QUICK['epochs']}ep-seed{seed}"
+    if (run / BUNDLE_FILE).exists():
+        return run
+    man = out / f"without-{centre}.csv"
+    if not man.exists():
+        df[df["center"] != centre].to_csv(man, index=False)
+    run_finetune(data=str(man), out=str(run), seeds=[seed], resume=run.exists(), **QUICK)
+    return run
+
+
+def _gs_error(g: pd.DataFrame, prob: np.ndarray, thr: float) -> tuple[float, float]:
+    """Per-biopsy %GS error (MAE over slides, percentage points) from hard calls and from the mean probability."""
+    d = g.assign(p=prob, h=(prob >= thr).astype(float)).groupby("slide")[["y", "p", "h"]].mean()
+    return 100 * float((d["h"] - d["y"]).abs().mean()), 100 * float((d["p"] - d["y"]).abs().mean())
+
+
+def _calibrated(g: pd.DataFrame, prob: np.ndarray, thr: float, n_local: int, draws: int) -> dict[str, float]:
+    """%GS error on the test slides before, and after Platt + Youden on n_local glomeruli of the pool slides."""
+    pool = g["slide"].isin(CAL.local_split(g["slide"], 0.5, 0)).to_numpy()
+    test = ~pool
+    before = _gs_error(g[test], prob[test], thr)
+    after, rng = [], np.random.default_rng(0)
+    idx_pool = np.flatnonzero(pool)
+    for _ in range(draws):
+        pick = rng.choice(idx_pool, size=min(n_local, len(idx_pool)), replace=False)
+        if g["y"].iloc[pick].nunique() < 2:
+            continue
+        cal, t = CAL.refit(g["y"].iloc[pick], prob[pick], "platt", "youden")
+        after.append(_gs_error(g[test], apply_calibration(prob[test], cal), t))
+    a = np.mean(after, axis=0) if after else (np.nan, np.nan)
+    return {"gs_hard_before": before[0], "gs_prob_before": before[1], "gs_hard_after": a[0], "gs_prob_after": a[1]}
+
+
+def _measure(run: Path, g: pd.DataFrame, images: np.ndarray, args) -> list[dict]:
+    bundle, meta = load_model(run / BUNDLE_FILE)
+    thr, y, rows = float(meta["threshold"]), g["y"].to_numpy(), []
+    for tta in (False, True):
+        P = np.stack([predict(m, meta, images, calibrated=False, tta=tta) for m in bundle.members], axis=1)
+        kinds = {"single (final model)": P[:, -1], "bundle mean_prob": combine_probs(P, "mean_prob")}
+        kinds["bundle mean_logit"] = combine_probs(P, "mean_logit")
+        for k in range(P.shape[1] - 1):
+            kinds[f"member {meta['members'][k]['name']}"] = P[:, k]
+        for kind, prob in kinds.items():
+            row = {"kind": kind, "tta": tta, "auc": M.binary_metrics(y, prob)["auc"]}
+            if not kind.startswith("member"):
+                row.update(_calibrated(g, prob, thr, args.n_local, args.draws))
+            rows.append(row)
+    return rows
+
+
+def _summary(res: pd.DataFrame) -> pd.DataFrame:
+    main = res[~res["kind"].str.startswith("member")]
+    agg = main.groupby(["centre", "tta", "kind"]).agg(
+        auc_mean=("auc", "mean"), auc_sd=("auc", "std"), auc_range=("auc", lambda a: a.max() - a.min()),
+        gs_hard_before=("gs_hard_before", "mean"), gs_hard_after=("gs_hard_after", "mean"),
+        gs_prob_before=("gs_prob_before", "mean"), gs_prob_after=("gs_prob_after", "mean"),
+    )  # fmt: skip
+    return agg.round(4)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="data/glomeruli-pas/manifest.csv")
+    ap.add_argument("--out", default="runs/variance")
+    ap.add_argument("--centres", default="SAS,SESCAM,VUHSK")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--n-local", type=int, default=20, help="local glomeruli to calibrate on")
+    ap.add_argument("--draws", type=int, default=10, help="random draws of the local glomeruli")
+    ap.add_argument("--epochs", type=int, default=QUICK["epochs"])
+    ap.add_argument("--folds", type=int, default=QUICK["folds"], help="folds per run: the bundle = folds + final")
+    ap.add_argument("--image-size", type=int, default=QUICK["image_size"])
+    args = ap.parse_args(argv)
+    QUICK.update(epochs=args.epochs, folds=args.folds, image_size=args.image_size)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = Path(args.data).resolve().parent
+    df = pd.read_csv(args.data, keep_default_na=False)
+    df["path"] = [str((base / p).resolve()) for p in df["path"]]
+    df["y"] = (df["label"] == "GS").astype(int)
+    rows = []
+    for centre in args.centres.split(","):
+        g = df[df["center"] == centre].reset_index(drop=True)
+        images = np.asarray(load_images(list(g["path"]), QUICK["image_size"]))
+        for seed in (int(s) for s in args.seeds.split(",")):
+            run = _train(df.drop(columns="y"), centre, seed, out)
+            rows += [{"centre": centre, "seed": seed, **r} for r in _measure(run, g, images, args)]
+            pd.DataFrame(rows).to_csv(out / "model_variance.csv", index=False)
+    res = pd.DataFrame(rows)
+    summ = _summary(res)
+    with pd.option_context("display.width", 220, "display.max_columns", 20, "display.max_rows", 200):
+        print(summ.to_string())
+        piv = summ["auc_sd"].unstack("kind")
+        for how in ("mean_prob", "mean_logit"):
+            piv[f"sd ratio single/bundle {how}"] = piv["single (final model)"] / piv[f"bundle {how}"]
+        print(piv.round(4).to_string())
+    (out / "model_variance.json").write_text(json.dumps(summ.reset_index().to_dict("records"), indent=1))
+
+
+if __name__ == "__main__":
+    main()
