@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,15 @@ MODEL_FILE = "model.safetensors"
 _REQUIRED = ("backbone", "image_size", "mean", "std", "positive_label")
 
 
+# Other model formats register their (load(path, meta, device), save(model, meta, path)) here: the bundle package
+# does (glomlib.models imports it), so this module never imports the formats built on it.
+_FORMATS: dict[str, tuple[Callable, Callable]] = {}
+
+
+def register_format(fmt: str, load: Callable, save: Callable) -> None:
+    _FORMATS[fmt] = (load, save)
+
+
 class ModelFileError(ValueError):
     """A model file is missing, unreadable or incomplete; the message says what to do."""
 
@@ -162,9 +172,7 @@ def save_model(model, meta: dict[str, Any], path: str | Path, dtype: torch.dtype
     if missing:
         raise ValueError(f"save_model: meta lacks {missing}.")
     if getattr(unwrap(model), "is_bundle", False):  # e.g. glomlib calibrate on a bundle
-        from glomlib.models.bundle.pack import save_bundle_module
-
-        return save_bundle_module(model, meta, path)
+        return _FORMATS[BUNDLE_FORMAT][1](model, meta, path)
     extra = {"weights_dtype": str(dtype).replace("torch.", "")} if dtype is not None else {}
     full = {"format": MODEL_FORMAT, **{k: v for k, v in meta.items() if k != CHECKSUM_KEY}, **extra}
     stored = meta_to_strings(full)
@@ -218,10 +226,8 @@ def load_model(path: str | Path, device: str = "cpu"):
     """Load ``model.safetensors`` -> ``(model in eval mode, meta dict)``."""
 
     meta = read_model_meta(path)
-    if meta["format"] == BUNDLE_FORMAT:
-        from glomlib.models.bundle.pack import load_bundle
-
-        return load_bundle(path, meta, device), meta
+    if meta["format"] in _FORMATS:
+        return _FORMATS[meta["format"]][0](path, meta, device), meta
     model = build_classifier(meta["backbone"])
     sd = load_file(str(path))
     try:

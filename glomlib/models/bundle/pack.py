@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from glomlib.core import runtime
 from glomlib.core.io import write_with
 from glomlib.models.bundle.ensemble import COMBINE_WHY, COMBINES, DEFAULT_COMBINE, BundleModel
-from glomlib.models.files import _DTYPES, BUNDLE_FORMAT, ModelFileError, read_model_meta, unwrap
+from glomlib.models.files import _DTYPES, BUNDLE_FORMAT, ModelFileError, read_model_meta, register_format, unwrap
 from glomlib.models.heads import build_classifier
 from glomlib.models.integrity import CHECKSUM_KEY, checksum, meta_from_strings, meta_problems, meta_to_strings
 
@@ -118,3 +118,6 @@ def load_bundle(path: str | Path, meta: Mapping[str, Any], device: str = "cpu") 
         nets.append(net)
     model = BundleModel(nets, meta.get("combine", DEFAULT_COMBINE))
     return model.to(runtime.resolve_device(device)).eval()
+
+
+register_format(BUNDLE_FORMAT, load_bundle, save_bundle_module)
