@@ -1,5 +1,6 @@
-"""Confidence intervals and paired AUC tests: one slide (group) bootstrap, and DeLong's test; the operating point
-(confusion matrix, sensitivity, specificity, PPV, NPV with CIs) and a ROC band for reports.
+"""Confidence intervals and paired AUC tests: one slide (group) bootstrap, DeLong's test, the operating point.
+
+The operating point gives the confusion matrix, sensitivity, specificity, PPV and NPV with CIs; a ROC band too.
 
 Glomeruli of one slide look alike, so every bootstrap here resamples whole groups (slides) with replacement
 (:func:`group_resamples`); without groups each image is its own group.

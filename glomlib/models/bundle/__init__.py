@@ -1,5 +1,7 @@
-"""A model bundle: the models one fine-tune run trains (fold models of every seed and the final model) as ONE
-file, ``bundle.safetensors``, accepted wherever a model file is (predict, evaluate, calibrate, slides export).
+"""A model bundle: the models one fine-tune run trains, as one file accepted wherever a model file is.
+
+The fold models of every seed and the final model go into ``bundle.safetensors``, which predict, evaluate,
+calibrate and slides export accept like a model file.
 
 The file holds every member's tensors (``members.<i>.<name>``) and metadata: the shared model keys (backbone,
 image size, labels, threshold, stain option...), ``members`` (name, source, sha256 of its tensors, seed, fold)

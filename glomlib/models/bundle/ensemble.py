@@ -1,5 +1,6 @@
-"""How member outputs become one: the mean of the members' probabilities or of their logits; and test-time
-augmentation (the same image flipped and rotated by 90 degrees, the 8 symmetries of a square).
+"""How member outputs become one: the mean of the members' probabilities or of their logits, and TTA.
+
+Test-time augmentation averages the same image flipped and rotated by 90 degrees (the 8 symmetries of a square).
 
 Both modules return one logit per image, like a single classifier, so every caller that applies a sigmoid to a
 model's output (``predict_probs``) gets the combined probability without knowing it holds a bundle."""

@@ -18,7 +18,7 @@ from glomlib.publish.present.figures import (
 )
 from glomlib.publish.present.numbers import ci, count, num, pvalue, share
 from glomlib.publish.present.tables import table
-from glomlib.publish.present.text import claim_order, note, summary, warning
+from glomlib.publish.present.text import claim_order, network_name, note, summary, warning
 
 __all__ = [
     "CLASS_COLORS",
@@ -30,6 +30,7 @@ __all__ = [
     "class_colors",
     "count",
     "figure",
+    "network_name",
     "note",
     "num",
     "pvalue",

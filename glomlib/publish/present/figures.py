@@ -1,5 +1,7 @@
-"""Figures a reader can use: one colour-blind-safe palette (Okabe & Ito), each class one colour on every page,
-figures embedded with a real alt text (photographs as JPEG), patch tiles at native resolution that enlarge on click."""
+"""Figures a reader can use: one colour-blind-safe palette, real alt texts, native-size tiles.
+
+Okabe & Ito's palette gives each class one colour on every page; figures are embedded with a real alt text
+(photographs as JPEG); patch tiles keep their native resolution and enlarge on click."""
 
 from __future__ import annotations
 

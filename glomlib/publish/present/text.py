@@ -60,3 +60,11 @@ def claim_order(a: str, b: str, diff: float, low: float, high: float, metric: st
     if high < 0:
         return f"**{a}** has a lower {metric} than **{b}** (difference {d})."
     return f"**{a}** and **{b}** cannot be told apart on this data (difference {d}; the interval includes 0)."
+
+
+_NETWORKS = {"efficientnet_lite0": "EfficientNet-Lite0", "resnet18": "ResNet-18", "resnet50": "ResNet-50"}
+
+
+def network_name(backbone: str) -> str:
+    """A backbone's code name as a reader writes it: efficientnet_lite0 -> "EfficientNet-Lite0"."""
+    return _NETWORKS.get(backbone, backbone.replace("_", " "))

@@ -1,5 +1,6 @@
-"""Render a pipeline run's executed notebooks into shareable, code-free HTML reports under ``reports/<run>/``,
-and the same folder as one file to e-mail, ``reports/<run>.zip``.
+"""Render a pipeline run's executed notebooks into shareable, code-free HTML reports under ``reports/<run>/``.
+
+The same folder is written as one file to e-mail, ``reports/<run>.zip``.
 
 ``index.html`` (:mod:`.index`) leads with the answer (AUC per initialisation and the paired differences, each with
 a 95 % CI, :mod:`.headline`), then links one self-contained page per notebook (:mod:`.pages`) and ends with the

@@ -1,5 +1,7 @@
-"""The index's answer from the run's own files: AUC per init with a 95 % CI (slide bootstrap of the pooled out-of-fold
-predictions), 04's paired differences, the task in words, the profile's caveat, settings that differ from defaults."""
+"""The index's answer, read from the run's own files.
+
+AUC per init with a 95 % CI (slide bootstrap of the pooled out-of-fold predictions), 04's paired differences, the
+task in words, the profile's caveat, and the settings that differ from the defaults."""
 
 from __future__ import annotations
 
