@@ -79,17 +79,26 @@ def reliability_table(y: Any, prob: Any, n_bins: int = 10) -> dict[str, np.ndarr
     return {"bin_lo": edges[:-1], "bin_hi": edges[1:], "count": count, "mean_prob": mean_prob, "frac_pos": frac_pos}
 
 
+def confusion_counts(y: Any, prob: Any, threshold: float = 0.5) -> dict[str, int]:
+    """``{"tn", "fp", "fn", "tp"}`` at ``threshold`` (a probability >= threshold is a positive call)."""
+    from sklearn.metrics import confusion_matrix
+
+    y, prob = _as_arrays(y, prob)
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, (prob >= threshold).astype(int), labels=[0, 1]).ravel())
+    return {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
+
+
 def binary_metrics(y: Any, prob: Any, threshold: float = 0.5, n_bins: int = 10) -> dict[str, float]:
     """All per-fold metrics of :data:`METRICS` for labels ``y`` and positive-class probabilities ``prob``.
 
     Predictions are ``prob >= threshold``. Metrics undefined for the data (e.g. AUC with one class,
     sensitivity without positives) are NaN rather than an error.
     """
-    from sklearn.metrics import confusion_matrix, f1_score
+    from sklearn.metrics import f1_score
 
     y, prob = _as_arrays(y, prob)
     pred = (prob >= threshold).astype(int)
-    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, pred, labels=[0, 1]).ravel())
+    tn, fp, fn, tp = confusion_counts(y, prob, threshold).values()
     sens = tp / (tp + fn) if (tp + fn) else float("nan")
     spec = tn / (tn + fp) if (tn + fp) else float("nan")
     bal = (sens + spec) / 2 if not (math.isnan(sens) or math.isnan(spec)) else (sens if math.isnan(spec) else spec)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from glomlib.evaluate.metrics import METRICS, _as_arrays, auc, binary_metrics
+from glomlib.evaluate.metrics import METRICS, _as_arrays, auc, binary_metrics, confusion_counts
 
 
 def group_resamples(groups: Any, n: int, n_boot: int, seed: int = 0) -> Iterator[np.ndarray]:
@@ -183,9 +183,7 @@ def pairwise_comparisons(
 
 
 def _rates(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, float]:
-    pred = prob >= threshold
-    tp, fn = int(np.sum(pred & (y == 1))), int(np.sum(~pred & (y == 1)))
-    fp, tn = int(np.sum(pred & (y == 0))), int(np.sum(~pred & (y == 0)))
+    tn, fp, fn, tp = confusion_counts(y, prob, threshold).values()
 
     def ratio(a: int, b: int) -> float:
         return a / (a + b) if a + b else math.nan
@@ -205,10 +203,7 @@ def operating_point(
     """The confusion matrix at ``threshold`` (``tp``, ``fn``, ``fp``, ``tn``, ``n``, ``prevalence``) and the
     sensitivity, specificity, PPV and NPV, each a :func:`bootstrap_ci` entry over whole groups (slides)."""
     y, prob = _as_arrays(y, prob)
-    pred = prob >= threshold
-    out: dict[str, Any] = {"threshold": float(threshold), "n": int(y.size)}
-    out.update(tp=int(np.sum(pred & (y == 1))), fn=int(np.sum(~pred & (y == 1))))
-    out.update(fp=int(np.sum(pred & (y == 0))), tn=int(np.sum(~pred & (y == 0))))
+    out: dict[str, Any] = {"threshold": float(threshold), "n": int(y.size), **confusion_counts(y, prob, threshold)}
     out["prevalence"] = float(y.mean()) if y.size else math.nan
     rates = bootstrap_ci(
         y, prob, lambda yy, pp: _rates(yy, pp, threshold), groups=groups, n_boot=n_boot, seed=seed, alpha=alpha
