@@ -33,7 +33,8 @@ QUICK.update(lr=1e-3, min_steps=0, folds=3, label_fractions=[1.0], positive_labe
 
 
 def _train(df: pd.DataFrame, centre: str, seed: int, out: Path) -> Path:
-    run = out / f"without-{centre}-{QUICK['image_size']}px-{QUICK['epochs']}ep-seed{seed}"
+    stain = f"-{QUICK['stain_normalize'] or 'nostain'}" if "stain_normalize" in QUICK else ""
+    run = out / f"without-{centre}-{QUICK['image_size']}px-{QUICK['epochs']}ep{stain}-seed{seed}"
     if (run / BUNDLE_FILE).exists():
         return run
     man = out / f"without-{centre}.csv"
@@ -49,21 +50,27 @@ def _gs_error(g: pd.DataFrame, prob: np.ndarray, thr: float) -> tuple[float, flo
     return 100 * float((d["h"] - d["y"]).abs().mean()), 100 * float((d["p"] - d["y"]).abs().mean())
 
 
-def _calibrated(g: pd.DataFrame, prob: np.ndarray, thr: float, n_local: int, draws: int) -> dict[str, float]:
-    """%GS error on the test slides before, and after Platt + Youden on n_local glomeruli of the pool slides."""
+def _calibrated(g: pd.DataFrame, prob: np.ndarray, thr: float, args) -> dict[str, float]:
+    """%GS error on the test slides before, and after Platt + each threshold rule on n_local glomeruli of the pool
+    slides (columns ``gs_hard_after`` for the first rule, ``gs_hard_after_<rule>`` for the others)."""
     pool = g["slide"].isin(CAL.local_split(g["slide"], 0.5, 0)).to_numpy()
     test = ~pool
     before = _gs_error(g[test], prob[test], thr)
-    after, rng = [], np.random.default_rng(0)
+    out = {"gs_hard_before": before[0], "gs_prob_before": before[1]}
     idx_pool = np.flatnonzero(pool)
-    for _ in range(draws):
-        pick = rng.choice(idx_pool, size=min(n_local, len(idx_pool)), replace=False)
-        if g["y"].iloc[pick].nunique() < 2:
-            continue
-        cal, t = CAL.refit(g["y"].iloc[pick], prob[pick], "platt", "youden")
-        after.append(_gs_error(g[test], apply_calibration(prob[test], cal), t))
-    a = np.mean(after, axis=0) if after else (np.nan, np.nan)
-    return {"gs_hard_before": before[0], "gs_prob_before": before[1], "gs_hard_after": a[0], "gs_prob_after": a[1]}
+    for i, rule in enumerate(args.threshold_rules.split(",")):
+        after, rng = [], np.random.default_rng(0)
+        for _ in range(args.draws):
+            pick = rng.choice(idx_pool, size=min(args.n_local, len(idx_pool)), replace=False)
+            if g["y"].iloc[pick].nunique() < 2:
+                continue
+            cal, t = CAL.refit(g["y"].iloc[pick], prob[pick], "platt", rule)
+            after.append(_gs_error(g[test], apply_calibration(prob[test], cal), t))
+        a = np.mean(after, axis=0) if after else (np.nan, np.nan)
+        out["gs_hard_after" + (f"_{rule}" if i else "")] = a[0]
+        if not i:
+            out["gs_prob_after"] = a[1]
+    return out
 
 
 def _measure(run: Path, g: pd.DataFrame, images: np.ndarray, args) -> list[dict]:
@@ -78,7 +85,7 @@ def _measure(run: Path, g: pd.DataFrame, images: np.ndarray, args) -> list[dict]
         for kind, prob in kinds.items():
             row = {"kind": kind, "tta": tta, "auc": M.binary_metrics(y, prob)["auc"]}
             if not kind.startswith("member"):
-                row.update(_calibrated(g, prob, thr, args.n_local, args.draws))
+                row.update(_calibrated(g, prob, thr, args))
             rows.append(row)
     return rows
 
@@ -89,6 +96,7 @@ def _summary(res: pd.DataFrame) -> pd.DataFrame:
         auc_mean=("auc", "mean"), auc_sd=("auc", "std"), auc_range=("auc", lambda a: a.max() - a.min()),
         gs_hard_before=("gs_hard_before", "mean"), gs_hard_after=("gs_hard_after", "mean"),
         gs_prob_before=("gs_prob_before", "mean"), gs_prob_after=("gs_prob_after", "mean"),
+        **{c: (c, "mean") for c in main.columns if c.startswith("gs_hard_after_")},
     )  # fmt: skip
     return agg.round(4)
 
@@ -101,11 +109,15 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--n-local", type=int, default=20, help="local glomeruli to calibrate on")
     ap.add_argument("--draws", type=int, default=10, help="random draws of the local glomeruli")
+    ap.add_argument("--threshold-rules", default="youden,fixed:0.5", help="threshold rules refitted with Platt")
     ap.add_argument("--epochs", type=int, default=QUICK["epochs"])
     ap.add_argument("--folds", type=int, default=QUICK["folds"], help="folds per run: the bundle = folds + final")
     ap.add_argument("--image-size", type=int, default=QUICK["image_size"])
+    ap.add_argument("--stain-normalize", default=None, help="stain option of the fine-tunes (default: finetune's own)")
     args = ap.parse_args(argv)
     QUICK.update(epochs=args.epochs, folds=args.folds, image_size=args.image_size)
+    if args.stain_normalize is not None:
+        QUICK["stain_normalize"] = args.stain_normalize
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = Path(args.data).resolve().parent

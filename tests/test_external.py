@@ -201,7 +201,7 @@ def test_calibrate_writes_new_model_and_evaluate_shows_before_after(fitted_model
     assert rc == 0 and new.exists()
     assert hashlib.sha256(fitted_model.read_bytes()).hexdigest() == before  # the source is untouched
     meta = read_model_meta(new)
-    assert meta["calibration"]["method"] == "platt" and meta["threshold_rule"] == "youden"
+    assert meta["calibration"]["method"] == "platt" and meta["threshold_rule"] == "fixed:0.5"
     assert meta["calibrated_from"]["threshold"] == pytest.approx(0.42)
     assert meta["calibrated_from"]["n"] == 72
     # never overwrite, never write over the source
