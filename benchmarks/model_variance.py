@@ -33,7 +33,8 @@ QUICK.update(lr=1e-3, min_steps=0, folds=3, label_fractions=[1.0], positive_labe
 
 
 def _train(df: pd.DataFrame, centre: str, seed: int, out: Path) -> Path:
-    run = out / f"without-{centre}-{QUICK['image_size']}px-{QUICK['epochs']}ep-seed{seed}"
+    stain = QUICK["stain_normalize"]  # the README table: "" (before the default became auto); auto: 03's default
+    run = out / f"without-{centre}-{QUICK['image_size']}px-{QUICK['epochs']}ep{'-' + stain if stain else ''}-seed{seed}"
     if (run / BUNDLE_FILE).exists():
         return run
     man = out / f"without-{centre}.csv"
@@ -104,8 +105,9 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=int, default=QUICK["epochs"])
     ap.add_argument("--folds", type=int, default=QUICK["folds"], help="folds per run: the bundle = folds + final")
     ap.add_argument("--image-size", type=int, default=QUICK["image_size"])
+    ap.add_argument("--stain-normalize", default="auto", help="03's option; README's table: '' (none)")
     args = ap.parse_args(argv)
-    QUICK.update(epochs=args.epochs, folds=args.folds, image_size=args.image_size)
+    QUICK.update(epochs=args.epochs, folds=args.folds, image_size=args.image_size, stain_normalize=args.stain_normalize)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = Path(args.data).resolve().parent
