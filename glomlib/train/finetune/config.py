@@ -32,8 +32,8 @@ def _fractions(v: Any) -> bool:
 
 
 #: What ``stain_normalize="auto"`` means per init, decided by README's leave-one-centre-out table ("Stain options",
-#: 3 held-out centres x 3 seeds): Macenko gave glom and imagenet the best AUC and the lowest per-biopsy %GS error at
-#: every unseen centre; normalisation broke scratch (Reinhard lowered every AUC, Macenko VUHSK's to 0.551), so off.
+#: 3 held-out centres x 3 seeds): with Macenko, glom and imagenet had the lowest per-biopsy %GS error (hard calls) at
+#: every unseen centre and the highest AUC at two of three (within 0.001 at the third); normalisation broke scratch (Reinhard lowered every AUC, Macenko VUHSK's to 0.551), so off.
 AUTO_STAIN = {"glom": "macenko", "imagenet": "macenko", "scratch": ""}
 Init = Literal[INITS]  # glom | imagenet | scratch
 Fractions = Annotated[list[float], at.MinLen(1), Unique, at.Predicate(_fractions)]
