@@ -87,7 +87,8 @@ def write_standin_notebooks(folder: Path) -> Path:
                 "if init == 'glom':\n    assert pathlib.Path(ssl_checkpoint).is_file(), ssl_checkpoint",
                 "auc = {'glom': 0.9, 'imagenet': 0.8, 'scratch': 0.6}.get(init, 0.5)\n"
                 "(out / 'metrics.json').write_text(json.dumps({'init': init, 'summary': {'auc': {'mean': auc, 'std': 0.01}},"
-                " 'per_fold': []}))\n(out / 'model.safetensors').write_bytes(b'm')\nprint(init, auc, lr)",
+                " 'per_fold': []}))\n(out / 'model.safetensors').write_bytes(b'm')\n"
+                "if init == 'glom':\n    (out / 'bundle.safetensors').write_bytes(b'b')\nprint(init, auc, lr)",
             ],
         ),
         "04_baseline_comparison": _nb(
@@ -173,6 +174,7 @@ def test_steps_chain_into_one_run_folder(completed_run):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["metrics"]["glom"]["auc"]["mean"] == 0.9
     assert set(summary["models"]) == {"glom", "scratch"}
+    assert summary["bundles"] == {"glom": str(Path(pj["parameters"]["03_finetune/glom"]["out"]) / "bundle.safetensors")}
     assert all(s == "completed" for s in summary["status"].values())
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["data_fingerprint"] and "versions" in prov and "git_commit" in prov
@@ -372,7 +374,7 @@ def test_smoke_profile_end_to_end_on_real_data(smoke_report):
     run, base = smoke_report["run"], smoke_report["base"]
     summary = json.loads((run / "summary.json").read_text())
     assert all(s == "completed" for s in summary["status"].values()), summary["status"]
-    assert summary["metrics"] and summary["models"]
+    assert summary["metrics"] and summary["models"] and set(summary["bundles"]) == set(summary["models"])
     index = smoke_report["report"] / "index.html"
     assert index.is_file()
     assert len(list(index.parent.glob("*.html"))) == 1 + len(plan_steps(load_run_profile("smoke")))

@@ -18,7 +18,7 @@ Executes the numbered notebooks with papermill (cwd = project root, kernel ``pyt
     state.json            status of every step (pending/running/completed/failed), used by --resume
     pipeline.log          what each invocation did and how long every step took
     provenance.json       config, software versions, data fingerprint, git commit
-    summary.json          headline metrics per init and ``models: {init: path}``
+    summary.json          headline metrics per init, ``models: {init: path}`` and ``bundles: {init: path}``
 
 Then renders every executed notebook to a code-free HTML page (:mod:`glomlib.publish.report`) under
 ``reports/<run>/index.html``.
