@@ -13,7 +13,8 @@ SEEDS=${SEEDS:-0,1,2}
 D="--data data/glomeruli-pas/manifest.csv --positive-label GS --backbone efficientnet_lite0 --image-size 64 --progress false"
 FT="$D --epochs 5 --patience 2 --batch-size 32 --lr 0.001 --min-steps 0 --folds 3 --cv centre --final-model false --seeds $SEEDS"
 SSL="$D --epochs 5 --final-probe false --knn-every 0"
-declare -A OPT=([none]="" [hed]="--stain-augment 0.05" [reinhard]="--stain-normalize reinhard" [macenko]="--stain-normalize macenko")
+# "--stain-normalize=" (none) is explicit: 02 and 03 default to macenko for glom / imagenet (decided by this table)
+declare -A OPT=([none]="--stain-normalize=" [hed]="--stain-normalize= --stain-augment 0.05" [reinhard]="--stain-normalize reinhard" [macenko]="--stain-normalize macenko")
 run() {  # run OUT_DIR DONE_FILE command...: skip when DONE_FILE exists, resume a half-made folder
   local dir=$1 done=$2; shift 2
   if [ -f "$dir/$done" ]; then echo "skip $dir (done)"; return; fi

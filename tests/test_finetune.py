@@ -77,6 +77,11 @@ def _check_run(res, manifest, init):
     model, meta = load_model(out / "model.safetensors")
     assert meta["init"] == init and meta["positive_label"] == "M1" and meta["negative_label"] == "M0"
     assert meta["image_size"] == 16 and len(meta["mean"]) == 3
+    # stain_normalize="auto" (the default) resolved per init, recorded where predict and a resume read it
+    want = {"glom": "macenko", "imagenet": "macenko", "scratch": ""}[init]
+    assert meta["stain_normalize"] == want
+    assert json.loads((out / "config.json").read_text())["stain_normalize"] == want
+    assert (out / "stain.json").is_file() == bool(want)
 
 
 def test_scratch_end_to_end(scratch_run, manifest):
@@ -102,7 +107,9 @@ def test_run_writes_bundle_of_fold_models_and_final(scratch_run):
 
 
 def test_glom_end_to_end(manifest, encoder, tmp_path):
-    res = run_finetune(**_params(manifest, tmp_path / "glom", init="glom", ssl_checkpoint=str(encoder), epochs=1))
+    # the encoder's metadata names no stain option (pretrained without one); glom's auto is macenko: one warning
+    with pytest.warns(UserWarning, match=r"pretrained with stain_normalize='' but this fine-tune uses 'macenko'"):
+        res = run_finetune(**_params(manifest, tmp_path / "glom", init="glom", ssl_checkpoint=str(encoder), epochs=1))
     _check_run(res, manifest, "glom")
     r = json.loads((res.out / "checkpoints" / "seed0-fold0" / "result.json").read_text())
     assert r["init_info"]["ssl_checkpoint"] == str(encoder.resolve())
@@ -122,6 +129,48 @@ def test_glom_errors_are_clear(manifest, encoder, tmp_path):
         run_finetune(**_params(manifest, tmp_path / "a", init="glom", ssl_checkpoint=str(tmp_path / "none.st")))
     with pytest.raises(ValueError, match="resnet18"):  # encoder saved for resnet18, fine-tune asks resnet50
         run_finetune(**_params(manifest, tmp_path / "b", init="glom", ssl_checkpoint=str(encoder), backbone="resnet50"))
+
+
+def test_stain_auto_resolves_per_init_and_an_explicit_option_wins():
+    """auto = README's leave-one-centre-out choice: macenko for the pretrained inits, off for scratch; the field
+    keeps "auto" (a derived config re-resolves it for its own init), any explicit option is used as given."""
+    import dataclasses
+
+    from glomlib.train.finetune.config import AUTO_STAIN
+
+    assert FinetuneConfig().stain_normalize == "auto" and AUTO_STAIN == {
+        "glom": "macenko",
+        "imagenet": "macenko",
+        "scratch": "",
+    }
+    assert [FinetuneConfig(init=i).stain_method for i in ("glom", "imagenet", "scratch")] == ["macenko", "macenko", ""]
+    assert dataclasses.replace(FinetuneConfig(init="imagenet"), init="scratch").stain_method == ""
+    assert FinetuneConfig(init="imagenet", stain_normalize="").stain_method == ""
+    assert FinetuneConfig(init="scratch", stain_normalize="macenko").stain_method == "macenko"
+    assert FinetuneConfig.from_params(init="glom", stain_normalize="reinhard").stain_method == "reinhard"
+    with pytest.raises(ConfigError, match="stain_normalize"):
+        FinetuneConfig(stain_normalize="automatic")
+
+
+def test_explicit_stain_option_is_what_the_model_file_and_the_encoder_check_see():
+    """An explicit "" wins over auto in the saved model's metadata; an encoder pretrained with the fine-tune's own
+    option is not warned about, one pretrained with another option is (one line naming both)."""
+    import warnings
+
+    from glomlib.train.finetune.encoder import _check_encoder_meta
+    from glomlib.train.finetune.save import model_meta
+
+    off = FinetuneConfig(init="imagenet", stain_normalize="")
+    assert model_meta(off, ("M1", "M0"), "fp")["stain_normalize"] == ""
+    assert model_meta(FinetuneConfig(init="imagenet"), ("M1", "M0"), "fp")["stain_normalize"] == "macenko"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_encoder_meta(FinetuneConfig(init="glom"), {"stain_normalize": "macenko"})
+        _check_encoder_meta(FinetuneConfig(init="glom", stain_normalize=""), {})  # older encoders: no key = none
+    with pytest.warns(
+        UserWarning, match="pretrained with stain_normalize='reinhard' but this fine-tune uses 'macenko'"
+    ):
+        _check_encoder_meta(FinetuneConfig(init="glom"), {"stain_normalize": "reinhard"})
 
 
 def test_latest_encoder_missing(tmp_path, monkeypatch):

@@ -87,7 +87,8 @@ def write_standin_notebooks(folder: Path) -> Path:
                 "if init == 'glom':\n    assert pathlib.Path(ssl_checkpoint).is_file(), ssl_checkpoint",
                 "auc = {'glom': 0.9, 'imagenet': 0.8, 'scratch': 0.6}.get(init, 0.5)\n"
                 "(out / 'metrics.json').write_text(json.dumps({'init': init, 'summary': {'auc': {'mean': auc, 'std': 0.01}},"
-                " 'per_fold': []}))\n(out / 'model.safetensors').write_bytes(b'm')\nprint(init, auc, lr)",
+                " 'per_fold': []}))\n(out / 'model.safetensors').write_bytes(b'm')\n"
+                "if init == 'glom':\n    (out / 'bundle.safetensors').write_bytes(b'b')\nprint(init, auc, lr)",
             ],
         ),
         "04_baseline_comparison": _nb(
@@ -173,6 +174,7 @@ def test_steps_chain_into_one_run_folder(completed_run):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["metrics"]["glom"]["auc"]["mean"] == 0.9
     assert set(summary["models"]) == {"glom", "scratch"}
+    assert summary["bundles"] == {"glom": str(Path(pj["parameters"]["03_finetune/glom"]["out"]) / "bundle.safetensors")}
     assert all(s == "completed" for s in summary["status"].values())
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["data_fingerprint"] and "versions" in prov and "git_commit" in prov
@@ -321,6 +323,25 @@ def test_missing_pipeline_parameter_is_reported(tmp_path):
         step_parameters(prof, declared, "r", "d")
 
 
+def test_external_step_gets_the_bundle_unless_no_final_model_is_trained():
+    """06 gets <run>/finetune/<05's init>/bundle.safetensors (fold models + final model, the shipped model);
+    model.safetensors only when 03 trains no final model (so no bundle), whether set for every init or one."""
+    declared = {s: {"data": 1, "out": 1} for s in ("01_data_audit", "02_simclr_pretrain", "05_error_analysis")}
+    declared["03_finetune"] = {"data": 1, "out": 1, "init": 1, "ssl_checkpoint": 1, "final_model": True}
+    declared["04_baseline_comparison"] = {"data": 1, "out": 1, "runs": 1}
+    declared["05_error_analysis"]["run"] = 1
+    declared["06_external_validation"] = {"data": 1, "out": 1, "model": 1, "manifest": 1}
+    prof = {"name": "p", "inits": ["imagenet", "glom"], "common": {}, "steps": {}, "external": "ext.csv"}
+    model = lambda p: step_parameters(p, declared, "runs/r", "d.csv")["06_external_validation"]["model"]  # noqa: E731
+    assert model(prof) == "runs/r/finetune/glom/bundle.safetensors"
+    off = {**prof, "steps": {"03_finetune": {"final_model": "false"}}}
+    assert model(off) == "runs/r/finetune/glom/model.safetensors"
+    one = {**prof, "steps": {"03_finetune": {"per_init": {"glom": {"final_model": False}}}}}
+    assert model(one) == "runs/r/finetune/glom/model.safetensors"
+    other = {**prof, "steps": {"03_finetune": {"per_init": {"imagenet": {"final_model": False}}}}}
+    assert model(other) == "runs/r/finetune/glom/bundle.safetensors"
+
+
 def test_shipped_profiles_load():
     from glomlib.core.config import list_profiles
 
@@ -353,7 +374,7 @@ def test_smoke_profile_end_to_end_on_real_data(smoke_report):
     run, base = smoke_report["run"], smoke_report["base"]
     summary = json.loads((run / "summary.json").read_text())
     assert all(s == "completed" for s in summary["status"].values()), summary["status"]
-    assert summary["metrics"] and summary["models"]
+    assert summary["metrics"] and summary["models"] and set(summary["bundles"]) == set(summary["models"])
     index = smoke_report["report"] / "index.html"
     assert index.is_file()
     assert len(list(index.parent.glob("*.html"))) == 1 + len(plan_steps(load_run_profile("smoke")))
@@ -418,7 +439,7 @@ def test_external_manifest_runs_notebook_06_with_pseudonymised_slides(standin, t
         log=lambda m: None,
     )
     seen = json.loads((run / "external" / "seen.json").read_text())
-    assert seen["model"].endswith("finetune/glom/model.safetensors")
+    assert seen["model"].endswith("finetune/glom/bundle.safetensors")  # the shipped model: the bundle
     assert seen["slides"] and all(s.startswith("slide-") for s in seen["slides"])
     assert (tmp_path / "reports" / f"{run.name}-pseudonymised" / "06_external_validation.html").is_file()
     missing = write_profile(tmp_path / "bad.yaml", external=str(tmp_path / "nope.csv"))

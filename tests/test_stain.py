@@ -139,6 +139,20 @@ def test_macenko_maps_pale_and_dark_stains_towards_one_look_and_reports_what_it_
     assert rep2.to_dict()["n_unchanged"] == 2
 
 
+def test_qc_compares_the_image_the_model_sees_with_its_training_statistics():
+    """A model trained on Macenko-normalised images stores their statistics; a dark patch of another lab that
+    normalisation maps onto them is not flagged, as it would be if its raw colours were compared."""
+    from glomlib.evaluate.qc import qc_column
+    from glomlib.models.integrity import pixel_stats
+
+    train = np.stack([_he_like(1.0, s) for s in range(8)])
+    dark = _he_like(2.2, 99)
+    for stain, want in (("macenko", "ok"), ("", "far from the training stain")):
+        seen = normalize_stain(train, stain) if stain else train
+        meta = {"image_size": 24, "stain_normalize": stain, "pixel_stats": pixel_stats(seen)}
+        assert qc_column([(24, 24)], dark[None], meta)[0].startswith(want)
+
+
 def test_the_cache_normalises_once_and_keeps_what_it_left_unchanged(tmp_path, write_png):
     """load_images(stain=...) equals normalising the plain cached images, is its own cache entry (built once,
     then only read), and its index lists the images the method left unchanged."""

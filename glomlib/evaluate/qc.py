@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from glomlib.data.images import ImageReadError, image_size
+from glomlib.data.stain import normalize_stain
 
 MIN_SIDE = 8  # pixels: an image with a shorter side is refused
 SMALL_SHARE = 0.25  # flagged "too small" when its short side is below this share of the model's image size
@@ -41,7 +42,7 @@ def sizes_checked(paths: Sequence[str]) -> list[tuple[int, int]]:
     return sizes
 
 
-def _row_reason(size: tuple[int, int], image: np.ndarray, meta: Mapping[str, Any]) -> list[str]:
+def _row_reason(size: tuple[int, int], image: np.ndarray, seen: np.ndarray, meta: Mapping[str, Any]) -> list[str]:
     w, h = size
     out = []
     if w and min(w, h) < SMALL_SHARE * int(meta["image_size"]):
@@ -52,15 +53,21 @@ def _row_reason(size: tuple[int, int], image: np.ndarray, meta: Mapping[str, Any
         out.append("blank tile")
     stats = meta.get("pixel_stats")
     if stats:
-        z = np.abs(image.reshape(-1, 3).mean(axis=0) - np.asarray(stats["mean"])) / np.asarray(stats["std"])
+        z = np.abs(seen.reshape(-1, 3).mean(axis=0) - np.asarray(stats["mean"])) / np.asarray(stats["std"])
         if float(z.max()) > STAIN_Z:
             out.append(f"far from the training stain/intensity statistics (z={float(z.max()):.1f})")
     return out
 
 
 def qc_column(sizes: Sequence[tuple[int, int]], images: Any, meta: Mapping[str, Any]) -> list[str]:
-    """ "ok" or the reasons (joined by "; ") for each image (``images``: the decoded uint8 RGB patches)."""
-    return ["; ".join(_row_reason(s, np.asarray(im), meta)) or "ok" for s, im in zip(sizes, images)]
+    """ "ok" or the reasons (joined by "; ") for each image (``images``: the decoded uint8 RGB patches). The
+    training statistics (``pixel_stats``, of stain-normalised images when the model normalises) are compared with
+    the image as the model sees it."""
+    stain = meta.get("stain_normalize")
+    seen = normalize_stain(np.asarray(images), stain) if stain and len(images) else images
+    return [
+        "; ".join(_row_reason(s, np.asarray(im), np.asarray(v), meta)) or "ok" for s, im, v in zip(sizes, images, seen)
+    ]
 
 
 def qc_summary(qc: Sequence[str]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from glomlib.core import progress, runs
 from glomlib.core.io import read_run_status, utc_now, write_json_atomic
+from glomlib.models.bundle import BUNDLE_FILE
 from glomlib.publish.steps import PipelineError, Step, rel
 
 KERNEL = "python3"
@@ -233,12 +234,15 @@ def write_summary(run_dir: Path, root: Path, definition: dict[str, Any], state: 
     metrics: dict[str, Any] = {}
     coverage: dict[str, Any] = {}
     models: dict[str, str] = {}
+    bundles: dict[str, str] = {}  # the model to use: fold models + final model (glomlib.models.bundle)
     for init, (mpath, model) in runs.finetune_outputs(run_dir, definition["inits"]).items():
         m, cov = _init_metrics(mpath)
         if m is not None:
             metrics[init], coverage[init] = m, cov
         if model.is_file():
             models[init] = rel(model, root)
+        if (model.parent / BUNDLE_FILE).is_file():
+            bundles[init] = rel(model.parent / BUNDLE_FILE, root)
     steps = state.data["steps"]
     summary = {
         "run": run_dir.name,
@@ -250,6 +254,7 @@ def write_summary(run_dir: Path, root: Path, definition: dict[str, Any], state: 
         "metrics": metrics,
         "coverage": coverage,
         "models": models,
+        "bundles": bundles,
         "paths_relative_to": "project root",
         "updated_utc": utc_now(),
     }

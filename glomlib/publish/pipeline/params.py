@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from glomlib.core import runs
-from glomlib.core.config import ConfigError
+from glomlib.core.config import ConfigError, parse_bool
+from glomlib.models.bundle import BUNDLE_FILE
 from glomlib.publish.pipeline.profiles import errors_init
 from glomlib.publish.steps import (
     OPTIONAL_PIPELINE_PARAMS,
@@ -146,8 +147,11 @@ def _pipeline_owned(step: Step, profile: dict[str, Any], d: dict[str, Any], run:
             p["ssl_checkpoint"] = runs.ssl_encoder(run)
     elif step.stem == "05_error_analysis":
         p["run"] = runs.finetune_dir(run, errors_init(profile))
-    elif step.stem == "06_external_validation":
-        p["model"] = f"{runs.finetune_dir(run, errors_init(profile))}/{runs.MODEL}"
+    elif step.stem == "06_external_validation":  # the shipped model: the bundle (fold models + final model)
+        init, ft = errors_init(profile), profile["steps"].get("03_finetune", {})
+        ft = {**profile["common"], **ft, **((ft.get("per_init") or {}).get(init) or {})}
+        name = BUNDLE_FILE if parse_bool(ft.get("final_model", True)) else runs.MODEL  # no final model: no bundle
+        p["model"] = f"{runs.finetune_dir(run, init)}/{name}"
     return p
 
 

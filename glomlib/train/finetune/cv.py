@@ -118,7 +118,7 @@ def _start(cfg: FinetuneConfig) -> _Run:
     """Data, SSL encoders (checked before any work), run folder, config.json / provenance.json, images."""
     df, pos, neg = _load_data(cfg)
     encoders, fingerprint = ssl_encoders(cfg, df), data_fingerprint(df)
-    cfg_dict = {**cfg.to_dict(), "positive_label": pos}
+    cfg_dict = {**cfg.to_dict(), "positive_label": pos, "stain_normalize": cfg.stain_method}  # as resolved
     out = _prepare_out(cfg, cfg_dict, fingerprint)
     (out / "figures").mkdir(exist_ok=True)
     cfg_dict["out"] = str(out)
@@ -132,8 +132,8 @@ def _start(cfg: FinetuneConfig) -> _Run:
         extra = {"runtime": plan.to_dict(), "positive_label": pos, "negative_label": neg, "n_images": int(len(df))}
         io.write_provenance(out, cfg_dict, fingerprint, extra={**extra, "n_positive": int(df["y"].sum())})
     kw = {"cache_dir": cfg.cache_dir} if cfg.cache_dir else {}
-    arr = load_images(list(df["path"]), cfg.image_size, stain=cfg.stain_normalize, **kw)  # normalised once, cached
-    if cfg.stain_normalize:  # which images the method had to leave as they were (never dropped): stain.json
+    arr = load_images(list(df["path"]), cfg.image_size, stain=cfg.stain_method, **kw)  # normalised once, cached
+    if cfg.stain_method:  # which images the method had to leave as they were (never dropped): stain.json
         write_stain_report(out, stain_report(arr), df)
     images = torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True))
     return _Run(cfg, df, (pos, neg), fingerprint, encoders, out, plan, images, df["y"].to_numpy().astype(int))

@@ -41,10 +41,10 @@ def ssl_encoders(cfg: FinetuneConfig, df: pd.DataFrame) -> dict[str | None, Path
 
 def _check_encoder_meta(cfg: FinetuneConfig, meta: dict[str, Any]) -> None:
     ssl_stain, size = meta.get("stain_normalize", ""), meta.get("image_size")
-    if str(ssl_stain or "") != str(cfg.stain_normalize or ""):
+    if str(ssl_stain or "") != cfg.stain_method:  # an encoder without the key (older runs) was trained without
         warnings.warn(
-            f"The SSL encoder was pretrained with stain_normalize={ssl_stain!r} but this fine-tune uses "
-            f"{cfg.stain_normalize!r}; the encoder sees other colours than it learnt from.",
+            f"The SSL encoder was pretrained with stain_normalize={ssl_stain or ''!r} but this fine-tune uses "
+            f"{cfg.stain_method!r}: the encoder sees other colours than it learnt from (pretrain it with the same option).",
             stacklevel=3,
         )
     if size not in (None, "") and int(size) != int(cfg.image_size):

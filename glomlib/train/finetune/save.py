@@ -24,7 +24,7 @@ def model_meta(cfg: FinetuneConfig, labels: tuple[str, str], fingerprint: str, *
     """Metadata of a saved classifier; ``labels``: (positive, negative); ``extra``: epochs, n_train, fold..."""
     meta = {"backbone": cfg.backbone, "image_size": int(cfg.image_size), "mean": list(IMAGENET_MEAN)}
     meta.update(std=list(IMAGENET_STD), positive_label=labels[0], negative_label=labels[1], init=cfg.init)
-    return {**meta, "data_fingerprint": fingerprint, "threshold": 0.5, "stain_normalize": cfg.stain_normalize, **extra}
+    return {**meta, "data_fingerprint": fingerprint, "threshold": 0.5, "stain_normalize": cfg.stain_method, **extra}
 
 
 def zero_nonfinite_weights(model) -> list[str]:

@@ -61,7 +61,7 @@ class SSLConfig(StepConfig):
     resume: bool = False                     # continue the run in `out` from its last completed epoch
     max_images: NonNegativeInt = 0           # use only the first N images (0 = all)
     exclude_centre: str = ""                 # leave this centre's images out (an encoder for leave-one-centre-out glom fine-tunes); "" = all
-    stain_normalize: StainMethod = ""        # "" (off) | reinhard | macenko: every image stain-normalised once, into the image cache (as in 03)
+    stain_normalize: StainMethod = "macenko"  # macenko (03's auto for glom: README's leave-one-centre-out table) | reinhard | "" (off): every image stain-normalised once, into the image cache; use 03's option
     steps_per_epoch: NonNegativeInt = 0      # cap steps per epoch (0 = a full pass); for smoke tests/benchmarks
     positive_label: str = ""                 # positive label of the kNN monitor ("" = the one dataset.json names)
     knn_every: NonNegativeInt = 5            # kNN monitor every N epochs (0 = off)
