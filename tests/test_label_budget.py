@@ -37,7 +37,7 @@ def test_budget_spellings():
     for bad in ("0/class", "1.5/class", 0, 1.5):
         with pytest.raises(ValueError):
             splits.budget_value(bad)
-    assert FinetuneConfig.from_params(label_fractions="1/class,0.1,1").fractions == [-1.0, 0.1, 1.0]
+    assert FinetuneConfig.from_params(label_fractions="1,2/class,0.1,1/class").fractions == [-1.0, -2.0, 0.1, 1.0]
     with pytest.raises(ValueError, match="label_fractions"):
         FinetuneConfig.from_params(label_fractions=["1/class", "1 /class"])  # the same budget twice
 

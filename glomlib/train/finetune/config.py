@@ -90,9 +90,9 @@ class FinetuneConfig(StepConfig):
 
     @property
     def fractions(self) -> list[float]:
-        """The label budgets as numbers (:func:`glomlib.data.splits.budget_value`: N/class is -N), ascending; the
-        largest is the main result."""
-        return sorted(splits.budget_value(f) for f in self.label_fractions)
+        """The label budgets as numbers (:func:`glomlib.data.splits.budget_value`: N/class is -N): N/class by N, then
+        the shares ascending; the largest (max: the largest share, include 1.0) is the main result."""
+        return sorted((splits.budget_value(f) for f in self.label_fractions), key=lambda v: (v > 0, abs(v)))
 
     def validate(self) -> None:
         if "{centre}" not in self.encoder_spec:
