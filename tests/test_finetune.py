@@ -13,7 +13,7 @@ from glomlib.core import runtime
 from glomlib.core.config import ConfigError
 from glomlib.train.finetune import FinetuneConfig, run_finetune, subsample_labels
 
-PRED_COLUMNS = ["path", "slide", "center", "label", "y", "prob", "pred", "fold", "seed", "init", "label_fraction"]
+PRED_COLUMNS = "path slide center label y prob pred fold seed init label_fraction budget n_labels n_labels_pos".split()
 
 
 def _params(manifest, out, **kw):

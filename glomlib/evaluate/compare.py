@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from glomlib.core.config import ConfigError, PositiveInt, StepConfig
+from glomlib.core.config import ConfigError, NonNegativeInt, PositiveInt, StepConfig
 from glomlib.core.coverage import fold_coverage
 from glomlib.core.io import ensure_new_dir, new_run_dir, write_json_atomic, write_provenance
 from glomlib.core.runs import finished_runs
+from glomlib.data.splits import budget_value
 from glomlib.evaluate.metrics import METRIC_LABELS, METRICS, auc, expected_calibration_error, reliability_table
 from glomlib.evaluate.runs import INITS, fraction_view, label_fractions, load_run
 from glomlib.evaluate.uncertainty import pairwise_comparisons, roc_band
@@ -29,6 +30,8 @@ STUDY_REFERENCE = {
     "imagenet": {"auc": "0.796 ± 0.013"},
     "scratch": {"auc": "0.637 ± 0.027"},
 }
+#: Label budgets of the protocol (issue 21): labels per class, then shares of the training labels.
+PROBE_BUDGETS = ("1/class", "2/class", "4/class", "8/class", "16/class", "32/class", 0.05, 0.1, 0.25, 0.5, 1.0)
 # publish.present.INIT_COLORS (Okabe-Ito), repeated here: evaluate does not import publish
 COLORS = {"glom": "#009E73", "imagenet": "#E69F00", "scratch": "#CC79A7"}
 
@@ -43,11 +46,17 @@ class CompareConfig(StepConfig):
     inits: list[str] = dataclasses.field(default_factory=lambda: list(INITS))  # initialisations to compare
     n_boot: PositiveInt = 2000  # bootstrap resamples (slide-grouped) per pairwise difference
     label_efficiency: bool = True  # AUC vs label fraction, from the fractions the runs hold
+    probe_seeds: NonNegativeInt = 50  # seeds of the frozen linear probe per label budget (0 = off)
+    probe_budgets: list[float | str] = dataclasses.field(default_factory=lambda: [*PROBE_BUDGETS])  # N/class or shares
 
     def validate(self) -> None:
         bad = [i for i in self.inits if i not in INITS]
         if bad or not self.inits:
             raise ConfigError(f"inits={self.inits}: choose from {list(INITS)}.")
+        try:
+            [budget_value(b) for b in self.probe_budgets]
+        except ValueError as e:
+            raise ConfigError(f"probe_budgets: {e}.") from None
 
 
 def prepare_out(cfg: CompareConfig) -> Path:

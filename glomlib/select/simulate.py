@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from glomlib.data.splits import nested_subset
 from glomlib.select.embed import reduce
 from glomlib.select.strategies import check_probcover_memory, classifier, pick
 
@@ -135,4 +136,45 @@ def simulate(
     with threadpool_limits(limits=1):
         for f in fold_ids:
             _one_fold(sim, X, f, dims, cap, memory_limit_gb)
+    return sim
+
+
+def budget_probe(X: dict[str, np.ndarray], y, slides, folds, budgets, seeds: int = 50, dims: int = 64) -> Simulation:
+    """The frozen linear probe of notebook 04's label budgets: per seed and test fold the nested class-stratified
+    subset of the training folds (``nested_subset`` seeded by ``1000 * seed + fold``, as fine-tuning draws it)
+    trains the fixed ``classifier`` on each init's embedding ``X[init]``: the same images and subsets for every
+    init (paired). ``Simulation.strategies`` are the inits; every seed's test folds are pooled (``folds`` 0 for
+    CV rows); a (budget, seed) where some fold's subset held one class is not ``valid``. The classifier sees the
+    ``dims``-component PCA fitted on the fold's pool (no labels; 0 = the embedding as it is), as in ``simulate``."""
+    from threadpoolctl import threadpool_limits
+
+    inits, y, slides, folds = list(X), np.asarray(y).astype(int), np.asarray(slides).astype(str), np.asarray(folds)
+    shape = (len(inits), len(budgets), seeds)
+    n = np.zeros((*shape, 1), dtype=int)
+    sim = Simulation(
+        inits,
+        list(budgets),
+        list(range(seeds)),
+        y,
+        slides,
+        np.where(folds >= 0, 0, -1),
+        np.full((*shape, len(y)), np.nan, dtype=np.float32),
+        np.ones((*shape, 1), dtype=bool),
+        n,
+        n.copy(),
+    )
+    with threadpool_limits(limits=1):
+        for k in sorted(int(f) for f in np.unique(folds[folds >= 0])):
+            pool, test = np.flatnonzero((folds >= 0) & (folds != k)), np.flatnonzero(folds == k)
+            Z = {init: reduce(x, dims, pool) for init, x in X.items()}
+            for ki, bi in np.ndindex(seeds, len(budgets)):
+                sel = pool[nested_subset(y[pool], budgets[bi], 1000 * ki + k)]
+                sim.n_pos_picked[:, bi, ki, 0] += int(y[sel].sum())
+                sim.slides_picked[:, bi, ki, 0] += len(set(slides[sel]))  # summed over the folds, as n_pos_picked
+                if len(np.unique(y[sel])) < 2:
+                    sim.valid[:, bi, ki, 0] = False
+                    continue
+                for si, init in enumerate(inits):
+                    clf = classifier().fit(Z[init][sel], y[sel])
+                    sim.prob[si, bi, ki, test] = clf.predict_proba(Z[init][test])[:, 1]
     return sim

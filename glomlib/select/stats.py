@@ -10,6 +10,7 @@ slides and the luck of the draw are in the interval.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -50,8 +51,10 @@ def fold_aucs(sim: Simulation, weights: np.ndarray) -> np.ndarray:
 
 
 def _aubc(curve: np.ndarray, budgets) -> np.ndarray:
-    """Area under the AUC-vs-log2(labels) curve, divided by its width (so it reads as a mean AUC)."""
-    x = np.log2(np.asarray(budgets, dtype=float))
+    """Area under the AUC-vs-log2(labels) curve, divided by its width (so it reads as a mean AUC); NaN for budgets
+    that are not label counts (notebook 04's shares and N/class keys)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = np.log2(np.asarray(budgets, dtype=float))
     return np.trapezoid(curve, x, axis=-1) / (x[-1] - x[0]) if len(x) > 1 else curve[..., 0]
 
 
@@ -149,3 +152,26 @@ def strategy_table(sim: Simulation, boot: dict[str, np.ndarray]) -> pd.DataFrame
             }
         )
     return pd.DataFrame(rows)
+
+
+def from_predictions(preds: dict[str, pd.DataFrame]) -> Simulation:
+    """Fine-tune out-of-fold predictions (notebook 03's ``predictions.csv``, one frame per init) as a
+    :class:`Simulation` ``[init, budget, seed, image]`` for :func:`bootstrap`: the budgets (``label_fraction``)
+    and seeds every init holds, the images every init predicted, each seed's test folds pooled (``folds`` 0).
+    A (budget, seed) with an image unpredicted by some init is not ``valid``."""
+    inits = list(preds)
+    keys = [set(zip(p["label_fraction"].astype(float), p["seed"].astype(int))) for p in preds.values()]
+    common = set.intersection(*keys)
+    budgets, seeds = sorted({b for b, _ in common}), sorted({s for _, s in common})
+    first = next(iter(preds.values())).drop_duplicates("path").set_index("path")
+    paths = sorted(set.intersection(*(set(p["path"]) for p in preds.values())))
+    shape = (len(inits), len(budgets), len(seeds))
+    prob = np.full((*shape, len(paths)), np.nan, dtype=np.float32)
+    for (si, init), (bi, b), (ki, k) in itertools.product(enumerate(inits), enumerate(budgets), enumerate(seeds)):
+        p = preds[init]
+        g = p[(p["label_fraction"].astype(float) == b) & (p["seed"].astype(int) == k)]
+        prob[si, bi, ki] = g.groupby("path")["prob"].mean().reindex(paths).to_numpy()
+    valid = np.isfinite(prob).all(axis=-1)[..., None]
+    y, slides = first.loc[paths, "y"].to_numpy().astype(int), first.loc[paths, "slide"].to_numpy().astype(str)
+    zeros = np.zeros((*shape, 1), dtype=int)
+    return Simulation(inits, budgets, seeds, y, slides, np.zeros(len(paths), dtype=int), prob, valid, zeros, zeros)

@@ -19,6 +19,7 @@ from glomlib.core.config import (
     Unique,
 )
 from glomlib.core.paths import DEFAULT_MANIFEST
+from glomlib.data import splits
 from glomlib.evaluate.runs import INITS
 from glomlib.train.options import Backbone, Folds, StainAugment, StainChoice
 
@@ -27,8 +28,11 @@ RESUME_FREE_FIELDS = {"resume", "device", "num_workers", "out", "progress", "fin
 
 
 def _fractions(v: Any) -> bool:
-    """each must be in (0, 1], e.g. [0.1, 1.0]"""
-    return all(0 < f <= 1 for f in v)
+    """each must be a share in (0, 1] or N labels per class spelt 'N/class', e.g. [1/class, 8/class, 0.1, 1.0]"""
+    try:
+        return len({splits.budget_value(f) for f in v}) == len(v)
+    except ValueError:
+        return False
 
 
 #: What ``stain_normalize="auto"`` means per init, decided by README's leave-one-centre-out table ("Stain options",
@@ -36,7 +40,7 @@ def _fractions(v: Any) -> bool:
 #: every unseen centre and the highest AUC at two of three (within 0.001 at the third); normalisation broke scratch (Reinhard lowered every AUC, Macenko VUHSK's to 0.551), so off.
 AUTO_STAIN = {"glom": "macenko", "imagenet": "macenko", "scratch": ""}
 Init = Literal[INITS]  # glom | imagenet | scratch
-Fractions = Annotated[list[float], at.MinLen(1), Unique, at.Predicate(_fractions)]
+Fractions = Annotated[list[float | str], at.MinLen(1), Unique, at.Predicate(_fractions)]
 MinSteps = Annotated[int, at.Ge(-1)]  # -1 = as many steps as with all labels, 0 = off, N > 0
 ValFraction = Annotated[float, at.Gt(0), at.Lt(1)]
 
@@ -59,7 +63,7 @@ class FinetuneConfig(StepConfig):
     weight_decay: NonNegativeFloat = 1e-4    # AdamW weight decay
     folds: Folds = 5                         # slide-grouped cross-validation folds
     seeds: Seeds = dataclasses.field(default_factory=lambda: [0])  # one CV repetition per seed
-    label_fractions: Fractions = dataclasses.field(default_factory=lambda: [1.0])  # shares of the training labels, one CV per share (stratified; test folds untouched)
+    label_fractions: Fractions = dataclasses.field(default_factory=lambda: [1.0])  # label budgets, one CV each: shares of the training labels (0.05) or N labels per class ("4/class"); nested (smaller budgets are subsets of larger ones), the same for every init; test folds untouched
     min_steps: MinSteps = -1                 # step budget per fold: -1 = as many optimiser steps as with all labels (small label fractions make several passes per epoch), 0 = one pass per epoch, N = at least N steps
     positive_label: str = ""                 # label of the positive class ("" = the one dataset.json names)
     label_source: str = ""                   # training labels: "" the label column, "consensus" the raters' majority (label_<rater> columns), or a rater name
@@ -95,8 +99,9 @@ class FinetuneConfig(StepConfig):
 
     @property
     def fractions(self) -> list[float]:
-        """The label fractions in ascending order (the largest is the main result)."""
-        return sorted(self.label_fractions)
+        """The label budgets as numbers (:func:`glomlib.data.splits.budget_value`: N/class is -N): N/class by N, then
+        the shares ascending; the largest (max: the largest share, include 1.0) is the main result."""
+        return sorted((splits.budget_value(f) for f in self.label_fractions), key=lambda v: (v > 0, abs(v)))
 
     def validate(self) -> None:
         if "{centre}" not in self.encoder_spec:

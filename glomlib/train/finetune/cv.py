@@ -79,8 +79,11 @@ class _Run:
 
 
 def fold_dir_name(label_fraction: float, seed: int, fold: int) -> str:
-    """``checkpoints/`` folder of one fold: ``seed0-fold3`` for all labels, ``frac0.1-seed0-fold3`` for a fraction."""
+    """``checkpoints/`` folder of one fold: ``seed0-fold3`` for all labels, ``frac0.1-seed0-fold3`` for a fraction,
+    ``4perclass-seed0-fold3`` for 4 labels per class (budget ``-4``)."""
     frac = float(label_fraction)
+    if frac < 0:
+        return f"{int(-frac)}perclass-seed{seed}-fold{fold}"
     return f"seed{seed}-fold{fold}" if frac >= 1 else f"frac{frac:g}-seed{seed}-fold{fold}"
 
 
@@ -140,15 +143,22 @@ def _start(cfg: FinetuneConfig) -> _Run:
 
 
 def _split(run: _Run, folds: np.ndarray, frac: float, seed: int, k: int) -> dict[str, Any]:
-    """Test fold ``k``; training folds subsampled to ``frac`` of their labels; a slide-grouped validation split;
-    the step budget (``min_steps=-1``: as many steps as this fold makes with all labels)."""
+    """Test fold ``k``; training folds subsampled to the label budget ``frac`` (nested, seeded by seed and fold
+    only); a slide-grouped validation split, none where it would leave the training side one class (tiny budgets:
+    the model trains the fixed schedule on every label); the step budget (``min_steps=-1``: as many steps as this fold
+    makes with all labels)."""
     cfg, df, split_seed = run.cfg, run.df, seed * 1000 + k
     test = np.flatnonzero(folds == k)
     train_all = np.flatnonzero((folds >= 0) & (folds != k))  # fold -1: split=test rows, never in CV
     df_tr = df.iloc[train_all].reset_index(drop=True)
     pool = train_all[subsample_labels(df_tr, frac, split_seed)]
     df_pool = df.iloc[pool].reset_index(drop=True)
-    vmask = np.asarray(splits.inner_validation(df_pool, fraction=cfg.val_fraction, seed=split_seed), dtype=bool)
+    try:
+        vmask = np.asarray(splits.inner_validation(df_pool, fraction=cfg.val_fraction, seed=split_seed), dtype=bool)
+    except ValueError:  # too few slides or images among the labels for a stratified grouped split
+        vmask = np.zeros(len(pool), dtype=bool)
+    if len(set(run.y[pool[~vmask]])) < 2:
+        vmask[:] = False
     assert not set(df["slide"].iloc[test]) & set(df["slide"].iloc[pool]), "slide leakage"
     budget = cfg.min_steps
     if budget < 0:
@@ -189,14 +199,14 @@ def _train_fold(run: _Run, folds: np.ndarray, frac: float, seed: int, k: int, fd
     cfg, sp = run.cfg, _split(run, folds, frac, seed, k)
     _warn_small_validation(run.y[sp["val"]], fdir.name)
     kw = dict(seed=seed + 17 * k, plan=run.plan, encoder=_encoder_for(run, sp["test"]), state_path=fdir / "state.pt")
-    val, desc = (sp["val"] if len(sp["val"]) else None), f"{cfg.init} {frac:.0%} s{seed} f{k}"
+    val, desc = (sp["val"] if len(sp["val"]) else None), f"{cfg.init} {splits.budget_name(frac)} s{seed} f{k}"
     model, info = train_one(cfg, run.images, run.y, sp["train"], val, min_steps=sp["budget"], desc=desc, **kw)
     test_images = run.images[torch.from_numpy(sp["test"])]
     probs = predict_probs(model, test_images, plan=run.plan)
     cols = "path slide center label y"
     pred = _predictions(
         run, sp["test"], probs.astype(float), cols, fold=k, seed=seed, init=cfg.init, label_fraction=frac
-    )
+    ).assign(budget=splits.budget_name(frac), n_labels=len(sp["pool"]), n_labels_pos=int(run.y[sp["pool"]].sum()))
     test_slides = sorted(set(pred["slide"]))
     row = {"label_fraction": frac, "seed": seed, "fold": k, **M.binary_metrics(pred["y"], pred["prob"])}
     row.update({key: info[key] for key in ROW_INFO}, test_slides=";".join(test_slides), checkpoint=fdir.name)

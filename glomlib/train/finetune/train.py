@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from glomlib.core import progress as live
 from glomlib.core import runtime
 from glomlib.core.io import write_with
+from glomlib.data.splits import nested_subset
 from glomlib.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from glomlib.models.heads import build_classifier
 from glomlib.models.inference import predict_probs
@@ -37,17 +38,9 @@ def passes_per_epoch(n_train: int, batch_size: int, epochs: int, min_steps: int)
 
 
 def subsample_labels(df_train, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask over ``df_train`` keeping ``fraction`` of the images of each class (at least 2 per class)."""
-    keep = np.zeros(len(df_train), dtype=bool)
-    if fraction >= 1:
-        keep[:] = True
-        return keep
-    rng = np.random.default_rng(10_007 + seed)
-    y = df_train["y"].to_numpy()
-    for c in (0, 1):
-        idx = np.flatnonzero(y == c)
-        keep[rng.choice(idx, size=min(len(idx), max(2, int(round(fraction * len(idx))))), replace=False)] = True
-    return keep
+    """Boolean mask over ``df_train``: the label budget ``fraction`` (a share, or ``-N`` = N per class) as a prefix
+    of one fixed class-stratified order (:func:`glomlib.data.splits.nested_subset`): budgets are nested."""
+    return nested_subset(df_train["y"].to_numpy(), fraction, seed)
 
 
 @dataclasses.dataclass
