@@ -250,6 +250,8 @@ def test_a_metric_never_covers_less_than_its_fold(tmp_path):
         fold_coverage(pred.iloc[:4], folds)
     with pytest.raises(CoverageError, match=r"fold 0: 2 of 3 images predicted \(3 rows\)"):
         fold_coverage(pred.assign(path=list("ppqrs")), folds)  # a repeated image is not coverage
+    with pytest.raises(CoverageError, match=r"label budget 4/class seed 0 fold 1: 1 of 2"):  # not "fraction -4"
+        fold_coverage(pred.iloc[:4].assign(label_fraction=-4.0), folds)
 
 
 def test_summary_refuses_a_partial_fold_metric(tmp_path):
