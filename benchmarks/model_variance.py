@@ -22,7 +22,7 @@ import pandas as pd
 from glomlib.data.cache import load_images
 from glomlib.evaluate import calibrate as CAL
 from glomlib.evaluate import metrics as M
-from glomlib.evaluate.predict import predict
+from glomlib.evaluate.predict import member_probs
 from glomlib.models.bundle import BUNDLE_FILE, combine_probs
 from glomlib.models.calibration import apply_calibration
 from glomlib.models.files import load_model
@@ -77,7 +77,7 @@ def _measure(run: Path, g: pd.DataFrame, images: np.ndarray, args) -> list[dict]
     bundle, meta = load_model(run / BUNDLE_FILE)
     thr, y, rows = float(meta["threshold"]), g["y"].to_numpy(), []
     for tta in (False, True):
-        P = np.stack([predict(m, meta, images, calibrated=False, tta=tta) for m in bundle.members], axis=1)
+        P = member_probs(bundle, meta, images, tta=tta)  # resized and stain-normalised once for all members
         kinds = {"single (final model)": P[:, -1], "bundle mean_prob": combine_probs(P, "mean_prob")}
         kinds["bundle mean_logit"] = combine_probs(P, "mean_logit")
         for k in range(P.shape[1] - 1):

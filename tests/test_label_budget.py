@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from glomlib.core.config import budget_name, budget_value
 from glomlib.data import splits
 from glomlib.select import stats as S
 from glomlib.select.simulate import budget_probe
@@ -31,12 +32,12 @@ def _data(n_slides=10, per_slide=12, seed=0):
 
 
 def test_budget_spellings():
-    assert [splits.budget_value(b) for b in ("4/class", "4 / class", 0.1, "10%", "1")] == [-4, -4, 0.1, 0.1, 1.0]
-    assert splits.budget_name(-4) == "4/class" and splits.budget_name(0.05) == "5%"
+    assert [budget_value(b) for b in ("4/class", "4 / class", 0.1, "10%", "1")] == [-4, -4, 0.1, 0.1, 1.0]
+    assert budget_name(-4) == "4/class" and budget_name(0.05) == "5%"
     assert fold_dir_name(-4, 0, 3) == "4perclass-seed0-fold3" and fold_dir_name(0.1, 0, 3) == "frac0.1-seed0-fold3"
     for bad in ("0/class", "1.5/class", 0, 1.5):
         with pytest.raises(ValueError):
-            splits.budget_value(bad)
+            budget_value(bad)
     assert FinetuneConfig.from_params(label_fractions="1,2/class,0.1,1/class").fractions == [-1.0, -2.0, 0.1, 1.0]
     with pytest.raises(ValueError, match="label_fractions"):
         FinetuneConfig.from_params(label_fractions=["1/class", "1 /class"])  # the same budget twice
@@ -44,7 +45,7 @@ def test_budget_spellings():
 
 def test_nested_subsets_and_exact_counts_per_class():
     y = _data()["y"].to_numpy()
-    masks = {b: splits.nested_subset(y, splits.budget_value(b), seed=7) for b in BUDGETS}
+    masks = {b: splits.nested_subset(y, budget_value(b), seed=7) for b in BUDGETS}
     for family in (BUDGETS[:4], BUDGETS[4:]):
         for small, large in zip(family, family[1:]):
             assert not (masks[small] & ~masks[large]).any(), f"{small} is not inside {large}"
@@ -75,9 +76,9 @@ def test_split_pairs_inits_keeps_test_folds_and_nests():
     folds = np.asarray(splits.assign_folds(df, n_folds=3, seed=0))
     glom, scratch = _fake_run(df, "glom"), _fake_run(df, "scratch")
     for k in range(3):
-        parts = {b: _split(glom, folds, splits.budget_value(b), 0, k) for b in BUDGETS}
+        parts = {b: _split(glom, folds, budget_value(b), 0, k) for b in BUDGETS}
         for b, sp in parts.items():
-            other = _split(scratch, folds, splits.budget_value(b), 0, k)
+            other = _split(scratch, folds, budget_value(b), 0, k)
             assert all((sp[key] == other[key]).all() for key in ("test", "pool", "train", "val")), "not paired"
             assert (sp["test"] == np.flatnonzero(folds == k)).all(), "the test fold changed with the budget"
             assert not set(df["slide"].iloc[sp["test"]]) & set(df["slide"].iloc[sp["pool"]])

@@ -267,3 +267,24 @@ def _as_options(params: dict[str, Any]) -> list[str]:
             v = "true" if v else "false"
         out += [f"--{k.replace('_', '-')}", str(v)]
     return out
+
+
+def budget_value(budget: float | str) -> float:
+    """A label budget as one number: a share of the training labels in (0, 1] (``0.05``, ``"10%"``) as itself,
+    ``"N/class"`` (N labels per class) as ``-N``, so every reader of a ``label_fraction`` column keeps working."""
+    s = str(budget).strip().replace(" ", "")
+    if s.endswith("/class"):
+        n = float(s[: -len("/class")])
+        if n < 1 or n != int(n):
+            raise ValueError(f"label budget {budget!r}: N/class needs a whole N >= 1")
+        return -n
+    v = float(s[:-1]) / 100 if s.endswith("%") else float(s)
+    if not 0 < v <= 1:
+        raise ValueError(f"label budget {budget!r}: a share must be in (0, 1], or spell N labels per class 'N/class'")
+    return v
+
+
+def budget_name(value: float) -> str:
+    """``-4`` -> ``"4/class"``, ``0.1`` -> ``"10%"`` (fold folders and the ``budget`` column)."""
+    v = float(value)
+    return f"{int(-v)}/class" if v < 0 else f"{100 * v:g}%"

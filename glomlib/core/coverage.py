@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from glomlib.core.config import budget_name
+
 
 class CoverageError(ValueError):
     """Predictions cover less (or other) than their fold: no metric is published from them."""
@@ -40,7 +42,7 @@ def fold_coverage(predictions: Any, folds: Any) -> list[dict[str, Any]]:
                 bad.append(row)
     if bad:
         what = "; ".join(
-            f"label budget {_budget(r['label_fraction'])} seed {r['seed']} fold {r['fold']}: {r['predicted']} of "
+            f"label budget {budget_name(r['label_fraction'])} seed {r['seed']} fold {r['fold']}: {r['predicted']} of "
             f"{r['expected']} images predicted ({r['rows']} rows)"
             for r in bad
         )
@@ -50,8 +52,3 @@ def fold_coverage(predictions: Any, folds: Any) -> list[dict[str, Any]]:
             "start a new run on the data as it is now."
         )
     return rows
-
-
-def _budget(v: float) -> str:
-    """A ``label_fraction`` value in words: ``-4`` (4 labels per class) -> ``4/class``, ``0.1`` -> ``0.1``."""
-    return f"{int(-v)}/class" if v < 0 else f"{v:g}"

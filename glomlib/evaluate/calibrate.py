@@ -67,14 +67,8 @@ def fit_calibration(y: Any, prob: Any, method: str = "platt") -> dict[str, Any]:
     raise ValueError(f"method={method!r}: choose one of {list(CALIBRATION_METHODS)}.")
 
 
-#: default threshold rule on a handful of local labels: measured (benchmarks/model_variance.py, SESCAM unseen, 20 local
-#: glomeruli) Youden's threshold on so few labels raised the per-biopsy %GS error (bundle 7.1 -> 10.7 points) where
-#: fixed:0.5 on the Platt-calibrated probabilities kept it at 8.5; Youden also over-calls the rarer class by design.
-LOCAL_THRESHOLD_RULE = "fixed:0.5"
-
-
 def refit(
-    y: Any, raw_prob: Any, method: str = "platt", threshold_rule: str = LOCAL_THRESHOLD_RULE
+    y: Any, raw_prob: Any, method: str = "platt", threshold_rule: str = M.LOCAL_THRESHOLD_RULE
 ) -> tuple[dict, float]:
     """``(calibration, threshold)``: the calibration of ``raw_prob`` and the threshold on calibrated probabilities."""
     cal = fit_calibration(y, raw_prob, method)
@@ -87,7 +81,7 @@ def calibrate_model(
     manifest: str | Path,
     out: str | Path,
     method: str = "platt",
-    threshold_rule: str = LOCAL_THRESHOLD_RULE,
+    threshold_rule: str = M.LOCAL_THRESHOLD_RULE,
     device: str = "auto",
     batch_size: int = 64,
     cache_dir: str = "",
@@ -160,7 +154,7 @@ def local_label_curve(
     sizes: Sequence[int] = (10, 20, 50, 100),
     repeats: int = 20,
     method: str = "platt",
-    threshold_rule: str = LOCAL_THRESHOLD_RULE,
+    threshold_rule: str = M.LOCAL_THRESHOLD_RULE,
     pool_fraction: float = 0.5,
     seed: int = 0,
     source_threshold: float = 0.5,
@@ -274,7 +268,7 @@ class CalibrateConfig(StepConfig):
     manifest: str  # labelled local manifest CSV (path, label, slide)
     out: str  # new model file to write (must not exist)
     method: Literal["platt", "isotonic"] = "platt"  # probability calibration (isotonic needs more labels)
-    threshold_rule: str = "fixed:0.5"  # fixed:0.5 | youden | sensitivity:0.9, on the calibrated probabilities (youden is noisy on a handful of labels)
+    threshold_rule: str = M.LOCAL_THRESHOLD_RULE  # fixed:0.5 | youden | sensitivity:0.9, on calibrated probabilities
     device: Device = "auto"  # auto | cpu | cuda
     batch_size: PositiveInt = 64  # images per forward pass
 

@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from glomlib.core.config import ConfigError, NonNegativeInt, PositiveInt, StepConfig
+from glomlib.core.config import ConfigError, NonNegativeInt, PositiveInt, StepConfig, budget_value
 from glomlib.core.coverage import fold_coverage
 from glomlib.core.io import ensure_new_dir, new_run_dir, write_json_atomic, write_provenance
 from glomlib.core.runs import finished_runs
-from glomlib.data.splits import budget_value
 from glomlib.evaluate.metrics import METRIC_LABELS, METRICS, auc, expected_calibration_error, reliability_table
 from glomlib.evaluate.runs import INITS, fraction_view, label_fractions, load_run
 from glomlib.evaluate.uncertainty import pairwise_comparisons, roc_band

@@ -34,25 +34,9 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
     return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
 
 
-def predict(
-    model,
-    meta: dict[str, Any],
-    images,
-    batch_size: int = 64,
-    device: str | None = None,
-    precision: str = "auto",
-    calibrated: bool = True,
-    tta: bool = False,
-) -> np.ndarray:
-    """Probability of ``meta['positive_label']`` for each image.
-
-    When the model file carries a ``calibration`` (written by ``glomlib calibrate``) it is applied unless
-    ``calibrated=False`` (then the network's raw probabilities come back).
-
-    ``images``: uint8 RGB ``(N, H, W, 3)`` (resized to ``meta['image_size']`` when needed) or a list of file
-    paths (decoded through :func:`glomlib.data.cache.load_images`). ``tta``: average over the 8 flips/90-degree
-    rotations of each image (:class:`glomlib.models.bundle.TTA`; 8x the compute).
-    """
+def model_input(images, meta: dict[str, Any]) -> np.ndarray:
+    """The images as the model sees them: uint8 RGB ``(N, H, W, 3)`` at ``meta['image_size']``, stain-normalised
+    when the model was trained on normalised images. ``images``: an array or a list of file paths."""
     size = int(meta["image_size"])
     if isinstance(images, (list, tuple)) and (not images or isinstance(images[0], (str, Path))):
         images = np.asarray(load_images([str(p) for p in images], size))
@@ -64,6 +48,31 @@ def predict(
     images = _resize(images, size)
     if meta.get("stain_normalize"):  # the model was trained on stain-normalised images
         images = normalize_stain(images, meta["stain_normalize"])
+    return images
+
+
+def predict(
+    model,
+    meta: dict[str, Any],
+    images,
+    batch_size: int = 64,
+    device: str | None = None,
+    precision: str = "auto",
+    calibrated: bool = True,
+    tta: bool = False,
+    prepared: bool = False,
+) -> np.ndarray:
+    """Probability of ``meta['positive_label']`` for each image.
+
+    When the model file carries a ``calibration`` (written by ``glomlib calibrate``) it is applied unless
+    ``calibrated=False`` (then the network's raw probabilities come back).
+
+    ``images``: uint8 RGB ``(N, H, W, 3)`` (resized to ``meta['image_size']`` when needed) or a list of file
+    paths (decoded through :func:`glomlib.data.cache.load_images`). ``tta``: average over the 8 flips/90-degree
+    rotations of each image (:class:`glomlib.models.bundle.TTA`; 8x the compute). ``prepared``: ``images`` are
+    already :func:`model_input`'s output (resized and stain-normalised once for several calls).
+    """
+    images = images if prepared else model_input(images, meta)
     dev = next(model.parameters()).device if device is None else runtime.resolve_device(device)
     model.to(dev)
     net = TTA(model, meta.get("combine", DEFAULT_COMBINE)) if tta else model
@@ -74,8 +83,10 @@ def predict(
 
 
 def member_probs(bundle, meta: dict[str, Any], images, tta: bool = False, **kw: Any) -> np.ndarray:
-    """A bundle's members' raw probabilities ``(N, M)`` (combine them with ``combine_probs(P, meta['combine'])``)."""
-    return np.stack([predict(m, meta, images, calibrated=False, tta=tta, **kw) for m in bundle.members], axis=1)
+    """A bundle's members' raw probabilities ``(N, M)`` (combine them with ``combine_probs(P, meta['combine'])``);
+    the images are resized and stain-normalised once for all members."""
+    x = images if kw.pop("prepared", False) else model_input(images, meta)
+    return np.stack([predict(m, meta, x, calibrated=False, tta=tta, prepared=True, **kw) for m in bundle.members], 1)
 
 
 def member_spread(y: Any, probs: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +122,8 @@ def predict_manifest(
     df = read_for_model(manifest, meta, require_labels=False)
     sizes = sizes_checked(list(df["path"]))
     images = load_images(list(df["path"]), int(meta["image_size"]), hashes=list(df["sha256"]))
-    probs = predict(model, meta, images, batch_size=batch_size, tta=tta)
+    seen = model_input(images, meta)  # resized and stain-normalised once, for the model and the quality check
+    probs = predict(model, meta, seen, batch_size=batch_size, tta=tta, prepared=True)
     thr = float(meta.get("threshold", 0.5))
     res = pd.DataFrame({"path": df["path"], "prob": probs})
     res["pred_label"] = np.where(probs >= thr, meta["positive_label"], meta.get("negative_label", "negative"))
@@ -119,7 +131,7 @@ def predict_manifest(
         res.insert(1, "slide", df["slide"])
     if (df["label"] != "").any():
         res["label"] = df["label"]
-    res["qc"] = qc_column(sizes, images, meta)
+    res["qc"] = qc_column(sizes, images, meta, seen=seen)
     write_csv_new(res, out)
     return res
 

@@ -59,12 +59,13 @@ def _row_reason(size: tuple[int, int], image: np.ndarray, seen: np.ndarray, meta
     return out
 
 
-def qc_column(sizes: Sequence[tuple[int, int]], images: Any, meta: Mapping[str, Any]) -> list[str]:
+def qc_column(sizes: Sequence[tuple[int, int]], images: Any, meta: Mapping[str, Any], seen: Any = None) -> list[str]:
     """ "ok" or the reasons (joined by "; ") for each image (``images``: the decoded uint8 RGB patches). The
     training statistics (``pixel_stats``, of stain-normalised images when the model normalises) are compared with
-    the image as the model sees it."""
+    the image as the model sees it: ``seen`` (``glomlib.evaluate.predict.model_input``), computed here if absent."""
     stain = meta.get("stain_normalize")
-    seen = normalize_stain(np.asarray(images), stain) if stain and len(images) else images
+    if seen is None:
+        seen = normalize_stain(np.asarray(images), stain) if stain and len(images) else images
     return [
         "; ".join(_row_reason(s, np.asarray(im), np.asarray(v), meta)) or "ok" for s, im, v in zip(sizes, images, seen)
     ]

@@ -10,6 +10,7 @@ import annotated_types as at
 from glomlib.core.config import ConfigError, Device, NonNegativeInt, PositiveInt, StepConfig
 from glomlib.core.paths import DEFAULT_MANIFEST
 from glomlib.evaluate import biopsy as B
+from glomlib.evaluate.metrics import LOCAL_THRESHOLD_RULE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,7 @@ class ExternalValidationConfig(EvaluateConfig):
     local_sizes: list[int] = dataclasses.field(default_factory=lambda: [10, 20, 50, 100])  # local labels to re-fit on
     repeats: PositiveInt = 20  # random draws per size
     calibration: Literal["platt", "isotonic"] = "platt"  # platt | isotonic
-    threshold_rule: str = "fixed:0.5"  # fixed:0.5 | youden | sensitivity:0.9 (youden is noisy on a handful of labels)
+    threshold_rule: str = LOCAL_THRESHOLD_RULE  # fixed:0.5 | youden | sensitivity:0.9, on calibrated probabilities
     # fmt: off
     pool_fraction: Annotated[float, at.Gt(0), at.Lt(1)] = 0.5  # share of the external slides that may give local labels; the rest are the test slides
     # fmt: on

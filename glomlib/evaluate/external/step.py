@@ -35,7 +35,7 @@ from glomlib.evaluate.external.tables import (
     rule_for,
 )
 from glomlib.evaluate.plots import save_figure
-from glomlib.evaluate.predict import member_probs, member_spread, predict
+from glomlib.evaluate.predict import member_probs, member_spread, model_input, predict
 from glomlib.evaluate.qc import qc_column, qc_line, qc_summary, sizes_checked
 from glomlib.models.bundle import combine_probs, is_bundle
 from glomlib.models.calibration import apply_calibration
@@ -100,19 +100,19 @@ def _predictions(cfg: EvaluateConfig, model: Any, meta: dict, df: pd.DataFrame) 
     sizes = sizes_checked(list(df["path"]))
     kw = {"cache_dir": cfg.cache_dir} if cfg.cache_dir else {}
     images = load_images(list(df["path"]), int(meta["image_size"]), hashes=list(df["sha256"]), **kw)
-    members = None
+    members, seen = None, model_input(images, meta)  # resized and stain-normalised once, for the model and the qc
     if is_bundle(meta):  # every member's probability is kept: the members' spread and the biopsy CIs use them
-        members = member_probs(model, meta, images, tta=cfg.tta, batch_size=cfg.batch_size)
+        members = member_probs(model, meta, seen, tta=cfg.tta, batch_size=cfg.batch_size, prepared=True)
         raw = combine_probs(members, meta["combine"])
     else:
-        raw = predict(model, meta, images, batch_size=cfg.batch_size, calibrated=False, tta=cfg.tta)
+        raw = predict(model, meta, seen, batch_size=cfg.batch_size, calibrated=False, tta=cfg.tta, prepared=True)
     prob = apply_calibration(raw, meta.get("calibration"))
     pred = df[["path", "slide", "patient", "center"]].astype({c: str for c in ("slide", "patient", "center")})
     pred = pred.assign(label=df["label"], y=df["y"].astype(int), prob=prob, prob_raw=raw)
     pred = pred.assign(pred=(prob >= float(meta.get("threshold", 0.5))).astype(int))
     if members is not None:
         pred = pred.assign(**{f"prob_member_{i}": members[:, i] for i in range(members.shape[1])})
-    return pred.assign(qc=qc_column(sizes, images, meta))
+    return pred.assign(qc=qc_column(sizes, images, meta, seen=seen))
 
 
 def _caveats(pred: pd.DataFrame, meta: dict, df: pd.DataFrame) -> list[str]:

@@ -17,9 +17,9 @@ from glomlib.core.config import (
     Seeds,
     StepConfig,
     Unique,
+    budget_value,
 )
 from glomlib.core.paths import DEFAULT_MANIFEST
-from glomlib.data import splits
 from glomlib.evaluate.runs import INITS
 from glomlib.train.options import Backbone, Folds, StainAugment, StainChoice
 
@@ -30,7 +30,7 @@ RESUME_FREE_FIELDS = {"resume", "device", "num_workers", "out", "progress", "fin
 def _fractions(v: Any) -> bool:
     """each must be a share in (0, 1] or N labels per class spelt 'N/class', e.g. [1/class, 8/class, 0.1, 1.0]"""
     try:
-        return len({splits.budget_value(f) for f in v}) == len(v)
+        return len({budget_value(f) for f in v}) == len(v)
     except ValueError:
         return False
 
@@ -99,9 +99,9 @@ class FinetuneConfig(StepConfig):
 
     @property
     def fractions(self) -> list[float]:
-        """The label budgets as numbers (:func:`glomlib.data.splits.budget_value`: N/class is -N): N/class by N, then
+        """The label budgets as numbers (:func:`glomlib.data.budget_value`: N/class is -N): N/class by N, then
         the shares ascending; the largest (max: the largest share, include 1.0) is the main result."""
-        return sorted((splits.budget_value(f) for f in self.label_fractions), key=lambda v: (v > 0, abs(v)))
+        return sorted((budget_value(f) for f in self.label_fractions), key=lambda v: (v > 0, abs(v)))
 
     def validate(self) -> None:
         if "{centre}" not in self.encoder_spec:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from glomlib.core import io, runtime
 from glomlib.core import progress as live
-from glomlib.core.config import ConfigError
+from glomlib.core.config import ConfigError, budget_name
 from glomlib.core.coverage import fold_coverage
 from glomlib.core.paths import DEFAULT_MANIFEST, DEFAULT_RUNS_ROOT
 from glomlib.data import splits
@@ -199,14 +199,14 @@ def _train_fold(run: _Run, folds: np.ndarray, frac: float, seed: int, k: int, fd
     cfg, sp = run.cfg, _split(run, folds, frac, seed, k)
     _warn_small_validation(run.y[sp["val"]], fdir.name)
     kw = dict(seed=seed + 17 * k, plan=run.plan, encoder=_encoder_for(run, sp["test"]), state_path=fdir / "state.pt")
-    val, desc = (sp["val"] if len(sp["val"]) else None), f"{cfg.init} {splits.budget_name(frac)} s{seed} f{k}"
+    val, desc = (sp["val"] if len(sp["val"]) else None), f"{cfg.init} {budget_name(frac)} s{seed} f{k}"
     model, info = train_one(cfg, run.images, run.y, sp["train"], val, min_steps=sp["budget"], desc=desc, **kw)
     test_images = run.images[torch.from_numpy(sp["test"])]
     probs = predict_probs(model, test_images, plan=run.plan)
     cols = "path slide center label y"
     pred = _predictions(
         run, sp["test"], probs.astype(float), cols, fold=k, seed=seed, init=cfg.init, label_fraction=frac
-    ).assign(budget=splits.budget_name(frac), n_labels=len(sp["pool"]), n_labels_pos=int(run.y[sp["pool"]].sum()))
+    ).assign(budget=budget_name(frac), n_labels=len(sp["pool"]), n_labels_pos=int(run.y[sp["pool"]].sum()))
     test_slides = sorted(set(pred["slide"]))
     row = {"label_fraction": frac, "seed": seed, "fold": k, **M.binary_metrics(pred["y"], pred["prob"])}
     row.update({key: info[key] for key in ROW_INFO}, test_slides=";".join(test_slides), checkpoint=fdir.name)
