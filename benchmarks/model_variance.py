@@ -1,11 +1,13 @@
 """Model variance under leave-one-centre-out: repeated trainings (seeds) of a single model vs the run's bundle.
 
 For each held-out centre C and seed s: ``glomlib finetune`` (quick-cpu settings) on the OTHER centres, slide-grouped
-CV, which writes the final model and bundle.safetensors (its fold models + the final model). On C, never seen:
-AUC of the single (final) model and of the bundle (mean of probabilities / of logits, with and without test-time
-augmentation), and the per-biopsy %GS error (mean absolute error over C's test slides, percentage points) before
+CV, which writes 3 final models (seeds apart) and a bundle.safetensors of every model it trained. On C, never seen:
+AUC of the single (first final) model and of three bundle compositions (the fold models + the first final model;
+the final models; all of them), each combined by the mean of probabilities and of logits, with and without test-time
+augmentation, and the per-biopsy %GS error (mean absolute error over C's test slides, percentage points) before
 and after calibrating (Platt + Youden threshold, glomlib calibrate's fit) on ``--n-local`` glomeruli drawn from
-C's other slides. Prints per centre the AUC spread across seeds (single vs bundle, their ratio) and the errors.
+C's other slides. Prints per centre the AUC spread across seeds (single vs bundle, their ratio with a bootstrap CI
+over the seeds) and the errors.
 
     nice python benchmarks/model_variance.py --out runs/variance [--centres SAS,SESCAM,VUHSK] [--seeds 0,1,2]
 """
@@ -30,11 +32,15 @@ from glomlib.train.finetune import run_finetune
 
 QUICK = dict(backbone="efficientnet_lite0", image_size=64, init="imagenet", epochs=5, patience=2, batch_size=32)
 QUICK.update(lr=1e-3, min_steps=0, folds=3, label_fractions=[1.0], positive_label="GS", progress=False)
+# every member in the file, so each composition below is read from one training: single (the first final model),
+# folds+final (the fold models and the first final), finals (the final models), folds+finals (all)
+QUICK.update(final_seeds=3, bundle_members="folds+finals")
 
 
 def _train(df: pd.DataFrame, centre: str, seed: int, out: Path) -> Path:
     stain = f"-{QUICK['stain_normalize'] or 'nostain'}" if "stain_normalize" in QUICK else ""
-    run = out / f"without-{centre}-{QUICK['image_size']}px-{QUICK['epochs']}ep{stain}-seed{seed}"
+    finals = f"-{QUICK['final_seeds']}finals" if QUICK["final_seeds"] > 1 else ""
+    run = out / f"without-{centre}-{QUICK['image_size']}px-{QUICK['epochs']}ep{stain}{finals}-seed{seed}"
     if (run / BUNDLE_FILE).exists():
         return run
     man = out / f"without-{centre}.csv"
@@ -78,10 +84,16 @@ def _measure(run: Path, g: pd.DataFrame, images: np.ndarray, args) -> list[dict]
     thr, y, rows = float(meta["threshold"]), g["y"].to_numpy(), []
     for tta in (False, True):
         P = member_probs(bundle, meta, images, tta=tta)  # resized and stain-normalised once for all members
-        kinds = {"single (final model)": P[:, -1], "bundle mean_prob": combine_probs(P, "mean_prob")}
-        kinds["bundle mean_logit"] = combine_probs(P, "mean_logit")
+        names = [str(m["name"]) for m in meta["members"]]
+        final = [i for i, n in enumerate(names) if n.startswith("final")]
+        fold = [i for i, n in enumerate(names) if not n.startswith("final")]
+        comps = {"folds+final": [*fold, len(names) - 1], "finals": final, "folds+finals": list(range(len(names)))}
+        kinds = {"single (final model)": P[:, -1]}
+        for comp, cols in comps.items():
+            for how in ("mean_logit", "mean_prob"):
+                kinds[f"bundle {comp} {how}"] = combine_probs(P[:, cols], how)
         for k in range(P.shape[1] - 1):
-            kinds[f"member {meta['members'][k]['name']}"] = P[:, k]
+            kinds[f"member {names[k]}"] = P[:, k]
         for kind, prob in kinds.items():
             row = {"kind": kind, "tta": tta, "auc": M.binary_metrics(y, prob)["auc"]}
             if not kind.startswith("member"):
@@ -101,6 +113,25 @@ def _summary(res: pd.DataFrame) -> pd.DataFrame:
     return agg.round(4)
 
 
+def _ratio_ci(res: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
+    """sd(single) / sd(bundle) across seeds with a 95 % bootstrap CI over the seeds (resampled in pairs: the same
+    seeds for both), per centre, TTA setting and bundle composition."""
+    rows, rng = [], np.random.default_rng(0)
+    main = res[res["kind"].str.startswith(("single", "bundle"))]
+    for (centre, tta), g in main.groupby(["centre", "tta"]):
+        auc = g.pivot_table(index="seed", columns="kind", values="auc")
+        boot = rng.integers(0, len(auc), size=(n_boot, len(auc)))
+        single = auc.pop("single (final model)").to_numpy()
+        for kind in auc.columns:
+            b = auc[kind].to_numpy()
+            r = np.array([np.std(single[i], ddof=1) / max(np.std(b[i], ddof=1), 1e-12) for i in boot])
+            est = np.std(single, ddof=1) / np.std(b, ddof=1)
+            lo, hi = np.percentile(r, [2.5, 97.5])
+            rows.append({"centre": centre, "tta": tta, "bundle": kind, "n_seeds": len(b), "sd_ratio": est,
+                         "ci_low": lo, "ci_high": hi})  # fmt: skip
+    return pd.DataFrame(rows).round(2)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="data/glomeruli-pas/manifest.csv")
@@ -111,11 +142,12 @@ def main(argv=None) -> None:
     ap.add_argument("--draws", type=int, default=10, help="random draws of the local glomeruli")
     ap.add_argument("--threshold-rules", default="youden,fixed:0.5", help="threshold rules refitted with Platt")
     ap.add_argument("--epochs", type=int, default=QUICK["epochs"])
-    ap.add_argument("--folds", type=int, default=QUICK["folds"], help="folds per run: the bundle = folds + final")
+    ap.add_argument("--folds", type=int, default=QUICK["folds"], help="folds per run (fold models)")
     ap.add_argument("--image-size", type=int, default=QUICK["image_size"])
+    ap.add_argument("--final-seeds", type=int, default=QUICK["final_seeds"], help="final models per run")
     ap.add_argument("--stain-normalize", default=None, help="stain option of the fine-tunes (default: finetune's own)")
     args = ap.parse_args(argv)
-    QUICK.update(epochs=args.epochs, folds=args.folds, image_size=args.image_size)
+    QUICK.update(epochs=args.epochs, folds=args.folds, image_size=args.image_size, final_seeds=args.final_seeds)
     if args.stain_normalize is not None:
         QUICK["stain_normalize"] = args.stain_normalize
     out = Path(args.out)
@@ -137,9 +169,9 @@ def main(argv=None) -> None:
     with pd.option_context("display.width", 220, "display.max_columns", 20, "display.max_rows", 200):
         print(summ.to_string())
         piv = summ["auc_sd"].unstack("kind")
-        for how in ("mean_prob", "mean_logit"):
-            piv[f"sd ratio single/bundle {how}"] = piv["single (final model)"] / piv[f"bundle {how}"]
         print(piv.round(4).to_string())
+        print("AUC sd ratio, single / bundle, with a 95 % bootstrap CI over the seeds:")
+        print(_ratio_ci(res).to_string())
     (out / "model_variance.json").write_text(json.dumps(summ.reset_index().to_dict("records"), indent=1))
 
 

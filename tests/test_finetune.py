@@ -91,19 +91,38 @@ def test_scratch_end_to_end(scratch_run, manifest):
     assert folds["slide"].is_unique and folds["n"].sum() == 32
 
 
-def test_run_writes_bundle_of_fold_models_and_final(scratch_run):
+def test_run_writes_bundle_of_fold_models_and_final_models(scratch_run):
+    """The default bundle: the fold models and three final models (all labels, seeds apart), the first final model
+    being model.safetensors; combined by the mean of their probabilities."""
     from glomlib.evaluate.predict import load_model, predict
 
     model, meta = load_model(scratch_run.out / "bundle.safetensors")
-    assert [m["name"] for m in meta["members"]] == ["seed0-fold0", "seed0-fold1", "final"]
+    names = ["seed0-fold0", "seed0-fold1", "final-seed1000", "final-seed2000", "final"]
+    assert [m["name"] for m in meta["members"]] == names and meta["combine"] == "mean_prob"
+    assert [m["seed"] for m in meta["members"]] == [0, 0, 1000, 2000, 0]
     final, fmeta = load_model(scratch_run.out / "model.safetensors")
     assert meta["threshold"] == fmeta["threshold"] and meta["combine"] in ("mean_prob", "mean_logit")
     imgs = np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
     each = np.stack([predict(m, meta, imgs) for m in model.members], axis=1)
-    assert np.allclose(predict(final, fmeta, imgs), each[:, -1], atol=1e-6)  # the final model is a member
+    assert np.allclose(predict(final, fmeta, imgs), each[:, -1], atol=1e-6)  # the first final model is a member
+    for seed, k in ((1000, 2), (2000, 3)):  # the others are kept as files, and differ from it (their own seed)
+        other, ometa = load_model(scratch_run.out / "finals" / f"final-seed{seed}.safetensors")
+        assert ometa["seed"] == seed and np.allclose(predict(other, ometa, imgs), each[:, k], atol=1e-6)
+        assert not np.allclose(each[:, k], each[:, -1], atol=1e-4)
     from glomlib.models.bundle import combine_probs
 
     assert np.allclose(predict(model, meta, imgs), combine_probs(each, meta["combine"]), atol=1e-5)
+
+
+def test_bundle_of_final_models_only(manifest, tmp_path):
+    res = run_finetune(**_params(manifest, tmp_path / "r", final_seeds=2, bundle_members="finals"))
+    from glomlib.evaluate.predict import load_model
+
+    _, meta = load_model(res.out / "bundle.safetensors")
+    assert [m["name"] for m in meta["members"]] == ["final-seed1000", "final"]
+    one = run_finetune(**_params(manifest, tmp_path / "one", final_seeds=1, bundle_members="finals"))
+    assert [m["name"] for m in load_model(one.out / "bundle.safetensors")[1]["members"]] == ["final"]
+    assert not (one.out / "finals").exists()
 
 
 def test_glom_end_to_end(manifest, encoder, tmp_path):
@@ -522,7 +541,7 @@ def test_interrupt_after_final_model_leaves_a_resumable_run(manifest, tmp_path, 
     out = tmp_path / "run"
     monkeypatch.setattr(ft_cv, "save_final_model", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        run_finetune(**_params(manifest, out))
+        run_finetune(**_params(manifest, out, final_seeds=1))
     assert any(issubclass(w.category, ft_cv.SmallValidationWarning) for w in recwarn)
     assert (out / "model.safetensors").is_file() and json.loads((out / "run.json").read_text())["status"] == "failed"
     monkeypatch.setattr(ft_cv, "save_final_model", real)
@@ -601,3 +620,31 @@ def test_missing_encoder_exits_5(tmp_path, capsys):
     assert main([*argv, "--ssl-checkpoint", str(tmp_path / "missing.safetensors")]) == EXIT_MODEL
     assert "notebook 02" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_interrupt_between_final_models_resumes_without_retraining_them(manifest, tmp_path, monkeypatch):
+    """The other final models are written before model.safetensors; a resume keeps those already written and
+    trains only what is missing (here the first final model), then packs all of them."""
+    import glomlib.train.finetune.cv as ft_cv
+
+    real_save, real_train, calls = ft_cv.save_final_model, ft_cv.train_one, []
+
+    def save_then_interrupt(*a, **kw):
+        real_save(*a, **kw)
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(ft_cv, "save_final_model", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(**_params(manifest, out, final_seeds=2))
+    other = out / "finals" / "final-seed1000.safetensors"
+    assert other.is_file() and not (out / "model.safetensors").exists() and not (out / "bundle.safetensors").exists()
+    written = other.stat().st_mtime_ns
+    monkeypatch.setattr(ft_cv, "save_final_model", real_save)
+    monkeypatch.setattr(ft_cv, "train_one", lambda *a, **kw: calls.append(kw["seed"]) or real_train(*a, **kw))
+    res = run_finetune(**_params(manifest, out, final_seeds=2, resume=True))
+    assert calls == [0] and other.stat().st_mtime_ns == written  # folds read back, seed 1000 kept
+    from glomlib.evaluate.predict import load_model
+
+    names = [m["name"] for m in load_model(res.out / "bundle.safetensors")[1]["members"]]
+    assert names == ["seed0-fold0", "seed0-fold1", "final-seed1000", "final"]

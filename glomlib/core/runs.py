@@ -16,6 +16,7 @@ MODEL = "model.safetensors"  # a fine-tune run's final model
 ENCODER = "encoder.safetensors"  # an SSL run's encoder
 PREDICTIONS, METRICS, FOLDS = "predictions.csv", "metrics.json", "folds.csv"
 FOLD_MODELS = "checkpoints/*/" + MODEL  # one model per (fraction, seed, fold) of a fine-tune run
+FINALS_DIR = "finals"  # a fine-tune run's other final models (final-seed<N>.safetensors), bundle members
 # a pipeline run (glomlib run): one sub-folder per notebook
 SSL_DIR, FINETUNE_DIR = "ssl", "finetune"
 

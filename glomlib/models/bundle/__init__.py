@@ -1,7 +1,8 @@
 """A model bundle: the models one fine-tune run trains, as one file accepted wherever a model file is.
 
-The fold models of every seed and the final model go into ``bundle.safetensors``, which predict, evaluate,
-calibrate and slides export accept like a model file.
+The final models (trained on all labels, seeds apart: ``final_seeds``) and, with ``bundle_members="folds+finals"``,
+the fold models of every seed go into ``bundle.safetensors``, which predict, evaluate, calibrate and slides export
+accept like a model file.
 
 The file holds every member's tensors (``members.<i>.<name>``) and metadata: the shared model keys (backbone,
 image size, labels, threshold, stain option...), ``members`` (name, source, sha256 of its tensors, seed, fold)

@@ -80,7 +80,10 @@ def pack_files(paths: Sequence[str | Path], out: str | Path, meta_from: str | Pa
     members = []
     for p, m in zip(paths, metas):
         same = Path(p).resolve().parent == Path(out).resolve().parent
-        info = {"name": "final" if same and Path(p).stem == "model" else Path(p).parent.name}
+        stem = Path(p).stem  # model.safetensors: "final"; finals/final-seed1000.safetensors: "final-seed1000"
+        info = {
+            "name": "final" if same and stem == "model" else stem if stem.startswith("final") else Path(p).parent.name
+        }
         info.update({k: m[k] for k in ("seed", "fold", "label_fraction", "cv_auc") if k in m}, source=str(p))
         members.append((load_file(str(p)), info))
     return save_bundle(members, {**base, **extra}, out)

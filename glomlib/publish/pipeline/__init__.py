@@ -12,7 +12,7 @@ Executes the numbered notebooks with papermill (cwd = project root, kernel ``pyt
     errors/               05_error_analysis      (gets run=<run>/finetune/glom, or the first init)
     external/             06_external_validation, only when the profile names ``external: MANIFEST`` (a labelled
                           manifest of another hospital; gets model=<run>/finetune/<same init as 05>/bundle.safetensors,
-                          the fold models + final model; model.safetensors when 03 trains no final model)
+                          03's final models; model.safetensors when 03 trains no final model)
     data/manifest.csv     only when the profile has a ``subset`` (a small slice of the data, e.g. smoke)
     pipeline.json         what this run is: profile, data, parameters given to every notebook
     state.json            status of every step (pending/running/completed/failed), used by --resume

@@ -234,7 +234,7 @@ def write_summary(run_dir: Path, root: Path, definition: dict[str, Any], state: 
     metrics: dict[str, Any] = {}
     coverage: dict[str, Any] = {}
     models: dict[str, str] = {}
-    bundles: dict[str, str] = {}  # the model to use: fold models + final model (glomlib.models.bundle)
+    bundles: dict[str, str] = {}  # the model to use: the run's bundle (glomlib.models.bundle)
     for init, (mpath, model) in runs.finetune_outputs(run_dir, definition["inits"]).items():
         m, cov = _init_metrics(mpath)
         if m is not None:

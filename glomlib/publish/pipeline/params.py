@@ -147,7 +147,7 @@ def _pipeline_owned(step: Step, profile: dict[str, Any], d: dict[str, Any], run:
             p["ssl_checkpoint"] = runs.ssl_encoder(run)
     elif step.stem == "05_error_analysis":
         p["run"] = runs.finetune_dir(run, errors_init(profile))
-    elif step.stem == "06_external_validation":  # the shipped model: the bundle (fold models + final model)
+    elif step.stem == "06_external_validation":  # the shipped model: the bundle (final models)
         init, ft = errors_init(profile), profile["steps"].get("03_finetune", {})
         ft = {**profile["common"], **ft, **((ft.get("per_init") or {}).get(init) or {})}
         name = BUNDLE_FILE if parse_bool(ft.get("final_model", True)) else runs.MODEL  # no final model: no bundle

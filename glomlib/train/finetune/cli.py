@@ -9,8 +9,8 @@ from glomlib.train.finetune.cv import run_finetune
 def cli_run(cfg: FinetuneConfig) -> int:
     res = run_finetune(cfg)
     print(f"run folder: {res.out}")
-    if (res.out / "bundle.safetensors").exists():  # glomlib.models.bundle: fold models + final model, one file
-        print(f"model: {res.model_path}; bundle of its fold models and final model: {res.out / 'bundle.safetensors'}")
+    if (res.out / "bundle.safetensors").exists():  # glomlib.models.bundle: the final models (+ fold models), one file
+        print(f"model: {res.model_path}; the model to use, its bundle: {res.out / 'bundle.safetensors'}")
     for m in ("auc", "accuracy", "f1_weighted"):
         print(f"{m:>12}: {res.summary[m]['text']}")
     return 0

@@ -24,7 +24,11 @@ from glomlib.evaluate.runs import INITS
 from glomlib.train.options import Backbone, Folds, StainAugment, StainChoice
 
 # Config fields that may change between an interrupted run and its resumption.
+# (final_seeds and bundle_members change only what is trained and packed after the cross-validation.)
 RESUME_FREE_FIELDS = {"resume", "device", "num_workers", "out", "progress", "final_model", "cache_dir"}
+RESUME_FREE_FIELDS |= {"final_seeds", "bundle_members"}
+#: the final models' seeds are seeds[0] + FINAL_SEED_STEP * i (apart from every fold model's seed + 17 * fold)
+FINAL_SEED_STEP = 1000
 
 
 def _fractions(v: Any) -> bool:
@@ -43,6 +47,7 @@ Init = Literal[INITS]  # glom | imagenet | scratch
 Fractions = Annotated[list[float | str], at.MinLen(1), Unique, at.Predicate(_fractions)]
 MinSteps = Annotated[int, at.Ge(-1)]  # -1 = as many steps as with all labels, 0 = off, N > 0
 ValFraction = Annotated[float, at.Gt(0), at.Lt(1)]
+BundleMembers = Literal["finals", "folds+finals"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +82,8 @@ class FinetuneConfig(StepConfig):
     num_workers: NonNegativeInt = 0          # accepted for profiles; unused: images live in memory, batches are augmented in place
     resume: bool = False                     # continue an interrupted run in `out` (finished folds are kept)
     final_model: bool = True                 # also train on all labelled images and save model.safetensors
+    final_seeds: PositiveInt = 3             # final models trained on all labelled images, each with its own seed (model.safetensors is the first); bundle.safetensors holds them all
+    bundle_members: BundleMembers = "folds+finals"  # folds+finals (the fold models of every seed and the final models) | finals: what bundle.safetensors holds (README "Model bundles": folds+finals varied least at unseen centres)
     precision: Precision = "auto"            # auto (what this hardware runs fastest, see glomlib.core.runtime) | bf16 | fp32
     cache_dir: str = ""                      # image cache folder ("" = glomlib.data.cache default)
     progress: bool = True                    # tqdm progress bars

@@ -22,6 +22,7 @@ from glomlib.core import progress as live
 from glomlib.core.config import ConfigError, budget_name
 from glomlib.core.coverage import fold_coverage
 from glomlib.core.paths import DEFAULT_MANIFEST, DEFAULT_RUNS_ROOT
+from glomlib.core.runs import FINALS_DIR
 from glomlib.data import splits
 from glomlib.data.cache import load_images, stain_report
 from glomlib.data.manifest import data_fingerprint, read_manifest
@@ -30,7 +31,7 @@ from glomlib.evaluate import metrics as M
 from glomlib.models.heads import build_classifier
 from glomlib.models.inference import predict_probs
 from glomlib.models.integrity import pixel_stats
-from glomlib.train.finetune.config import RESUME_FREE_FIELDS, FinetuneConfig
+from glomlib.train.finetune.config import FINAL_SEED_STEP, RESUME_FREE_FIELDS, FinetuneConfig
 from glomlib.train.finetune.encoder import ssl_encoders
 from glomlib.train.finetune.save import (
     model_meta,
@@ -275,11 +276,21 @@ def _metrics(run: _Run, per_fold: list[dict[str, Any]], predictions: pd.DataFram
     return doc
 
 
-def _final_model(run: _Run, folds: np.ndarray, doc: dict[str, Any], predictions: pd.DataFrame) -> Path:
+def final_seeds(cfg: FinetuneConfig) -> list[int]:
+    """The seeds of the final models: ``seeds[0]``, then ``seeds[0] + 1000 * i`` for the ``final_seeds - 1`` others."""
+    return [cfg.seeds[0] + FINAL_SEED_STEP * i for i in range(cfg.final_seeds)]
+
+
+def _final_model(
+    run: _Run, folds: np.ndarray, doc: dict[str, Any], predictions: pd.DataFrame, seed: int | None = None
+) -> Path:
     """Train on every CV image (the largest fraction) for the folds' median selected epochs; save it with the
-    Youden threshold of the pooled out-of-fold predictions; predict the split=test rows once."""
-    cfg, path, frac = run.cfg, run.out / "model.safetensors", doc["label_fraction"]
-    seed, state = cfg.seeds[0], run.out / "checkpoints" / "final" / "state.pt"
+    Youden threshold of the pooled out-of-fold predictions; predict the split=test rows once. ``seed``: one of the
+    other final models (``finals/final-seed<seed>.safetensors``, bundle members only); None: model.safetensors."""
+    cfg, frac, first = run.cfg, doc["label_fraction"], seed is None
+    seed = cfg.seeds[0] if first else seed
+    path = run.out / "model.safetensors" if first else run.out / FINALS_DIR / f"final-seed{seed}.safetensors"
+    state = run.out / "checkpoints" / ("final" if first else f"final-seed{seed}") / "state.pt"
     if path.exists():  # written last: the final model is complete (an interrupt came before run.json said so)
         state.unlink(missing_ok=True)
         return path
@@ -291,15 +302,17 @@ def _final_model(run: _Run, folds: np.ndarray, doc: dict[str, Any], predictions:
     model, _ = train_one(cfg, run.images, run.y, idx_all, None, min_steps=budget, desc=f"{cfg.init} final", **kw)
     oof = predictions[predictions["label_fraction"].astype(float) == frac]
     meta = model_meta(cfg, run.labels, run.fingerprint, label_fraction=frac, epochs=n_ep, n_train=int(len(idx_all)))
+    meta["seed"] = int(seed)
     meta.update(cv_auc=doc["summary"].get("auc", {}).get("text"), threshold=M.threshold_from_oof(oof, "youden"))
     meta.update(pixel_stats=pixel_stats(run.images[torch.from_numpy(idx_all)].numpy()))
     held = np.flatnonzero(folds < 0)
     zero_nonfinite_weights(model)  # as saved (see save_final_model)
-    if len(held):  # rows with split=test: never in CV, predicted once by the final model
+    if len(held) and first:  # rows with split=test: never in CV, predicted once by the final model
         hp = predict_probs(model, run.images[torch.from_numpy(held)], plan=run.plan)
         hdf = _predictions(run, held, hp, "path slide label y", init=cfg.init)
         io.write_csv_atomic(hdf, run.out / "heldout_predictions.csv")
         io.write_json_atomic(run.out / "heldout_metrics.json", M.binary_metrics(hdf["y"], hdf["prob"]))
+    path.parent.mkdir(exist_ok=True)
     save_final_model(model, {**meta, "threshold_rule": "youden (pooled out-of-fold predictions)"}, path)  # last
     state.unlink(missing_ok=True)
     return path
@@ -322,8 +335,11 @@ def run_finetune(cfg: FinetuneConfig | None = None, **params: Any) -> FinetuneRe
         io.write_csv_atomic(folds_df, run.out / "folds.csv")
         fold_coverage(predictions, folds_df)  # never a metric over part of a fold (issue 19)
         doc = _metrics(run, per_fold, predictions)
-        model_path = _final_model(run, folds_by_seed[cfg.seeds[0]], doc, predictions) if cfg.final_model else None
-        if model_path is not None:  # fold models + final model as one file (glomlib.models.bundle)
-            save_run_bundle(run.out, model_path, doc["label_fraction"])
+        model_path = None
+        if cfg.final_model:  # the other final models first: model.safetensors, written last, marks the run done
+            folds0 = folds_by_seed[cfg.seeds[0]]
+            others = [_final_model(run, folds0, doc, predictions, s) for s in final_seeds(cfg)[1:]]
+            model_path = _final_model(run, folds0, doc, predictions)
+            save_run_bundle(run.out, [model_path, *others], doc["label_fraction"], cfg.bundle_members)
     summaries = {f: v["summary"] for f, v in doc["by_fraction"].items()}
     return FinetuneResult(run.out, predictions, pd.DataFrame(per_fold), doc["summary"], folds_df, model_path, summaries)

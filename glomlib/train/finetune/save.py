@@ -76,16 +76,21 @@ def save_fold_model(
     return {**res, "max_abs_diff_tried": tried, "zeroed_nonfinite": zeroed}
 
 
-def save_run_bundle(out: Path, final: Path, label_fraction: float) -> Path:
-    """``bundle.safetensors``: the fold models of every seed at ``label_fraction`` and the final model, packed as one
-    (glomlib.models.bundle); threshold and stain option are the final model's. Skipped when it exists (resume)."""
+def save_run_bundle(out: Path, finals: list[Path], label_fraction: float, members: str = "finals") -> Path:
+    """``bundle.safetensors``: the final models (``members="finals"``), or also the fold models of every seed at
+    ``label_fraction`` (``"folds+finals"``), packed as one (glomlib.models.bundle); threshold and stain option are
+    the first final model's. Kept when it holds exactly these files (a resume); a bundle of other members (a resume
+    with other ``final_seeds``) is kept aside as ``bundle.previous-N.safetensors`` and written anew."""
     path = out / BUNDLE_FILE
+    folds = [] if members == "finals" else [
+        f for f in runs.fold_model_files(out) if float(read_model_meta(f).get("label_fraction", 1)) == float(label_fraction)
+    ]  # fmt: skip
+    files = [*folds, *finals[1:], finals[0]]  # the first final model last: the metadata's source
     if path.exists():
-        return path
-    folds = [
-        f
-        for f in runs.fold_model_files(out)
-        if float(read_model_meta(f).get("label_fraction", 1)) == float(label_fraction)
-    ]
-    rule = "youden (pooled out-of-fold predictions of the fold members; the final model's threshold)"
-    return pack_files([*folds, final], path, meta_from=final, threshold_rule=rule)
+        if [m.get("source") for m in read_model_meta(path).get("members", [])] == [str(f) for f in files]:
+            return path
+        n = 1 + sum(1 for _ in out.glob("bundle.previous-*.safetensors"))
+        path.rename(out / f"bundle.previous-{n}.safetensors")
+    who = "fold members and final models" if folds else f"{len(finals)} final model(s), seeds apart"
+    rule = f"youden (pooled out-of-fold predictions; the first final model's threshold; members: {who})"
+    return pack_files(files, path, meta_from=finals[0], threshold_rule=rule)
