@@ -526,22 +526,29 @@ def test_numeric_labels_refused_before_training(tmp_path, monkeypatch):
         run_finetune(**_params(m, tmp_path / "run", positive_label="1"))
 
 
+def _interrupt_after_first_final_model(monkeypatch, manifest, out, **kw):
+    """run_finetune into ``out``, interrupted (KeyboardInterrupt) right after the first final model file is saved."""
+    import glomlib.train.finetune.cv as ft_cv
+
+    real = ft_cv.save_final_model
+
+    def save_then_interrupt(*a, **k):
+        real(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft_cv, "save_final_model", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(**_params(manifest, out, **kw))
+
+
 def test_interrupt_after_final_model_leaves_a_resumable_run(manifest, tmp_path, monkeypatch, recwarn):
     """(5) an interrupt after model.safetensors was written but before the run was marked finished made the run
     permanently un-resumable; resuming now completes it. Also: a tiny validation split warns."""
     import glomlib.train.finetune.cv as ft_cv
     from glomlib.cli import main
 
-    real = ft_cv.save_final_model
-
-    def save_then_interrupt(*a, **kw):
-        real(*a, **kw)
-        raise KeyboardInterrupt
-
-    out = tmp_path / "run"
-    monkeypatch.setattr(ft_cv, "save_final_model", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        run_finetune(**_params(manifest, out, final_seeds=1))
+    out, real = tmp_path / "run", ft_cv.save_final_model
+    _interrupt_after_first_final_model(monkeypatch, manifest, out, final_seeds=1)
     assert any(issubclass(w.category, ft_cv.SmallValidationWarning) for w in recwarn)
     assert (out / "model.safetensors").is_file() and json.loads((out / "run.json").read_text())["status"] == "failed"
     monkeypatch.setattr(ft_cv, "save_final_model", real)
@@ -627,16 +634,8 @@ def test_interrupt_between_final_models_resumes_without_retraining_them(manifest
     trains only what is missing (here the first final model), then packs all of them."""
     import glomlib.train.finetune.cv as ft_cv
 
-    real_save, real_train, calls = ft_cv.save_final_model, ft_cv.train_one, []
-
-    def save_then_interrupt(*a, **kw):
-        real_save(*a, **kw)
-        raise KeyboardInterrupt
-
-    out = tmp_path / "run"
-    monkeypatch.setattr(ft_cv, "save_final_model", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        run_finetune(**_params(manifest, out, final_seeds=2))
+    out, real_save, real_train, calls = tmp_path / "run", ft_cv.save_final_model, ft_cv.train_one, []
+    _interrupt_after_first_final_model(monkeypatch, manifest, out, final_seeds=2)
     other = out / "finals" / "final-seed1000.safetensors"
     assert other.is_file() and not (out / "model.safetensors").exists() and not (out / "bundle.safetensors").exists()
     written = other.stat().st_mtime_ns
