@@ -299,7 +299,8 @@ def _final_model(
     n_ep = int(max(1, np.median([r["best_epoch"] for r in doc["per_fold"]] or [cfg.epochs])))
     budget = cfg.min_steps if cfg.min_steps >= 0 else n_ep * max(1, math.ceil(len(pool) / cfg.batch_size))
     kw = dict(seed=seed, plan=run.plan, encoder=run.encoders.get(None), state_path=state, max_epochs=n_ep)
-    model, _ = train_one(cfg, run.images, run.y, idx_all, None, min_steps=budget, desc=f"{cfg.init} final", **kw)
+    desc = f"{cfg.init} final" + ("" if first else f" s{seed}")
+    model, _ = train_one(cfg, run.images, run.y, idx_all, None, min_steps=budget, desc=desc, **kw)
     oof = predictions[predictions["label_fraction"].astype(float) == frac]
     meta = model_meta(cfg, run.labels, run.fingerprint, label_fraction=frac, epochs=n_ep, n_train=int(len(idx_all)))
     meta["seed"] = int(seed)
