@@ -220,3 +220,32 @@ def test_cli_simulate_on_a_tiny_manifest(make_manifest, tmp_path):
     assert main(sim_args) == 0
     b = pd.read_csv(tmp_path / "sim" / "budgets.csv")
     assert set(b["strategy"]) == {"random", "stratified"} and (tmp_path / "sim" / "simulation.png").is_file()
+
+
+def test_embedding_feeds_images_as_the_glom_encoder_was_pretrained(real_manifest, tmp_path):
+    """A glom encoder pretrained on Macenko-normalised patches embeds Macenko-normalised patches (select, 04's probe);
+    ImageNet/scratch weights and an encoder pretrained without normalisation get the patches as they are."""
+    from glomlib.data.cache import load_images
+    from glomlib.data.stain import normalize_stain
+    from glomlib.models.backbones import build_backbone
+    from glomlib.models.files import save_encoder
+    from glomlib.models.inference import extract_features
+    from glomlib.select import embed as E
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    bb, _ = build_backbone("resnet18", init="scratch")
+    bb.eval()
+    raw, mac = tmp_path / "raw.safetensors", tmp_path / "mac.safetensors"
+    save_encoder(raw, bb, {"backbone": "resnet18", "image_size": 32})
+    save_encoder(mac, bb, {"backbone": "resnet18", "image_size": 32, "stain_normalize": "macenko"})
+    er, em = E.resolve_encoder(str(raw), "resnet18", 32), E.resolve_encoder(str(mac), "resnet18", 32)
+    assert (er["stain"], em["stain"], E.resolve_encoder("imagenet", "resnet18", 32)["stain"]) == ("", "macenko", "")
+    df = pd.read_csv(real_manifest, keep_default_na=False).groupby("label").head(3).reset_index(drop=True)
+    df["path"] = [str(real_manifest.parent / p) for p in df["path"]]
+    df["sha256"] = [f"h{i}" for i in range(len(df))]
+    xr, xm = E._compute(df, er, 8, "cpu"), E._compute(df, em, 8, "cpu")
+    imgs = np.array(load_images(df["path"].tolist(), 32))
+    want = extract_features(bb, normalize_stain(imgs, "macenko"), batch_size=8, image_size=32)
+    assert np.allclose(xm, want, atol=1e-5) and not np.allclose(xr, xm, atol=1e-3)
+    assert E.cache_key(er, list(df["sha256"])) != E.cache_key(em, list(df["sha256"]))

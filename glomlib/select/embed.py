@@ -1,7 +1,9 @@
 """Embeddings for selection: one encoder's frozen features of a manifest, L2-normalised, computed once and cached.
 
-The cache key is the encoder (file content hash, or backbone + ``imagenet``/``scratch``), the image size and the
-images' content hashes in order, so a changed image or encoder never reuses a stale embedding.
+The cache key is the encoder (file content hash, or backbone + ``imagenet``/``scratch``), the image size, the stain
+option a glom encoder was pretrained with (its metadata's ``stain_normalize``: the images are normalised the same way
+before embedding) and the images' content hashes in order, so a changed image or encoder never reuses a stale
+embedding.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def resolve_encoder(encoder: str, backbone: str, image_size: int) -> dict[str, A
             "backbone": backbone,
             "image_size": int(image_size or 96),
             "label": f"{encoder} {backbone}",
+            "stain": "",  # ImageNet weights (or random ones) saw no stain-normalised image
         }
     from glomlib.models.files import read_encoder_meta
 
@@ -54,6 +57,7 @@ def resolve_encoder(encoder: str, backbone: str, image_size: int) -> dict[str, A
         "backbone": str(meta.get("backbone", backbone)),
         "image_size": size,
         "label": f"glom ({path})",
+        "stain": str(meta.get("stain_normalize") or ""),  # the images fed as the encoder was pretrained on them
     }
 
 
@@ -67,7 +71,8 @@ def _file_sha(path: str) -> str:
 
 def cache_key(enc: dict[str, Any], hashes: list[str]) -> str:
     who = _file_sha(enc["path"]) if enc["path"] else f"{enc['backbone']}-{enc['kind']}"
-    h = hashlib.sha256(f"{who}|{enc['image_size']}|".encode())
+    stain = f"{enc['stain']}|" if enc.get("stain") else ""  # "" keeps the keys of unnormalised embeddings
+    h = hashlib.sha256(f"{who}|{enc['image_size']}|{stain}".encode())
     h.update("\n".join(hashes).encode())
     return h.hexdigest()[:24]
 
@@ -77,11 +82,13 @@ def _compute(df, enc: dict[str, Any], batch_size: int, device: str) -> np.ndarra
 
     from glomlib.core import runtime
     from glomlib.data.cache import load_images
+    from glomlib.data.stain import normalize_stain
     from glomlib.models.backbones import build_backbone
     from glomlib.models.files import load_encoder_into
     from glomlib.models.inference import extract_features
 
     images = load_images(df["path"].tolist(), enc["image_size"], hashes=df["sha256"].tolist())
+    images = normalize_stain(np.array(images), enc["stain"]) if enc.get("stain") else images
     torch.manual_seed(0)  # scratch weights are reproducible
     model, _ = build_backbone(enc["backbone"], init="scratch" if enc["path"] else enc["kind"])
     if enc["path"]:
