@@ -76,7 +76,7 @@ def save_fold_model(
     return {**res, "max_abs_diff_tried": tried, "zeroed_nonfinite": zeroed}
 
 
-def save_run_bundle(out: Path, finals: list[Path], label_fraction: float, members: str = "finals") -> Path:
+def save_run_bundle(out: Path, finals: list[Path], label_fraction: float, members: str = "folds+finals") -> Path:
     """``bundle.safetensors``: the final models (``members="finals"``), or also the fold models of every seed at
     ``label_fraction`` (``"folds+finals"``), packed as one (glomlib.models.bundle); threshold and stain option are
     the first final model's. Kept when it holds exactly these files (a resume); a bundle of other members (a resume
