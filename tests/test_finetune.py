@@ -323,6 +323,35 @@ def test_resume_skips_finished_folds(manifest, scratch_run, tmp_path, monkeypatc
         ft.run_finetune(**{**_params(manifest, out), "resume": True, "lr": 0.5})
 
 
+def test_resume_keeps_the_precision_of_the_first_folds(manifest, scratch_run, tmp_path):
+    """Each fold says where it trained; a resume whose machine would switch precision mid-table is refused before
+    any training, and resuming with the first folds' precision (a free field) continues."""
+    import shutil
+
+    import glomlib.train.finetune as ft
+    from glomlib.core.io import ResumeError
+
+    fold0 = json.loads((scratch_run.out / "checkpoints" / "seed0-fold0" / "result.json").read_text())
+    assert fold0["runtime"]["device"] == "cpu" and fold0["runtime"]["cpu"] == runtime.cpu_model()
+    first = fold0["runtime"]["precision"]
+    assert first == json.loads((scratch_run.out / "provenance.json").read_text())["runtime"]["precision"]
+    out = tmp_path / "other-machine"
+    shutil.copytree(scratch_run.out, out)
+    shutil.rmtree(out / "checkpoints" / "seed0-fold1")
+    for f in ("metrics.json", "predictions.csv", "model.safetensors", "run.json"):
+        (out / f).unlink(missing_ok=True)
+    other = "bf16" if first == "fp32" else "fp32"
+    prov = json.loads((out / "provenance.json").read_text())
+    prov["runtime"]["precision"] = other  # as if the first folds had trained on a machine that chose the other
+    (out / "provenance.json").write_text(json.dumps(prov))
+    with pytest.raises(ResumeError, match=f"trained in {other}.*precision={other}"):
+        ft.run_finetune(**{**_params(manifest, out), "resume": True, "precision": first})
+    assert not (out / "checkpoints" / "seed0-fold1").exists()  # refused before training anything
+    ft.run_finetune(**{**_params(manifest, out), "resume": True, "precision": other})
+    fold1 = json.loads((out / "checkpoints" / "seed0-fold1" / "result.json").read_text())
+    assert fold1["runtime"]["precision"] == other
+
+
 def test_interrupted_fold_continues_from_epoch_checkpoint(manifest, tmp_path, monkeypatch):
     import glomlib.train.finetune as ft
     import glomlib.train.finetune.cv as ft_cv

@@ -27,6 +27,7 @@ from glomlib.train.options import Backbone, Folds, StainAugment, StainChoice
 # (final_seeds and bundle_members change only what is trained and packed after the cross-validation.)
 RESUME_FREE_FIELDS = {"resume", "device", "num_workers", "out", "progress", "final_model", "cache_dir"}
 RESUME_FREE_FIELDS |= {"final_seeds", "bundle_members"}
+RESUME_FREE_FIELDS |= {"precision"}  # the precision actually used is checked against the run's first folds instead
 #: the final models' seeds are seeds[0] + FINAL_SEED_STEP * i (apart from every fold model's seed + 17 * fold)
 FINAL_SEED_STEP = 1000
 

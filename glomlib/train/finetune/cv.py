@@ -79,6 +79,9 @@ class _Run:
     y: np.ndarray
 
 
+FOLD_RUNTIME = ("device", "precision", "cpu", "gpu", "threads")  # in each fold's result.json (a run may span resumes)
+
+
 def fold_dir_name(label_fraction: float, seed: int, fold: int) -> str:
     """``checkpoints/`` folder of one fold: ``seed0-fold3`` for all labels, ``frac0.1-seed0-fold3`` for a fraction,
     ``4perclass-seed0-fold3`` for 4 labels per class (budget ``-4``)."""
@@ -132,6 +135,7 @@ def _start(cfg: FinetuneConfig) -> _Run:
         f"finetune-{cfg.backbone}", cfg.image_size, cfg.batch_size, lambda: build_classifier(cfg.backbone)
     )
     plan = runtime.plan(cfg.device, cfg.precision, workload=work)
+    _same_precision_as_before(out, plan)
     if not (out / "provenance.json").exists():  # written once, when the data is read; a resume never rewrites it
         extra = {"runtime": plan.to_dict(), "positive_label": pos, "negative_label": neg, "n_images": int(len(df))}
         io.write_provenance(out, cfg_dict, fingerprint, extra={**extra, "n_positive": int(df["y"].sum())})
@@ -141,6 +145,19 @@ def _start(cfg: FinetuneConfig) -> _Run:
         write_stain_report(out, stain_report(arr), df)
     images = torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True))
     return _Run(cfg, df, (pos, neg), fingerprint, encoders, out, plan, images, df["y"].to_numpy().astype(int))
+
+
+def _same_precision_as_before(out: Path, plan: runtime.Plan) -> None:
+    """A resumed run trains its remaining folds in the precision its first folds used (one table, one precision):
+    ``auto`` on another machine may choose otherwise, and then the resume is refused, naming the setting to pass."""
+    prov = out / "provenance.json"
+    first = json.loads(prov.read_text()).get("runtime", {}).get("precision") if prov.exists() else None
+    if first and first != plan.precision:
+        raise io.ResumeError(
+            f"cannot resume {out}: its folds so far were trained in {first}, and this machine would train the rest "
+            f"in {plan.precision} ({plan.reason}). Resume with precision={first} to keep the table in one precision, "
+            "or start a new run."
+        )
 
 
 def _split(run: _Run, folds: np.ndarray, frac: float, seed: int, k: int) -> dict[str, Any]:
@@ -219,6 +236,7 @@ def _train_fold(run: _Run, folds: np.ndarray, frac: float, seed: int, k: int, fd
     io.write_json_atomic(fdir / "history.json", info["history"])
     slides = {f"{s}_slides": sorted(set(run.df["slide"].iloc[sp[s]])) for s in ("train", "val")}
     result = {"row": row, "init_info": info["init_info"], **slides, "test_slides": test_slides, "model": model_file}
+    result["runtime"] = {k: v for k, v in run.plan.to_dict().items() if k in FOLD_RUNTIME}  # where this fold trained
     n = {"n_train_pool": int(len(sp["train_all"])), "n_train_used": int(len(sp["pool"]))}
     io.write_json_atomic(fdir / "result.json", {**result, **n})
     (fdir / "state.pt").unlink(missing_ok=True)  # the fold is finished; its training state is not needed
