@@ -70,3 +70,21 @@ def test_class_colours_are_one_colour_blind_safe_pair():
     c = P.class_colors("GS", "nonGS")
     assert c == {"GS": P.PALETTE["vermillion"], "nonGS": P.PALETTE["blue"]}
     assert P.ERROR_COLORS["FP"] != P.ERROR_COLORS["FN"]
+
+
+def test_budget_claim_names_the_budgets_whose_interval_excludes_zero():
+    rows = [
+        ("1 per class", -0.015, -0.087, 0.048),
+        ("2 per class", 0.037, 0.017, 0.058),
+        ("4 per class", 0.013, 0.0029, 0.024),
+    ]
+    s = P.budget_claim("fine-tuned", 5, "glom", "imagenet", rows)
+    assert s.startswith("Fewer labels (fine-tuned, 5 seeds): **glom** has a higher AUC than **imagenet**")
+    assert "at 2 per class, 4 per class; at the other 1 of 3 budgets the 95 % CI includes 0." in s
+    lower = P.budget_claim("frozen linear probe", 1, "glom", "scratch", [("5 %", -0.05, -0.09, -0.01)])
+    assert "(frozen linear probe, 1 seed)" in lower and "at no budget and a lower one at 5 %" in lower
+    none = P.budget_claim("fine-tuned", 5, "glom", "imagenet", [("1 per class", 0.01, 0.0000985, 0.03)])
+    assert (
+        "cannot be told apart at 1 per class, the one label budget (the 95 % CI includes 0)" in none
+    )  # +0.000 as printed: no order
+    assert P.budget_claim("fine-tuned", 5, "glom", "imagenet", []) == ""

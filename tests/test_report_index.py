@@ -153,3 +153,54 @@ def test_no_order_claimed_when_the_printed_interval_touches_zero(tmp_path):
     assert "glom has a higher AUC than scratch" in text and "< 0.0001" in text
     assert "identifiers are stable pseudonyms" in text and "Caveat" not in text  # no demo caveat without settings
     assert "None" not in text and "Data fingerprint not recorded" in text
+
+
+def test_index_repeats_page_04s_label_budget_sentences(tmp_path):
+    """04 saves its paired differences per label budget (label_budget.csv); the index says the same sentences, budgets
+    in label order, those without an AUC left out, so a budget run's first screen names where glom leads."""
+    from glomlib.evaluate.compare import save_results
+    from glomlib.publish import present as P
+
+    run = tmp_path / "run"
+    fake_finetune_runs(run)
+    rows = [  # saved in another order than the labels: the index sorts
+        ("fine-tuned", "4 per class", 8.0, "imagenet", 0.013, 0.0029, 0.024),
+        ("fine-tuned", "1 per class", 2.0, "imagenet", -0.015, -0.087, 0.048),
+        ("fine-tuned", "2 per class", 4.0, "imagenet", 0.037, 0.017, 0.058),
+        ("fine-tuned", "8 per class", 16.0, "imagenet", float("nan"), float("nan"), float("nan")),
+        ("fine-tuned", "1 per class", 2.0, "scratch", 0.1, 0.05, 0.15),
+    ]
+    cols = ["kind", "budget", "labels", "b", "diff", "ci_low", "ci_high"]
+    budgets = pd.DataFrame(rows, columns=cols).assign(n_seeds=5, a="glom")
+    out = run / "comparison"
+    out.mkdir()
+    pairwise = pd.DataFrame(
+        [{"a": "glom", "b": i, "diff": 0.0, "boot_ci_low": -0.01, "boot_ci_high": 0.01} for i in INITS[1:]]
+    )
+    save_results(out, pd.DataFrame({"auc": [0.9]}), pairwise, budgets=budgets)
+    definition = {"inits": INITS, "parameters": {"04_baseline_comparison": {"n_boot": 200}}, "profile": {}}
+    answer = headline.comparison(run, definition)
+    expected = P.budget_claim(
+        "fine-tuned",
+        5,
+        "glom",
+        "imagenet",
+        [rows[1][1:2] + rows[1][4:], rows[2][1:2] + rows[2][4:], rows[0][1:2] + rows[0][4:]],
+    )
+    assert answer["budget_claims"][0] == expected
+    assert "at 2 per class, 4 per class; at the other 1 of 3 budgets" in expected  # 8 per class: no AUC, left out
+    index = render_index(
+        tmp_path,
+        run_name="r",
+        pages=[],
+        definition=definition,
+        provenance={},
+        summary={},
+        license_info={"license": "x", "citation": "y"},
+        pseudonymised=True,
+        scrub=lambda s: s,
+        answer=answer,
+    ).read_text()
+    text = " ".join(html.unescape(visible_text(index)).split())
+    assert "Fewer labels (fine-tuned, 5 seeds): glom has a higher AUC than imagenet at 2 per class, 4 per class" in text
+    assert "Fewer labels (fine-tuned, 5 seeds): glom has a higher AUC than scratch at 1 per class." in text

@@ -348,8 +348,9 @@ def plot_fold_aucs(runs: dict[str, dict[str, Any]], out: Path | None = None, nam
     return _save(fig, out, name)
 
 
-def save_results(out: Path, table, pairwise, le=None, runs: dict | None = None) -> None:
-    """comparison.csv, pairwise.csv, label_efficiency.csv, comparison.json and provenance.json in ``out``."""
+def save_results(out: Path, table, pairwise, le=None, runs: dict | None = None, budgets=None) -> None:
+    """comparison.csv, pairwise.csv, label_efficiency.csv, label_budget.csv (the paired differences per label budget
+    that the index repeats), comparison.json and provenance.json in ``out``."""
     table.to_csv(out / "comparison.csv")
     pairwise.to_csv(out / "pairwise.csv", index=False)
     doc = {"table": json.loads(table.to_json(orient="index"))}
@@ -357,6 +358,9 @@ def save_results(out: Path, table, pairwise, le=None, runs: dict | None = None) 
     if le is not None:
         le.to_csv(out / "label_efficiency.csv", index=False)
         doc["label_efficiency"] = json.loads(le.to_json(orient="records"))
+    if budgets is not None and len(budgets):
+        budgets.to_csv(out / "label_budget.csv", index=False)
+        doc["label_budget"] = json.loads(budgets.to_json(orient="records"))
     if runs:
         doc["runs"] = {i: str(r["dir"]) for i, r in runs.items()}
     write_json_atomic(out / "comparison.json", doc)

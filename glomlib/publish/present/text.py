@@ -62,6 +62,31 @@ def claim_order(a: str, b: str, diff: float, low: float, high: float, metric: st
     return f"**{a}** and **{b}** cannot be told apart on this data (difference {d}; the interval includes 0)."
 
 
+def budget_claim(kind: str, n_seeds: int, a: str, b: str, rows: Sequence[tuple[str, float, float, float]]) -> str:
+    """One sentence over label budgets: where ``a`` has a higher or lower AUC than ``b`` (the 95 % CI of the paired
+    difference excludes 0, as :func:`claim_order` decides), and at how many budgets the CI includes 0. ``rows``:
+    ``(budget in words, difference, CI low, CI high)`` in label order, budgets without an AUC left out."""
+    if not rows:
+        return ""
+    verdict = [(budget, claim_order(a, b, d, lo, hi)) for budget, d, lo, hi in rows]
+    higher = [budget for budget, t in verdict if "has a higher" in t]
+    lower = [budget for budget, t in verdict if "has a lower" in t]
+    at, n = f"Fewer labels ({kind}, {n_seeds} seed{'s' if n_seeds != 1 else ''}): ", len(rows)
+    if not (higher or lower):
+        where = f"at any of the {n} label budgets (every" if n > 1 else f"at {rows[0][0]}, the one label budget (the"
+        return at + f"**{a}** and **{b}** cannot be told apart {where} 95 % CI includes 0)."
+    rest = n - len(higher) - len(lower)
+    tail = (
+        f"; at the other {rest} of {n} budgets the 95 % CI includes 0"
+        if rest
+        else f" (all {n} budgets)"
+        if n > 1
+        else ""
+    )
+    order = f"**{a}** has a higher AUC than **{b}** at {', '.join(higher) or 'no budget'}"
+    return at + order + (f" and a lower one at {', '.join(lower)}" if lower else "") + tail + "."
+
+
 _NETWORKS = {"efficientnet_lite0": "EfficientNet-Lite0", "resnet18": "ResNet-18", "resnet50": "ResNet-50"}
 
 

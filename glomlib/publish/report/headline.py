@@ -52,7 +52,20 @@ def comparison(run_dir: Path, definition: dict[str, Any]) -> dict[str, Any] | No
         "n_boot": n_boot,
         "ssl_from": ", continued from ImageNet weights" if _ssl_init(run_dir) == "imagenet" else "",
     }
-    return {"auc": rows, "pairs": pairs.to_dict("records"), "task": task}
+    budgets = run_dir / "comparison" / "label_budget.csv"  # 04's paired differences per label budget
+    claims = budget_claims(pd.read_csv(budgets)) if budgets.is_file() else []
+    return {"auc": rows, "pairs": pairs.to_dict("records"), "task": task, "budget_claims": claims}
+
+
+def budget_claims(table: Any) -> list[str]:
+    """04's sentences over label budgets rebuilt from its ``label_budget.csv``, one per kind (fine-tuned, frozen
+    probe) and pair, budgets in label order, those without an AUC left out."""
+    out = []
+    for (kind, a, b), g in table.groupby(["kind", "a", "b"], sort=False):
+        ok = g.dropna(subset=["diff", "ci_low", "ci_high"]).sort_values("labels", kind="stable")
+        rows = list(ok[["budget", "diff", "ci_low", "ci_high"]].itertuples(index=False, name=None))
+        out.append(P.budget_claim(str(kind), int(g["n_seeds"].iloc[0]), str(a), str(b), rows))
+    return [s for s in out if s]
 
 
 def _ssl_init(run_dir: Path) -> str:
