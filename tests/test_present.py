@@ -80,11 +80,15 @@ def test_budget_claim_names_the_budgets_whose_interval_excludes_zero():
     ]
     s = P.budget_claim("fine-tuned", 5, "glom", "imagenet", rows)
     assert s.startswith("Fewer labels (fine-tuned, 5 seeds): **glom** has a higher AUC than **imagenet**")
-    assert "at 2 per class, 4 per class; at the other 1 of 3 budgets the 95 % CI includes 0." in s
-    lower = P.budget_claim("frozen linear probe", 1, "glom", "scratch", [("5 %", -0.05, -0.09, -0.01)])
-    assert "(frozen linear probe, 1 seed)" in lower and "at no budget and a lower one at 5 %" in lower
+    assert "at 2 and 4 labels per class; at the other 1 of 3 budgets the 95 % CI includes 0." in s
+    lower = P.budget_claim("frozen linear probe", 1, "glom", "scratch", [("5 % of the labels", -0.05, -0.09, -0.01)])
+    assert "(frozen linear probe, 1 seed)" in lower and "at no budget; a lower one at 5 % of the labels." in lower
     none = P.budget_claim("fine-tuned", 5, "glom", "imagenet", [("1 per class", 0.01, 0.0000985, 0.03)])
     assert (
         "cannot be told apart at 1 per class, the one label budget (the 95 % CI includes 0)" in none
     )  # +0.000 as printed: no order
     assert P.budget_claim("fine-tuned", 5, "glom", "imagenet", []) == ""
+    assert P.budget_list(
+        ["2 per class", "4 per class", "16 per class", "10 % of the labels", "25 % of the labels"]
+    ) == ("2, 4 and 16 labels per class and at 10 % and 25 % of the labels")
+    assert P.budget_list(["100 % of the labels"]) == "100 % of the labels"

@@ -188,7 +188,7 @@ def test_index_repeats_page_04s_label_budget_sentences(tmp_path):
         [rows[1][1:2] + rows[1][4:], rows[2][1:2] + rows[2][4:], rows[0][1:2] + rows[0][4:]],
     )
     assert answer["budget_claims"][0] == expected
-    assert "at 2 per class, 4 per class; at the other 1 of 3 budgets" in expected  # 8 per class: no AUC, left out
+    assert "at 2 and 4 labels per class; at the other 1 of 3 budgets" in expected  # 8 per class: no AUC, left out
     index = render_index(
         tmp_path,
         run_name="r",
@@ -202,5 +202,6 @@ def test_index_repeats_page_04s_label_budget_sentences(tmp_path):
         answer=answer,
     ).read_text()
     text = " ".join(html.unescape(visible_text(index)).split())
-    assert "Fewer labels (fine-tuned, 5 seeds): glom has a higher AUC than imagenet at 2 per class, 4 per class" in text
-    assert "Fewer labels (fine-tuned, 5 seeds): glom has a higher AUC than scratch at 1 per class." in text
+    assert "Fewer labels (fine-tuned, 5 seeds): glom has a higher AUC than imagenet at 2 and 4 labels per class" in text
+    assert "Fewer labels (fine-tuned, 5 seeds): glom has a higher AUC than scratch at 1 label per class." in text
+    assert "With 100 % of the training labels, glom and imagenet cannot be told apart" in text

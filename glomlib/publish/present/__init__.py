@@ -18,7 +18,7 @@ from glomlib.publish.present.figures import (
 )
 from glomlib.publish.present.numbers import ci, count, num, pvalue, share
 from glomlib.publish.present.tables import table
-from glomlib.publish.present.text import budget_claim, claim_order, network_name, note, summary, warning
+from glomlib.publish.present.text import budget_claim, budget_list, claim_order, network_name, note, summary, warning
 
 __all__ = [
     "CLASS_COLORS",
@@ -27,6 +27,7 @@ __all__ = [
     "PALETTE",
     "ci",
     "budget_claim",
+    "budget_list",
     "claim_order",
     "class_colors",
     "count",

@@ -62,6 +62,22 @@ def claim_order(a: str, b: str, diff: float, low: float, high: float, metric: st
     return f"**{a}** and **{b}** cannot be told apart on this data (difference {d}; the interval includes 0)."
 
 
+def _and(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def budget_list(budgets: Sequence[str]) -> str:
+    """Budgets in words, grouped as a reader says them: ["2 per class", "4 per class", "10 % of the labels"] ->
+    "2 and 4 labels per class and at 10 % of the labels"."""
+    groups: dict[str, list[str]] = {}
+    for name in budgets:
+        unit = next((u for u in (" per class", " of the labels") if name.endswith(u)), "")
+        groups.setdefault(unit, []).append(name[: len(name) - len(unit)])
+    words = {" per class": " labels per class", " of the labels": " of the labels", "": ""}
+    said = [_and(v) + (" label per class" if v == ["1"] and u == " per class" else words[u]) for u, v in groups.items()]
+    return " and at ".join(said)
+
+
 def budget_claim(kind: str, n_seeds: int, a: str, b: str, rows: Sequence[tuple[str, float, float, float]]) -> str:
     """One sentence over label budgets: where ``a`` has a higher or lower AUC than ``b`` (the 95 % CI of the paired
     difference excludes 0, as :func:`claim_order` decides), and at how many budgets the CI includes 0. ``rows``:
@@ -83,8 +99,8 @@ def budget_claim(kind: str, n_seeds: int, a: str, b: str, rows: Sequence[tuple[s
         if n > 1
         else ""
     )
-    order = f"**{a}** has a higher AUC than **{b}** at {', '.join(higher) or 'no budget'}"
-    return at + order + (f" and a lower one at {', '.join(lower)}" if lower else "") + tail + "."
+    order = f"**{a}** has a higher AUC than **{b}** at {budget_list(higher) if higher else 'no budget'}"
+    return at + order + (f"; a lower one at {budget_list(lower)}" if lower else "") + tail + "."
 
 
 _NETWORKS = {"efficientnet_lite0": "EfficientNet-Lite0", "resnet18": "ResNet-18", "resnet50": "ResNet-50"}

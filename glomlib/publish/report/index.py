@@ -141,7 +141,9 @@ def _summary(answer: dict[str, Any] | None, setting: str, demo: bool) -> str:
     # an order only where the CI as printed (3 decimals) excludes 0: "+0.000 to +0.026" claims none
     ends = [(round(r["boot_ci_low"], 3), round(r["boot_ci_high"], 3)) for r in answer["pairs"]]
     conclude = [P.claim_order(r["a"], r["b"], r["diff"], *e) for r, e in zip(answer["pairs"], ends)]
-    conclude += answer.get("budget_claims", [])  # page 04's label-budget sentences, where the run has budgets
+    if answer.get("budget_claims"):  # page 04's label-budget sentences follow: say which budget the first ones are
+        conclude = [f"With {P.share(t['fraction'], 0)} of the training labels, " + c for c in conclude]
+        conclude += answer["budget_claims"]
     caveat = f"{setting}: a demonstration of the workflow, not a result." if demo else ""
     return str(P.summary(shows, conclude, caveat))
 
